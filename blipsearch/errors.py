@@ -1,0 +1,40 @@
+"""Every error blipsearch raises on purpose.
+
+Each carries a message written for the person running the command: what went
+wrong and what to do about it. The CLI prints the message and exits non-zero;
+library callers catch :class:`BlipsearchError`.
+"""
+
+from __future__ import annotations
+
+
+class BlipsearchError(Exception):
+    """Base class of the errors a user can cause or fix."""
+
+
+class ModelUnavailableError(BlipsearchError):
+    """The model's files are not on this machine and cannot be downloaded."""
+
+
+class ModelLoadError(BlipsearchError):
+    """The model's files exist but do not form a usable BLIP checkpoint."""
+
+
+class ModelMismatchError(BlipsearchError):
+    """The library's vectors were made by another model than the one asked for."""
+
+
+class LibraryError(BlipsearchError):
+    """The library (database and vector files) is missing, empty or unusable."""
+
+
+class SchemaError(LibraryError):
+    """The database was written by an incompatible version of blipsearch."""
+
+
+class ImageError(BlipsearchError):
+    """One image could not be read or decoded; indexing records it and goes on."""
+
+
+class InputPathError(BlipsearchError):
+    """A path given on the command line does not exist or cannot be used."""

@@ -1,0 +1,240 @@
+"""Reading image files: bytes, content hash, decoding, EXIF, and BLIP preprocessing.
+
+Every file is read from disk once: the same bytes are hashed and decoded.
+Anything that can go wrong with one file becomes an :class:`ImageError`
+whose message is stored as the file's failure reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+
+from ..errors import ImageError, ModelLoadError
+
+try:  # HEIC/HEIF from phones; optional at import so a broken wheel can't stop the rest.
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+except ImportError:  # pragma: no cover - pillow-heif is a declared dependency
+    pass
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp", ".heic", ".heif"}
+)
+
+_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """How a checkpoint wants its pixels: read from its image processor config."""
+
+    height: int = 384
+    width: int = 384
+    resample: int = Image.Resampling.BICUBIC
+    rescale_factor: float = 1 / 255
+    do_rescale: bool = True
+    do_normalize: bool = True
+    mean: tuple[float, float, float] = _CLIP_MEAN
+    std: tuple[float, float, float] = _CLIP_STD
+
+    @classmethod
+    def from_model_dir(cls, model_dir: Path) -> ImageSpec:
+        """Read ``preprocessor_config.json`` or, failing that, ``processor_config.json``."""
+        flat = model_dir / "preprocessor_config.json"
+        nested = model_dir / "processor_config.json"
+        try:
+            if flat.is_file():
+                cfg = json.loads(flat.read_text())
+            elif nested.is_file():
+                cfg = json.loads(nested.read_text()).get("image_processor", {})
+            else:
+                raise ModelLoadError(
+                    f"{model_dir} has no preprocessor_config.json or processor_config.json: "
+                    "it is not a complete BLIP checkpoint."
+                )
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"Can't read the image processor config in {model_dir}: {exc}") from None
+        size = cfg.get("size") or {}
+        if isinstance(size, int):
+            size = {"height": size, "width": size}
+        if "height" not in size and "shortest_edge" in size:
+            size = {"height": size["shortest_edge"], "width": size["shortest_edge"]}
+        default = cls()
+        return cls(
+            height=int(size.get("height", default.height)),
+            width=int(size.get("width", default.width)),
+            resample=int(cfg.get("resample", default.resample)),
+            rescale_factor=float(cfg.get("rescale_factor", default.rescale_factor)),
+            do_rescale=bool(cfg.get("do_rescale", True)),
+            do_normalize=bool(cfg.get("do_normalize", True)),
+            mean=tuple(cfg.get("image_mean", default.mean)),  # type: ignore[arg-type]
+            std=tuple(cfg.get("image_std", default.std)),  # type: ignore[arg-type]
+        )
+
+    def to_pixels(self, image: Image.Image) -> npt.NDArray[np.float32]:
+        """RGB image -> normalized CHW float32 array at the model's input size."""
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        if image.size != (self.width, self.height):
+            image = image.resize((self.width, self.height), resample=Image.Resampling(self.resample))
+        pixels = np.asarray(image, dtype=np.float32)
+        if self.do_rescale:
+            pixels = pixels * np.float32(self.rescale_factor)
+        if self.do_normalize:
+            pixels = (pixels - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+
+
+@dataclass
+class DecodedImage:
+    """One file read and decoded; ``pixels`` is ``None`` when decoding was skipped."""
+
+    content_hash: str
+    size: int
+    width: int | None = None
+    height: int | None = None
+    taken_at: datetime | None = None
+    exif: dict[str, Any] | None = None
+    pixels: npt.NDArray[np.float32] | None = None
+
+
+def hash_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_file(path: bytes | str) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise ImageError(f"can't read the file: {exc.strerror or exc}") from None
+
+
+def hash_file(path: bytes | str) -> str:
+    return hash_bytes(read_file(path))
+
+
+def open_image(data: bytes | str | os.PathLike[str]) -> Image.Image:
+    """Decode an image (the first frame of an animation), upright per its EXIF orientation, as RGB.
+
+    Pillow's decompression-bomb guard (``Image.MAX_IMAGE_PIXELS``) stays on:
+    its warning zone is treated as an error too, because an image that large
+    costs gigabytes of memory to decode.
+    """
+    source = io.BytesIO(data) if isinstance(data, bytes) else data
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source) as image:
+                image.seek(0)
+                image.load()
+                upright = ImageOps.exif_transpose(image)
+                return upright.convert("RGB")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        limit = Image.MAX_IMAGE_PIXELS
+        raise ImageError(
+            f"image too large to decode safely ({exc}); the limit is {limit} pixels"
+            " (raise it with --max-megapixels)"
+        ) from None
+    except UnidentifiedImageError:
+        raise ImageError("not an image, or a format Pillow can't read") from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, MemoryError) as exc:
+        # Pillow reports truncated and corrupt files as OSError/SyntaxError/ValueError.
+        raise ImageError(f"can't decode the image: {exc}") from None
+
+
+def _exif_value(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return None
+    if isinstance(value, tuple):
+        items = [_exif_value(v) for v in value]
+        return None if any(v is None for v in items) else items
+    if isinstance(value, (int, str)):
+        return value.strip("\x00 ") if isinstance(value, str) else value
+    try:
+        return float(value)  # IFDRational
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+
+
+_EXIF_KEEP = {
+    "Make", "Model", "LensModel", "DateTimeOriginal", "DateTime", "ExposureTime",
+    "FNumber", "ISOSpeedRatings", "FocalLength", "Orientation", "Software",
+}
+
+
+def _gps_degrees(dms: Any, ref: Any) -> float | None:
+    try:
+        degrees = float(dms[0]) + float(dms[1]) / 60 + float(dms[2]) / 3600
+    except (TypeError, ValueError, IndexError, ZeroDivisionError):
+        return None
+    return -degrees if ref in ("S", "W") else degrees
+
+
+def read_exif(image: Image.Image) -> tuple[dict[str, Any] | None, datetime | None]:
+    """A small JSON-safe subset of EXIF, and the capture time when the camera recorded one."""
+    try:
+        exif = image.getexif()
+        tags = dict(exif.items())
+        tags.update(exif.get_ifd(ExifTags.IFD.Exif).items())
+        gps = exif.get_ifd(ExifTags.IFD.GPSInfo)
+    except Exception:  # noqa: BLE001 - malformed EXIF must never fail an image
+        return None, None
+    out: dict[str, Any] = {}
+    for tag, value in tags.items():
+        name = ExifTags.TAGS.get(tag)
+        if name in _EXIF_KEEP and (clean := _exif_value(value)) not in (None, ""):
+            out[name] = clean
+    if gps:
+        lat = _gps_degrees(gps.get(ExifTags.GPS.GPSLatitude), gps.get(ExifTags.GPS.GPSLatitudeRef))
+        lon = _gps_degrees(gps.get(ExifTags.GPS.GPSLongitude), gps.get(ExifTags.GPS.GPSLongitudeRef))
+        if lat is not None and lon is not None:
+            out["GPSLatitude"], out["GPSLongitude"] = round(lat, 7), round(lon, 7)
+    taken_at = None
+    stamp = out.get("DateTimeOriginal") or out.get("DateTime")
+    if isinstance(stamp, str):
+        try:
+            taken_at = datetime.strptime(stamp[:19], "%Y:%m:%d %H:%M:%S")
+        except ValueError:
+            pass
+    return out or None, taken_at
+
+
+def decode(data: bytes, spec: ImageSpec) -> DecodedImage:
+    """Hash, decode and preprocess the bytes of one image file."""
+    content_hash = hash_bytes(data)
+    source = io.BytesIO(data)
+    image = open_image(data)
+    try:
+        with Image.open(source) as raw:
+            exif, taken_at = read_exif(raw)
+    except Exception:  # noqa: BLE001 - EXIF is optional metadata
+        exif, taken_at = None, None
+    return DecodedImage(
+        content_hash=content_hash,
+        size=len(data),
+        width=image.width,
+        height=image.height,
+        taken_at=taken_at,
+        exif=exif,
+        pixels=spec.to_pixels(image),
+    )
+
+
+def load_pixels(path: bytes | str | os.PathLike[str], spec: ImageSpec) -> npt.NDArray[np.float32]:
+    """Read and preprocess one image file (a query image, or a candidate for reranking)."""
+    return spec.to_pixels(open_image(read_file(os.fspath(path))))

@@ -1,0 +1,394 @@
+"""Incremental indexing: walk, compare with the database, embed what changed, commit in batches.
+
+How each file found by the walk is treated:
+
+- same path, same size and mtime, vector of the library's model: unchanged, not read;
+- same path, different size or mtime: read and hashed; same content: unchanged;
+  new content: re-embedded (updated);
+- new path whose content matches a stored image that disappeared: moved, keeps
+  its row (id and vector);
+- new path whose content is already embedded elsewhere: added with a copy of
+  that vector, no model call;
+- anything else: decoded and embedded (added or updated).
+
+Stored images under the walked roots that are gone are removed at the end,
+except below folders that could not be listed this time. Each batch is one
+transaction: an interrupted run keeps every finished batch, and the next run
+resumes from there.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+from sqlalchemy import delete, select
+
+from ..errors import ImageError
+from ..store.database import Database, StoredRow, utcnow, vector_to_bytes
+from ..store.schema import FailureRow, ImageRow
+from .images import DecodedImage, ImageSpec, decode, hash_bytes, read_file
+from .vectors import VectorIndex
+from .walk import FileEntry, walk
+
+
+class Progress(Protocol):
+    def update(self, n: int = 1) -> object: ...
+    def close(self) -> object: ...
+
+
+ProgressFactory = Callable[[int, str], Progress]
+
+
+class _NoProgress:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def no_progress(total: int, desc: str) -> Progress:
+    return _NoProgress()
+
+
+@dataclass
+class IndexReport:
+    """What one run did. ``failed`` counts files that could not be indexed this run."""
+
+    added: int = 0
+    updated: int = 0
+    moved: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    failed: int = 0
+    embedded: int = 0
+    interrupted: bool = False
+    errors: list[tuple[bytes, str]] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        keys = ("added", "updated", "moved", "removed", "unchanged", "failed")
+        return {k: getattr(self, k) for k in keys}
+
+
+@dataclass
+class _Job:
+    entry: FileEntry
+    stored: StoredRow | None  # the row at this path, if any
+    data: DecodedImage | None = None
+    error: str | None = None
+
+
+class Embedder(Protocol):
+    fingerprint: str
+    image_spec: ImageSpec
+
+    def embed_images(self, pixels: np.ndarray) -> np.ndarray: ...
+
+
+class Indexer:
+    """One index run over a set of roots; see the module docstring."""
+
+    def __init__(
+        self,
+        db: Database,
+        vectors: VectorIndex,
+        model: Embedder,
+        *,
+        batch_size: int = 16,
+        workers: int = 2,
+        progress: ProgressFactory = no_progress,
+        on_commit: Callable[[int], None] | None = None,
+    ) -> None:
+        self.db = db
+        self.vectors = vectors
+        self.model = model
+        self.fp = model.fingerprint
+        self.batch_size = max(1, batch_size)
+        self.workers = max(1, workers)
+        self.progress = progress
+        self.on_commit = on_commit or (lambda generation: None)
+        self.report = IndexReport()
+
+    # -- planning ---------------------------------------------------------------------
+    def run(self, roots: list[bytes], *, reindex_all: bool = False) -> IndexReport:
+        found = walk(roots)
+        stored = self.db.rows_under(roots)
+        seen = {f.path: f for f in found.files}
+
+        jobs: list[_Job] = []
+        for entry in found.files:
+            row = stored.get(entry.path)
+            if row is not None and row.model == self.fp and (row.size, row.mtime_ns) == (entry.size, entry.mtime_ns):
+                self.report.unchanged += 1
+            else:
+                jobs.append(_Job(entry, row))
+        if reindex_all:
+            jobs.extend(self._outside_roots_with_other_model(stored))
+
+        error_paths = {p for p, _ in found.errors}
+        missing = {
+            path: row
+            for path, row in stored.items()
+            if path not in seen and path not in error_paths and not _below_any(path, found.unreadable_dirs)
+        }
+        self._missing_by_hash: dict[str, list[StoredRow]] = {}
+        for row in missing.values():
+            self._missing_by_hash.setdefault(row.content_hash, []).append(row)
+        with self.db.reader() as session:
+            self._known_hashes = set(
+                session.scalars(select(ImageRow.content_hash).where(ImageRow.model == self.fp)).all()
+            )
+
+        try:
+            self._process(jobs)
+            self._record_walk_errors(found.errors)
+            self._remove_missing(missing, roots, seen, error_paths, found.unreadable_dirs)
+        except KeyboardInterrupt:
+            self.report.interrupted = True
+            raise
+        return self.report
+
+    def _outside_roots_with_other_model(self, under_roots: dict[bytes, StoredRow]) -> Iterator[_Job]:
+        for path, row in self.db.rows_not_of_model(self.fp).items():
+            if path in under_roots:
+                continue
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue  # Not walked this run, so not removed either.
+            yield _Job(FileEntry(path, st.st_size, st.st_mtime_ns), row)
+
+    # -- the pipeline -------------------------------------------------------------------
+    def _prepare(self, job: _Job) -> _Job:
+        """Read, hash, and decode only when the content is new (runs in worker threads)."""
+        try:
+            data = read_file(job.entry.path)
+            content_hash = hash_bytes(data)
+            if content_hash in self._known_hashes:
+                job.data = DecodedImage(content_hash=content_hash, size=len(data))
+            else:
+                job.data = decode(data, self.model.image_spec)
+        except ImageError as exc:
+            job.error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - one bad file must never stop a run
+            job.error = f"unexpected error while reading: {type(exc).__name__}: {exc}"
+        return job
+
+    def _prepared(self, jobs: list[_Job]) -> Iterator[_Job]:
+        """Jobs in order, prepared by a thread pool with bounded read-ahead."""
+        ahead = max(2 * self.batch_size, 2 * self.workers)
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="blipsearch-decode") as pool:
+            pending: deque[Future[_Job]] = deque()
+            todo = iter(jobs)
+            try:
+                for job in todo:
+                    pending.append(pool.submit(self._prepare, job))
+                    if len(pending) >= ahead:
+                        yield pending.popleft().result()
+                while pending:
+                    yield pending.popleft().result()
+            finally:
+                for future in pending:
+                    future.cancel()
+
+    def _process(self, jobs: list[_Job]) -> None:
+        if not jobs:
+            return
+        bar = self.progress(len(jobs), "Indexing")
+        try:
+            batch: list[_Job] = []
+            to_embed = 0
+            for job in self._prepared(jobs):
+                batch.append(job)
+                if job.data is not None and job.data.pixels is not None:
+                    to_embed += 1
+                # A batch closes on model-sized work, or on many cheap items.
+                if to_embed >= self.batch_size or len(batch) >= 8 * self.batch_size:
+                    self._commit(batch)
+                    bar.update(len(batch))
+                    batch, to_embed = [], 0
+            if batch:
+                self._commit(batch)
+                bar.update(len(batch))
+        finally:
+            bar.close()
+
+    # -- writing -----------------------------------------------------------------------------
+    def _commit(self, batch: list[_Job]) -> None:
+        embed = [j for j in batch if j.data is not None and j.data.pixels is not None]
+        vectors = (
+            self.model.embed_images(np.stack([j.data.pixels for j in embed]))  # type: ignore[union-attr,misc]
+            if embed
+            else np.zeros((0, 0), np.float32)
+        )
+        new_vectors = {id(j): v for j, v in zip(embed, vectors)}
+        report = IndexReport()
+        faiss_add: list[tuple[int, np.ndarray]] = []
+        faiss_remove: list[int] = []
+        now = utcnow()
+        with self.db.transaction() as session:
+            generation = self.db.bump_generation(session)
+            copies = self.db.embedded_by_hash(
+                session,
+                {j.data.content_hash for j in batch if j.data is not None and id(j) not in new_vectors},
+                self.fp,
+            )
+            for job in batch:
+                path = job.entry.path
+                if job.error is not None or job.data is None:
+                    self._fail(session, job, job.error or "unknown error", now)
+                    report.failed += 1
+                    if job.stored is not None:
+                        session.execute(delete(ImageRow).where(ImageRow.id == job.stored.id))
+                        faiss_remove.append(job.stored.id)
+                    continue
+                data = job.data
+                row = job.stored
+                if (
+                    row is not None
+                    and row.model == self.fp
+                    and row.content_hash == data.content_hash
+                ):
+                    # Touched but not changed: record the new stat, keep the vector.
+                    session.execute(
+                        ImageRow.__table__.update()
+                        .where(ImageRow.id == row.id)
+                        .values(size=job.entry.size, mtime_ns=job.entry.mtime_ns)
+                    )
+                    report.unchanged += 1
+                    self._clear_failure(session, path)
+                    continue
+                moved_from = self._claim_missing(data.content_hash) if row is None else None
+                if moved_from is not None:
+                    session.execute(
+                        ImageRow.__table__.update()
+                        .where(ImageRow.id == moved_from.id)
+                        .values(path=path, size=job.entry.size, mtime_ns=job.entry.mtime_ns)
+                    )
+                    report.moved += 1
+                    self._clear_failure(session, path)
+                    continue
+                values = dict(
+                    path=path,
+                    size=job.entry.size,
+                    mtime_ns=job.entry.mtime_ns,
+                    content_hash=data.content_hash,
+                    model=self.fp,
+                    indexed_at=now,
+                )
+                if id(job) in new_vectors:
+                    vector = new_vectors[id(job)]
+                    values.update(
+                        vector=vector_to_bytes(vector),
+                        width=data.width,
+                        height=data.height,
+                        taken_at=data.taken_at,
+                        exif=data.exif,
+                    )
+                elif (twin := copies.get(data.content_hash)) is not None:
+                    # Same bytes as an image already embedded: reuse its vector and metadata.
+                    vector = np.frombuffer(twin["vector"], np.float32)
+                    values.update({k: v for k, v in twin.items() if k != "content_hash"})
+                else:
+                    # Its only twin vanished during the run: it is decoded next run.
+                    self._fail(session, job, "content changed while indexing; run again", now)
+                    report.failed += 1
+                    continue
+                if row is None:
+                    image = ImageRow(**values)
+                    session.add(image)
+                    session.flush()
+                    image_id = image.id
+                    report.added += 1
+                else:
+                    session.execute(ImageRow.__table__.update().where(ImageRow.id == row.id).values(**values))
+                    image_id = row.id
+                    report.updated += 1
+                faiss_add.append((image_id, vector))
+                self._clear_failure(session, path)
+        # Committed: now mirror it in the in-memory vector index.
+        self.vectors.remove(faiss_remove)
+        if faiss_add:
+            ids = np.array([i for i, _ in faiss_add], np.int64)
+            self.vectors.replace(ids, np.stack([v for _, v in faiss_add]).astype(np.float32))
+        self._known_hashes.update(j.data.content_hash for j in embed if j.data is not None)
+        for key in ("added", "updated", "moved", "unchanged", "failed"):
+            setattr(self.report, key, getattr(self.report, key) + getattr(report, key))
+        self.report.embedded += len(embed)
+        self.report.errors.extend((j.entry.path, j.error) for j in batch if j.error)
+        self.on_commit(generation)
+
+    def _claim_missing(self, content_hash: str) -> StoredRow | None:
+        rows = self._missing_by_hash.get(content_hash)
+        if not rows:
+            return None
+        row = rows.pop()
+        if not rows:
+            del self._missing_by_hash[content_hash]
+        return row
+
+    @staticmethod
+    def _fail(session, job: _Job, reason: str, now) -> None:  # type: ignore[no-untyped-def]
+        session.merge(
+            FailureRow(path=job.entry.path, reason=reason, size=job.entry.size, mtime_ns=job.entry.mtime_ns, failed_at=now)
+        )
+
+    @staticmethod
+    def _clear_failure(session, path: bytes) -> None:  # type: ignore[no-untyped-def]
+        session.execute(delete(FailureRow).where(FailureRow.path == path))
+
+    def _record_walk_errors(self, errors: list[tuple[bytes, str]]) -> None:
+        if not errors:
+            return
+        now = utcnow()
+        with self.db.transaction() as session:
+            for path, reason in errors:
+                session.merge(FailureRow(path=path, reason=reason, size=None, mtime_ns=None, failed_at=now))
+        self.report.failed += len(errors)
+        self.report.errors.extend(errors)
+
+    def _remove_missing(
+        self,
+        missing: dict[bytes, StoredRow],
+        roots: list[bytes],
+        seen: dict[bytes, FileEntry],
+        error_paths: set[bytes],
+        unreadable: list[bytes],
+    ) -> None:
+        unclaimed = {row.id for rows in self._missing_by_hash.values() for row in rows}
+        gone = [row.id for row in missing.values() if row.id in unclaimed]
+        # Failures recorded earlier for files that are no longer there.
+        stale_failures = [
+            f.path
+            for f in self.db.failures()
+            if _below_any(f.path, roots, inclusive=True)
+            and f.path not in seen
+            and f.path not in error_paths
+            and not _below_any(f.path, unreadable)
+        ]
+        if not gone and not stale_failures:
+            return
+        with self.db.transaction() as session:
+            generation = self.db.bump_generation(session)
+            for start in range(0, len(gone), 500):
+                session.execute(delete(ImageRow).where(ImageRow.id.in_(gone[start : start + 500])))
+            for start in range(0, len(stale_failures), 500):
+                session.execute(delete(FailureRow).where(FailureRow.path.in_(stale_failures[start : start + 500])))
+        self.vectors.remove(gone)
+        self.report.removed += len(gone)
+        self.on_commit(generation)
+
+
+def _below_any(path: bytes, folders: list[bytes], inclusive: bool = False) -> bool:
+    for folder in folders:
+        if inclusive and path == folder:
+            return True
+        if path.startswith(folder.rstrip(b"/") + b"/"):
+            return True
+    return False

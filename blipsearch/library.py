@@ -1,0 +1,314 @@
+"""The Python API: a library of indexed photos, searchable by text and by image.
+
+>>> lib = Library("~/photos-index", model="Salesforce/blip-itm-base-coco")   # doctest: +SKIP
+>>> lib.index(["~/Pictures"])                                                 # doctest: +SKIP
+>>> for hit in lib.search("a dog running on the beach", k=5):                 # doctest: +SKIP
+...     print(hit.rank, round(hit.score, 3), hit.path)
+
+A library is a folder holding the SQLite database (or pointing at any
+SQLAlchemy URL) and the FAISS file derived from it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import platformdirs
+
+from .errors import InputPathError, LibraryError, ModelMismatchError
+from .index.images import load_pixels
+from .index.indexer import IndexReport, Indexer, ProgressFactory, no_progress
+from .index.vectors import VectorIndex
+from .loading import BUILTIN_PREFIX
+from .model import DEFAULT_MODEL, ItmToken, RetrievalModel, load_retrieval_model
+from .rerank.itm import rerank
+from .store.database import Database, bytes_to_vectors
+
+LIBRARY_ENV = "BLIPSEARCH_LIBRARY"
+DB_FILE = "library.db"
+VECTORS_FILE = "vectors.faiss"
+
+
+def default_location() -> Path:
+    env = os.environ.get(LIBRARY_ENV)
+    if env:
+        return Path(env).expanduser()
+    return platformdirs.user_data_path("blipsearch", appauthor=False) / "library"
+
+
+def _normalize_spec(spec: str) -> str:
+    """Local model folders are recorded by absolute path; hub ids and built-ins as given."""
+    if spec.startswith(BUILTIN_PREFIX):
+        return spec
+    local = Path(spec).expanduser()
+    return str(local.resolve()) if local.is_dir() else spec
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result. ``score`` is what the ranking used: ITM logit + ITC cosine when
+    reranked (the BLIP paper's score), else the ITC cosine."""
+
+    rank: int
+    id: int
+    path: str
+    score: float
+    itc: float
+    itm: float | None = None  # match probability, softmax of the ITM logits
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Failure:
+    path: str
+    reason: str
+
+
+class Library:
+    """Open (creating if needed) the library at ``location``.
+
+    ``model`` is a hub id, a local checkpoint folder or ``builtin:NAME``; left
+    out, the model the library was indexed with is used (the default model for
+    a new library). Models load lazily, on first use.
+    """
+
+    def __init__(
+        self,
+        location: str | os.PathLike[str] | None = None,
+        *,
+        db_url: str | None = None,
+        model: str | None = None,
+        device: str = "auto",
+        itm_token: ItmToken = "enc",
+    ) -> None:
+        self.location = Path(location).expanduser() if location is not None else default_location()
+        if self.location.exists() and not self.location.is_dir():
+            raise LibraryError(f"Library location {self.location} exists but is not a folder.")
+        try:
+            self.location.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LibraryError(f"Can't create the library folder {self.location}: {exc.strerror}") from None
+        self.db = Database(db_url or f"sqlite:///{self.location / DB_FILE}")
+        self.vectors_path = self.location / VECTORS_FILE
+        self.requested_model = model
+        self.device = device
+        self.itm_token: ItmToken = itm_token
+        self._model: RetrievalModel | None = None
+        self._vectors: VectorIndex | None = None
+        self._synced_generation = -1
+
+    # -- model --------------------------------------------------------------------------
+    @property
+    def model_spec(self) -> str:
+        if self.requested_model:
+            return self.requested_model
+        return self.db.library().model or DEFAULT_MODEL
+
+    @property
+    def model(self) -> RetrievalModel:
+        if self._model is None:
+            self._model = load_retrieval_model(self.model_spec, self.device, self.itm_token)
+        return self._model
+
+    def _check_model(self, model: RetrievalModel) -> None:
+        record = self.db.library()
+        if record.model_fingerprint is not None and record.model_fingerprint != model.fingerprint:
+            asked = _normalize_spec(model.spec)
+            raise ModelMismatchError(
+                f"This library's vectors were made by {record.model} (fingerprint {record.model_fingerprint}); "
+                f"{asked} (fingerprint {model.fingerprint}) makes vectors that can't be compared with them. "
+                f"Use --model {record.model}, or re-embed everything with "
+                f"`blipsearch index --reindex --model {asked} PATH...`."
+            )
+
+    # -- the vector index -----------------------------------------------------------------
+    def _load_vectors(self, fp: str) -> VectorIndex:
+        generation = self.db.library().generation
+        loaded = VectorIndex.load(self.vectors_path)
+        if loaded is not None:
+            index, header = loaded
+            if header.generation == generation and header.model == fp:
+                self._synced_generation = generation
+                return index
+        return self.rebuild_vectors(fp)
+
+    def rebuild_vectors(self, fp: str | None = None) -> VectorIndex:
+        """Rebuild the FAISS file from the vectors stored in the database."""
+        record = self.db.library()
+        fp = fp or record.model_fingerprint
+        dim = record.dim or 256
+        # Read the generation before the vectors: the file may then be labelled
+        # older than its content (rebuilt again later), never newer.
+        generation = record.generation
+        index = VectorIndex(dim)
+        if fp:
+            for ids, blobs in self.db.iter_vectors(fp):
+                index.add(ids, bytes_to_vectors(blobs, dim))
+        self._synced_generation = generation
+        self._save_vectors(index, fp or "")
+        return index
+
+    def _save_vectors(self, index: VectorIndex, fp: str) -> None:
+        try:
+            index.save(self.vectors_path, self._synced_generation, fp)
+        except OSError:
+            pass  # A read-only library still searches; the file is rebuilt in memory next time.
+
+    def _vector_index(self) -> VectorIndex:
+        if self._vectors is None:
+            self._vectors = self._load_vectors(self.model.fingerprint)
+        return self._vectors
+
+    def _on_commit(self, generation: int) -> None:
+        # Another process wrote in between: our in-memory index may miss its changes.
+        self._synced_generation = generation if generation == self._synced_generation + 1 else -1
+
+    # -- indexing -------------------------------------------------------------------------------
+    def index(
+        self,
+        paths: list[str | os.PathLike[str] | bytes],
+        *,
+        batch_size: int = 16,
+        workers: int | None = None,
+        reindex: bool = False,
+        progress: ProgressFactory = no_progress,
+    ) -> IndexReport:
+        """Index photo folders (or files) incrementally. See :mod:`blipsearch.index.indexer`."""
+        roots = [_root(p) for p in paths]
+        if not roots:
+            raise InputPathError("Give at least one folder or image to index.")
+        model = self.model  # load (or fail) before any work
+        record = self.db.library()
+        if record.model_fingerprint != model.fingerprint:
+            if record.model_fingerprint is not None and not reindex:
+                self._check_model(model)
+            self.db.set_model(_normalize_spec(model.spec), model.fingerprint, model.dim)
+            self._vectors = None
+        vectors = self._vector_index()
+        indexer = Indexer(
+            self.db,
+            vectors,
+            model,
+            batch_size=batch_size,
+            workers=workers or min(4, os.cpu_count() or 1),
+            progress=progress,
+            on_commit=self._on_commit,
+        )
+        try:
+            return indexer.run(roots, reindex_all=reindex)
+        finally:
+            if self._synced_generation < 0:
+                self._vectors = self.rebuild_vectors(model.fingerprint)
+            else:
+                self._save_vectors(vectors, model.fingerprint)
+
+    # -- queries ------------------------------------------------------------------------------------
+    def _searchable(self) -> tuple[RetrievalModel, VectorIndex]:
+        if self.db.library().model_fingerprint is None:
+            raise LibraryError(f"The library at {self.location} is empty: run `blipsearch index PATH` first.")
+        model = self.model
+        self._check_model(model)
+        vectors = self._vector_index()
+        if self.db.library().generation != self._synced_generation:
+            vectors = self._vectors = self._load_vectors(model.fingerprint)
+        if len(vectors) == 0:
+            raise LibraryError(f"The library at {self.location} has no images yet: run `blipsearch index PATH`.")
+        return model, vectors
+
+    def search(self, text: str, k: int = 10, *, rerank_depth: int = 32, rerank_hits: bool = True) -> list[Hit]:
+        """Text to image: ITC cosine shortlist, the top ``rerank_depth`` reranked with ITM."""
+        if not text.strip():
+            raise InputPathError("The search text is empty.")
+        model, vectors = self._searchable()
+        depth = rerank_depth if rerank_hits else 0
+        scores, ids = vectors.search(model.embed_texts([text]), max(k, depth))
+        rows = self.db.images_by_id([int(i) for i in ids[0] if i >= 0])
+        shortlist = [(int(i), float(s)) for s, i in zip(scores[0], ids[0]) if int(i) in rows]
+        ranked = rerank(model, text, shortlist[:depth], rows) if depth else []
+        reranked_ids = {r.id for r in ranked if r.itm is not None}
+        tail = [(i, s) for i, s in shortlist if i not in reranked_ids]
+        results = [(r.id, r.score, r.itc, r.itm) for r in ranked if r.itm is not None]
+        results += [(i, s, s, None) for i, s in tail]
+        return [
+            Hit(rank=n + 1, id=i, path=os.fsdecode(rows[i].path), score=score, itc=itc, itm=itm)
+            for n, (i, score, itc, itm) in enumerate(results[:k])
+        ]
+
+    def similar(self, image: str | os.PathLike[str] | bytes, k: int = 10) -> list[Hit]:
+        """Image to image by ITC cosine; the query itself, when indexed, is left out."""
+        model, vectors = self._searchable()
+        path = _root(image)
+        if not os.path.isfile(path):
+            raise InputPathError(f"{os.fsdecode(path)} is not a file.")
+        stored = self.db.image_by_path(path)
+        st = os.stat(path)
+        if (
+            stored is not None
+            and stored.model == model.fingerprint
+            and stored.vector is not None
+            and (stored.size, stored.mtime_ns) == (st.st_size, st.st_mtime_ns)
+        ):
+            query = np.frombuffer(stored.vector, np.float32)[None, :]
+        else:
+            try:
+                query = model.embed_images(load_pixels(path, model.image_spec)[None])
+            except Exception as exc:
+                raise InputPathError(f"Can't use {os.fsdecode(path)} as a query image: {exc}") from None
+        scores, ids = vectors.search(query, k + 1)
+        rows = self.db.images_by_id([int(i) for i in ids[0] if i >= 0])
+        hits = [(int(i), float(s)) for s, i in zip(scores[0], ids[0]) if int(i) in rows and rows[int(i)].path != path]
+        return [
+            Hit(rank=n + 1, id=i, path=os.fsdecode(rows[i].path), score=s, itc=s)
+            for n, (i, s) in enumerate(hits[:k])
+        ]
+
+    # -- state -----------------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        record = self.db.library()
+        images, stored_vectors, failures = self.db.counts(record.model_fingerprint)
+        searchable = 0
+        if record.model_fingerprint:
+            loaded = VectorIndex.load(self.vectors_path)
+            fresh = loaded is not None and loaded[1].generation == record.generation
+            searchable = len(loaded[0]) if fresh and loaded else len(self.rebuild_vectors(record.model_fingerprint))
+        return {
+            "images": images,
+            "vectors": searchable,
+            "failures": failures,
+            "stale": images - stored_vectors,
+            "model": record.model,
+            "model_fingerprint": record.model_fingerprint,
+            "dim": record.dim,
+            "library": str(self.location),
+            "database": self.db.display_url,
+        }
+
+    def failures(self) -> list[Failure]:
+        return [Failure(os.fsdecode(f.path), f.reason) for f in self.db.failures()]
+
+    def close(self) -> None:
+        self.db.dispose()
+
+    def __enter__(self) -> Library:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _root(path: str | os.PathLike[str] | bytes) -> bytes:
+    """An absolute byte path; the folder must exist (a missing root must delete nothing)."""
+    raw = os.fsencode(os.path.expanduser(os.fsdecode(path)) if not isinstance(path, bytes) else path)
+    absolute = os.path.abspath(raw)
+    if not os.path.exists(absolute):
+        raise InputPathError(f"{os.fsdecode(absolute)} does not exist (is the disk mounted?).")
+    return absolute
+
+
+__all__ = ["Failure", "Hit", "IndexReport", "Library", "default_location"]

@@ -1,0 +1,131 @@
+"""Where model files come from. The only module that may touch the network.
+
+A model is named by a *spec*:
+
+- ``builtin:NAME``: a small checkpoint shipped inside the package
+  (``blipsearch/builtin/NAME/<role>/``);
+- a local directory in the Hugging Face hub layout (config, safetensors
+  weights, tokenizer files, image processor config);
+- a hub id such as ``Salesforce/blip-itm-base-coco``: taken from the local
+  Hugging Face cache, downloaded once when it is not there.
+
+:func:`resolve_model_dir` turns a spec into a directory or fails within
+seconds with a message that says what to do; it never retries for long.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from .errors import InputPathError, ModelUnavailableError
+
+BUILTIN_PREFIX = "builtin:"
+BUILTIN_DIR = Path(__file__).parent / "builtin"
+
+# Only what a BLIP checkpoint needs; safetensors first (no pickle).
+_HUB_PATTERNS = ["*.json", "*.txt", "model.safetensors", "model.safetensors.index.json", "model-*.safetensors"]
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _looks_like_path(spec: str) -> bool:
+    # Hub ids are exactly "owner/name".
+    return spec.startswith((".", "/", "~")) or spec.count("/") != 1 or os.sep != "/" and os.sep in spec
+
+
+def _unavailable(spec: str, reason: str) -> ModelUnavailableError:
+    return ModelUnavailableError(
+        f"Model {spec!r} is not on this machine and can't be downloaded ({reason}). "
+        f"Connect to the network and run again (the files are cached for later offline use); "
+        f"or, on a connected machine, run `hf download {spec}` and copy the folder here, "
+        f"then pass --model PATH (set HF_HUB_OFFLINE=1 to never try the network); "
+        f"or try the bundled demo model with --model builtin:shapes."
+    )
+
+
+def resolve_model_dir(spec: str, role: str = "retrieval") -> Path:
+    """Return a local directory holding the checkpoint named by ``spec``.
+
+    ``role`` picks the sub-folder of a ``builtin:`` model (``retrieval``,
+    ``caption`` or ``vqa``).
+    """
+    if spec.startswith(BUILTIN_PREFIX):
+        name = spec[len(BUILTIN_PREFIX):]
+        path = BUILTIN_DIR / name / role
+        if not (path / "config.json").is_file():
+            known = sorted(p.name for p in BUILTIN_DIR.iterdir() if p.is_dir()) if BUILTIN_DIR.is_dir() else []
+            raise ModelUnavailableError(
+                f"There is no built-in {role} model {name!r}"
+                + (f"; built-in models: {', '.join('builtin:' + k for k in known)}." if known else ".")
+            )
+        return path
+
+    local = Path(spec).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise InputPathError(f"{spec} is a folder but holds no config.json: it is not a model checkpoint.")
+        return local.resolve()
+    if _looks_like_path(spec):
+        raise InputPathError(f"Model folder {spec} does not exist.")
+    return _hub_snapshot(spec)
+
+
+def _hub_snapshot(repo_id: str) -> Path:
+    # Imported here so that local and built-in models never import the hub client.
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        path = Path(snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS, local_files_only=True))
+        if _has_weights(path):
+            return path
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError):
+        pass
+    if _offline():
+        raise _unavailable(repo_id, "HF_HUB_OFFLINE is set and it is not in the Hugging Face cache")
+    try:
+        path = Path(snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS))
+        if not _has_weights(path):
+            # Older repositories only have pickled weights; transformers loads
+            # them with torch.load(weights_only=True).
+            path = Path(snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS + ["pytorch_model.bin"]))
+    except (HfHubHTTPError, OSError, ValueError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise _unavailable(repo_id, first_line) from None
+    if not _has_weights(path):
+        raise _unavailable(repo_id, "the repository has no model weights")
+    return path
+
+
+def _has_weights(path: Path) -> bool:
+    return any((path / name).is_file() for name in _WEIGHT_FILES) or any(path.glob("model-*.safetensors"))
+
+
+@lru_cache(maxsize=16)
+def _fingerprint_cached(path: str, stamp: tuple[tuple[str, int, int], ...]) -> str:
+    digest = hashlib.sha256()
+    for name, _, _ in stamp:
+        digest.update(name.encode())
+        with open(os.path.join(path, name), "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def fingerprint(model_dir: Path) -> str:
+    """A short hash of everything that decides the vectors: config, image processor config, weights."""
+    names = sorted(
+        p.name
+        for p in model_dir.iterdir()
+        if p.name in ("config.json", "preprocessor_config.json", "processor_config.json")
+        or p.name in _WEIGHT_FILES
+        or (p.name.startswith("model-") and p.name.endswith(".safetensors"))
+    )
+    stamp = tuple((n, (s := (model_dir / n).stat()).st_size, s.st_mtime_ns) for n in names)
+    return _fingerprint_cached(str(model_dir), stamp)

@@ -1,0 +1,180 @@
+"""The BLIP retrieval model: ITC embeddings for both modalities and the ITM head.
+
+Recipes (see the project's BLIP notes):
+
+- image vector: ``vision_proj(vision_model(pixels).last_hidden_state[:, 0])``, L2-normalized;
+- text vector: ``text_proj(text_encoder(ids, mask).last_hidden_state[:, 0])``, L2-normalized
+  (unimodal: no image attached);
+- ITM: the text's first token replaced by ``[ENC]``, the text encoder cross-attending
+  to all image tokens, ``itm_head`` on the first position.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from .errors import ModelLoadError
+from .index.images import ImageSpec
+from .loading import fingerprint, resolve_model_dir
+from .text import MAX_TOKENS, pre_caption
+
+DEFAULT_MODEL = "Salesforce/blip-itm-base-coco"
+
+ItmToken = Literal["enc", "cls"]
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then Apple's MPS, then the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ModelLoadError(f"Unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("--device cuda was asked for, but this torch build sees no CUDA GPU.")
+    return device
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    # Half precision on GPUs; on CPUs without native bf16/fp16 it is ~10x slower than fp32.
+    return torch.float16 if device.type in ("cuda", "mps") else torch.float32
+
+
+@dataclass(eq=False)
+class RetrievalModel:
+    """A loaded ``BlipForImageTextRetrieval`` with its tokenizer and image settings."""
+
+    spec: str
+    path: Path
+    fingerprint: str
+    net: torch.nn.Module
+    tokenizer: object
+    image_spec: ImageSpec
+    device: torch.device
+    dtype: torch.dtype
+    enc_token_id: int
+    itm_token: ItmToken = "enc"
+    dim: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.dim = int(self.net.config.image_text_hidden_size)
+
+    # -- text ---------------------------------------------------------------
+    def tokenize(self, texts: list[str], *, for_itm: bool = False) -> dict[str, torch.Tensor]:
+        batch = self.tokenizer(
+            [pre_caption(t) for t in texts],
+            padding="longest",
+            truncation=True,
+            max_length=MAX_TOKENS,
+            return_tensors="pt",
+        )
+        ids = batch["input_ids"].clone()
+        if for_itm and self.itm_token == "enc":
+            ids[:, 0] = self.enc_token_id
+        return {"input_ids": ids.to(self.device), "attention_mask": batch["attention_mask"].to(self.device)}
+
+    @torch.inference_mode()
+    def embed_texts(self, texts: list[str]) -> npt.NDArray[np.float32]:
+        """256-d L2-normalized ITC vectors for texts (BLIP text preprocessing applied)."""
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        hidden = self.net.text_encoder(**self.tokenize(texts)).last_hidden_state
+        vectors = torch.nn.functional.normalize(self.net.text_proj(hidden[:, 0]).float(), dim=-1)
+        return vectors.cpu().numpy()
+
+    # -- images -------------------------------------------------------------
+    @torch.inference_mode()
+    def image_tokens(self, pixels: npt.NDArray[np.float32] | torch.Tensor) -> torch.Tensor:
+        """The vision encoder's full output (batch, tokens, hidden), on the model's device."""
+        tensor = torch.as_tensor(pixels).to(self.device, self.dtype)
+        return self.net.vision_model(pixel_values=tensor).last_hidden_state
+
+    @torch.inference_mode()
+    def project_images(self, tokens: torch.Tensor) -> npt.NDArray[np.float32]:
+        vectors = torch.nn.functional.normalize(self.net.vision_proj(tokens[:, 0]).float(), dim=-1)
+        return vectors.cpu().numpy()
+
+    def embed_images(self, pixels: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """256-d L2-normalized ITC vectors for a batch of preprocessed images (N, 3, H, W)."""
+        if len(pixels) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        return self.project_images(self.image_tokens(pixels))
+
+    # -- image-text matching -----------------------------------------------
+    @torch.inference_mode()
+    def itm_logits(self, texts: list[str], tokens: torch.Tensor) -> npt.NDArray[np.float32]:
+        """ITM logits (N, 2) for N (text, image) pairs; ``tokens`` are the images' vision outputs."""
+        if len(texts) != tokens.shape[0]:
+            raise ValueError("itm_logits needs one text per image")
+        batch = self.tokenize(texts, for_itm=True)
+        mask = torch.ones(tokens.shape[:-1], dtype=torch.long, device=tokens.device)
+        hidden = self.net.text_encoder(
+            **batch, encoder_hidden_states=tokens, encoder_attention_mask=mask
+        ).last_hidden_state
+        return self.net.itm_head(hidden[:, 0]).float().cpu().numpy()
+
+
+def _enc_token_id(tokenizer: object, vocab_size: int) -> int:
+    token_id = tokenizer.convert_tokens_to_ids("[ENC]")  # type: ignore[attr-defined]
+    if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:  # type: ignore[attr-defined]
+        return token_id
+    # The hub's converted checkpoints ship a plain bert tokenizer without [ENC];
+    # BLIP's text encoder put it last in its vocabulary (id 30523 of 30524).
+    return vocab_size - 1
+
+
+def load_retrieval_model(
+    spec: str = DEFAULT_MODEL,
+    device: str = "auto",
+    itm_token: ItmToken = "enc",
+    dtype: torch.dtype | None = None,
+) -> RetrievalModel:
+    """Load a BLIP ITM checkpoint (hub id, local folder or ``builtin:NAME``)."""
+    from transformers import AutoTokenizer, BlipForImageTextRetrieval
+    from transformers.utils import logging as hf_logging
+
+    path = resolve_model_dir(spec, "retrieval")
+    torch_device = select_device(device)
+    image_spec = ImageSpec.from_model_dir(path)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        net, info = BlipForImageTextRetrieval.from_pretrained(path, output_loading_info=True)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelLoadError(f"Can't load a BLIP retrieval model from {path}: {exc}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    missing = [k for k in info.get("missing_keys", []) if "position_ids" not in k]
+    if missing:
+        raise ModelLoadError(
+            f"{spec} is not a BLIP image-text retrieval checkpoint: it lacks {len(missing)} weights "
+            f"({', '.join(sorted(missing)[:3])}, ...). Use an ITM model such as {DEFAULT_MODEL}."
+        )
+    torch_dtype = dtype or default_dtype(torch_device)
+    net = net.to(torch_device, torch_dtype).eval()
+    logging.getLogger(__name__).debug("loaded %s on %s (%s)", spec, torch_device, torch_dtype)
+    return RetrievalModel(
+        spec=spec,
+        path=path,
+        fingerprint=fingerprint(path),
+        net=net,
+        tokenizer=tokenizer,
+        image_spec=image_spec,
+        device=torch_device,
+        dtype=torch_dtype,
+        enc_token_id=_enc_token_id(tokenizer, int(net.config.text_config.vocab_size)),
+        itm_token=itm_token,
+    )

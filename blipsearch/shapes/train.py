@@ -1,0 +1,581 @@
+"""Train the three tiny shapes-world BLIP checkpoints shipped in ``blipsearch/builtin/shapes``.
+
+Usage::
+
+    python -m blipsearch.shapes.train --out blipsearch/builtin/shapes --seed 0
+
+Writes, each in the Hugging Face hub layout and loadable with ``from_pretrained``
+like Salesforce's BLIP checkpoints:
+
+- ``retrieval/`` ``BlipForImageTextRetrieval``, trained with ITC (symmetric
+  InfoNCE, learnable temperature, scene-identity soft targets) plus ITM with
+  hard negatives: ITC-similarity-mined in-batch images and texts, and captions
+  whose colors, shapes or sides are swapped;
+- ``caption/`` ``BlipForConditionalGeneration``, language modelling of
+  ``"a picture of " + caption``;
+- ``vqa/`` ``BlipForQuestionAnswering``, answer generation from ``[ENC]`` + question;
+
+plus ``TRAINING.json`` (command, seed, wall time, data sizes, hyperparameters,
+held-out test metrics). As in BLIP, the captioning and VQA models start from
+the retrieval model's weights (vision encoder; text encoder for their text
+modules). Runs on CUDA when available, else CPU; about 25 minutes on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import re
+import shlex
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import (
+    BertTokenizer,
+    BlipConfig,
+    BlipForConditionalGeneration,
+    BlipForImageTextRetrieval,
+    BlipForQuestionAnswering,
+    BlipImageProcessorPil,
+    BlipTextConfig,
+    BlipVisionConfig,
+)
+
+from blipsearch.shapes import evaluate, world
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", "[ENC]"]
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# Punctuation the BERT basic tokenizer splits off; in the vocab so that user
+# queries with it do not turn into [UNK].
+_PUNCTUATION = ["?", ",", ".", "!", "'", "-"]
+
+
+@dataclass
+class Sizes:
+    """Transformer sizes shared by the three models."""
+
+    vision_hidden: int = 128
+    vision_layers: int = 4
+    vision_heads: int = 4
+    patch_size: int = 8
+    text_hidden: int = 128
+    text_layers: int = 4
+    text_heads: int = 4
+    max_positions: int = 64
+
+
+@dataclass
+class Hyper:
+    """Everything that determines a training run besides the seed."""
+
+    sizes: Sizes = field(default_factory=Sizes)
+    train_images: int = 20000
+    test_images: int = 400
+    rerank_k: int = 16
+    retrieval_steps: int = 1500
+    retrieval_batch: int = 64
+    retrieval_lr: float = 1e-3
+    temp_init: float = 0.07
+    caption_steps: int = 600
+    caption_batch: int = 64
+    caption_lr: float = 5e-4
+    vqa_steps: int = 600
+    vqa_batch: int = 64
+    vqa_lr: float = 5e-4
+    weight_decay: float = 0.05
+    warmup_frac: float = 0.05
+    # Probability that an ITC/ITM text is an alternative phrasing rather than the canonical one.
+    alt_caption_prob: float = 0.5
+    eval_beams: int = 3
+
+
+# ----------------------------------------------------------------------------- vocabulary
+
+
+def world_vocabulary() -> list[str]:
+    """Special tokens, then every word and punctuation mark the world's texts use."""
+    texts: list[str] = [evaluate.CAPTION_PROMPT, "yes no"]
+    rng = np.random.default_rng(0)
+    for left, right in world.all_pairs():
+        texts += [world.canonical_caption(left, right), *world.alternative_captions(left, right)]
+        texts += [qa.question + " " + qa.answer for qa in world.questions(left, right, rng)]
+    words: set[str] = set()
+    for t in texts:
+        words.update(re.findall(r"\w+|[^\w\s]", t.lower()))
+    return SPECIAL_TOKENS + sorted(words | set(_PUNCTUATION))
+
+
+def build_tokenizer(directory: Path) -> BertTokenizer:
+    """A WordPiece BertTokenizer over the world's vocabulary, with BLIP's [DEC] bos and [ENC] tokens."""
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = directory / "vocab.txt"
+    vocab.write_text("\n".join(world_vocabulary()) + "\n", encoding="utf-8")
+    return BertTokenizer(
+        str(vocab),
+        do_lower_case=True,
+        bos_token="[DEC]",
+        additional_special_tokens=["[ENC]"],
+        model_max_length=512,
+    )
+
+
+# ----------------------------------------------------------------------------- config and I/O
+
+
+def make_config(tokenizer: BertTokenizer, sizes: Sizes) -> BlipConfig:
+    sep = tokenizer.sep_token_id
+    text = BlipTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=sizes.text_hidden,
+        encoder_hidden_size=sizes.vision_hidden,
+        intermediate_size=4 * sizes.text_hidden,
+        num_hidden_layers=sizes.text_layers,
+        num_attention_heads=sizes.text_heads,
+        max_position_embeddings=sizes.max_positions,
+        bos_token_id=tokenizer.bos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        sep_token_id=sep,
+        eos_token_id=sep,
+    )
+    vision = BlipVisionConfig(
+        hidden_size=sizes.vision_hidden,
+        intermediate_size=4 * sizes.vision_hidden,
+        num_hidden_layers=sizes.vision_layers,
+        num_attention_heads=sizes.vision_heads,
+        image_size=world.IMAGE_SIZE,
+        patch_size=sizes.patch_size,
+        layer_norm_eps=1e-6,
+        # The class default (1e-10) would start position embeddings at zero.
+        initializer_range=0.02,
+    )
+    return BlipConfig(text_config=text, vision_config=vision, image_text_hidden_size=256)
+
+
+def preprocessor_config() -> dict[str, Any]:
+    """BlipImageProcessor settings: square bicubic resize to the model size, CLIP normalization."""
+    return {
+        "image_processor_type": "BlipImageProcessor",
+        "processor_class": "BlipProcessor",
+        "do_resize": True,
+        "size": {"height": world.IMAGE_SIZE, "width": world.IMAGE_SIZE},
+        "resample": 3,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": list(CLIP_MEAN),
+        "image_std": list(CLIP_STD),
+        "do_convert_rgb": True,
+    }
+
+
+def save_checkpoint(model: torch.nn.Module, tokenizer: BertTokenizer, directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    (directory / "preprocessor_config.json").write_text(json.dumps(preprocessor_config(), indent=2) + "\n")
+
+
+# ----------------------------------------------------------------------------- data
+
+
+class Pool:
+    """Pre-rendered training scenes as a uint8 tensor plus their object indices."""
+
+    def __init__(self, scenes: Sequence[world.Scene]) -> None:
+        self.objects = world.all_objects()
+        index = {o: i for i, o in enumerate(self.objects)}
+        self.images = torch.from_numpy(np.stack([np.asarray(s.image, dtype=np.uint8) for s in scenes])).permute(0, 3, 1, 2).contiguous()
+        self.left = torch.tensor([index[s.left] for s in scenes])
+        self.right = torch.tensor([index[s.right] for s in scenes])
+        n = len(self.objects)
+        self.keys = self.left * n + self.right
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def pixels(self, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """Same arithmetic as BlipImageProcessor at native size: rescale by 1/255, then normalize."""
+        x = self.images[idx].to(device).float() * (1 / 255)
+        mean = torch.tensor(CLIP_MEAN, device=device)[:, None, None]
+        std = torch.tensor(CLIP_STD, device=device)[:, None, None]
+        return (x - mean) / std
+
+    def pair(self, i: int) -> tuple[world.Obj, world.Obj]:
+        return self.objects[int(self.left[i])], self.objects[int(self.right[i])]
+
+
+def batches(n: int, batch: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
+    """Endless shuffled mini-batches of indices, reshuffled every epoch."""
+    while True:
+        perm = torch.randperm(n, generator=gen)
+        for i in range(0, n - batch + 1, batch):
+            yield perm[i : i + batch]
+
+
+def describe(left: world.Obj, right: world.Obj, rng: np.random.Generator, alt_prob: float) -> str:
+    if rng.random() < alt_prob:
+        alts = world.alternative_captions(left, right)
+        return alts[int(rng.integers(len(alts)))]
+    return world.canonical_caption(left, right)
+
+
+def perturb(left: world.Obj, right: world.Obj, rng: np.random.Generator) -> tuple[world.Obj, world.Obj]:
+    """A different scene content built from this one: the compositional hard negative.
+
+    Swaps colors between the objects, swaps shapes, swaps sides, or changes one
+    attribute of one object.
+    """
+    (lc, ls), (rc, rs) = left, right
+    options: list[tuple[world.Obj, world.Obj]] = [(right, left)]
+    if lc != rc:
+        options.append(((rc, ls), (lc, rs)))
+    if ls != rs:
+        options.append(((lc, rs), (rc, ls)))
+    side = int(rng.integers(2))
+    obj = [left, right][side]
+    if rng.random() < 0.5:
+        others = [c for c in world.COLORS if c != obj[0]]
+        new = (others[int(rng.integers(len(others)))], obj[1])
+    else:
+        others = [s for s in world.SHAPES if s != obj[1]]
+        new = (obj[0], others[int(rng.integers(len(others)))])
+    options.append((new, right) if side == 0 else (left, new))
+    options = [o for o in options if o != (left, right) and o[0] != o[1]]
+    return options[int(rng.integers(len(options)))]
+
+
+# ----------------------------------------------------------------------------- training helpers
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, extra: Sequence[torch.nn.Parameter] = ()) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        # Norms, biases and embeddings are not decayed, as in BERT/ViT training.
+        (no_decay if p.ndim < 2 or "embedding" in name else decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay + list(extra), "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98))
+
+
+def lr_at(step: int, total: int, peak: float, warmup_frac: float) -> float:
+    warm = max(1, int(total * warmup_frac))
+    if step < warm:
+        return peak * (step + 1) / warm
+    return peak * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for g in opt.param_groups:
+        g["lr"] = lr
+
+
+def tokenize(tokenizer: BertTokenizer, texts: Sequence[str], device: torch.device, first: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    ids, mask = evaluate.tokenize(tokenizer, texts)
+    if first is not None:
+        ids[:, 0] = first
+    return ids.to(device), mask.to(device)
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- retrieval
+
+
+def train_retrieval(pool: Pool, tokenizer: BertTokenizer, hp: Hyper, seed: int, device: torch.device) -> BlipForImageTextRetrieval:
+    torch.manual_seed(seed)
+    model = BlipForImageTextRetrieval(make_config(tokenizer, hp.sizes)).to(device)
+    # Learnable temperature, kept only for training (inference uses plain cosine).
+    log_temp = torch.nn.Parameter(torch.tensor(math.log(hp.temp_init), device=device))
+    opt = make_optimizer(model, hp.retrieval_lr, hp.weight_decay, [log_temp])
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    enc_id = tokenizer.convert_tokens_to_ids("[ENC]")
+    model.train()
+    start = time.time()
+    for step, idx in zip(range(hp.retrieval_steps), batches(len(pool), hp.retrieval_batch, gen)):
+        set_lr(opt, lr_at(step, hp.retrieval_steps, hp.retrieval_lr, hp.warmup_frac))
+        b = len(idx)
+        pairs = [pool.pair(int(i)) for i in idx]
+        keys = pool.keys[idx].to(device)
+        same = keys[:, None] == keys[None, :]
+
+        image_tokens = model.vision_model(pixel_values=pool.pixels(idx, device)).last_hidden_state
+        image_feat = F.normalize(model.vision_proj(image_tokens[:, 0]), dim=-1)
+        texts = [describe(l, r, rng, hp.alt_caption_prob) for l, r in pairs]
+        ids, mask = tokenize(tokenizer, texts, device)
+        text_feat = F.normalize(model.text_proj(model.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state[:, 0]), dim=-1)
+
+        # ITC: scenes with equal content in one batch are all positives (soft targets).
+        temp = log_temp.exp().clamp(0.01, 0.5)
+        sim_i2t = image_feat @ text_feat.T / temp
+        targets = same.float() / same.float().sum(1, keepdim=True)
+        loss_itc = 0.5 * (
+            -(F.log_softmax(sim_i2t, 1) * targets).sum(1).mean() - (F.log_softmax(sim_i2t.T, 1) * targets).sum(1).mean()
+        )
+
+        # ITM negatives mined from ITC similarity, never of the same content.
+        with torch.no_grad():
+            w_i2t = F.softmax(sim_i2t.detach().float(), 1).masked_fill(same, 0) + 1e-8 * (~same)
+            w_t2i = F.softmax(sim_i2t.detach().T.float(), 1).masked_fill(same, 0) + 1e-8 * (~same)
+            neg_text = torch.multinomial(w_i2t.cpu(), 1, generator=gen).squeeze(1).to(device)
+            neg_image = torch.multinomial(w_t2i.cpu(), 1, generator=gen).squeeze(1).to(device)
+        # Compositional negatives: this image against its own caption with swapped attributes/sides.
+        swapped = [describe(*perturb(l, r, rng), rng, hp.alt_caption_prob) for l, r in pairs]
+        sids, smask = tokenize(tokenizer, swapped, device)
+
+        enc_ids = ids.clone()
+        enc_ids[:, 0] = enc_id
+        sids[:, 0] = enc_id
+        width = max(enc_ids.shape[1], sids.shape[1])
+        pad = lambda t: F.pad(t, (0, width - t.shape[1]))  # noqa: E731
+        all_ids = torch.cat([pad(enc_ids), pad(enc_ids[neg_text]), pad(enc_ids), pad(sids)])
+        all_mask = torch.cat([pad(mask), pad(mask[neg_text]), pad(mask), pad(smask)])
+        all_img = torch.cat([image_tokens, image_tokens, image_tokens[neg_image], image_tokens])
+        hidden = model.text_encoder(
+            input_ids=all_ids,
+            attention_mask=all_mask,
+            encoder_hidden_states=all_img,
+            encoder_attention_mask=torch.ones(all_img.shape[:-1], dtype=torch.long, device=device),
+        ).last_hidden_state
+        logits = model.itm_head(hidden[:, 0])
+        labels = torch.cat([torch.ones(b), torch.zeros(3 * b)]).long().to(device)
+        loss_itm = F.cross_entropy(logits, labels)
+
+        loss = loss_itc + loss_itm
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % 50 == 0 or step == hp.retrieval_steps - 1:
+            log(f"retrieval {step:5d} itc {loss_itc.item():.3f} itm {loss_itm.item():.3f} temp {temp.item():.3f} {time.time() - start:.0f}s")
+    model.eval()
+    return model
+
+
+# ----------------------------------------------------------------------------- captioning and VQA
+
+
+def _image_tokens(model: BlipForImageTextRetrieval, pool: Pool, device: torch.device) -> torch.Tensor:
+    """Vision token sequences of the whole pool; the vision encoder is frozen after retrieval training."""
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(pool), 512):
+            idx = torch.arange(i, min(i + 512, len(pool)))
+            out.append(model.vision_model(pixel_values=pool.pixels(idx, device)).last_hidden_state)
+    return torch.cat(out)
+
+
+def _init_text_from(target: torch.nn.Module, source: torch.nn.Module) -> None:
+    """Copy every same-named, same-shaped tensor (BLIP's encoder -> decoder initialization)."""
+    src = source.state_dict()
+    own = target.state_dict()
+    own.update({k: v for k, v in src.items() if k in own and own[k].shape == v.shape})
+    target.load_state_dict(own)
+
+
+def train_caption(pool: Pool, tokens: torch.Tensor, base: BlipForImageTextRetrieval, tokenizer: BertTokenizer, hp: Hyper, seed: int, device: torch.device) -> BlipForConditionalGeneration:
+    torch.manual_seed(seed)
+    model = BlipForConditionalGeneration(make_config(tokenizer, hp.sizes)).to(device)
+    model.vision_model.load_state_dict(base.vision_model.state_dict())
+    _init_text_from(model.text_decoder.bert, base.text_encoder)
+    model.vision_model.requires_grad_(False)
+    opt = make_optimizer(model, hp.caption_lr, hp.weight_decay)
+    gen = torch.Generator().manual_seed(seed + 1)
+    prompt_len = len(tokenizer(evaluate.CAPTION_PROMPT)["input_ids"]) - 1  # [CLS] + prompt words
+    model.train()
+    start = time.time()
+    for step, idx in zip(range(hp.caption_steps), batches(len(pool), hp.caption_batch, gen)):
+        set_lr(opt, lr_at(step, hp.caption_steps, hp.caption_lr, hp.warmup_frac))
+        texts = [evaluate.CAPTION_PROMPT + world.canonical_caption(*pool.pair(int(i))) for i in idx]
+        ids, mask = tokenize(tokenizer, texts, device, first=tokenizer.bos_token_id)
+        labels = ids.masked_fill(mask == 0, -100)
+        labels[:, :prompt_len] = -100  # no loss on the prompt, as in BLIP
+        out = model.text_decoder(
+            input_ids=ids,
+            attention_mask=mask,
+            encoder_hidden_states=tokens[idx],
+            labels=labels,
+            reduction="mean",
+        )
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % 50 == 0 or step == hp.caption_steps - 1:
+            log(f"caption {step:5d} loss {out.loss.item():.3f} {time.time() - start:.0f}s")
+    model.vision_model.requires_grad_(True)
+    model.eval()
+    return model
+
+
+def train_vqa(pool: Pool, tokens: torch.Tensor, base: BlipForImageTextRetrieval, tokenizer: BertTokenizer, hp: Hyper, seed: int, device: torch.device) -> BlipForQuestionAnswering:
+    torch.manual_seed(seed)
+    model = BlipForQuestionAnswering(make_config(tokenizer, hp.sizes)).to(device)
+    model.vision_model.load_state_dict(base.vision_model.state_dict())
+    _init_text_from(model.text_encoder, base.text_encoder)
+    _init_text_from(model.text_decoder.bert, base.text_encoder)
+    model.vision_model.requires_grad_(False)
+    opt = make_optimizer(model, hp.vqa_lr, hp.weight_decay)
+    gen = torch.Generator().manual_seed(seed + 2)
+    rng = np.random.default_rng(seed + 2)
+    enc_id = tokenizer.convert_tokens_to_ids("[ENC]")
+    model.train()
+    start = time.time()
+    for step, idx in zip(range(hp.vqa_steps), batches(len(pool), hp.vqa_batch, gen)):
+        set_lr(opt, lr_at(step, hp.vqa_steps, hp.vqa_lr, hp.warmup_frac))
+        qas = []
+        for i in idx:
+            options = world.questions(*pool.pair(int(i)), rng)
+            qas.append(options[int(rng.integers(len(options)))])
+        q_ids, q_mask = tokenize(tokenizer, [qa.question for qa in qas], device)
+        # BLIP puts [ENC] first; callers that keep the tokenizer's [CLS] should
+        # still get answers, so a quarter of the questions keep [CLS].
+        use_enc = torch.from_numpy(rng.random(len(qas)) < 0.75).to(device)
+        q_ids[:, 0] = torch.where(use_enc, enc_id, q_ids[:, 0])
+        a_ids, a_mask = tokenize(tokenizer, [qa.answer for qa in qas], device, first=tokenizer.bos_token_id)
+        img = tokens[idx]
+        question = model.text_encoder(
+            input_ids=q_ids,
+            attention_mask=q_mask,
+            encoder_hidden_states=img,
+            encoder_attention_mask=torch.ones(img.shape[:-1], dtype=torch.long, device=device),
+        ).last_hidden_state
+        out = model.text_decoder(
+            input_ids=a_ids,
+            attention_mask=a_mask,
+            encoder_hidden_states=question,
+            encoder_attention_mask=q_mask,
+            labels=a_ids.masked_fill(a_mask == 0, -100),
+            reduction="mean",
+        )
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % 50 == 0 or step == hp.vqa_steps - 1:
+            log(f"vqa {step:5d} loss {out.loss.item():.3f} {time.time() - start:.0f}s")
+    model.vision_model.requires_grad_(True)
+    model.eval()
+    return model
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def size_mb(directory: Path) -> float:
+    return round((directory / "model.safetensors").stat().st_size / 2**20, 2)
+
+
+def run(out: Path, seed: int, hp: Hyper, command: str) -> dict[str, Any]:
+    t0 = time.time()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    tokenizer = build_tokenizer(out / "retrieval")
+    log(f"rendering {hp.train_images} training scenes")
+    pool = Pool(world.generate("train", hp.train_images, seed))
+    test = world.generate("test", hp.test_images, seed)
+    processor = BlipImageProcessorPil(**{k: v for k, v in preprocessor_config().items() if k not in ("image_processor_type", "processor_class")})
+
+    timings: dict[str, float] = {"render": round(time.time() - t0, 1)}
+    t = time.time()
+    retrieval = train_retrieval(pool, tokenizer, hp, seed, device)
+    timings["retrieval"] = round(time.time() - t, 1)
+    save_checkpoint(retrieval, tokenizer, out / "retrieval")
+
+    t = time.time()
+    tokens = _image_tokens(retrieval, pool, device)
+    caption = train_caption(pool, tokens, retrieval, tokenizer, hp, seed, device)
+    timings["caption"] = round(time.time() - t, 1)
+    save_checkpoint(caption, tokenizer, out / "caption")
+
+    t = time.time()
+    vqa = train_vqa(pool, tokens, retrieval, tokenizer, hp, seed, device)
+    timings["vqa"] = round(time.time() - t, 1)
+    save_checkpoint(vqa, tokenizer, out / "vqa")
+    train_wall = time.time() - t0
+
+    t = time.time()
+    metrics = {
+        "retrieval": evaluate.retrieval_metrics(retrieval, tokenizer, processor, test, k=hp.rerank_k),
+        "caption": evaluate.caption_metrics(caption, tokenizer, processor, test, num_beams=hp.eval_beams),
+        "caption_greedy": evaluate.caption_metrics(caption, tokenizer, processor, test, num_beams=1),
+        "vqa": evaluate.vqa_metrics(vqa, tokenizer, processor, test, num_beams=hp.eval_beams),
+        "vqa_cls_first_token": evaluate.vqa_metrics(vqa, tokenizer, processor, test, num_beams=hp.eval_beams, first_token=None),
+    }
+    timings["evaluation"] = round(time.time() - t, 1)
+    report = {
+        "command": command,
+        "seed": seed,
+        "device": str(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__, "python": platform.python_version()},
+        "wall_time_s": {"training_total": round(train_wall, 1), **timings},
+        "data": {
+            "image_size": world.IMAGE_SIZE,
+            "train_images": hp.train_images,
+            "train_combinations": len(world.train_pairs()),
+            "all_combinations": len(world.all_pairs()),
+            "held_out_triples": sorted(list(t) for t in world.HELD_OUT),
+            "test_split_seed": seed,
+            "test_images": hp.test_images,
+            "test_images_with_held_out_triples": sum(s.held_out for s in test),
+            "retrieval_gallery": "test scenes with pairwise distinct canonical captions; exactly one correct item per query",
+        },
+        "hyperparameters": asdict(hp),
+        "parameters": {
+            "retrieval": sum(p.numel() for p in retrieval.parameters()),
+            "caption": sum(p.numel() for p in caption.parameters()),
+            "vqa": sum(p.numel() for p in vqa.parameters()),
+        },
+        "checkpoint_mb": {name: size_mb(out / name) for name in ("retrieval", "caption", "vqa")},
+        "metrics": metrics,
+    }
+    (out / "TRAINING.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m blipsearch.shapes.train",
+        description=__doc__.split("\n\n")[0],
+        epilog="Example: python -m blipsearch.shapes.train --out blipsearch/builtin/shapes --seed 0",
+    )
+    parser.add_argument("--out", type=Path, default=Path("blipsearch/builtin/shapes"), help="output folder")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply all step counts (quick trials: 0.1)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    hp = Hyper()
+    if args.scale != 1.0:
+        hp.retrieval_steps = max(1, int(hp.retrieval_steps * args.scale))
+        hp.caption_steps = max(1, int(hp.caption_steps * args.scale))
+        hp.vqa_steps = max(1, int(hp.vqa_steps * args.scale))
+    argv_list = list(sys.argv[1:] if argv is None else argv)
+    command = " ".join(["python -m blipsearch.shapes.train", *map(shlex.quote, argv_list)])
+    report = run(args.out, args.seed, hp, command)
+    print(json.dumps(report["metrics"], indent=2))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()

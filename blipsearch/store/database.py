@@ -1,0 +1,221 @@
+"""Database access: engine set-up, the library row, and the queries the engine needs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy import Engine, create_engine, event, func, inspect, or_, select, update
+from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from ..errors import LibraryError, SchemaError
+from .schema import SCHEMA_VERSION, Base, FailureRow, ImageRow, LibraryRow
+
+VECTOR_DTYPE = np.float32
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def vector_to_bytes(vector: npt.NDArray[np.float32]) -> bytes:
+    return np.asarray(vector, dtype=VECTOR_DTYPE).tobytes()
+
+
+def bytes_to_vectors(blobs: list[bytes], dim: int) -> npt.NDArray[np.float32]:
+    if not blobs:
+        return np.zeros((0, dim), VECTOR_DTYPE)
+    return np.frombuffer(b"".join(blobs), dtype=VECTOR_DTYPE).reshape(len(blobs), dim).copy()
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+    cursor = dbapi_connection.cursor()
+    # WAL lets a search read while an index run writes; NORMAL sync is durable
+    # for committed batches across process crashes (kill -9) in WAL mode.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+@dataclass(frozen=True)
+class StoredRow:
+    id: int
+    path: bytes
+    size: int
+    mtime_ns: int
+    content_hash: str
+    model: str | None
+
+
+def path_range(root: bytes) -> tuple[bytes, bytes]:
+    """Byte bounds [lo, hi) of every path strictly inside directory ``root``."""
+    prefix = root.rstrip(b"/") + b"/"
+    return prefix, prefix[:-1] + b"0"  # "0" is the byte after "/"
+
+
+class Database:
+    """Thin wrapper over a SQLAlchemy engine holding one library."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        try:
+            kwargs: dict = {}
+            if url.startswith("sqlite"):
+                kwargs["connect_args"] = {"timeout": 30}
+            self.engine: Engine = create_engine(url, **kwargs)
+        except (ArgumentError, ImportError) as exc:
+            raise LibraryError(f"Can't use database URL {url!r}: {exc}") from None
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._init_schema()
+
+    def _init_schema(self) -> None:
+        try:
+            tables = set(inspect(self.engine).get_table_names())
+            if "library" in tables:
+                with self._sessions() as session:
+                    version = session.scalar(select(LibraryRow.schema_version).where(LibraryRow.id == 1))
+                if version is not None and version > SCHEMA_VERSION:
+                    raise SchemaError(
+                        f"This library was written by a newer blipsearch (schema {version}, "
+                        f"this one knows {SCHEMA_VERSION}): upgrade blipsearch."
+                    )
+            Base.metadata.create_all(self.engine)
+            with self.transaction() as session:
+                if session.get(LibraryRow, 1) is None:
+                    session.add(
+                        LibraryRow(id=1, schema_version=SCHEMA_VERSION, generation=0, created_at=utcnow())
+                    )
+        except OperationalError as exc:
+            raise LibraryError(f"Can't open the database {self.display_url}: {exc.orig}") from None
+
+    @property
+    def display_url(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A session whose work commits together or not at all."""
+        with self._sessions() as session:
+            with session.begin():
+                yield session
+
+    @contextmanager
+    def reader(self) -> Iterator[Session]:
+        with self._sessions() as session:
+            yield session
+
+    # -- the library row ----------------------------------------------------
+    def library(self) -> LibraryRow:
+        with self.reader() as session:
+            row = session.get(LibraryRow, 1)
+            assert row is not None
+            return row
+
+    @staticmethod
+    def bump_generation(session: Session) -> int:
+        """Count one more change of the vectors; returns the generation this transaction makes."""
+        # The first statement of a write transaction: it takes SQLite's write lock
+        # up front, so two writers queue instead of deadlocking on lock upgrade.
+        session.execute(update(LibraryRow).where(LibraryRow.id == 1).values(generation=LibraryRow.generation + 1))
+        return int(session.scalar(select(LibraryRow.generation).where(LibraryRow.id == 1)) or 0)
+
+    def set_model(self, spec: str, fp: str, dim: int) -> None:
+        with self.transaction() as session:
+            self.bump_generation(session)
+            session.execute(
+                update(LibraryRow).where(LibraryRow.id == 1).values(model=spec, model_fingerprint=fp, dim=dim)
+            )
+
+    # -- images ----------------------------------------------------------------
+    def rows_under(self, roots: list[bytes]) -> dict[bytes, StoredRow]:
+        """Stored images at or below each root (a file or a directory)."""
+        clauses = []
+        for root in roots:
+            lo, hi = path_range(root)
+            clauses.append(ImageRow.path == root)
+            clauses.append((ImageRow.path >= lo) & (ImageRow.path < hi))
+        return self._rows(or_(*clauses)) if clauses else {}
+
+    def rows_not_of_model(self, fp: str) -> dict[bytes, StoredRow]:
+        return self._rows(or_(ImageRow.model.is_(None), ImageRow.model != fp))
+
+    def _rows(self, where) -> dict[bytes, StoredRow]:  # type: ignore[no-untyped-def]
+        cols = (ImageRow.id, ImageRow.path, ImageRow.size, ImageRow.mtime_ns, ImageRow.content_hash, ImageRow.model)
+        with self.reader() as session:
+            return {r.path: StoredRow(*r) for r in session.execute(select(*cols).where(where))}
+
+    @staticmethod
+    def embedded_by_hash(session: Session, hashes: set[str], fp: str) -> dict[str, dict]:
+        """For each content hash already embedded by model ``fp``: its vector and image metadata."""
+        found: dict[str, dict] = {}
+        hashes_list = list(hashes)
+        cols = (ImageRow.content_hash, ImageRow.vector, ImageRow.width, ImageRow.height, ImageRow.taken_at, ImageRow.exif)
+        for start in range(0, len(hashes_list), 500):
+            chunk = hashes_list[start : start + 500]
+            stmt = select(*cols).where(
+                ImageRow.content_hash.in_(chunk), ImageRow.model == fp, ImageRow.vector.is_not(None)
+            )
+            for row in session.execute(stmt):
+                found.setdefault(row.content_hash, row._asdict())
+        return found
+
+    def iter_vectors(self, fp: str, chunk: int = 20000) -> Iterator[tuple[npt.NDArray[np.int64], list[bytes]]]:
+        """All searchable (id, vector) pairs of model ``fp``, in chunks."""
+        with self.reader() as session:
+            stmt = (
+                select(ImageRow.id, ImageRow.vector)
+                .where(ImageRow.model == fp, ImageRow.vector.is_not(None))
+                .order_by(ImageRow.id)
+                .execution_options(yield_per=chunk)
+            )
+            for part in session.execute(stmt).partitions(chunk):
+                yield np.fromiter((r[0] for r in part), np.int64, len(part)), [r[1] for r in part]
+
+    def images_by_id(self, ids: list[int]) -> dict[int, ImageRow]:
+        with self.reader() as session:
+            rows = session.scalars(select(ImageRow).where(ImageRow.id.in_(ids))).all()
+            return {row.id: row for row in rows}
+
+    def image_by_path(self, path: bytes) -> ImageRow | None:
+        with self.reader() as session:
+            return session.scalar(select(ImageRow).where(ImageRow.path == path))
+
+    def counts(self, fp: str | None) -> tuple[int, int, int]:
+        """(images, searchable vectors of model ``fp``, failures)."""
+        with self.reader() as session:
+            images = session.scalar(select(func.count()).select_from(ImageRow)) or 0
+            vectors = (
+                session.scalar(
+                    select(func.count()).where(ImageRow.model == fp, ImageRow.vector.is_not(None))
+                )
+                if fp
+                else 0
+            ) or 0
+            failures = session.scalar(select(func.count()).select_from(FailureRow)) or 0
+        return images, vectors, failures
+
+    def failures(self) -> list[FailureRow]:
+        with self.reader() as session:
+            return list(session.scalars(select(FailureRow).order_by(FailureRow.path)).all())
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+__all__ = [
+    "Database",
+    "StoredRow",
+    "SQLAlchemyError",
+    "bytes_to_vectors",
+    "path_range",
+    "utcnow",
+    "vector_to_bytes",
+]

@@ -1,0 +1,69 @@
+"""The database tables (SQLAlchemy 2.x). The database is the source of truth.
+
+Paths are stored as the file system's raw bytes (``os.fsencode``), so names
+that are not valid UTF-8 are kept exactly and can be opened again.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, DateTime, Integer, LargeBinary, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+SCHEMA_VERSION = 1
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class LibraryRow(Base):
+    """One row: the library's identity, its model, and a write counter."""
+
+    __tablename__ = "library"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    schema_version: Mapped[int] = mapped_column(Integer)
+    model: Mapped[str | None] = mapped_column(Text)
+    model_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    dim: Mapped[int | None] = mapped_column(Integer)
+    # Bumped by every transaction that changes vectors; the FAISS file records
+    # the generation it was built from, so a stale file is detected and rebuilt.
+    generation: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class ImageRow(Base):
+    """An indexed image file. ``id`` is also its id in the vector index."""
+
+    __tablename__ = "images"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    path: Mapped[bytes] = mapped_column(LargeBinary, unique=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    content_hash: Mapped[str] = mapped_column(String(64), index=True)
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    taken_at: Mapped[datetime | None] = mapped_column(DateTime)
+    exif: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Fingerprint of the model that made ``vector``; rows whose model is not
+    # the library's are waiting for `index --reindex` and are not searchable.
+    model: Mapped[str | None] = mapped_column(String(64), index=True)
+    vector: Mapped[bytes | None] = mapped_column(LargeBinary)
+    indexed_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class FailureRow(Base):
+    """A file that could not be indexed, with the reason, until it indexes or disappears."""
+
+    __tablename__ = "failures"
+
+    path: Mapped[bytes] = mapped_column(LargeBinary, primary_key=True)
+    reason: Mapped[str] = mapped_column(Text)
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
+    failed_at: Mapped[datetime] = mapped_column(DateTime)
