@@ -150,6 +150,7 @@ def load_retrieval_model(
     image_spec = ImageSpec.from_model_dir(path)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         net, info = BlipForImageTextRetrieval.from_pretrained(path, output_loading_info=True)
         tokenizer = AutoTokenizer.from_pretrained(path)
@@ -157,6 +158,7 @@ def load_retrieval_model(
         raise ModelLoadError(f"Can't load a BLIP retrieval model from {path}: {exc}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
     missing = [k for k in info.get("missing_keys", []) if "position_ids" not in k]
     if missing:
         raise ModelLoadError(

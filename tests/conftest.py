@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny_blip import IMAGE_SIZE, make_tiny_retrieval  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reads the user's library, the hub cache, or the network."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("BLIPSEARCH_LIBRARY", str(home / "library"))
+    monkeypatch.setenv("HF_HOME", str(home / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for var in ("BLIPSEARCH_MODEL", "BLIPSEARCH_DB"):
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_retrieval(tmp_path_factory.mktemp("models") / "tiny-a", seed=0)
+
+
+@pytest.fixture(scope="session")
+def other_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_retrieval(tmp_path_factory.mktemp("models") / "tiny-b", seed=1)
+
+
+def draw_image(seed: int, size: int = IMAGE_SIZE) -> Image.Image:
+    """A distinct little picture: a background and a few colored shapes."""
+    rng = np.random.default_rng(seed)
+    image = Image.new("RGB", (size, size), tuple(int(c) for c in rng.integers(0, 256, 3)))
+    draw = ImageDraw.Draw(image)
+    for _ in range(3):
+        x0, y0 = (int(v) for v in rng.integers(0, size - 8, 2))
+        w, h = (int(v) for v in rng.integers(6, size // 2, 2))
+        color = tuple(int(c) for c in rng.integers(0, 256, 3))
+        if rng.random() < 0.5:
+            draw.rectangle([x0, y0, x0 + w, y0 + h], fill=color)
+        else:
+            draw.ellipse([x0, y0, x0 + w, y0 + h], fill=color)
+    return image
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    """Twelve PNGs in two sub-folders."""
+    root = tmp_path / "photos"
+    for i in range(12):
+        folder = root / ("holiday" if i < 6 else "garden")
+        folder.mkdir(parents=True, exist_ok=True)
+        draw_image(i).save(folder / f"img{i:02d}.png")
+    return root
+
+
+@pytest.fixture
+def library_dir(tmp_path: Path) -> Path:
+    return tmp_path / "lib"
+
+
+def fs(path: Path | str) -> bytes:
+    return os.fsencode(str(path))

@@ -1,0 +1,152 @@
+"""The command line, through click's runner and as a real console script."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import draw_image
+
+from blipsearch.cli import main
+
+COUNT_KEYS = {"added", "updated", "moved", "removed", "unchanged", "failed"}
+
+
+@pytest.fixture
+def run(library_dir: Path, tiny_model: Path):
+    def invoke(*args: str, model: bool = True):
+        extra = ["--library", str(library_dir)] + (["--model", str(tiny_model)] if model else [])
+        return CliRunner().invoke(main, [*args, *extra], catch_exceptions=False)
+
+    return invoke
+
+
+def test_index_search_status_failures(run, photos: Path) -> None:
+    (photos / "broken.jpg").write_bytes(b"nope")
+    result = run("index", str(photos), "--json")
+    assert result.exit_code == 0, result.output
+    counts = json.loads(result.stdout.strip().splitlines()[-1])
+    assert counts == {"added": 12, "updated": 0, "moved": 0, "removed": 0, "unchanged": 0, "failed": 1}
+
+    result = run("search", "a red circle", "-k", "3", "--json")
+    assert result.exit_code == 0, result.output
+    hits = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [h["rank"] for h in hits] == [1, 2, 3]
+    for hit in hits:
+        assert {"rank", "id", "path", "score", "itc", "itm"} <= set(hit)
+        assert 0 <= hit["itm"] <= 1 and os.path.exists(hit["path"])
+
+    result = run("search", "a red circle", "-k", "3", "--no-rerank", "--json")
+    assert all(json.loads(line)["itm"] is None for line in result.stdout.splitlines())
+
+    result = run("search", "a red circle", "-k", "4", "--paths")
+    assert [Path(p).exists() for p in result.stdout.splitlines()] == [True] * 4
+
+    result = run("search", "a red circle", "-k", "2")
+    assert len(result.stdout.splitlines()) == 2 and "%" in result.stdout
+
+    result = run("similar", str(photos / "garden" / "img06.png"), "-k", "3", "--json")
+    paths = [json.loads(line)["path"] for line in result.stdout.splitlines()]
+    assert len(paths) == 3 and str(photos / "garden" / "img06.png") not in paths
+
+    status = json.loads(run("status", "--json", model=False).stdout)
+    assert status["images"] == status["vectors"] == 12 and status["failures"] == 1
+    assert status["model"] and status["database"].startswith("sqlite")
+
+    failures = [json.loads(line) for line in run("failures", "--json", model=False).stdout.splitlines()]
+    assert failures == [{"path": str(photos / "broken.jpg"), "reason": "not an image, or a format Pillow can't read"}]
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "words"),
+    [
+        (("search", "a dog"), 1, "run `blipsearch index PATH` first"),
+        (("search", "a dog", "-k", "0"), 2, "at least 1"),
+        (("search", "a dog", "-k", "many"), 2, "not a whole number"),
+        (("search", "a dog", "--json", "--paths"), 2, "can't be used together"),
+        (("index", "/no/such/folder"), 1, "does not exist"),
+        (("similar", "/no/such.jpg"), 2, "does not exist"),
+    ],
+)
+def test_user_errors_are_one_sentence(run, args, code, words) -> None:
+    result = run(*args)
+    assert result.exit_code == code
+    assert words in result.output
+    assert "Traceback" not in result.output
+
+
+def test_model_mismatch_is_explained(run, photos: Path, library_dir: Path, other_model: Path) -> None:
+    run("index", str(photos))
+    result = CliRunner().invoke(main, ["search", "x", "--library", str(library_dir), "--model", str(other_model)])
+    assert result.exit_code == 1 and "--reindex" in result.output
+
+
+def _script() -> str:
+    return str(Path(sys.executable).with_name("blipsearch"))
+
+
+def test_console_script_end_to_end(tmp_path: Path, tiny_model: Path, photos: Path) -> None:
+    env = {**os.environ, "BLIPSEARCH_LIBRARY": str(tmp_path / "lib"), "BLIPSEARCH_MODEL": str(tiny_model)}
+    odd = os.path.join(os.fsencode(photos), b"\xff\xfe-odd.png")
+    with open(odd, "wb") as fh:
+        draw_image(40).save(fh, "PNG")
+    done = subprocess.run([_script(), "index", str(photos), "--json"], env=env, capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1])["added"] == 13
+    done = subprocess.run([_script(), "search", "a dog", "-k", "13", "--paths", "--no-rerank"], env=env,
+                          capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert odd in done.stdout.splitlines()  # raw bytes, exactly the file's name
+
+
+def test_offline_failure_is_fast_and_clear(tmp_path: Path, photos: Path) -> None:
+    # Nothing listens on port 9 of the loopback: as if the hub can't be reached.
+    env = {**os.environ, "BLIPSEARCH_LIBRARY": str(tmp_path / "lib"), "HF_ENDPOINT": "http://127.0.0.1:9"}
+    env.pop("HF_HUB_OFFLINE", None)
+    start = time.monotonic()
+    done = subprocess.run([_script(), "index", str(photos)], env=env, capture_output=True, text=True, timeout=60)
+    assert time.monotonic() - start < 20
+    assert done.returncode == 1
+    assert "Salesforce/blip-itm-base-coco" in done.stderr and "--model PATH" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_kill_9_mid_run_loses_nothing_committed(tmp_path: Path, tiny_model: Path) -> None:
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(150):
+        # Large enough that decoding takes a moment, so the run is still going when killed.
+        draw_image(i, 32).resize((900, 900)).save(folder / f"p{i:03d}.png", compress_level=1)
+    library = tmp_path / "lib"
+    env = {**os.environ, "BLIPSEARCH_LIBRARY": str(library), "BLIPSEARCH_MODEL": str(tiny_model)}
+    proc = subprocess.Popen([_script(), "index", str(folder), "--batch-size", "2", "--workers", "1"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    committed = 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (library / "library.db").exists():
+            try:
+                with sqlite3.connect(library / "library.db", timeout=1) as conn:
+                    committed = conn.execute("SELECT count(*) FROM images").fetchone()[0]
+            except sqlite3.OperationalError:
+                pass
+        if committed >= 10:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    if committed < 10 or committed >= 150:
+        pytest.skip("the run finished before it could be killed")
+    done = subprocess.run([_script(), "index", str(folder), "--json"], env=env, capture_output=True, timeout=300)
+    counts = json.loads(done.stdout.splitlines()[-1])
+    assert counts["added"] + counts["unchanged"] == 150 and counts["unchanged"] >= committed
+    status = json.loads(subprocess.run([_script(), "status", "--json"], env=env, capture_output=True).stdout)
+    assert status["images"] == status["vectors"] == 150

@@ -1,0 +1,371 @@
+"""Incremental indexing, bad input, and what is kept when things go wrong."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import draw_image, fs
+from PIL import Image
+
+from blipsearch import Library
+from blipsearch.errors import InputPathError, ModelMismatchError
+from blipsearch.index.images import load_pixels
+from blipsearch.index.vectors import VectorIndex
+from blipsearch.store.schema import ImageRow
+
+
+def stored(lib: Library) -> dict[bytes, ImageRow]:
+    with lib.db.reader() as session:
+        return {row.path: row for row in session.query(ImageRow).all()}
+
+
+def vector_of(lib: Library, path: Path) -> np.ndarray:
+    return np.frombuffer(stored(lib)[fs(path)].vector, np.float32)
+
+
+def alone(lib: Library, path: Path | bytes) -> np.ndarray:
+    return lib.model.embed_images(load_pixels(path, lib.model.image_spec)[None])[0]
+
+
+@pytest.fixture
+def lib(library_dir: Path, tiny_model: Path) -> Library:
+    with Library(library_dir, model=str(tiny_model), device="cpu") as library:
+        yield library
+
+
+def test_first_run_indexes_everything_with_the_right_vectors(lib: Library, photos: Path) -> None:
+    report = lib.index([photos], batch_size=5)
+    assert report.counts() == {"added": 12, "updated": 0, "moved": 0, "removed": 0, "unchanged": 0, "failed": 0}
+    assert report.embedded == 12
+    rows = stored(lib)
+    assert len(rows) == 12
+    for path in photos.rglob("*.png"):
+        row = rows[fs(path)]
+        assert (row.width, row.height, row.size) == (32, 32, path.stat().st_size)
+        np.testing.assert_allclose(np.frombuffer(row.vector, np.float32), alone(lib, path), atol=1e-6)
+    status = lib.status()
+    assert status["images"] == status["vectors"] == 12
+
+
+def test_rerun_embeds_nothing(lib: Library, photos: Path) -> None:
+    lib.index([photos])
+    report = lib.index([photos])
+    assert report.embedded == 0
+    assert report.counts()["unchanged"] == 12
+    assert sum(report.counts().values()) == 12
+
+
+def test_touched_but_identical_file_is_not_reembedded(lib: Library, photos: Path) -> None:
+    lib.index([photos])
+    target = photos / "holiday" / "img00.png"
+    os.utime(target, ns=(1, 1))
+    report = lib.index([photos])
+    assert report.embedded == 0 and report.counts()["unchanged"] == 12
+    assert stored(lib)[fs(target)].mtime_ns == 1
+
+
+def test_changed_file_is_reembedded(lib: Library, photos: Path) -> None:
+    lib.index([photos])
+    target = photos / "holiday" / "img01.png"
+    old = vector_of(lib, target)
+    old_id = stored(lib)[fs(target)].id
+    draw_image(999).save(target)
+    report = lib.index([photos])
+    assert report.counts()["updated"] == 1 and report.embedded == 1
+    assert stored(lib)[fs(target)].id == old_id
+    new = vector_of(lib, target)
+    assert not np.allclose(new, old)
+    np.testing.assert_allclose(new, alone(lib, target), atol=1e-6)
+    # The vector index follows: the new content is found, by its own vector, as the best hit.
+    assert lib.similar(photos / "garden" / "img06.png", k=12)  # still searchable
+    scores, ids = lib._vector_index().search(new[None], 1)
+    assert ids[0][0] == old_id and scores[0][0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_deleted_file_is_removed_everywhere(lib: Library, photos: Path) -> None:
+    lib.index([photos])
+    (photos / "garden" / "img07.png").unlink()
+    report = lib.index([photos])
+    assert report.counts()["removed"] == 1
+    status = lib.status()
+    assert status["images"] == status["vectors"] == 11
+    assert fs(photos / "garden" / "img07.png") not in stored(lib)
+
+
+def test_moved_and_renamed_files_keep_their_vectors(lib: Library, photos: Path) -> None:
+    lib.index([photos])
+    before = stored(lib)
+    src = photos / "holiday" / "img02.png"
+    dst = photos / "garden" / "renamed.png"
+    shutil.move(src, dst)
+    shutil.move(photos / "garden", photos / "garden-2024")
+    report = lib.index([photos])
+    assert report.embedded == 0
+    assert report.counts()["moved"] == 7 and report.counts()["removed"] == 0 and report.counts()["added"] == 0
+    after = stored(lib)
+    moved = after[fs(photos / "garden-2024" / "renamed.png")]
+    assert moved.id == before[fs(src)].id and moved.vector == before[fs(src)].vector
+    assert lib.status()["vectors"] == 12
+
+
+def test_copy_of_an_indexed_file_reuses_its_vector(lib: Library, photos: Path) -> None:
+    lib.index([photos])
+    shutil.copy(photos / "holiday" / "img03.png", photos / "holiday" / "copy.png")
+    report = lib.index([photos])
+    assert report.counts()["added"] == 1 and report.embedded == 0
+    assert vector_of(lib, photos / "holiday" / "copy.png").tobytes() == vector_of(
+        lib, photos / "holiday" / "img03.png"
+    ).tobytes()
+
+
+def test_paths_outside_this_run_are_left_alone(lib: Library, photos: Path) -> None:
+    lib.index([photos / "holiday", photos / "garden"])
+    shutil.rmtree(photos / "garden")
+    report = lib.index([photos / "holiday"])
+    assert report.counts()["removed"] == 0
+    assert lib.status()["images"] == 12
+    # A sibling folder whose name starts the same is not "inside" holiday.
+    (photos / "holiday-extra").mkdir()
+    draw_image(50).save(photos / "holiday-extra" / "x.png")
+    lib.index([photos / "holiday-extra"])
+    assert lib.index([photos / "holiday"]).counts()["removed"] == 0
+    assert lib.status()["images"] == 13
+
+
+def test_missing_root_is_an_error_and_deletes_nothing(lib: Library, photos: Path) -> None:
+    lib.index([photos])
+    with pytest.raises(InputPathError, match="mounted"):
+        lib.index([photos, photos.parent / "unmounted-disk"])
+    assert lib.status()["images"] == 12
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every folder")
+def test_unreadable_folder_deletes_nothing_below_it(lib: Library, photos: Path) -> None:
+    lib.index([photos])
+    (photos / "garden").chmod(0)
+    try:
+        report = lib.index([photos])
+    finally:
+        (photos / "garden").chmod(0o755)
+    assert report.counts()["removed"] == 0 and report.counts()["failed"] == 1
+    assert lib.status()["images"] == 12
+
+
+def _bad_files(folder: Path) -> dict[str, str]:
+    """Files that must fail, by name, with a word their reason must contain."""
+    folder.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    draw_image(7, 256).save(buf, "JPEG")
+    (folder / "truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 3])
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "notes.png").write_text("this is not a picture")
+    Image.new("RGB", (300, 300)).save(folder / "bomb.png")
+    (folder / "dangling.jpg").symlink_to(folder / "nowhere.jpg")
+    return {
+        "truncated.jpg": "decode",
+        "empty.jpg": "not an image",
+        "notes.png": "not an image",
+        "bomb.png": "--max-megapixels",
+        "dangling.jpg": "can't read",
+    }
+
+
+def test_bad_files_never_stop_a_run(lib: Library, photos: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bad = _bad_files(photos / "holiday")
+    # Symlink loops: a link back to an ancestor, and a link to itself.
+    (photos / "holiday" / "loop").symlink_to(photos)
+    (photos / "garden" / "self.jpg").symlink_to(photos / "garden" / "self.jpg")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 200 * 200)
+    report = lib.index([photos], batch_size=4)
+    assert report.counts()["added"] == 12
+    failures = {os.path.basename(f.path): f.reason for f in lib.failures()}
+    for name, word in bad.items():
+        assert word in failures[name], (name, failures[name])
+    assert "self.jpg" in failures
+    assert report.counts()["failed"] == len(failures) == len(bad) + 1
+    # Good files batched with bad ones get exactly the vectors they get alone.
+    for path in (photos / "holiday").glob("img*.png"):
+        np.testing.assert_allclose(vector_of(lib, path), alone(lib, path), atol=1e-6)
+    # Fixing a file clears its failure; deleting one forgets it.
+    draw_image(77).save(photos / "holiday" / "notes.png")
+    (photos / "holiday" / "empty.jpg").unlink()
+    report = lib.index([photos])
+    failures = {os.path.basename(f.path) for f in lib.failures()}
+    assert "notes.png" not in failures and "empty.jpg" not in failures
+    assert report.counts()["added"] == 1
+
+
+def test_file_that_turns_bad_leaves_the_index(lib: Library, photos: Path) -> None:
+    lib.index([photos])
+    (photos / "garden" / "img08.png").write_bytes(b"\x89PNG garbage")
+    report = lib.index([photos])
+    assert report.counts()["failed"] == 1
+    status = lib.status()
+    assert status["images"] == status["vectors"] == 11
+
+
+def test_formats_exif_orientation_and_capture_time(lib: Library, tmp_path: Path) -> None:
+    folder = tmp_path / "formats"
+    folder.mkdir()
+    base = draw_image(5, 64)
+    for ext in ("jpg", "webp", "tiff", "bmp"):
+        base.save(folder / f"pic.{ext}")
+    frames = [draw_image(5, 64), draw_image(6, 64)]
+    frames[0].save(folder / "anim.gif", save_all=True, append_images=frames[1:])
+    # A camera that stores pixels sideways and the rotation in EXIF.
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to view
+    exif.get_ifd(0x8769)[36867] = "2023:07:14 18:30:05"
+    sideways = draw_image(9, 64).resize((64, 48))
+    sideways.save(folder / "camera.jpg", exif=exif, quality=95)
+    upright = Image.open(folder / "camera.jpg")
+    upright = upright.transpose(Image.Transpose.ROTATE_270)
+    upright.save(folder / "upright.png")
+    try:
+        import pillow_heif  # noqa: F401
+
+        base.save(folder / "phone.heic")
+        heic = True
+    except Exception:  # noqa: BLE001 - an encoder may be missing from the wheel
+        heic = False
+
+    report = lib.index([folder])
+    assert report.counts()["failed"] == 0
+    rows = {os.path.basename(p).decode(): r for p, r in stored(lib).items()}
+    assert {"pic.jpg", "pic.webp", "pic.tiff", "pic.bmp", "anim.gif", "camera.jpg"} <= set(rows)
+    assert heic is ("phone.heic" in rows)
+    camera = rows["camera.jpg"]
+    assert (camera.width, camera.height) == (48, 64)
+    assert camera.taken_at is not None and camera.taken_at.year == 2023 and camera.taken_at.hour == 18
+    assert camera.exif["Orientation"] == 6
+    np.testing.assert_allclose(
+        np.frombuffer(camera.vector, np.float32), np.frombuffer(rows["upright.png"].vector, np.float32), atol=1e-5
+    )
+    gif = np.frombuffer(rows["anim.gif"].vector, np.float32)
+    first = lib.model.embed_images(lib.model.image_spec.to_pixels(frames[0].convert("RGB"))[None])[0]
+    np.testing.assert_allclose(gif, first, atol=1e-3)
+
+
+def test_non_utf8_file_names_round_trip(lib: Library, tmp_path: Path) -> None:
+    folder = fs(tmp_path / "odd")
+    os.mkdir(folder)
+    name = os.path.join(folder, b"caf\xe9-\xff.png")
+    with open(name, "wb") as fh:
+        draw_image(3).save(fh, "PNG")
+    report = lib.index([folder])
+    assert report.counts()["added"] == 1
+    hit = lib.similar(os.path.join(fs(tmp_path), b"odd", b"caf\xe9-\xff.png"), k=1)
+    assert hit == []  # the only image is the query itself
+    draw_image(4).save(tmp_path / "odd" / "other.png")
+    lib.index([folder])
+    hits = lib.similar(tmp_path / "odd" / "other.png", k=1)
+    assert os.fsencode(hits[0].path) == name
+    assert os.path.exists(os.fsencode(hits[0].path))
+
+
+def test_interrupted_run_keeps_finished_batches_and_resumes(lib: Library, photos: Path) -> None:
+    class StopAfterFirstBatch:
+        def __init__(self, total: int, desc: str) -> None:
+            pass
+
+        def update(self, n: int = 1) -> None:
+            raise KeyboardInterrupt
+
+        def close(self) -> None:
+            pass
+
+    with pytest.raises(KeyboardInterrupt):
+        lib.index([photos], batch_size=4, progress=StopAfterFirstBatch)
+    status = lib.status()
+    assert status["images"] == status["vectors"] == 4
+    report = lib.index([photos], batch_size=4)
+    assert report.embedded == 8 and report.counts()["unchanged"] == 4
+    status = lib.status()
+    assert status["images"] == status["vectors"] == 12
+
+
+def test_vector_file_is_rebuilt_when_missing_corrupt_or_stale(lib: Library, photos: Path, library_dir: Path,
+                                                             tiny_model: Path) -> None:
+    lib.index([photos])
+    expected = [h.id for h in lib.search("a red circle", k=5, rerank_hits=False)]
+    vectors = library_dir / "vectors.faiss"
+    for damage in ("delete", "garbage", "truncate", "stale"):
+        if damage == "delete":
+            vectors.unlink()
+        elif damage == "garbage":
+            vectors.write_bytes(b"\x00" * 100)
+        elif damage == "truncate":
+            vectors.write_bytes(vectors.read_bytes()[:200])
+        else:
+            index, header = VectorIndex.load(vectors)
+            index.remove([expected[0]])
+            index.save(vectors, header.generation - 1, header.model)
+        with Library(library_dir, model=str(tiny_model), device="cpu") as fresh:
+            assert [h.id for h in fresh.search("a red circle", k=5, rerank_hits=False)] == expected
+        loaded = VectorIndex.load(vectors)
+        assert loaded is not None and len(loaded[0]) == 12, damage
+
+
+def test_vector_file_write_is_atomic(lib: Library, photos: Path, library_dir: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    lib.index([photos])
+    vectors = library_dir / "vectors.faiss"
+    before = vectors.read_bytes()
+
+    def crash(src, dst):  # type: ignore[no-untyped-def]
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", crash)
+    index, header = VectorIndex.load(vectors)
+    with pytest.raises(OSError):
+        index.save(vectors, header.generation + 1, header.model)
+    assert vectors.read_bytes() == before
+    assert [p.name for p in library_dir.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_other_model_is_refused_until_reindex(library_dir: Path, photos: Path, tiny_model: Path,
+                                               other_model: Path) -> None:
+    with Library(library_dir, model=str(tiny_model), device="cpu") as lib:
+        lib.index([photos])
+    with Library(library_dir, model=str(other_model), device="cpu") as lib:
+        with pytest.raises(ModelMismatchError, match="--reindex"):
+            lib.search("a dog")
+        with pytest.raises(ModelMismatchError):
+            lib.index([photos])
+        # Partly re-embedded, then finished: every image ends with the new model's vector.
+        report = lib.index([photos / "holiday"], reindex=True)
+        assert report.counts()["updated"] == 12 and report.embedded == 12
+        for path in photos.rglob("*.png"):
+            np.testing.assert_allclose(vector_of(lib, path), alone(lib, path), atol=1e-6)
+        assert lib.status()["model"] == str(other_model)
+    # Without --model, a library uses the model it was made with.
+    with Library(library_dir, device="cpu") as lib:
+        assert lib.search("a dog", k=3, rerank_hits=False)
+
+
+def test_search_can_read_while_an_index_run_writes(lib: Library, photos: Path, library_dir: Path,
+                                                   tiny_model: Path) -> None:
+    lib.index([photos / "holiday"])
+    with lib.db.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    reader = Library(library_dir, model=str(tiny_model), device="cpu")
+    seen: list[int] = []
+
+    class SearchDuringRun:
+        def __init__(self, total: int, desc: str) -> None:
+            pass
+
+        def update(self, n: int = 1) -> None:
+            seen.append(len(reader.search("a dog", k=50, rerank_hits=False)))
+
+        def close(self) -> None:
+            pass
+
+    lib.index([photos], batch_size=2, progress=SearchDuringRun)
+    reader.close()
+    assert seen and seen[0] >= 6 and seen[-1] == 12 and seen == sorted(seen)

@@ -1,0 +1,188 @@
+"""The model wrapper against direct transformers computations (BLIP-NOTES recipes)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import draw_image
+from tiny_blip import make_tiny_retrieval
+from transformers import AutoTokenizer, BlipForImageTextRetrieval
+from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
+
+from blipsearch.errors import InputPathError, ModelLoadError, ModelUnavailableError
+from blipsearch.index.images import ImageSpec
+from blipsearch.loading import resolve_model_dir
+from blipsearch.model import load_retrieval_model
+from blipsearch.text import pre_caption
+
+TEXTS = ["a red circle left of a blue square", "A dog, running on the beach!", "two people in the snow"]
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model: Path):
+    net = BlipForImageTextRetrieval.from_pretrained(tiny_model).eval()
+    return net, AutoTokenizer.from_pretrained(tiny_model), BlipImageProcessorPil.from_pretrained(tiny_model)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model: Path):
+    return load_retrieval_model(str(tiny_model), device="cpu")
+
+
+def _normalize(x: torch.Tensor) -> np.ndarray:
+    return torch.nn.functional.normalize(x, dim=-1).numpy()
+
+
+def test_preprocessing_matches_the_blip_image_processor(reference) -> None:
+    _, _, processor = reference
+    spec = ImageSpec(height=32, width=32)
+    for size in (32, 57, 200):
+        image = draw_image(size).resize((size, size + 9))
+        ours = spec.to_pixels(image)
+        theirs = processor(images=image, return_tensors="np")["pixel_values"][0]
+        np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+
+def test_image_vectors_match_transformers(model, reference) -> None:
+    net, _, processor = reference
+    images = [draw_image(i) for i in range(6)]
+    pixels = processor(images=images, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        expected = _normalize(net.vision_proj(net.vision_model(pixel_values=pixels).last_hidden_state[:, 0]))
+    ours = model.embed_images(np.stack([model.image_spec.to_pixels(im) for im in images]))
+    assert ours.shape == (6, 256)
+    np.testing.assert_allclose(ours, expected, atol=1e-5)
+    # The weights are wide enough that pictures are told apart: no ties to hide behind.
+    sims = ours @ ours.T
+    assert sims[~np.eye(6, dtype=bool)].max() < 0.999
+    assert np.ptp(sims[~np.eye(6, dtype=bool)]) > 0.01
+
+
+def test_text_vectors_match_transformers_with_blip_preprocessing(model, reference) -> None:
+    net, tokenizer, _ = reference
+    batch = tokenizer([pre_caption(t) for t in TEXTS], padding="longest", truncation=True, max_length=35,
+                      return_tensors="pt")
+    with torch.no_grad():
+        hidden = net.text_encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        expected = _normalize(net.text_proj(hidden.last_hidden_state[:, 0]))
+    ours = model.embed_texts(TEXTS)
+    np.testing.assert_allclose(ours, expected, atol=1e-5)
+    # Preprocessing is applied: case and BLIP's punctuation don't change the vector.
+    np.testing.assert_allclose(model.embed_texts(["A DOG, running (on) the beach."]), ours[1:2], atol=1e-6)
+    assert not np.allclose(ours[0], ours[2], atol=1e-3)
+
+
+def test_pre_caption_follows_the_paper() -> None:
+    assert pre_caption('  A "Dog"; running!!  on the (beach)~ ') == "a dog running on the beach"
+    assert len(pre_caption(" ".join(["word"] * 50)).split()) == 30
+
+
+def test_batched_vectors_equal_single(model) -> None:
+    pixels = np.stack([model.image_spec.to_pixels(draw_image(i)) for i in range(5)])
+    batched = model.embed_images(pixels)
+    for i in range(5):
+        np.testing.assert_allclose(model.embed_images(pixels[i : i + 1])[0], batched[i], atol=1e-6)
+    texts = model.embed_texts(TEXTS)
+    for i, text in enumerate(TEXTS):
+        np.testing.assert_allclose(model.embed_texts([text])[0], texts[i], atol=1e-6)
+
+
+def _direct_itm(net, tokenizer, text: str, pixels: torch.Tensor, first_token: int) -> np.ndarray:
+    batch = tokenizer([pre_caption(text)] * len(pixels), return_tensors="pt", max_length=35, truncation=True)
+    ids = batch["input_ids"].clone()
+    ids[:, 0] = first_token
+    with torch.no_grad():
+        tokens = net.vision_model(pixel_values=pixels).last_hidden_state
+        out = net.text_encoder(input_ids=ids, attention_mask=batch["attention_mask"], encoder_hidden_states=tokens,
+                               encoder_attention_mask=torch.ones(tokens.shape[:-1], dtype=torch.long))
+        return net.itm_head(out.last_hidden_state[:, 0]).numpy()
+
+
+def test_itm_uses_the_enc_token_and_matches_transformers(model, reference) -> None:
+    net, tokenizer, processor = reference
+    images = [draw_image(i) for i in range(4)]
+    pixels = processor(images=images, return_tensors="pt")["pixel_values"]
+    enc = tokenizer.convert_tokens_to_ids("[ENC]")
+    assert model.enc_token_id == enc != tokenizer.cls_token_id
+    expected = _direct_itm(net, tokenizer, TEXTS[0], pixels, enc)
+    ours = model.itm_logits([TEXTS[0]] * 4, model.image_tokens(pixels.numpy()))
+    np.testing.assert_allclose(ours, expected, atol=1e-5)
+    with_cls = _direct_itm(net, tokenizer, TEXTS[0], pixels, tokenizer.cls_token_id)
+    assert not np.allclose(with_cls, expected, atol=1e-3), "[ENC] and [CLS] must give different scores"
+    assert np.ptp(expected[:, 1]) > 1e-3, "ITM scores must differ between images"
+
+    cls_model = load_retrieval_model(str(model.path), device="cpu", itm_token="cls")
+    np.testing.assert_allclose(cls_model.itm_logits([TEXTS[0]] * 4, cls_model.image_tokens(pixels.numpy())),
+                               with_cls, atol=1e-5)
+
+
+def test_enc_falls_back_to_the_last_vocab_id(tmp_path: Path, tiny_model: Path) -> None:
+    # The hub's converted checkpoints ship a plain BERT tokenizer without [ENC].
+    plain = tmp_path / "plain"
+    shutil.copytree(tiny_model, plain)
+    vocab = (plain / "vocab.txt").read_text().splitlines()
+    (plain / "vocab.txt").write_text("\n".join(v for v in vocab if v not in ("[ENC]", "[DEC]")) + "\n")
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"):
+        (plain / name).unlink(missing_ok=True)
+    loaded = load_retrieval_model(str(plain), device="cpu")
+    assert loaded.enc_token_id == loaded.net.config.text_config.vocab_size - 1
+
+
+def test_nested_processor_config_is_accepted(tmp_path: Path) -> None:
+    path = make_tiny_retrieval(tmp_path / "nested", seed=3, nested_processor_config=True)
+    assert not (path / "preprocessor_config.json").exists()
+    assert ImageSpec.from_model_dir(path).height == 32
+
+
+def test_missing_processor_config_is_a_clear_error(tmp_path: Path, tiny_model: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model, broken)
+    (broken / "preprocessor_config.json").unlink()
+    with pytest.raises(ModelLoadError, match="preprocessor_config.json"):
+        load_retrieval_model(str(broken), device="cpu")
+
+
+def test_non_retrieval_checkpoint_is_refused(tmp_path: Path, tiny_model: Path) -> None:
+    from transformers import BlipConfig, BlipForConditionalGeneration
+
+    path = tmp_path / "captioner"
+    shutil.copytree(tiny_model, path)
+    (path / "model.safetensors").unlink()
+    BlipForConditionalGeneration(BlipConfig.from_pretrained(tiny_model)).save_pretrained(path)
+    with pytest.raises(ModelLoadError, match="not a BLIP image-text retrieval checkpoint"):
+        load_retrieval_model(str(path), device="cpu")
+
+
+def test_offline_hub_id_fails_fast_with_advice() -> None:
+    start = time.monotonic()
+    with pytest.raises(ModelUnavailableError) as info:
+        resolve_model_dir("Salesforce/blip-itm-base-coco")
+    assert time.monotonic() - start < 5
+    message = str(info.value)
+    assert "--model PATH" in message and "HF_HUB_OFFLINE" in message and "hf download" in message
+
+
+def test_bad_model_paths() -> None:
+    with pytest.raises(InputPathError, match="does not exist"):
+        resolve_model_dir("./no/such/model")
+    with pytest.raises(ModelUnavailableError, match="built-in"):
+        resolve_model_dir("builtin:nonexistent")
+
+
+def test_fingerprint_tracks_weights(tiny_model: Path, other_model: Path, tmp_path: Path) -> None:
+    a = load_retrieval_model(str(tiny_model), device="cpu").fingerprint
+    b = load_retrieval_model(str(other_model), device="cpu").fingerprint
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model, copy)
+    assert a != b
+    assert load_retrieval_model(str(copy), device="cpu").fingerprint == a
+    config = json.loads((copy / "config.json").read_text())
+    config["vision_config"]["layer_norm_eps"] = 1e-5
+    (copy / "config.json").write_text(json.dumps(config))
+    assert load_retrieval_model(str(copy), device="cpu").fingerprint != a

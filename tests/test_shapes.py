@@ -1,0 +1,214 @@
+"""The shapes world generator and, when present, the trained shapes checkpoints.
+
+The checkpoint tests load each model from ``blipsearch/builtin/shapes`` with
+transformers' ``from_pretrained`` and measure it on a freshly generated test
+split (a seed other than the one used in training); the floors sit a little
+below the figures recorded in ``TRAINING.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from blipsearch.shapes import evaluate, world
+
+BUILTIN = Path(__file__).resolve().parents[1] / "blipsearch" / "builtin" / "shapes"
+EVAL_SEED = 7
+EVAL_SCENES = 200
+
+# ---------------------------------------------------------------------------- generator
+
+
+def test_same_seed_same_scenes() -> None:
+    a = world.generate("train", 6, seed=3)
+    b = world.generate("train", 6, seed=3)
+    for x, y in zip(a, b):
+        assert np.array_equal(np.asarray(x.image), np.asarray(y.image))
+        assert x.captions == y.captions
+        assert x.qa == y.qa
+    c = world.generate("train", 6, seed=4)
+    assert any(not np.array_equal(np.asarray(x.image), np.asarray(z.image)) for x, z in zip(a, c))
+
+
+def test_shorter_list_is_prefix() -> None:
+    long = world.generate("test", 5, seed=1)
+    short = world.generate("test", 2, seed=1)
+    assert [s.caption for s in short] == [s.caption for s in long[:2]]
+    assert np.array_equal(np.asarray(short[1].image), np.asarray(long[1].image))
+
+
+def test_image_format() -> None:
+    scene = world.generate("test", 1, seed=0)[0]
+    assert scene.image.mode == "RGB"
+    assert scene.image.size == (world.IMAGE_SIZE, world.IMAGE_SIZE)
+    assert scene.caption == f"{world.phrase(scene.left)} left of {world.phrase(scene.right)}"
+    assert scene.left != scene.right
+
+
+def test_held_out_combinations_only_in_test() -> None:
+    train = world.generate("train", 400, seed=0)
+    for s in train:
+        assert (*s.left, "left") not in world.HELD_OUT
+        assert (*s.right, "right") not in world.HELD_OUT
+    assert not any(world.is_held_out(*p) for p in world.train_pairs())
+    # The test split walks through every combination: all held-out triples appear.
+    test = world.generate("test", len(world.all_pairs()), seed=0)
+    assert len({s.key for s in test}) == len(world.all_pairs())
+    seen = {(*s.left, "left") for s in test} | {(*s.right, "right") for s in test}
+    assert world.HELD_OUT <= seen
+    assert any(s.held_out for s in world.generate("test", EVAL_SCENES, seed=EVAL_SEED))
+
+
+def test_held_out_attributes_are_still_trained() -> None:
+    # Every held-out triple's color and shape do occur on that side in training.
+    pairs = world.train_pairs()
+    for color, shape, side in world.HELD_OUT:
+        objs = [p[0] if side == "left" else p[1] for p in pairs]
+        assert any(o[0] == color for o in objs)
+        assert any(o[1] == shape for o in objs)
+
+
+def test_questions_match_scene() -> None:
+    for s in world.generate("test", 60, seed=2):
+        present = {s.left, s.right}
+        kinds = [qa.kind for qa in s.qa]
+        assert set(kinds) == set(world.QUESTION_TYPES)
+        for qa in s.qa:
+            q = qa.question
+            if q.startswith("what color is the"):
+                side = s.left if q.endswith("on the left?") else s.right
+                assert q == f"what color is the {side[1]} on the {'left' if side is s.left else 'right'}?"
+                assert qa.answer == side[0]
+            elif q.startswith("what shape is on the"):
+                assert qa.answer == (s.left if q.endswith("left?") else s.right)[1]
+            else:
+                words = q.rstrip("?").split()
+                assert words[:2] == ["is", "there"]
+                obj = (words[3], words[4])
+                assert qa.answer == ("yes" if obj in present else "no")
+        assert sorted(qa.answer for qa in s.qa if qa.kind == "yesno") == ["no", "yes"]
+
+
+def test_alternative_captions_name_the_same_objects() -> None:
+    s = world.generate("test", 1, seed=0)[0]
+    for cap in s.alt_captions:
+        assert world.phrase(s.left) in cap and world.phrase(s.right) in cap
+    assert "right of" in s.alt_captions[0]
+
+
+def test_write_folder(tmp_path: Path) -> None:
+    scenes = world.generate("test", 3, seed=0)
+    path = world.write_folder(tmp_path, scenes)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["captions"][0] for r in rows] == [s.caption for s in scenes]
+    for r in rows:
+        assert (tmp_path / r["image"]).is_file()
+
+
+def test_cli(tmp_path: Path) -> None:
+    world.main([str(tmp_path), "--count", "2", "--split", "test", "--seed", "1"])
+    assert len(list((tmp_path / "images").glob("*.png"))) == 2
+    assert len((tmp_path / "captions.jsonl").read_text().splitlines()) == 2
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+
+def _have(name: str) -> bool:
+    return (BUILTIN / name / "model.safetensors").is_file()
+
+
+needs_checkpoints = pytest.mark.skipif(
+    not all(_have(n) for n in ("retrieval", "caption", "vqa")), reason="shapes checkpoints not built"
+)
+
+
+@pytest.fixture(scope="module")
+def eval_scenes() -> list[world.Scene]:
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    return world.generate("test", EVAL_SCENES, seed=EVAL_SEED)
+
+
+def _load(name: str, cls: type) -> tuple:
+    from transformers import BertTokenizer, BlipImageProcessorPil
+
+    directory = BUILTIN / name
+    model = cls.from_pretrained(directory, use_safetensors=True).eval()
+    return model, BertTokenizer.from_pretrained(directory), BlipImageProcessorPil.from_pretrained(directory)
+
+
+@needs_checkpoints
+def test_checkpoint_layout() -> None:
+    for name in ("retrieval", "caption", "vqa"):
+        d = BUILTIN / name
+        for f in ("config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json", "preprocessor_config.json"):
+            assert (d / f).is_file(), f"{name}/{f}"
+        cfg = json.loads((d / "config.json").read_text())
+        vocab = (d / "vocab.txt").read_text().split("\n")
+        assert vocab[0] == "[PAD]" and "[ENC]" in vocab and "[DEC]" in vocab
+        text = cfg["text_config"]
+        assert text["vocab_size"] == len([v for v in vocab if v])
+        assert text["bos_token_id"] == vocab.index("[DEC]")
+        assert text["sep_token_id"] == vocab.index("[SEP]")
+        assert text["pad_token_id"] == 0
+        assert "num_attention_heads" in text
+        assert "layer_norm_eps" in cfg["vision_config"]
+        assert cfg["image_text_hidden_size"] == 256
+        pre = json.loads((d / "preprocessor_config.json").read_text())
+        assert pre["image_processor_type"] == "BlipImageProcessor"
+        assert pre["resample"] == 3
+        assert pre["size"] == {"height": world.IMAGE_SIZE, "width": world.IMAGE_SIZE}
+        assert (d / "model.safetensors").stat().st_size < 20 * 2**20
+
+
+@needs_checkpoints
+def test_retrieval_quality(eval_scenes: list[world.Scene]) -> None:
+    from transformers import BlipForImageTextRetrieval
+
+    model, tok, proc = _load("retrieval", BlipForImageTextRetrieval)
+    m = evaluate.retrieval_metrics(model, tok, proc, eval_scenes, k=16)
+    itc, itm = m["t2i"]["itc"]["r1"], m["t2i"]["itm"]["r1"]
+    assert itc >= 0.6, m
+    assert itm >= itc + 0.10, m
+    assert m["i2t"]["itm"]["r1"] >= m["i2t"]["itc"]["r1"], m
+
+
+@needs_checkpoints
+def test_itc_embeddings_are_256d_and_normalized(eval_scenes: list[world.Scene]) -> None:
+    from transformers import BlipForImageTextRetrieval
+
+    model, tok, proc = _load("retrieval", BlipForImageTextRetrieval)
+    _, img = evaluate.encode_images(model, evaluate.pixel_values(proc, [s.image for s in eval_scenes[:4]]))
+    txt = evaluate.encode_texts(model, tok, [s.caption for s in eval_scenes[:4]])
+    assert img.shape == txt.shape == (4, 256)
+    assert torch.allclose(img.norm(dim=-1), torch.ones(4), atol=1e-5)
+
+
+@needs_checkpoints
+def test_caption_quality(eval_scenes: list[world.Scene]) -> None:
+    from transformers import BlipForConditionalGeneration
+
+    model, tok, proc = _load("caption", BlipForConditionalGeneration)
+    m = evaluate.caption_metrics(model, tok, proc, eval_scenes, num_beams=1)
+    assert m["exact_match"] >= CAPTION_FLOOR, m
+
+
+@needs_checkpoints
+def test_vqa_quality(eval_scenes: list[world.Scene]) -> None:
+    from transformers import BlipForQuestionAnswering
+
+    model, tok, proc = _load("vqa", BlipForQuestionAnswering)
+    m = evaluate.vqa_metrics(model, tok, proc, eval_scenes[:100], num_beams=1)
+    assert m["accuracy"] >= VQA_FLOOR, m
+    for kind, acc in m["per_type"].items():
+        assert acc is not None and acc >= VQA_TYPE_FLOOR, (kind, m)
+
+
+CAPTION_FLOOR = 0.5
+VQA_FLOOR = 0.8
+VQA_TYPE_FLOOR = 0.6
