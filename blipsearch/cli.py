@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import click
@@ -290,6 +291,56 @@ def failures(lib: Library, as_json: bool) -> None:
             _json_line({"path": failure.path, "reason": failure.reason})
         else:
             click.echo(f"{_display(failure.path)}: {failure.reason}")
+
+
+@main.command("eval")
+@click.argument("images_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("captions", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--split", default="test", show_default=True, help="Split to use from a Karpathy-split JSON.")
+@click.option("--rerank-depth", type=PositiveInt(1), default=16, show_default=True,
+              help="ITC candidates rescored by ITM per query (the BLIP paper: 256 on COCO, 128 on Flickr30k).")
+@click.option("--batch-size", type=PositiveInt(), default=16, show_default=True, help="Images per model call.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@library_options
+@click.pass_context
+def eval_command(ctx: click.Context, images_dir: Path, captions: Path, split: str, rerank_depth: int,
+                 batch_size: int, as_json: bool, library: str | None, db_url: str | None, model: str | None,
+                 device: str, itm_token: str, max_megapixels: float | None) -> None:
+    """Measure retrieval quality: Recall@1/5/10, text->image and image->text, ITC and reranked.
+
+    CAPTIONS is JSON lines {"image": path relative to IMAGES_DIR, "captions": [...]},
+    BLIP's annotation list, or a Karpathy-split COCO / Flickr30k JSON (with --split).
+    The images are indexed into a temporary library unless --library is given on
+    the command line.
+
+    \b
+    Examples:
+      blipsearch eval shapes-test/ shapes-test/captions.jsonl --model builtin:shapes
+      blipsearch eval coco/images dataset_coco.json --split test --rerank-depth 256 \\
+          --model Salesforce/blip-itm-base-coco --device cuda
+    """
+    import tempfile
+
+    from tqdm import tqdm
+
+    from .evaluation import evaluate, format_table
+
+    def progress(total: int, desc: str):  # type: ignore[no-untyped-def]
+        return tqdm(total=total, desc=desc, disable=not sys.stderr.isatty(), file=sys.stderr)
+
+    explicit = ctx.get_parameter_source("library") == click.core.ParameterSource.COMMANDLINE
+    with _errors(), tempfile.TemporaryDirectory(prefix="blipsearch-eval-") as tmp:
+        lib = _open(library if explicit else tmp, db_url if explicit else None, model, device, itm_token,
+                    max_megapixels)
+        try:
+            result = evaluate(lib, images_dir, captions, split=split, rerank_depth=rerank_depth,
+                              batch_size=batch_size, progress=progress)
+        finally:
+            lib.close()
+    if as_json:
+        _json_line(result)
+    else:
+        click.echo(format_table(result))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -87,6 +87,10 @@ class Hyper:
     retrieval_batch: int = 64
     retrieval_lr: float = 1e-3
     temp_init: float = 0.07
+    itm_weight: float = 1.0
+    # Share of ITC-mined ITM negatives replaced by uniformly drawn ones: easy
+    # negatives get the matcher off the "always no" plateau early on.
+    itm_easy_frac: float = 0.0
     caption_steps: int = 600
     caption_batch: int = 64
     caption_lr: float = 5e-4
@@ -336,6 +340,11 @@ def train_retrieval(pool: Pool, tokenizer: BertTokenizer, hp: Hyper, seed: int, 
         with torch.no_grad():
             w_i2t = F.softmax(sim_i2t.detach().float(), 1).masked_fill(same, 0) + 1e-8 * (~same)
             w_t2i = F.softmax(sim_i2t.detach().T.float(), 1).masked_fill(same, 0) + 1e-8 * (~same)
+            if hp.itm_easy_frac > 0:
+                easy = (torch.rand(b, 1, generator=gen) < hp.itm_easy_frac).to(device)
+                uniform = (~same).float()
+                w_i2t = torch.where(easy, uniform, w_i2t)
+                w_t2i = torch.where(easy, uniform, w_t2i)
             neg_text = torch.multinomial(w_i2t.cpu(), 1, generator=gen).squeeze(1).to(device)
             neg_image = torch.multinomial(w_t2i.cpu(), 1, generator=gen).squeeze(1).to(device)
         # Compositional negatives: this image against its own caption with swapped attributes/sides.
@@ -360,7 +369,7 @@ def train_retrieval(pool: Pool, tokenizer: BertTokenizer, hp: Hyper, seed: int, 
         labels = torch.cat([torch.ones(b), torch.zeros(3 * b)]).long().to(device)
         loss_itm = F.cross_entropy(logits, labels)
 
-        loss = loss_itc + loss_itm
+        loss = loss_itc + hp.itm_weight * loss_itm
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -489,6 +498,9 @@ def run(out: Path, seed: int, hp: Hyper, command: str) -> dict[str, Any]:
     t0 = time.time()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.use_deterministic_algorithms(True, warn_only=True)
+    # Subnormal floats make CPU matmuls many times slower once weights and
+    # activations get tiny; flushing them to zero keeps step times steady.
+    torch.set_flush_denormal(True)
     tokenizer = build_tokenizer(out / "retrieval")
     log(f"rendering {hp.train_images} training scenes")
     pool = Pool(world.generate("train", hp.train_images, seed))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -137,12 +138,17 @@ class Database:
     # -- images ----------------------------------------------------------------
     def rows_under(self, roots: list[bytes]) -> dict[bytes, StoredRow]:
         """Stored images at or below each root (a file or a directory)."""
-        clauses = []
+        found: dict[bytes, StoredRow] = {}
+        # One query per folder and chunked IN lists for files: thousands of
+        # file roots (an evaluation set) must not build one giant expression.
+        files = [r for r in roots if not os.path.isdir(r)]
         for root in roots:
-            lo, hi = path_range(root)
-            clauses.append(ImageRow.path == root)
-            clauses.append((ImageRow.path >= lo) & (ImageRow.path < hi))
-        return self._rows(or_(*clauses)) if clauses else {}
+            if os.path.isdir(root):
+                lo, hi = path_range(root)
+                found.update(self._rows((ImageRow.path >= lo) & (ImageRow.path < hi)))
+        for start in range(0, len(files), 500):
+            found.update(self._rows(ImageRow.path.in_(files[start : start + 500])))
+        return found
 
     def rows_not_of_model(self, fp: str) -> dict[bytes, StoredRow]:
         return self._rows(or_(ImageRow.model.is_(None), ImageRow.model != fp))
@@ -178,6 +184,17 @@ class Database:
             )
             for part in session.execute(stmt).partitions(chunk):
                 yield np.fromiter((r[0] for r in part), np.int64, len(part)), [r[1] for r in part]
+
+    def vectors_for_paths(self, paths: list[bytes], fp: str) -> dict[bytes, bytes]:
+        """Stored vectors of model ``fp`` for the given paths (those that have one)."""
+        found: dict[bytes, bytes] = {}
+        with self.reader() as session:
+            for start in range(0, len(paths), 500):
+                stmt = select(ImageRow.path, ImageRow.vector).where(
+                    ImageRow.path.in_(paths[start : start + 500]), ImageRow.model == fp, ImageRow.vector.is_not(None)
+                )
+                found.update((path, vector) for path, vector in session.execute(stmt))
+        return found
 
     def images_by_id(self, ids: list[int]) -> dict[int, ImageRow]:
         with self.reader() as session:
