@@ -64,7 +64,7 @@ def load_captions(images_dir: Path, captions_file: Path, split: str = "test") ->
                 captions = item["caption"] if "caption" in item else item["captions"]
                 entries.append((item["image"], [captions] if isinstance(captions, str) else list(captions)))
         else:  # JSON lines
-            for number, line in enumerate(raw.splitlines(), 1):
+            for line in raw.splitlines():
                 if line.strip():
                     item = json.loads(line)
                     entries.append((item["image"], list(item["captions"])))

@@ -21,7 +21,7 @@ import platformdirs
 
 from .errors import InputPathError, LibraryError, ModelMismatchError
 from .index.images import load_pixels
-from .index.indexer import IndexReport, Indexer, ProgressFactory, no_progress
+from .index.indexer import Indexer, IndexReport, ProgressFactory, no_progress
 from .index.vectors import VectorIndex
 from .loading import BUILTIN_PREFIX
 from .model import DEFAULT_MODEL, ItmToken, RetrievalModel, load_retrieval_model
