@@ -13,6 +13,12 @@ from typing import Any
 
 import click
 
+from .describe import (
+    DEFAULT_CAPTION_MODEL,
+    DEFAULT_VQA_MODEL,
+    AnswerSettings,
+    CaptionSettings,
+)
 from .errors import BlipsearchError
 from .library import LIBRARY_ENV, Hit, Library
 from .model import DEFAULT_MODEL
@@ -76,6 +82,20 @@ def library_options(func: Callable[..., Any]) -> Callable[..., Any]:
             help="First token of the text for image-text matching: BLIP's [ENC] or plain [CLS].",
         ),
         click.option(
+            "--caption-model",
+            envvar="BLIPSEARCH_CAPTION_MODEL",
+            metavar="MODEL",
+            help=f"BLIP captioning checkpoint (default {DEFAULT_CAPTION_MODEL}, or the built-in family of "
+            "--model). Env: BLIPSEARCH_CAPTION_MODEL.",
+        ),
+        click.option(
+            "--vqa-model",
+            envvar="BLIPSEARCH_VQA_MODEL",
+            metavar="MODEL",
+            help=f"BLIP question-answering checkpoint (default {DEFAULT_VQA_MODEL}, or the built-in family of "
+            "--model). Env: BLIPSEARCH_VQA_MODEL.",
+        ),
+        click.option(
             "--max-megapixels",
             type=float,
             default=None,
@@ -88,14 +108,15 @@ def library_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _open(library: str | None, db_url: str | None, model: str | None, device: str, itm_token: str,
-          max_megapixels: float | None) -> Library:
+          max_megapixels: float | None, caption_model: str | None = None, vqa_model: str | None = None) -> Library:
     if max_megapixels is not None:
         from PIL import Image
 
         if max_megapixels <= 0:
             raise click.UsageError("--max-megapixels must be positive.")
         Image.MAX_IMAGE_PIXELS = int(max_megapixels * 1_000_000)
-    return Library(library, db_url=db_url, model=model, device=device, itm_token=itm_token)  # type: ignore[arg-type]
+    return Library(library, db_url=db_url, model=model, device=device, itm_token=itm_token,  # type: ignore[arg-type]
+                   caption_model=caption_model, vqa_model=vqa_model)
 
 
 @contextmanager
@@ -118,9 +139,10 @@ def _errors() -> Iterator[None]:
 def with_library(func: Callable[..., Any]) -> Callable[..., Any]:
     @library_options
     @functools.wraps(func)
-    def wrapper(library, db_url, model, device, itm_token, max_megapixels, **kwargs):  # type: ignore[no-untyped-def]
+    def wrapper(library, db_url, model, device, itm_token, caption_model, vqa_model, max_megapixels,  # type: ignore[no-untyped-def]
+                **kwargs):
         with _errors():
-            lib = _open(library, db_url, model, device, itm_token, max_megapixels)
+            lib = _open(library, db_url, model, device, itm_token, max_megapixels, caption_model, vqa_model)
             try:
                 return func(lib, **kwargs)
             finally:
@@ -159,6 +181,10 @@ def _print_hits(hits: list[Hit], as_json: bool, paths_only: bool) -> None:
         else:
             match = f"{hit.itm * 100:5.1f}%" if hit.itm is not None else "     -"
             click.echo(f"{hit.rank:3d}  {hit.score:7.3f}  {match}  {_display(hit.path)}")
+            if hit.caption is not None:
+                click.echo(f"{'':22}{hit.caption}")
+            if hit.answer is not None:
+                click.echo(f"{'':22}answer: {hit.answer}")
 
 
 def _output_flags(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -189,6 +215,31 @@ def main() -> None:
     """
 
 
+def _progress(total: int, desc: str):  # type: ignore[no-untyped-def]
+    """A progress bar on a terminal, nothing when output goes to a file or a pipe."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", disable=not sys.stderr.isatty(), file=sys.stderr)
+
+
+def caption_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Decoding settings for captions; the defaults are the BLIP paper's."""
+    func = click.option("--min-length", type=PositiveInt(), default=5, show_default=True,
+                        help="Minimum caption length in tokens, prompt included.")(func)
+    func = click.option("--max-length", type=PositiveInt(), default=20, show_default=True,
+                        help="Maximum caption length in tokens, prompt included.")(func)
+    func = click.option("--beams", type=PositiveInt(), default=3, show_default=True,
+                        help="Beam-search width.")(func)
+    return click.option("--prompt", default="a picture of ", show_default=True,
+                        help="Text the caption starts from (not part of the result).")(func)
+
+
+def _caption_settings(prompt: str, beams: int, max_length: int, min_length: int) -> CaptionSettings:
+    if min_length > max_length:
+        raise click.UsageError("--min-length can't be larger than --max-length.")
+    return CaptionSettings(prompt=prompt, num_beams=beams, max_length=max_length, min_length=min_length)
+
+
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=bytes))
 @click.option("--batch-size", type=PositiveInt(), default=16, show_default=True,
@@ -197,10 +248,13 @@ def main() -> None:
               help="Threads reading and decoding images. Default: CPU count, at most 4.")
 @click.option("--reindex", is_flag=True,
               help="Re-embed every image of the library with --model (after a model change).")
+@click.option("--captions", is_flag=True,
+              help="Also caption every image (with --caption-model; each image and prompt only once, ever).")
+@caption_options
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON line of counts.")
 @with_library
 def index(lib: Library, paths: tuple[bytes, ...], batch_size: int, workers: int | None, reindex: bool,
-          as_json: bool) -> None:
+          captions: bool, prompt: str, beams: int, max_length: int, min_length: int, as_json: bool) -> None:
     """Index the images in PATHS (folders, walked recursively, or files).
 
     New and changed images are embedded; unchanged ones are skipped; moved or
@@ -212,19 +266,20 @@ def index(lib: Library, paths: tuple[bytes, ...], batch_size: int, workers: int 
     \b
     Examples:
       blipsearch index ~/Pictures /mnt/photos
+      blipsearch index --captions ~/Pictures
       blipsearch index --model Salesforce/blip-itm-large-coco --reindex ~/Pictures
     """
-    from tqdm import tqdm
-
-    def progress(total: int, desc: str):  # type: ignore[no-untyped-def]
-        return tqdm(total=total, desc=desc, unit="img", disable=not sys.stderr.isatty(), file=sys.stderr)
-
-    report = lib.index(list(paths), batch_size=batch_size, workers=workers, reindex=reindex, progress=progress)
+    settings = _caption_settings(prompt, beams, max_length, min_length)
+    if captions:
+        lib.captioner  # noqa: B018 - load (or fail) before a long run, never halfway through
+    report = lib.index(list(paths), batch_size=batch_size, workers=workers, reindex=reindex, progress=_progress)
     for path, reason in report.errors[:10]:
         click.echo(f"skipped {_display(os.fsdecode(path))}: {reason}", err=True)
     if len(report.errors) > 10:
         click.echo(f"... and {len(report.errors) - 10} more (see `blipsearch failures`)", err=True)
-    counts = report.counts()
+    counts: dict[str, int] = report.counts()
+    if captions:
+        counts["captioned"] = lib.caption_library(list(paths), settings, batch_size=batch_size, progress=_progress)
     if as_json:
         _json_line(counts)
     else:
@@ -238,9 +293,16 @@ def index(lib: Library, paths: tuple[bytes, ...], batch_size: int, workers: int 
               help="Rerank this many of the best ITC candidates with the ITM head "
                    "(each costs one vision-encoder pass plus one cross-attention pass).")
 @click.option("--no-rerank", is_flag=True, help="Rank by ITC cosine only (fast).")
+@click.option("--caption", "with_caption", is_flag=True, help="Add a generated caption to each hit (cached).")
+@click.option("--ask", "question", metavar="QUESTION", help="Ask each hit a question; adds `answer`.")
+@click.option("--answer", "expected", metavar="VALUE",
+              help="With --ask: keep only the hits whose answer is VALUE (e.g. --ask 'is there a dog?' --answer yes).")
+@click.option("--examine", type=PositiveInt(), default=None,
+              help="With --answer: how many top hits to ask. Default: max(k, --rerank-depth).")
 @with_library
 def search(lib: Library, text: str, k: int, as_json: bool, paths_only: bool, rerank_depth: int,
-           no_rerank: bool) -> None:
+           no_rerank: bool, with_caption: bool, question: str | None, expected: str | None,
+           examine: int | None) -> None:
     """Find the images that best match TEXT.
 
     Candidates come from the vector index by cosine similarity (ITC); the best
@@ -252,10 +314,86 @@ def search(lib: Library, text: str, k: int, as_json: bool, paths_only: bool, rer
     Examples:
       blipsearch search "a red circle left of a blue square" -k 5
       blipsearch search "sunset over the sea" --paths | xargs open
+      blipsearch search "a dog in the park" --caption
+      blipsearch search "a street at night" --ask "is it raining?" --answer yes
     """
     _check_output_flags(as_json, paths_only)
-    hits = lib.search(text, k, rerank_depth=rerank_depth, rerank_hits=not no_rerank)
+    if expected is not None and question is None:
+        raise click.UsageError("--answer needs --ask QUESTION.")
+    depth = 0 if no_rerank else rerank_depth
+    wanted = (examine or max(k, depth)) if expected is not None else k
+    hits = lib.search(text, wanted, rerank_depth=depth, rerank_hits=depth > 0)
+    settings = CaptionSettings() if with_caption else None
+    if expected is not None:
+        hits = lib.describe(hits, question=question)
+        examined = len(hits)
+        hits = lib.keep_answer(hits, expected)[:k]
+        click.echo(f"Asked {question!r} of the top {examined} hits: {len(hits)} answered {expected!r}.", err=True)
+        if settings is not None:
+            hits = lib.describe(hits, caption=settings)
+    elif settings is not None or question is not None:
+        hits = lib.describe(hits, caption=settings, question=question)
     _print_hits(hits, as_json, paths_only)
+
+
+@main.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=bytes))
+@caption_options
+@click.option("--json", "as_json", is_flag=True, help='One {"path", "caption"} object per line.')
+@with_library
+def caption(lib: Library, images: tuple[bytes, ...], prompt: str, beams: int, max_length: int, min_length: int,
+            as_json: bool) -> None:
+    """Caption IMAGES (any image files, indexed or not).
+
+    Captions are cached in the library by image content, model and prompt.
+
+    \b
+    Examples:
+      blipsearch caption holiday/*.jpg
+      blipsearch caption photo.jpg --caption-model Salesforce/blip-image-captioning-large --json
+    """
+    settings = _caption_settings(prompt, beams, max_length, min_length)
+    results = lib.caption(list(images), settings, progress=_progress)
+    _print_described(results, "caption", as_json)
+
+
+@main.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=bytes))
+@click.argument("question")
+@click.option("--beams", type=PositiveInt(), default=3, show_default=True, help="Beam-search width.")
+@click.option("--max-length", type=PositiveInt(), default=10, show_default=True,
+              help="Maximum answer length in tokens.")
+@click.option("--json", "as_json", is_flag=True, help='One {"path", "question", "answer"} object per line.')
+@with_library
+def ask(lib: Library, images: tuple[bytes, ...], question: str, beams: int, max_length: int, as_json: bool) -> None:
+    """Ask QUESTION about each of IMAGES (visual question answering).
+
+    \b
+    Examples:
+      blipsearch ask photo.jpg "how many people are there?"
+      blipsearch ask a.jpg b.jpg "is it raining?" --json
+    """
+    results = lib.ask(list(images), question, AnswerSettings(num_beams=beams, max_length=max_length))
+    _print_described(results, "answer", as_json, question)
+
+
+def _print_described(results: list[Any], field: str, as_json: bool, question: str | None = None) -> None:
+    failed = 0
+    for result in results:
+        if result.text is None:
+            failed += 1
+            click.echo(f"{_display(result.path)}: {result.error}", err=True)
+            continue
+        if as_json:
+            obj = {"path": result.path}
+            if question is not None:
+                obj["question"] = question
+            obj[field] = result.text
+            _json_line(obj)
+        else:
+            click.echo(f"{_display(result.path)}: {result.text}")
+    if failed:
+        raise click.ClickException(f"{failed} of {len(results)} images could not be read.")
 
 
 @main.command()
@@ -305,7 +443,8 @@ def failures(lib: Library, as_json: bool) -> None:
 @click.pass_context
 def eval_command(ctx: click.Context, images_dir: Path, captions: Path, split: str, rerank_depth: int,
                  batch_size: int, as_json: bool, library: str | None, db_url: str | None, model: str | None,
-                 device: str, itm_token: str, max_megapixels: float | None) -> None:
+                 device: str, itm_token: str, caption_model: str | None, vqa_model: str | None,
+                 max_megapixels: float | None) -> None:
     """Measure retrieval quality: Recall@1/5/10, text->image and image->text, ITC and reranked.
 
     CAPTIONS is JSON lines {"image": path relative to IMAGES_DIR, "captions": [...]},
@@ -321,12 +460,7 @@ def eval_command(ctx: click.Context, images_dir: Path, captions: Path, split: st
     """
     import tempfile
 
-    from tqdm import tqdm
-
     from .evaluation import evaluate, format_table
-
-    def progress(total: int, desc: str):  # type: ignore[no-untyped-def]
-        return tqdm(total=total, desc=desc, disable=not sys.stderr.isatty(), file=sys.stderr)
 
     explicit = ctx.get_parameter_source("library") == click.core.ParameterSource.COMMANDLINE
     with _errors(), tempfile.TemporaryDirectory(prefix="blipsearch-eval-") as tmp:
@@ -334,7 +468,7 @@ def eval_command(ctx: click.Context, images_dir: Path, captions: Path, split: st
                     max_megapixels)
         try:
             result = evaluate(lib, images_dir, captions, split=split, rerank_depth=rerank_depth,
-                              batch_size=batch_size, progress=progress)
+                              batch_size=batch_size, progress=_progress)
         finally:
             lib.close()
     if as_json:

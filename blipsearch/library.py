@@ -12,13 +12,23 @@ SQLAlchemy URL) and the FAISS file derived from it.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import platformdirs
 
+from .describe import (
+    DEFAULT_CAPTION_MODEL,
+    DEFAULT_VQA_MODEL,
+    Answerer,
+    AnswerSettings,
+    Captioner,
+    CaptionSettings,
+    same_answer,
+)
+from .describe.batch import Described, answer_paths, caption_paths
 from .errors import InputPathError, LibraryError, ModelMismatchError
 from .index.images import load_pixels
 from .index.indexer import Indexer, IndexReport, ProgressFactory, no_progress
@@ -59,9 +69,17 @@ class Hit:
     score: float
     itc: float
     itm: float | None = None  # match probability, softmax of the ITM logits
+    keyword: float | None = None  # full-text relevance, in hybrid search
+    caption: str | None = None
+    answer: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Ranking fields always; ``caption`` and ``answer`` when they were asked for."""
+        out = asdict(self)
+        for key in ("caption", "answer"):
+            if out[key] is None:
+                del out[key]
+        return out
 
 
 @dataclass(frozen=True)
@@ -86,6 +104,8 @@ class Library:
         model: str | None = None,
         device: str = "auto",
         itm_token: ItmToken = "enc",
+        caption_model: str | None = None,
+        vqa_model: str | None = None,
     ) -> None:
         self.location = Path(location).expanduser() if location is not None else default_location()
         if self.location.exists() and not self.location.is_dir():
@@ -99,7 +119,11 @@ class Library:
         self.requested_model = model
         self.device = device
         self.itm_token: ItmToken = itm_token
+        self.requested_caption_model = caption_model
+        self.requested_vqa_model = vqa_model
         self._model: RetrievalModel | None = None
+        self._captioner: Captioner | None = None
+        self._answerer: Answerer | None = None
         self._vectors: VectorIndex | None = None
         self._synced_generation = -1
 
@@ -115,6 +139,26 @@ class Library:
         if self._model is None:
             self._model = load_retrieval_model(self.model_spec, self.device, self.itm_token)
         return self._model
+
+    def _companion(self, requested: str | None, default: str) -> str:
+        """Caption and VQA models default to the retrieval model's built-in family, if it is one."""
+        if requested:
+            return requested
+        spec = self.model_spec
+        return spec if spec.startswith(BUILTIN_PREFIX) else default
+
+    @property
+    def captioner(self) -> Captioner:
+        if self._captioner is None:
+            self._captioner = Captioner.load(self._companion(self.requested_caption_model, DEFAULT_CAPTION_MODEL),
+                                             self.device)
+        return self._captioner
+
+    @property
+    def answerer(self) -> Answerer:
+        if self._answerer is None:
+            self._answerer = Answerer.load(self._companion(self.requested_vqa_model, DEFAULT_VQA_MODEL), self.device)
+        return self._answerer
 
     def _check_model(self, model: RetrievalModel) -> None:
         record = self.db.library()
@@ -267,6 +311,46 @@ class Library:
             Hit(rank=n + 1, id=i, path=os.fsdecode(rows[i].path), score=s, itc=s)
             for n, (i, s) in enumerate(hits[:k])
         ]
+
+    # -- captions and questions ------------------------------------------------------------------
+    def caption(self, images: list[str | os.PathLike[str] | bytes], settings: CaptionSettings = CaptionSettings(),
+                *, batch_size: int = 8, progress: ProgressFactory = no_progress) -> list[Described]:
+        """Captions for any image files; cached by content, model and prompt."""
+        return caption_paths(self.db, self.captioner, [_root(p) for p in images], settings, batch_size, progress)
+
+    def ask(self, images: list[str | os.PathLike[str] | bytes], question: str,
+            settings: AnswerSettings = AnswerSettings(), *, batch_size: int = 8) -> list[Described]:
+        """One answer to ``question`` per image file."""
+        if not question.strip():
+            raise InputPathError("The question is empty.")
+        return answer_paths(self.answerer, [_root(p) for p in images], question, settings, batch_size)
+
+    def caption_library(self, paths: list[str | os.PathLike[str] | bytes] | None = None,
+                        settings: CaptionSettings = CaptionSettings(), *, batch_size: int = 8,
+                        progress: ProgressFactory = no_progress) -> int:
+        """Caption every indexed image (below ``paths``) that has no caption from this model and prompt."""
+        todo = self.db.uncaptioned([_root(p) for p in paths] if paths else None, self.captioner.fingerprint,
+                                   settings.prompt)
+        done = caption_paths(self.db, self.captioner, [p for _, p in todo], settings, batch_size, progress)
+        return sum(d.text is not None for d in done)
+
+    def describe(self, hits: list[Hit], caption: CaptionSettings | None = None,
+                 question: str | None = None) -> list[Hit]:
+        """The hits with ``caption`` and/or ``answer`` filled in."""
+        paths = [os.fsencode(h.path) for h in hits]
+        if caption is not None:
+            texts = caption_paths(self.db, self.captioner, paths, caption)
+            hits = [replace(h, caption=d.text) for h, d in zip(hits, texts)]
+        if question is not None:
+            answers = answer_paths(self.answerer, paths, question)
+            hits = [replace(h, answer=d.text) for h, d in zip(hits, answers)]
+        return hits
+
+    @staticmethod
+    def keep_answer(hits: list[Hit], expected: str) -> list[Hit]:
+        """The hits whose answer is ``expected`` (case and final punctuation ignored), renumbered."""
+        kept = [h for h in hits if h.answer is not None and same_answer(h.answer, expected)]
+        return [replace(h, rank=n + 1) for n, h in enumerate(kept)]
 
     # -- state -----------------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

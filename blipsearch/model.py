@@ -135,6 +135,62 @@ def _enc_token_id(tokenizer: object, vocab_size: int) -> int:
     return vocab_size - 1
 
 
+@dataclass(frozen=True)
+class Checkpoint:
+    """A BLIP model of any head, loaded with its tokenizer and image settings."""
+
+    spec: str
+    path: Path
+    fingerprint: str
+    net: torch.nn.Module
+    tokenizer: object
+    image_spec: ImageSpec
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def enc_token_id(self) -> int:
+        return _enc_token_id(self.tokenizer, int(self.net.config.text_config.vocab_size))
+
+
+def load_checkpoint(
+    spec: str, role: str, model_class: type, description: str, example: str,
+    device: str = "auto", dtype: torch.dtype | None = None,
+) -> Checkpoint:
+    """Resolve ``spec`` (hub id, folder or ``builtin:NAME``) and load it as ``model_class``.
+
+    A checkpoint of another head (say a captioner given where a retrieval model
+    is needed) lacks weights that would silently be random: it is refused.
+    """
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    path = resolve_model_dir(spec, role)
+    torch_device = select_device(device)
+    image_spec = ImageSpec.from_model_dir(path)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        net, info = model_class.from_pretrained(path, output_loading_info=True)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelLoadError(f"Can't load a BLIP {description} from {path}: {exc}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
+    missing = [k for k in info.get("missing_keys", []) if "position_ids" not in k]
+    if missing:
+        raise ModelLoadError(
+            f"{spec} is not a BLIP {description} checkpoint: it lacks {len(missing)} weights "
+            f"({', '.join(sorted(missing)[:3])}, ...). Use a model such as {example}."
+        )
+    torch_dtype = dtype or default_dtype(torch_device)
+    net = net.to(torch_device, torch_dtype).eval()
+    logging.getLogger(__name__).debug("loaded %s on %s (%s)", spec, torch_device, torch_dtype)
+    return Checkpoint(spec, path, fingerprint(path), net, tokenizer, image_spec, torch_device, torch_dtype)
+
+
 def load_retrieval_model(
     spec: str = DEFAULT_MODEL,
     device: str = "auto",
@@ -142,41 +198,19 @@ def load_retrieval_model(
     dtype: torch.dtype | None = None,
 ) -> RetrievalModel:
     """Load a BLIP ITM checkpoint (hub id, local folder or ``builtin:NAME``)."""
-    from transformers import AutoTokenizer, BlipForImageTextRetrieval
-    from transformers.utils import logging as hf_logging
+    from transformers import BlipForImageTextRetrieval
 
-    path = resolve_model_dir(spec, "retrieval")
-    torch_device = select_device(device)
-    image_spec = ImageSpec.from_model_dir(path)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        net, info = BlipForImageTextRetrieval.from_pretrained(path, output_loading_info=True)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise ModelLoadError(f"Can't load a BLIP retrieval model from {path}: {exc}") from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        hf_logging.enable_progress_bar()
-    missing = [k for k in info.get("missing_keys", []) if "position_ids" not in k]
-    if missing:
-        raise ModelLoadError(
-            f"{spec} is not a BLIP image-text retrieval checkpoint: it lacks {len(missing)} weights "
-            f"({', '.join(sorted(missing)[:3])}, ...). Use an ITM model such as {DEFAULT_MODEL}."
-        )
-    torch_dtype = dtype or default_dtype(torch_device)
-    net = net.to(torch_device, torch_dtype).eval()
-    logging.getLogger(__name__).debug("loaded %s on %s (%s)", spec, torch_device, torch_dtype)
+    ckpt = load_checkpoint(spec, "retrieval", BlipForImageTextRetrieval, "image-text retrieval", DEFAULT_MODEL,
+                           device, dtype)
     return RetrievalModel(
-        spec=spec,
-        path=path,
-        fingerprint=fingerprint(path),
-        net=net,
-        tokenizer=tokenizer,
-        image_spec=image_spec,
-        device=torch_device,
-        dtype=torch_dtype,
-        enc_token_id=_enc_token_id(tokenizer, int(net.config.text_config.vocab_size)),
+        spec=ckpt.spec,
+        path=ckpt.path,
+        fingerprint=ckpt.fingerprint,
+        net=ckpt.net,
+        tokenizer=ckpt.tokenizer,
+        image_spec=ckpt.image_spec,
+        device=ckpt.device,
+        dtype=ckpt.dtype,
+        enc_token_id=ckpt.enc_token_id,
         itm_token=itm_token,
     )

@@ -19,3 +19,13 @@ def pre_caption(text: str, max_words: int = MAX_WORDS) -> str:
     if len(words) > max_words:
         text = " ".join(words[:max_words])
     return text
+
+
+_QUESTION_PUNCT = re.compile(r"[.!\"()*#:;~]")
+
+
+def pre_question(question: str, max_words: int = 50) -> str:
+    """BLIP's question preprocessing: like captions, but punctuation is dropped, not spaced."""
+    question = _QUESTION_PUNCT.sub("", question.lower()).strip()
+    words = question.split(" ")
+    return " ".join(words[:max_words])

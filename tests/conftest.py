@@ -72,3 +72,17 @@ def library_dir(tmp_path: Path) -> Path:
 
 def fs(path: Path | str) -> bytes:
     return os.fsencode(str(path))
+
+
+@pytest.fixture(scope="session")
+def tiny_captioner(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tiny_blip import make_tiny_generator
+
+    return make_tiny_generator(tmp_path_factory.mktemp("models") / "tiny-caption", "caption", seed=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_vqa(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tiny_blip import make_tiny_generator
+
+    return make_tiny_generator(tmp_path_factory.mktemp("models") / "tiny-vqa", "vqa", seed=3)

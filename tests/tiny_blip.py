@@ -35,12 +35,12 @@ def write_tokenizer(path: Path) -> BertTokenizer:
     return tokenizer
 
 
-def tiny_config(vocab_size: int, bos: int, image_size: int = IMAGE_SIZE) -> BlipConfig:
+def tiny_config(vocab_size: int, bos: int, image_size: int = IMAGE_SIZE, vision_hidden: int = 48) -> BlipConfig:
     return BlipConfig(
         text_config={
             "vocab_size": vocab_size,
             "hidden_size": 32,
-            "encoder_hidden_size": 48,
+            "encoder_hidden_size": vision_hidden,
             "intermediate_size": 64,
             "num_hidden_layers": 2,
             "num_attention_heads": 4,
@@ -50,7 +50,7 @@ def tiny_config(vocab_size: int, bos: int, image_size: int = IMAGE_SIZE) -> Blip
             "sep_token_id": 3,
         },
         vision_config={
-            "hidden_size": 48,
+            "hidden_size": vision_hidden,
             "intermediate_size": 96,
             "num_hidden_layers": 2,
             "num_attention_heads": 4,
@@ -110,4 +110,21 @@ def make_tiny_retrieval(path: Path, seed: int = 0, nested_processor_config: bool
     widen(model, seed)
     model.save_pretrained(path)
     write_image_processor(path, config.vision_config.image_size, nested=nested_processor_config)
+    return path
+
+
+def make_tiny_generator(path: Path, kind: str, seed: int = 0) -> Path:
+    """A tiny random captioner (``kind="caption"``) or VQA model (``kind="vqa"``)."""
+    from transformers import BlipForConditionalGeneration, BlipForQuestionAnswering
+
+    tokenizer = write_tokenizer(path)
+    # BLIP's VQA decoder attends to the question encoder's output: the text
+    # and vision widths must agree, as they do in the released models.
+    config = tiny_config(len(tokenizer), tokenizer.convert_tokens_to_ids("[DEC]"), vision_hidden=32)
+    torch.manual_seed(seed)
+    model_class = BlipForConditionalGeneration if kind == "caption" else BlipForQuestionAnswering
+    model = model_class(config).eval()
+    widen(model, seed)
+    model.save_pretrained(path)
+    write_image_processor(path, config.vision_config.image_size)
     return path

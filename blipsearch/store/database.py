@@ -15,7 +15,7 @@ from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..errors import LibraryError, SchemaError
-from .schema import SCHEMA_VERSION, Base, FailureRow, ImageRow, LibraryRow
+from .schema import SCHEMA_VERSION, Base, CaptionRow, FailureRow, ImageRow, LibraryRow
 
 VECTOR_DTYPE = np.float32
 
@@ -222,6 +222,35 @@ class Database:
     def failures(self) -> list[FailureRow]:
         with self.reader() as session:
             return list(session.scalars(select(FailureRow).order_by(FailureRow.path)).all())
+
+    # -- captions ------------------------------------------------------------------
+    def captions(self, hashes: list[str], model_fp: str, prompt: str) -> dict[str, str]:
+        found: dict[str, str] = {}
+        with self.reader() as session:
+            for start in range(0, len(hashes), 500):
+                stmt = select(CaptionRow.content_hash, CaptionRow.caption).where(
+                    CaptionRow.content_hash.in_(hashes[start : start + 500]),
+                    CaptionRow.model == model_fp,
+                    CaptionRow.prompt == prompt,
+                )
+                found.update((h, c) for h, c in session.execute(stmt))
+        return found
+
+    def save_captions(self, captions: dict[str, str], model_fp: str, model_spec: str, prompt: str) -> None:
+        now = utcnow()
+        with self.transaction() as session:
+            for content_hash, caption in captions.items():
+                session.merge(CaptionRow(content_hash=content_hash, model=model_fp, prompt=prompt, caption=caption,
+                                         model_spec=model_spec, created_at=now))
+
+    def uncaptioned(self, roots: list[bytes] | None, model_fp: str, prompt: str) -> list[tuple[str, bytes]]:
+        """(content hash, one path) of indexed images without a caption from this model and prompt."""
+        rows = self.rows_under(roots) if roots else self._rows(ImageRow.id.is_not(None))
+        by_hash: dict[str, bytes] = {}
+        for path, row in sorted(rows.items()):
+            by_hash.setdefault(row.content_hash, path)
+        have = self.captions(list(by_hash), model_fp, prompt)
+        return [(h, p) for h, p in by_hash.items() if h not in have]
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -67,3 +67,16 @@ class FailureRow(Base):
     size: Mapped[int | None] = mapped_column(BigInteger)
     mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
     failed_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class CaptionRow(Base):
+    """A generated caption, keyed by image content so moved or copied files share it."""
+
+    __tablename__ = "captions"
+
+    content_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(String(64), primary_key=True)  # caption model fingerprint
+    prompt: Mapped[str] = mapped_column(String(200), primary_key=True)
+    caption: Mapped[str] = mapped_column(Text)
+    model_spec: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime)

@@ -1,0 +1,144 @@
+"""Words about pictures: captions (``BlipForConditionalGeneration``) and answers to
+questions (``BlipForQuestionAnswering``), with the BLIP paper's decoding settings.
+
+Both batch images with one shared prompt or question, so no row is padded:
+``generate`` assumes each prompt row ends in ``[SEP]`` and drops its last
+token, which right padding would break. A batch therefore gives exactly the
+words the same images give one at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from ..model import Checkpoint, load_checkpoint
+from ..text import MAX_TOKENS, pre_question
+
+DEFAULT_CAPTION_MODEL = "Salesforce/blip-image-captioning-base"
+DEFAULT_VQA_MODEL = "Salesforce/blip-vqa-base"
+DEFAULT_PROMPT = "a picture of "
+
+
+@dataclass(frozen=True)
+class CaptionSettings:
+    """The paper's captioning decoder: beam search 3, 5 to 20 tokens (prompt included)."""
+
+    prompt: str = DEFAULT_PROMPT
+    num_beams: int = 3
+    max_length: int = 20
+    min_length: int = 5
+
+
+@dataclass(frozen=True)
+class AnswerSettings:
+    """The paper's VQA decoder: beam search 3, at most 10 tokens."""
+
+    num_beams: int = 3
+    max_length: int = 10
+    min_length: int = 1
+    first_token: str = "enc"  # the question's first token: BLIP's [ENC], or "cls"
+
+
+def _strip_prompt(text: str, prompt: str) -> str:
+    head = prompt.strip().lower()
+    text = text.strip()
+    if head and text.lower().startswith(head):
+        text = text[len(head):]
+    return text.strip()
+
+
+class Captioner:
+    """Captions for batches of preprocessed images."""
+
+    def __init__(self, checkpoint: Checkpoint) -> None:
+        self.checkpoint = checkpoint
+
+    @classmethod
+    def load(cls, spec: str = DEFAULT_CAPTION_MODEL, device: str = "auto") -> Captioner:
+        from transformers import BlipForConditionalGeneration
+
+        return cls(load_checkpoint(spec, "caption", BlipForConditionalGeneration, "captioning",
+                                   DEFAULT_CAPTION_MODEL, device))
+
+    @property
+    def fingerprint(self) -> str:
+        return self.checkpoint.fingerprint
+
+    @torch.inference_mode()
+    def caption(self, pixels: npt.NDArray[np.float32], settings: CaptionSettings = CaptionSettings()) -> list[str]:
+        ckpt = self.checkpoint
+        if len(pixels) == 0:
+            return []
+        prompt = ckpt.tokenizer([settings.prompt], return_tensors="pt")["input_ids"]  # type: ignore[operator]
+        ids = prompt.repeat(len(pixels), 1).to(ckpt.device)
+        out = ckpt.net.generate(  # type: ignore[operator]
+            pixel_values=torch.as_tensor(pixels).to(ckpt.device, ckpt.dtype),
+            input_ids=ids,
+            num_beams=settings.num_beams,
+            max_length=settings.max_length,
+            min_length=settings.min_length,
+            do_sample=False,
+        )
+        texts = ckpt.tokenizer.batch_decode(out, skip_special_tokens=True)  # type: ignore[attr-defined]
+        return [_strip_prompt(t, settings.prompt) for t in texts]
+
+
+class Answerer:
+    """Answers to one question about each image of a batch."""
+
+    def __init__(self, checkpoint: Checkpoint) -> None:
+        self.checkpoint = checkpoint
+
+    @classmethod
+    def load(cls, spec: str = DEFAULT_VQA_MODEL, device: str = "auto") -> Answerer:
+        from transformers import BlipForQuestionAnswering
+
+        return cls(load_checkpoint(spec, "vqa", BlipForQuestionAnswering, "visual question answering",
+                                   DEFAULT_VQA_MODEL, device))
+
+    @torch.inference_mode()
+    def answer(self, pixels: npt.NDArray[np.float32], question: str,
+               settings: AnswerSettings = AnswerSettings()) -> list[str]:
+        ckpt = self.checkpoint
+        if len(pixels) == 0:
+            return []
+        batch = ckpt.tokenizer([pre_question(question)], truncation=True, max_length=MAX_TOKENS,  # type: ignore[operator]
+                               return_tensors="pt")
+        ids = batch["input_ids"].clone()
+        if settings.first_token == "enc":
+            ids[:, 0] = ckpt.enc_token_id
+        n = len(pixels)
+        out = ckpt.net.generate(  # type: ignore[operator]
+            input_ids=ids.repeat(n, 1).to(ckpt.device),
+            attention_mask=batch["attention_mask"].repeat(n, 1).to(ckpt.device),
+            pixel_values=torch.as_tensor(pixels).to(ckpt.device, ckpt.dtype),
+            num_beams=settings.num_beams,
+            max_length=settings.max_length,
+            min_length=settings.min_length,
+            do_sample=False,
+        )
+        return [t.strip() for t in ckpt.tokenizer.batch_decode(out, skip_special_tokens=True)]  # type: ignore[attr-defined]
+
+
+def same_answer(answer: str, expected: str) -> bool:
+    """Answers compare without case, surrounding space or final punctuation."""
+    def norm(s: str) -> str:
+        return " ".join(s.lower().strip().rstrip(".!?").split())
+
+    return norm(answer) == norm(expected)
+
+
+__all__ = [
+    "AnswerSettings",
+    "Answerer",
+    "CaptionSettings",
+    "Captioner",
+    "DEFAULT_CAPTION_MODEL",
+    "DEFAULT_PROMPT",
+    "DEFAULT_VQA_MODEL",
+    "same_answer",
+]

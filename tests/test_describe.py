@@ -1,0 +1,157 @@
+"""Captions and answers: parity with transformers, batching, the caption cache, filters, CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import draw_image
+from transformers import (
+    AutoTokenizer,
+    BlipForConditionalGeneration,
+    BlipForQuestionAnswering,
+)
+
+from blipsearch import Library
+from blipsearch.cli import main
+from blipsearch.describe import Answerer, Captioner, CaptionSettings, same_answer
+from blipsearch.store.schema import CaptionRow
+
+
+@pytest.fixture(scope="module")
+def captioner(tiny_captioner: Path) -> Captioner:
+    return Captioner.load(str(tiny_captioner), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def answerer(tiny_vqa: Path) -> Answerer:
+    return Answerer.load(str(tiny_vqa), device="cpu")
+
+
+def _pixels(spec, seeds) -> np.ndarray:  # type: ignore[no-untyped-def]
+    return np.stack([spec.to_pixels(draw_image(s)) for s in seeds])
+
+
+def test_captions_match_transformers_and_batching(captioner: Captioner, tiny_captioner: Path) -> None:
+    pixels = _pixels(captioner.checkpoint.image_spec, range(5))
+    batched = captioner.caption(pixels)
+    assert batched == [captioner.caption(pixels[i : i + 1])[0] for i in range(5)]
+    assert len(set(batched)) == 5, "captions must depend on the picture"
+    net = BlipForConditionalGeneration.from_pretrained(tiny_captioner).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_captioner)
+    for i in range(2):
+        ids = tok(["a picture of "], return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            out = net.generate(pixel_values=torch.as_tensor(pixels[i : i + 1]), input_ids=ids, num_beams=3,
+                               max_length=20, min_length=5)
+        text = tok.decode(out[0], skip_special_tokens=True)
+        assert text.startswith("a picture of")
+        assert batched[i] == text[len("a picture of"):].strip()
+    short = captioner.caption(pixels[:1], CaptionSettings(max_length=8, min_length=6, num_beams=1))[0]
+    assert 1 <= len(short.split()) <= 8
+
+
+def test_answers_use_enc_and_match_transformers(answerer: Answerer, tiny_vqa: Path) -> None:
+    pixels = _pixels(answerer.checkpoint.image_spec, range(4))
+    question = "Is there a dog?"
+    batched = answerer.answer(pixels, question)
+    assert batched == [answerer.answer(pixels[i : i + 1], question)[0] for i in range(4)]
+    net = BlipForQuestionAnswering.from_pretrained(tiny_vqa).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_vqa)
+    batch = tok(["is there a dog?"], return_tensors="pt")
+    ids = batch["input_ids"].clone()
+    ids[:, 0] = tok.convert_tokens_to_ids("[ENC]")
+    with torch.no_grad():
+        out = net.generate(input_ids=ids, attention_mask=batch["attention_mask"],
+                           pixel_values=torch.as_tensor(pixels[:1]), num_beams=3, max_length=10)
+    assert batched[0] == tok.decode(out[0], skip_special_tokens=True).strip()
+
+
+def test_same_answer() -> None:
+    assert same_answer(" Yes.", "yes") and same_answer("two  dogs", "Two dogs") and not same_answer("no", "yes")
+
+
+@pytest.fixture
+def lib(library_dir: Path, tiny_model: Path, tiny_captioner: Path, tiny_vqa: Path) -> Library:
+    with Library(library_dir, model=str(tiny_model), caption_model=str(tiny_captioner), vqa_model=str(tiny_vqa),
+                 device="cpu") as library:
+        yield library
+
+
+def _count_calls(monkeypatch: pytest.MonkeyPatch, captioner: Captioner) -> list[int]:
+    calls: list[int] = []
+    original = captioner.caption
+
+    def counting(pixels, settings=CaptionSettings()):  # type: ignore[no-untyped-def]
+        calls.append(len(pixels))
+        return original(pixels, settings)
+
+    monkeypatch.setattr(captioner, "caption", counting)
+    return calls
+
+
+def test_captions_are_generated_once_and_follow_moved_files(lib: Library, photos: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    lib.index([photos])
+    calls = _count_calls(monkeypatch, lib.captioner)
+    assert lib.caption_library([photos]) == 12
+    assert sum(calls) == 12
+    first = {d.path: d.text for d in lib.caption(sorted(photos.rglob("*.png")))}
+    assert sum(calls) == 12, "cached captions must not be generated again"
+    shutil.move(photos / "garden", photos / "elsewhere")
+    lib.index([photos])
+    assert lib.caption_library([photos]) == 0 and sum(calls) == 12
+    moved = lib.caption([photos / "elsewhere" / "img07.png"])[0]
+    assert moved.text == first[str(photos / "garden" / "img07.png")]
+    # Another prompt is another caption.
+    lib.caption([photos / "elsewhere" / "img07.png"], CaptionSettings(prompt="a photo of "))
+    assert sum(calls) == 13
+    with lib.db.reader() as session:
+        assert session.query(CaptionRow).count() == 13
+
+
+def test_search_hits_with_captions_and_answer_filter(lib: Library, photos: Path) -> None:
+    lib.index([photos])
+    hits = lib.search("a dog", k=6, rerank_depth=3)
+    described = lib.describe(hits, caption=CaptionSettings(), question="is there a dog?")
+    assert [h.id for h in described] == [h.id for h in hits]
+    assert all(h.caption and h.answer for h in described)
+    assert described[0].caption == lib.caption([hits[0].path])[0].text
+    wanted = described[1].answer
+    kept = Library.keep_answer(described, wanted.upper() + ".")
+    assert kept and all(same_answer(h.answer, wanted) for h in kept)
+    assert [h.rank for h in kept] == list(range(1, len(kept) + 1))
+    assert len(kept) == sum(same_answer(h.answer, wanted) for h in described)
+
+
+def test_cli_caption_ask_and_search_extras(library_dir: Path, tiny_model: Path, tiny_captioner: Path,
+                                           tiny_vqa: Path, photos: Path) -> None:
+    base = ["--library", str(library_dir), "--model", str(tiny_model), "--caption-model", str(tiny_captioner),
+            "--vqa-model", str(tiny_vqa)]
+    runner = CliRunner()
+    images = [str(photos / "holiday" / "img00.png"), str(photos / "holiday" / "img01.png")]
+    out = runner.invoke(main, ["caption", *images, "--json", *base])
+    assert out.exit_code == 0, out.output
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["path"] for r in rows] == images and all(r["caption"] for r in rows)
+    out = runner.invoke(main, ["ask", *images, "how many people are there?", "--json", *base])
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [set(r) for r in rows] == [{"path", "question", "answer"}] * 2
+
+    out = runner.invoke(main, ["index", str(photos), "--captions", "--json", *base])
+    assert json.loads(out.stdout.splitlines()[-1])["captioned"] == 10  # two were captioned above
+    out = runner.invoke(main, ["search", "a dog", "-k", "3", "--caption", "--json", *base])
+    assert all("caption" in json.loads(line) for line in out.stdout.splitlines())
+    out = runner.invoke(main, ["search", "a dog", "-k", "2", "--ask", "is it day?", "--json", *base])
+    answers = [json.loads(line)["answer"] for line in out.stdout.splitlines()]
+    out = runner.invoke(main, ["search", "a dog", "-k", "2", "--ask", "is it day?", "--answer", answers[0],
+                               "--examine", "2", "--json", *base])
+    assert "of the top 2 hits" in out.stderr
+    assert all(same_answer(json.loads(line)["answer"], answers[0]) for line in out.stdout.splitlines())
+    out = runner.invoke(main, ["search", "a dog", "--answer", "yes", *base])
+    assert out.exit_code == 2 and "--answer needs --ask" in out.output
