@@ -293,6 +293,9 @@ def index(lib: Library, paths: tuple[bytes, ...], batch_size: int, workers: int 
               help="Rerank this many of the best ITC candidates with the ITM head "
                    "(each costs one vision-encoder pass plus one cross-attention pass).")
 @click.option("--no-rerank", is_flag=True, help="Rank by ITC cosine only (fast).")
+@click.option("--hybrid", is_flag=True,
+              help="Also match the words of TEXT against captions, file and folder names "
+                   "(full text), fused with the vector ranking before reranking.")
 @click.option("--caption", "with_caption", is_flag=True, help="Add a generated caption to each hit (cached).")
 @click.option("--ask", "question", metavar="QUESTION", help="Ask each hit a question; adds `answer`.")
 @click.option("--answer", "expected", metavar="VALUE",
@@ -301,7 +304,7 @@ def index(lib: Library, paths: tuple[bytes, ...], batch_size: int, workers: int 
               help="With --answer: how many top hits to ask. Default: max(k, --rerank-depth).")
 @with_library
 def search(lib: Library, text: str, k: int, as_json: bool, paths_only: bool, rerank_depth: int,
-           no_rerank: bool, with_caption: bool, question: str | None, expected: str | None,
+           no_rerank: bool, hybrid: bool, with_caption: bool, question: str | None, expected: str | None,
            examine: int | None) -> None:
     """Find the images that best match TEXT.
 
@@ -315,6 +318,7 @@ def search(lib: Library, text: str, k: int, as_json: bool, paths_only: bool, rer
       blipsearch search "a red circle left of a blue square" -k 5
       blipsearch search "sunset over the sea" --paths | xargs open
       blipsearch search "a dog in the park" --caption
+      blipsearch search "birthday cake" --hybrid
       blipsearch search "a street at night" --ask "is it raining?" --answer yes
     """
     _check_output_flags(as_json, paths_only)
@@ -322,7 +326,7 @@ def search(lib: Library, text: str, k: int, as_json: bool, paths_only: bool, rer
         raise click.UsageError("--answer needs --ask QUESTION.")
     depth = 0 if no_rerank else rerank_depth
     wanted = (examine or max(k, depth)) if expected is not None else k
-    hits = lib.search(text, wanted, rerank_depth=depth, rerank_hits=depth > 0)
+    hits = lib.search(text, wanted, rerank_depth=depth, rerank_hits=depth > 0, hybrid=hybrid)
     settings = CaptionSettings() if with_caption else None
     if expected is not None:
         hits = lib.describe(hits, question=question)

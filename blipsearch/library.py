@@ -37,6 +37,7 @@ from .loading import BUILTIN_PREFIX
 from .model import DEFAULT_MODEL, ItmToken, RetrievalModel, load_retrieval_model
 from .rerank.itm import rerank
 from .store.database import Database, bytes_to_vectors
+from .store.fulltext import TextIndex, reciprocal_rank_fusion
 
 LIBRARY_ENV = "BLIPSEARCH_LIBRARY"
 DB_FILE = "library.db"
@@ -265,23 +266,43 @@ class Library:
             raise LibraryError(f"The library at {self.location} has no images yet: run `blipsearch index PATH`.")
         return model, vectors
 
-    def search(self, text: str, k: int = 10, *, rerank_depth: int = 32, rerank_hits: bool = True) -> list[Hit]:
-        """Text to image: ITC cosine shortlist, the top ``rerank_depth`` reranked with ITM."""
+    def search(self, text: str, k: int = 10, *, rerank_depth: int = 32, rerank_hits: bool = True,
+               hybrid: bool = False) -> list[Hit]:
+        """Text to image: ITC cosine shortlist, the top ``rerank_depth`` reranked with ITM.
+
+        With ``hybrid``, the shortlist fuses the vector ranking with a full-text
+        ranking of captions, file and folder names (reciprocal rank fusion)
+        before reranking.
+        """
         if not text.strip():
             raise InputPathError("The search text is empty.")
         model, vectors = self._searchable()
         depth = rerank_depth if rerank_hits else 0
-        scores, ids = vectors.search(model.embed_texts([text]), max(k, depth))
-        rows = self.db.images_by_id([int(i) for i in ids[0] if i >= 0])
-        shortlist = [(int(i), float(s)) for s, i in zip(scores[0], ids[0]) if int(i) in rows]
-        ranked = rerank(model, text, shortlist[:depth], rows) if depth else []
-        reranked_ids = {r.id for r in ranked if r.itm is not None}
-        tail = [(i, s) for i, s in shortlist if i not in reranked_ids]
-        results = [(r.id, r.score, r.itc, r.itm) for r in ranked if r.itm is not None]
-        results += [(i, s, s, None) for i, s in tail]
+        query = model.embed_texts([text])
+        width = max(k, depth) if not hybrid else max(4 * k, depth, 50)
+        scores, ids = vectors.search(query, width)
+        itc = {int(i): float(s) for s, i in zip(scores[0], ids[0]) if i >= 0}
+        keyword: dict[int, float] = {}
+        if hybrid:
+            keyword = dict(TextIndex(self.db).search(text, width))
+            fused = reciprocal_rank_fusion([list(itc), list(keyword)])
+            extra = [i for i in keyword if i not in itc]
+            if extra:
+                itc.update(zip(extra, (vectors.vectors_of(extra) @ query[0]).tolist()))
+            base = fused
+        else:
+            base = itc
+        order = sorted(base, key=lambda i: -base[i])
+        rows = self.db.images_by_id(order)
+        order = [i for i in order if i in rows]
+        ranked = rerank(model, text, [(i, itc[i]) for i in order[:depth]], rows) if depth else []
+        reranked = {r.id: r for r in ranked if r.itm is not None}
+        results = [(r.id, r.score, r.itm) for r in ranked if r.itm is not None]
+        results += [(i, base[i], None) for i in order if i not in reranked]
         return [
-            Hit(rank=n + 1, id=i, path=os.fsdecode(rows[i].path), score=score, itc=itc, itm=itm)
-            for n, (i, score, itc, itm) in enumerate(results[:k])
+            Hit(rank=n + 1, id=i, path=os.fsdecode(rows[i].path), score=score, itc=itc[i], itm=itm,
+                keyword=keyword.get(i))
+            for n, (i, score, itm) in enumerate(results[:k])
         ]
 
     def similar(self, image: str | os.PathLike[str] | bytes, k: int = 10) -> list[Hit]:

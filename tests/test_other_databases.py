@@ -42,6 +42,11 @@ def test_index_and_search_match_sqlite(db_url: str, photos: Path, tmp_path: Path
         expected = [(h.path, round(h.score, 4)) for h in reference.search("a red circle", k=13, rerank_depth=4)]
         assert [(h.path, round(h.score, 4)) for h in lib.search("a red circle", k=13, rerank_depth=4)] == expected
         assert odd in [os.fsencode(h.path) for h in lib.search("a dog", k=13, rerank_hits=False)]
+        draw_image(61).save(photos / "holiday" / "birthday_cake.png")
+        lib.index([photos])
+        hit = lib.search("birthday", k=1, rerank_hits=False, hybrid=True)[0]
+        assert hit.path.endswith("birthday_cake.png") and hit.keyword > 0
+        (photos / "holiday" / "birthday_cake.png").unlink()
 
         shutil.move(photos / "garden", photos / "garden-moved")
         (photos / "holiday" / "img00.png").unlink()

@@ -80,3 +80,12 @@ class CaptionRow(Base):
     caption: Mapped[str] = mapped_column(Text)
     model_spec: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class TextIndexState(Base):
+    """What the full-text index was built from, so a stale one is rebuilt."""
+
+    __tablename__ = "text_index_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    marker: Mapped[str] = mapped_column(Text)
