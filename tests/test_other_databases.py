@@ -51,7 +51,7 @@ def test_index_and_search_match_sqlite(db_url: str, photos: Path, tmp_path: Path
         shutil.move(photos / "garden", photos / "garden-moved")
         (photos / "holiday" / "img00.png").unlink()
         counts = lib.index([photos]).counts()
-        assert counts["moved"] == 6 and counts["removed"] == 1
+        assert counts["moved"] == 6 and counts["removed"] == 2  # img00 and birthday_cake
         status = lib.status()
         assert status["images"] == status["vectors"] == 12
         assert "postgresql" in status["database"]

@@ -83,14 +83,14 @@ class Hyper:
     train_images: int = 20000
     test_images: int = 400
     rerank_k: int = 16
-    retrieval_steps: int = 1500
+    retrieval_steps: int = 1300
     retrieval_batch: int = 64
     retrieval_lr: float = 1e-3
     temp_init: float = 0.07
-    itm_weight: float = 1.0
+    itm_weight: float = 2.0
     # Share of ITC-mined ITM negatives replaced by uniformly drawn ones: easy
     # negatives get the matcher off the "always no" plateau early on.
-    itm_easy_frac: float = 0.0
+    itm_easy_frac: float = 0.5
     caption_steps: int = 600
     caption_batch: int = 64
     caption_lr: float = 5e-4
@@ -567,8 +567,8 @@ def run(out: Path, seed: int, hp: Hyper, command: str) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m blipsearch.shapes.train",
-        description=__doc__.split("\n\n")[0],
-        epilog="Example: python -m blipsearch.shapes.train --out blipsearch/builtin/shapes --seed 0",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--out", type=Path, default=Path("blipsearch/builtin/shapes"), help="output folder")
     parser.add_argument("--seed", type=int, default=0)
