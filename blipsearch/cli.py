@@ -22,6 +22,7 @@ from .describe import (
 from .errors import BlipsearchError
 from .library import LIBRARY_ENV, Hit, Library
 from .model import DEFAULT_MODEL
+from .texts import read_text_file
 
 EXIT_INTERRUPTED = 130
 
@@ -251,10 +252,16 @@ def _caption_settings(prompt: str, beams: int, max_length: int, min_length: int)
 @click.option("--captions", is_flag=True,
               help="Also caption every image (with --caption-model; each image and prompt only once, ever).")
 @caption_options
+@click.option("--tags", "labels_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Also store each image's top labels from FILE (one per line; see `blipsearch tag`), "
+                   "for `search --tag`.")
+@click.option("--template", default="a photo of a {}", show_default=True, help="With --tags: how a label is said.")
+@click.option("--tags-k", type=PositiveInt(), default=5, show_default=True, help="With --tags: labels kept per image.")
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON line of counts.")
 @with_library
 def index(lib: Library, paths: tuple[bytes, ...], batch_size: int, workers: int | None, reindex: bool,
-          captions: bool, prompt: str, beams: int, max_length: int, min_length: int, as_json: bool) -> None:
+          captions: bool, prompt: str, beams: int, max_length: int, min_length: int, labels_file: Path | None,
+          template: str, tags_k: int, as_json: bool) -> None:
     """Index the images in PATHS (folders, walked recursively, or files).
 
     New and changed images are embedded; unchanged ones are skipped; moved or
@@ -270,6 +277,8 @@ def index(lib: Library, paths: tuple[bytes, ...], batch_size: int, workers: int 
       blipsearch index --model Salesforce/blip-itm-large-coco --reindex ~/Pictures
     """
     settings = _caption_settings(prompt, beams, max_length, min_length)
+    if labels_file is not None and "{}" not in template:
+        raise click.UsageError("--template needs {} where the label goes.")
     if captions:
         lib.captioner  # noqa: B018 - load (or fail) before a long run, never halfway through
     report = lib.index(list(paths), batch_size=batch_size, workers=workers, reindex=reindex, progress=_progress)
@@ -280,6 +289,9 @@ def index(lib: Library, paths: tuple[bytes, ...], batch_size: int, workers: int 
     counts: dict[str, int] = report.counts()
     if captions:
         counts["captioned"] = lib.caption_library(list(paths), settings, batch_size=batch_size, progress=_progress)
+    if labels_file is not None:
+        labels = [e.text for e in read_text_file(labels_file, "lines")]
+        counts["tagged"] = lib.tag_library(labels, list(paths), template=template, k=tags_k, progress=_progress)
     if as_json:
         _json_line(counts)
     else:
@@ -296,6 +308,7 @@ def index(lib: Library, paths: tuple[bytes, ...], batch_size: int, workers: int 
 @click.option("--hybrid", is_flag=True,
               help="Also match the words of TEXT against captions, file and folder names "
                    "(full text), fused with the vector ranking before reranking.")
+@click.option("--tag", metavar="LABEL", help="Only images tagged LABEL (see `index --tags`).")
 @click.option("--caption", "with_caption", is_flag=True, help="Add a generated caption to each hit (cached).")
 @click.option("--ask", "question", metavar="QUESTION", help="Ask each hit a question; adds `answer`.")
 @click.option("--answer", "expected", metavar="VALUE",
@@ -304,7 +317,7 @@ def index(lib: Library, paths: tuple[bytes, ...], batch_size: int, workers: int 
               help="With --answer: how many top hits to ask. Default: max(k, --rerank-depth).")
 @with_library
 def search(lib: Library, text: str, k: int, as_json: bool, paths_only: bool, rerank_depth: int,
-           no_rerank: bool, hybrid: bool, with_caption: bool, question: str | None, expected: str | None,
+           no_rerank: bool, hybrid: bool, tag: str | None, with_caption: bool, question: str | None, expected: str | None,
            examine: int | None) -> None:
     """Find the images that best match TEXT.
 
@@ -326,7 +339,7 @@ def search(lib: Library, text: str, k: int, as_json: bool, paths_only: bool, rer
         raise click.UsageError("--answer needs --ask QUESTION.")
     depth = 0 if no_rerank else rerank_depth
     wanted = (examine or max(k, depth)) if expected is not None else k
-    hits = lib.search(text, wanted, rerank_depth=depth, rerank_hits=depth > 0, hybrid=hybrid)
+    hits = lib.search(text, wanted, rerank_depth=depth, rerank_hits=depth > 0, hybrid=hybrid, tag=tag)
     settings = CaptionSettings() if with_caption else None
     if expected is not None:
         hits = lib.describe(hits, question=question)
@@ -408,6 +421,126 @@ def similar(lib: Library, image: bytes, k: int, as_json: bool, paths_only: bool)
     """Find the images that look most like IMAGE (any image file, indexed or not)."""
     _check_output_flags(as_json, paths_only)
     _print_hits(lib.similar(image, k), as_json, paths_only)
+
+
+@main.group()
+def texts() -> None:
+    """A collection of texts to match images against (see `blipsearch lookup`).
+
+    \b
+    Examples:
+      blipsearch texts add descriptions.csv     # columns: id, text, any metadata
+      blipsearch texts add captions.jsonl       # {"id": ..., "text": ..., ...} per line
+      blipsearch texts add labels.txt           # one text per line
+      blipsearch texts list
+      blipsearch texts remove 12 sku-0042
+    """
+
+
+@texts.command("add")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["auto", "lines", "jsonl", "csv"]), default="auto",
+              show_default=True, help="auto: by extension (.jsonl/.ndjson, .csv/.tsv, else one text per line).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object of counts.")
+@with_library
+def texts_add(lib: Library, file: Path, fmt: str, as_json: bool) -> None:
+    """Add the texts in FILE; texts already there are skipped, new ones embedded."""
+    added, present = lib.add_texts(read_text_file(file, fmt))
+    if as_json:
+        _json_line({"added": added, "already_present": present})
+    else:
+        click.echo(f"{added} added, {present} already present")
+
+
+@texts.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per text per line.")
+@with_library
+def texts_list(lib: Library, as_json: bool) -> None:
+    """List the texts of the collection."""
+    for row in lib.texts():
+        if as_json:
+            _json_line({"id": row.id, "external_id": row.external_id, "text": row.text, "meta": row.meta})
+        else:
+            click.echo(f"{row.id:6d}  {row.external_id or '-':12}  {row.text}")
+
+
+@texts.command("remove")
+@click.argument("ids", nargs=-1, required=True)
+@with_library
+def texts_remove(lib: Library, ids: tuple[str, ...]) -> None:
+    """Remove texts by id (as `texts list` shows) or by the id they had in their file."""
+    removed = lib.remove_texts(list(ids))
+    click.echo(f"{removed} removed")
+    if removed == 0:
+        raise click.ClickException("No text has these ids (see `blipsearch texts list`).")
+
+
+@main.command()
+@click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=bytes))
+@click.option("-k", "--top-k", "k", type=PositiveInt(), default=10, show_default=True, help="Number of results.")
+@click.option("--rerank-depth", type=PositiveInt(0), default=32, show_default=True,
+              help="Rerank this many of the best ITC texts with the ITM head (the image is encoded once).")
+@click.option("--no-rerank", is_flag=True, help="Rank by ITC cosine only.")
+@click.option("--source", type=click.Choice(["texts", "captions"]), default="texts", show_default=True,
+              help="Match against the text collection, or the library's generated captions.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per text per line.")
+@with_library
+def lookup(lib: Library, image: bytes, k: int, rerank_depth: int, no_rerank: bool, source: str,
+           as_json: bool) -> None:
+    """Find the texts that best describe IMAGE.
+
+    \b
+    Examples:
+      blipsearch texts add product-descriptions.csv
+      blipsearch lookup photo.jpg -k 3
+      blipsearch lookup photo.jpg --source captions --json
+    """
+    hits = lib.lookup(image, k, rerank_depth=rerank_depth, rerank_hits=not no_rerank, source=source)
+    for hit in hits:
+        if as_json:
+            _json_line(hit.to_dict())
+        else:
+            match = f"{hit.itm * 100:5.1f}%" if hit.itm is not None else "     -"
+            click.echo(f"{hit.rank:3d}  {hit.score:7.3f}  {match}  {hit.text}")
+
+
+@main.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=bytes))
+@click.option("--labels", "labels_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A file of labels, one per line.")
+@click.option("--template", default="a photo of a {}", show_default=True, help="How a label is said; {} is the label.")
+@click.option("-k", "--top-k", "k", type=PositiveInt(), default=5, show_default=True, help="Labels per image.")
+@click.option("--rerank-depth", type=PositiveInt(0), default=16, show_default=True,
+              help="Rescore this many of the best labels by ITC with the ITM head.")
+@click.option("--json", "as_json", is_flag=True, help='One {"path", "tags": [...]} object per image per line.')
+@with_library
+def tag(lib: Library, images: tuple[bytes, ...], labels_file: Path, template: str, k: int, rerank_depth: int,
+        as_json: bool) -> None:
+    """Rank your own labels for each of IMAGES (zero-shot tagging).
+
+    Each label is written into --template, matched by ITC cosine, and the best
+    --rerank-depth are rescored with ITM; `itm` is the match probability.
+
+    \b
+    Examples:
+      blipsearch tag holiday/*.jpg --labels labels.txt
+      blipsearch tag photo.jpg --labels animals.txt --template "a photo of a {}, a type of animal" --json
+    """
+    labels = [e.text for e in read_text_file(labels_file, "lines")]
+    failed = 0
+    for result in lib.tag(list(images), labels, template=template, k=k, rerank_depth=rerank_depth):
+        if result.tags is None:
+            failed += 1
+            click.echo(f"{_display(result.path)}: {result.error}", err=True)
+        elif as_json:
+            _json_line({"path": result.path, "tags": [t.to_dict() for t in result.tags]})
+        else:
+            click.echo(_display(result.path))
+            for t in result.tags:
+                match = f"{t.itm * 100:5.1f}%" if t.itm is not None else "     -"
+                click.echo(f"  {t.rank:2d}  {t.score:7.3f}  {match}  {t.label}")
+    if failed:
+        raise click.ClickException(f"{failed} of {len(images)} images could not be read.")
 
 
 @main.command()

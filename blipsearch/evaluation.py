@@ -110,9 +110,11 @@ class _TokenCache:
 
 def _itm_plus_itc(model: RetrievalModel, texts: list[str], tokens: torch.Tensor, itc: np.ndarray,
                   batch: int = 64) -> np.ndarray:
+    """ITM logit + ITC cosine per pair; ``tokens`` is one image per text, or one image for all."""
     scores = []
     for start in range(0, len(texts), batch):
-        logits = model.itm_logits(texts[start : start + batch], tokens[start : start + batch])
+        chunk = tokens if len(tokens) == 1 else tokens[start : start + batch]
+        logits = model.itm_logits(texts[start : start + batch], chunk)
         scores.append(match_scores(logits)[0])
     return np.concatenate(scores) + itc
 
@@ -172,8 +174,7 @@ def evaluate(
     depth_t = min(rerank_depth, n_texts)
     for i in range(n_images):
         top = order_t[i, :depth_t]
-        tokens = cache.get([i]).expand(depth_t, -1, -1)
-        scores = _itm_plus_itc(model, [dataset.texts[t] for t in top], tokens, sims.T[i, top])
+        scores = _itm_plus_itc(model, [dataset.texts[t] for t in top], cache.get([i]), sims.T[i, top])
         reranked = top[np.argsort(-scores, kind="stable")]
         hit = np.flatnonzero(truth[reranked] == i)
         i2t_rerank[i] = hit[0] if len(hit) else max(i2t_itc[i], depth_t)

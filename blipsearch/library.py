@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import platformdirs
+import torch
 
 from .describe import (
     DEFAULT_CAPTION_MODEL,
@@ -38,6 +39,9 @@ from .model import DEFAULT_MODEL, ItmToken, RetrievalModel, load_retrieval_model
 from .rerank.itm import rerank
 from .store.database import Database, bytes_to_vectors
 from .store.fulltext import TextIndex, reciprocal_rank_fusion
+from .store.schema import TextRow
+from .texts import CAPTIONS, USER, TextEntry, TextHit, TextStore, rank_texts
+from .texts.tags import DEFAULT_TEMPLATE, TagResult, Vocabulary
 
 LIBRARY_ENV = "BLIPSEARCH_LIBRARY"
 DB_FILE = "library.db"
@@ -267,12 +271,13 @@ class Library:
         return model, vectors
 
     def search(self, text: str, k: int = 10, *, rerank_depth: int = 32, rerank_hits: bool = True,
-               hybrid: bool = False) -> list[Hit]:
+               hybrid: bool = False, tag: str | None = None) -> list[Hit]:
         """Text to image: ITC cosine shortlist, the top ``rerank_depth`` reranked with ITM.
 
         With ``hybrid``, the shortlist fuses the vector ranking with a full-text
         ranking of captions, file and folder names (reciprocal rank fusion)
-        before reranking.
+        before reranking. With ``tag``, only images whose stored tags (see
+        :meth:`tag_library`) include that label are considered.
         """
         if not text.strip():
             raise InputPathError("The search text is empty.")
@@ -280,11 +285,19 @@ class Library:
         depth = rerank_depth if rerank_hits else 0
         query = model.embed_texts([text])
         width = max(k, depth) if not hybrid else max(4 * k, depth, 50)
-        scores, ids = vectors.search(query, width)
-        itc = {int(i): float(s) for s, i in zip(scores[0], ids[0]) if i >= 0}
+        if tag is None:
+            scores, ids = vectors.search(query, width)
+            itc = {int(i): float(s) for s, i in zip(scores[0], ids[0]) if i >= 0}
+            allowed = None
+        else:
+            allowed = set(self.db.ids_with_tag(tag, model.fingerprint))
+            tagged = sorted(allowed)
+            sims = vectors.vectors_of(tagged) @ query[0] if tagged else np.zeros(0)
+            itc = {tagged[j]: float(sims[j]) for j in np.argsort(-sims, kind="stable")[:width]}
         keyword: dict[int, float] = {}
         if hybrid:
-            keyword = dict(TextIndex(self.db).search(text, width))
+            found = TextIndex(self.db).search(text, width if allowed is None else 10 * width)
+            keyword = {i: r for i, r in found if allowed is None or i in allowed}
             fused = reciprocal_rank_fusion([list(itc), list(keyword)])
             extra = [i for i in keyword if i not in itc]
             if extra:
@@ -332,6 +345,119 @@ class Library:
             Hit(rank=n + 1, id=i, path=os.fsdecode(rows[i].path), score=s, itc=s)
             for n, (i, s) in enumerate(hits[:k])
         ]
+
+    # -- image to text ------------------------------------------------------------------------------
+    def _query_image(self, model: RetrievalModel, image: str | os.PathLike[str] | bytes,
+                     need_tokens: bool) -> tuple[np.ndarray, torch.Tensor | None]:
+        """The ITC vector of any image file (the stored one when it is indexed and unchanged),
+        and its vision tokens when ``need_tokens``."""
+        path = _root(image)
+        if not os.path.isfile(path):
+            raise InputPathError(f"{os.fsdecode(path)} is not a file.")
+        if not need_tokens:
+            stored = self.db.image_by_path(path)
+            st = os.stat(path)
+            if (
+                stored is not None
+                and stored.model == model.fingerprint
+                and stored.vector is not None
+                and (stored.size, stored.mtime_ns) == (st.st_size, st.st_mtime_ns)
+            ):
+                return np.frombuffer(stored.vector, np.float32), None
+        try:
+            pixels = load_pixels(path, model.image_spec)
+        except Exception as exc:
+            raise InputPathError(f"Can't use {os.fsdecode(path)} as a query image: {exc}") from None
+        tokens = model.image_tokens(pixels[None])
+        return model.project_images(tokens)[0], tokens
+
+    def _texts_model(self) -> RetrievalModel:
+        """The library's model, recorded now if the library has none yet."""
+        model = self.model
+        if self.db.library().model_fingerprint is None:
+            self.db.set_model(_normalize_spec(model.spec), model.fingerprint, model.dim)
+        self._check_model(model)
+        return model
+
+    def add_texts(self, entries: list[TextEntry]) -> tuple[int, int]:
+        """Add texts to the library's collection; returns (added, already there)."""
+        return TextStore(self.db).add(entries, self._texts_model())
+
+    def texts(self) -> list[TextRow]:
+        return TextStore(self.db).list()
+
+    def remove_texts(self, keys: list[str]) -> int:
+        return TextStore(self.db).remove(keys)
+
+    def lookup(self, image: str | os.PathLike[str] | bytes, k: int = 10, *, rerank_depth: int = 32,
+               rerank_hits: bool = True, source: str = "texts") -> list[TextHit]:
+        """Image to text: the texts (or, with ``source="captions"``, the library's generated
+        captions) that best match ``image``."""
+        model = self._texts_model()
+        store = TextStore(self.db)
+        kind = CAPTIONS if source == "captions" else USER
+        if kind == CAPTIONS:
+            store.sync_captions(model)
+        else:
+            store.embed_missing(model)
+        index, rows = store.vectors(model.fingerprint, model.dim, kind)
+        if not rows:
+            raise LibraryError(
+                "The library has no generated captions yet: run `blipsearch index --captions PATH`."
+                if kind == CAPTIONS else "The library has no texts yet: add some with `blipsearch texts add FILE`."
+            )
+        depth = rerank_depth if rerank_hits else 0
+        vector, tokens = self._query_image(model, image, need_tokens=depth > 0)
+        ids = list(rows)
+        texts = [rows[i].text for i in ids]
+        ranked = rank_texts(model, vector, tokens, texts, index.vectors_of(ids), k, depth)
+        return [
+            TextHit(rank=n + 1, id=ids[j], text=texts[j], score=score, itc=itc, itm=itm,
+                    external_id=rows[ids[j]].external_id)
+            for n, (j, score, itc, itm) in enumerate(ranked)
+        ]
+
+    def tag(self, images: list[str | os.PathLike[str] | bytes], labels: list[str], *,
+            template: str = DEFAULT_TEMPLATE, k: int = 5, rerank_depth: int = 16) -> list[TagResult]:
+        """Zero-shot tagging: rank ``labels`` for each image (written into ``template``)."""
+        model = self.model
+        vocabulary = Vocabulary.make(model, labels, template)
+        results = []
+        for image in images:
+            try:
+                vector, tokens = self._query_image(model, image, need_tokens=rerank_depth > 0)
+            except InputPathError as exc:
+                results.append(TagResult(os.fsdecode(_display_path(image)), None, str(exc)))
+                continue
+            results.append(TagResult(os.fsdecode(_display_path(image)), vocabulary.rank(vector, tokens, k,
+                                                                                         rerank_depth)))
+        return results
+
+    def tag_library(self, labels: list[str], paths: list[str | os.PathLike[str] | bytes] | None = None, *,
+                    template: str = DEFAULT_TEMPLATE, k: int = 5, rerank_depth: int = 16,
+                    progress: ProgressFactory = no_progress) -> int:
+        """Store the top ``k`` labels of every indexed image (below ``paths``) not tagged yet
+        with this vocabulary; `search(tag=...)` filters by them."""
+        model = self._texts_model()
+        vocabulary = Vocabulary.make(model, labels, template)
+        todo = self.db.untagged([_root(p) for p in paths] if paths else None, model.fingerprint, vocabulary.key)
+        bar = progress(len(todo), "Tagging")
+        tagged = 0
+        try:
+            for content_hash, path, vector in todo:
+                tokens = None
+                if rerank_depth > 0:
+                    try:
+                        tokens = model.image_tokens(load_pixels(path, model.image_spec)[None])
+                    except Exception:  # noqa: BLE001 - unreadable now: tag by the stored vector alone
+                        tokens = None
+                tags = vocabulary.rank(np.frombuffer(vector, np.float32), tokens, k, rerank_depth)
+                self.db.save_tags(content_hash, model.fingerprint, vocabulary.key, tags)
+                tagged += 1
+                bar.update(1)
+        finally:
+            bar.close()
+        return tagged
 
     # -- captions and questions ------------------------------------------------------------------
     def caption(self, images: list[str | os.PathLike[str] | bytes], settings: CaptionSettings = CaptionSettings(),
@@ -405,6 +531,10 @@ class Library:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _display_path(path: str | os.PathLike[str] | bytes) -> bytes:
+    return os.fsencode(path) if not isinstance(path, bytes) else path
 
 
 def _root(path: str | os.PathLike[str] | bytes) -> bytes:

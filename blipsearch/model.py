@@ -115,9 +115,16 @@ class RetrievalModel:
     # -- image-text matching -----------------------------------------------
     @torch.inference_mode()
     def itm_logits(self, texts: list[str], tokens: torch.Tensor) -> npt.NDArray[np.float32]:
-        """ITM logits (N, 2) for N (text, image) pairs; ``tokens`` are the images' vision outputs."""
-        if len(texts) != tokens.shape[0]:
-            raise ValueError("itm_logits needs one text per image")
+        """ITM logits (N, 2) for N (text, image) pairs.
+
+        ``tokens`` are vision-encoder outputs: one per text, or a single image
+        (batch of 1) matched against every text. In the single-image case the
+        cross-attention keys and values of the image's tokens, two thirds of
+        the cost of a pair, are computed once for the whole batch: attention
+        broadcasts them over the texts.
+        """
+        if tokens.shape[0] not in (1, len(texts)):
+            raise ValueError("itm_logits needs one image per text, or a single image")
         batch = self.tokenize(texts, for_itm=True)
         mask = torch.ones(tokens.shape[:-1], dtype=torch.long, device=tokens.device)
         hidden = self.net.text_encoder(

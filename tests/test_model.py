@@ -186,3 +186,14 @@ def test_fingerprint_tracks_weights(tiny_model: Path, other_model: Path, tmp_pat
     config["vision_config"]["layer_norm_eps"] = 1e-5
     (copy / "config.json").write_text(json.dumps(config))
     assert load_retrieval_model(str(copy), device="cpu").fingerprint != a
+
+
+def test_one_image_many_texts_reuses_image_keys_and_values(model) -> None:
+    tokens = model.image_tokens(model.image_spec.to_pixels(draw_image(11))[None])
+    texts = TEXTS + ["a cat", "a big house with a tree"]
+    shared = model.itm_logits(texts, tokens)
+    plain = model.itm_logits(texts, tokens.expand(len(texts), -1, -1).contiguous())
+    np.testing.assert_allclose(shared, plain, atol=1e-5)
+    assert np.ptp(plain[:, 1]) > 1e-3
+    with pytest.raises(ValueError):
+        model.itm_logits(texts, tokens.expand(2, -1, -1))

@@ -15,7 +15,15 @@ from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..errors import LibraryError, SchemaError
-from .schema import SCHEMA_VERSION, Base, CaptionRow, FailureRow, ImageRow, LibraryRow
+from .schema import (
+    SCHEMA_VERSION,
+    Base,
+    CaptionRow,
+    FailureRow,
+    ImageRow,
+    LibraryRow,
+    TagRow,
+)
 
 VECTOR_DTYPE = np.float32
 
@@ -251,6 +259,38 @@ class Database:
             by_hash.setdefault(row.content_hash, path)
         have = self.captions(list(by_hash), model_fp, prompt)
         return [(h, p) for h, p in by_hash.items() if h not in have]
+
+    # -- tags ----------------------------------------------------------------------------
+    def untagged(self, roots: list[bytes] | None, model_fp: str, vocabulary: str) -> list[tuple[str, bytes, bytes]]:
+        """(content hash, one path, vector) of indexed images not yet tagged with this vocabulary."""
+        rows = self.rows_under(roots) if roots else self._rows(ImageRow.id.is_not(None))
+        by_hash: dict[str, bytes] = {}
+        for path, row in sorted(rows.items()):
+            if row.model == model_fp:
+                by_hash.setdefault(row.content_hash, path)
+        with self.reader() as session:
+            done = set(session.scalars(
+                select(TagRow.content_hash).where(TagRow.model == model_fp, TagRow.vocabulary == vocabulary)
+            ))
+        vectors = self.vectors_for_paths([p for h, p in by_hash.items() if h not in done], model_fp)
+        return [(h, p, vectors[p]) for h, p in by_hash.items() if h not in done and p in vectors]
+
+    def save_tags(self, content_hash: str, model_fp: str, vocabulary: str, tags: list) -> None:  # type: ignore[type-arg]
+        with self.transaction() as session:
+            for tag in tags:
+                session.merge(TagRow(content_hash=content_hash, model=model_fp, vocabulary=vocabulary,
+                                     label=tag.label, rank=tag.rank, score=tag.score, probability=tag.itm))
+
+    def ids_with_tag(self, label: str, model_fp: str) -> list[int]:
+        with self.reader() as session:
+            stmt = (
+                select(ImageRow.id)
+                .join(TagRow, TagRow.content_hash == ImageRow.content_hash)
+                .where(func.lower(TagRow.label) == label.strip().lower(), TagRow.model == model_fp,
+                       ImageRow.model == model_fp)
+                .distinct()
+            )
+            return list(session.scalars(stmt))
 
     def dispose(self) -> None:
         self.engine.dispose()

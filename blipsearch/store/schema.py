@@ -9,7 +9,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Integer, LargeBinary, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 SCHEMA_VERSION = 1
@@ -89,3 +99,34 @@ class TextIndexState(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     marker: Mapped[str] = mapped_column(Text)
+
+
+class TextRow(Base):
+    """A text to match images against: a user's collection (``source="user"``) or a caption."""
+
+    __tablename__ = "texts"
+    __table_args__ = (UniqueConstraint("source", "text_hash"), {"sqlite_autoincrement": True})
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(String(16), index=True)
+    external_id: Mapped[str | None] = mapped_column(Text)
+    text: Mapped[str] = mapped_column(Text)
+    text_hash: Mapped[str] = mapped_column(String(64))
+    meta: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    model: Mapped[str | None] = mapped_column(String(64))
+    vector: Mapped[bytes | None] = mapped_column(LargeBinary)
+    added_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class TagRow(Base):
+    """One of an image's top labels from a vocabulary, keyed by content so moved files keep it."""
+
+    __tablename__ = "tags"
+
+    content_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(String(64), primary_key=True)  # retrieval model fingerprint
+    vocabulary: Mapped[str] = mapped_column(String(64), primary_key=True)  # hash of labels + template
+    label: Mapped[str] = mapped_column(String(400), primary_key=True, index=True)
+    rank: Mapped[int] = mapped_column(Integer)
+    score: Mapped[float] = mapped_column(Float)
+    probability: Mapped[float | None] = mapped_column(Float)  # ITM match probability, when reranked

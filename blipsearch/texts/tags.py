@@ -1,0 +1,67 @@
+"""Zero-shot tagging: a vocabulary of labels, each written into a prompt template."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from ..errors import InputPathError
+from ..model import RetrievalModel
+from . import rank_texts
+
+DEFAULT_TEMPLATE = "a photo of a {}"
+
+
+@dataclass(frozen=True)
+class Tag:
+    """``score``: ITM logit + ITC cosine when reranked, else the cosine; ``itm``: match probability."""
+
+    label: str
+    rank: int
+    score: float
+    itc: float
+    itm: float | None
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TagResult:
+    path: str
+    tags: list[Tag] | None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    labels: list[str]
+    template: str
+    texts: list[str]
+    vectors: npt.NDArray[np.float32]
+    model: RetrievalModel
+
+    @property
+    def key(self) -> str:
+        """Identifies labels + template, so tags from another vocabulary are kept apart."""
+        return hashlib.sha256(json.dumps([self.template, self.labels]).encode()).hexdigest()[:32]
+
+    @classmethod
+    def make(cls, model: RetrievalModel, labels: list[str], template: str = DEFAULT_TEMPLATE) -> Vocabulary:
+        labels = list(dict.fromkeys(label.strip() for label in labels if label.strip()))
+        if not labels:
+            raise InputPathError("The label list is empty.")
+        if "{}" not in template:
+            raise InputPathError(f"The template {template!r} has no {{}} where the label goes.")
+        texts = [template.replace("{}", label) for label in labels]
+        return cls(labels, template, texts, model.embed_texts(texts), model)
+
+    def rank(self, image_vector: npt.NDArray[np.float32], tokens: torch.Tensor | None, k: int,
+             rerank_depth: int) -> list[Tag]:
+        ranked = rank_texts(self.model, image_vector, tokens, self.texts, self.vectors, k, rerank_depth)
+        return [Tag(self.labels[i], n + 1, score, itc, itm) for n, (i, score, itc, itm) in enumerate(ranked)]
