@@ -322,22 +322,8 @@ class Library:
         """Image to image by ITC cosine; the query itself, when indexed, is left out."""
         model, vectors = self._searchable()
         path = _root(image)
-        if not os.path.isfile(path):
-            raise InputPathError(f"{os.fsdecode(path)} is not a file.")
-        stored = self.db.image_by_path(path)
-        st = os.stat(path)
-        if (
-            stored is not None
-            and stored.model == model.fingerprint
-            and stored.vector is not None
-            and (stored.size, stored.mtime_ns) == (st.st_size, st.st_mtime_ns)
-        ):
-            query = np.frombuffer(stored.vector, np.float32)[None, :]
-        else:
-            try:
-                query = model.embed_images(load_pixels(path, model.image_spec)[None])
-            except Exception as exc:
-                raise InputPathError(f"Can't use {os.fsdecode(path)} as a query image: {exc}") from None
+        vector, _ = self._query_image(model, path, need_tokens=False)
+        query = vector[None, :]
         scores, ids = vectors.search(query, k + 1)
         rows = self.db.images_by_id([int(i) for i in ids[0] if i >= 0])
         hits = [(int(i), float(s)) for s, i in zip(scores[0], ids[0]) if int(i) in rows and rows[int(i)].path != path]

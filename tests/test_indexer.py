@@ -369,3 +369,24 @@ def test_search_can_read_while_an_index_run_writes(lib: Library, photos: Path, l
     lib.index([photos], batch_size=2, progress=SearchDuringRun)
     reader.close()
     assert seen and seen[0] >= 6 and seen[-1] == 12 and seen == sorted(seen)
+
+
+def test_large_jpeg_is_drafted_but_keeps_its_size(lib: Library, tmp_path: Path) -> None:
+    from blipsearch.index.images import open_image
+
+    folder = tmp_path / "big"
+    folder.mkdir()
+    big = draw_image(12, 64).resize((2000, 1500), Image.Resampling.BICUBIC)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    big.save(folder / "big.jpg", quality=92, exif=exif)
+    data = (folder / "big.jpg").read_bytes()
+    drafted, size = open_image(data, lib.model.image_spec.draft_size)
+    full, full_size = open_image(data)
+    assert size == full_size == (1500, 2000)
+    assert full.size == (1500, 2000) and max(drafted.size) < 2000 and min(drafted.size) >= 64
+    lib.index([folder])
+    row = stored(lib)[fs(folder / "big.jpg")]
+    assert (row.width, row.height) == (1500, 2000)
+    exact = lib.model.embed_images(lib.model.image_spec.to_pixels(full)[None])[0]
+    assert float(np.frombuffer(row.vector, np.float32) @ exact) > 0.995

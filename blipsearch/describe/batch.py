@@ -7,10 +7,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
 
 from ..errors import ImageError
-from ..index.images import ImageSpec, hash_bytes, open_image, read_file
+from ..index.images import hash_bytes, pixels_from_bytes, read_file
 from ..index.indexer import ProgressFactory, no_progress
 from ..store.database import Database
 from . import Answerer, AnswerSettings, Captioner, CaptionSettings
@@ -30,10 +29,6 @@ def _read(path: bytes) -> tuple[bytes | None, str | None]:
         return read_file(path), None
     except ImageError as exc:
         return None, str(exc)
-
-
-def _pixels(data: bytes, spec: ImageSpec) -> npt.NDArray[np.float32]:
-    return spec.to_pixels(open_image(data))
 
 
 def _batches(items: Sequence, size: int) -> Iterator[Sequence]:  # type: ignore[type-arg]
@@ -71,7 +66,7 @@ def caption_paths(
             ready, pixels = [], []
             for path, content_hash, data in chunk:
                 try:
-                    pixels.append(_pixels(data, captioner.checkpoint.image_spec))
+                    pixels.append(pixels_from_bytes(data, captioner.checkpoint.image_spec))
                     ready.append((path, content_hash))
                 except ImageError as exc:
                     results[path] = Described(os.fsdecode(path), None, str(exc))
@@ -104,7 +99,7 @@ def answer_paths(
             try:
                 if data is None:
                     raise ImageError(error or "unreadable")
-                pixels.append(_pixels(data, answerer.checkpoint.image_spec))
+                pixels.append(pixels_from_bytes(data, answerer.checkpoint.image_spec))
                 ready.append(path)
             except ImageError as exc:
                 results[path] = Described(os.fsdecode(path), None, str(exc))
