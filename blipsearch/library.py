@@ -182,7 +182,7 @@ class Library:
         loaded = VectorIndex.load(self.vectors_path)
         if loaded is not None:
             index, header = loaded
-            if header.generation == generation and header.model == fp:
+            if header.generation == generation and header.model == fp and not index.needs_rebuild():
                 self._synced_generation = generation
                 return index
         return self.rebuild_vectors(fp)
@@ -195,10 +195,14 @@ class Library:
         # Read the generation before the vectors: the file may then be labelled
         # older than its content (rebuilt again later), never newer.
         generation = record.generation
-        index = VectorIndex(dim)
+        id_parts, vector_parts = [], []
         if fp:
             for ids, blobs in self.db.iter_vectors(fp):
-                index.add(ids, bytes_to_vectors(blobs, dim))
+                id_parts.append(ids)
+                vector_parts.append(bytes_to_vectors(blobs, dim))
+        all_ids = np.concatenate(id_parts) if id_parts else np.zeros(0, np.int64)
+        all_vectors = np.concatenate(vector_parts) if vector_parts else np.zeros((0, dim), np.float32)
+        index = VectorIndex.build(dim, all_ids, all_vectors)
         self._synced_generation = generation
         self._save_vectors(index, fp or "")
         return index
@@ -213,6 +217,10 @@ class Library:
         if self._vectors is None:
             self._vectors = self._load_vectors(self.model.fingerprint)
         return self._vectors
+
+    def _exact(self, model: RetrievalModel):  # type: ignore[no-untyped-def]
+        """Full vectors by id from the database, to re-score a compressed index's shortlist."""
+        return lambda ids: self.db.vectors_by_ids(ids, model.fingerprint, model.dim)
 
     def _on_commit(self, generation: int) -> None:
         # Another process wrote in between: our in-memory index may miss its changes.
@@ -252,7 +260,7 @@ class Library:
         try:
             return indexer.run(roots, reindex_all=reindex)
         finally:
-            if self._synced_generation < 0:
+            if self._synced_generation < 0 or vectors.needs_rebuild():
                 self._vectors = self.rebuild_vectors(model.fingerprint)
             else:
                 self._save_vectors(vectors, model.fingerprint)
@@ -286,13 +294,13 @@ class Library:
         query = model.embed_texts([text])
         width = max(k, depth) if not hybrid else max(4 * k, depth, 50)
         if tag is None:
-            scores, ids = vectors.search(query, width)
+            scores, ids = vectors.search(query, width, exact=self._exact(model))
             itc = {int(i): float(s) for s, i in zip(scores[0], ids[0]) if i >= 0}
             allowed = None
         else:
             allowed = set(self.db.ids_with_tag(tag, model.fingerprint))
             tagged = sorted(allowed)
-            sims = vectors.vectors_of(tagged) @ query[0] if tagged else np.zeros(0)
+            sims = self.db.vectors_by_ids(tagged, model.fingerprint, model.dim) @ query[0]
             itc = {tagged[j]: float(sims[j]) for j in np.argsort(-sims, kind="stable")[:width]}
         keyword: dict[int, float] = {}
         if hybrid:
@@ -301,7 +309,8 @@ class Library:
             fused = reciprocal_rank_fusion([list(itc), list(keyword)])
             extra = [i for i in keyword if i not in itc]
             if extra:
-                itc.update(zip(extra, (vectors.vectors_of(extra) @ query[0]).tolist()))
+                itc.update(zip(extra, (self.db.vectors_by_ids(extra, model.fingerprint, model.dim)
+                                       @ query[0]).tolist()))
             base = fused
         else:
             base = itc
@@ -324,7 +333,7 @@ class Library:
         path = _root(image)
         vector, _ = self._query_image(model, path, need_tokens=False)
         query = vector[None, :]
-        scores, ids = vectors.search(query, k + 1)
+        scores, ids = vectors.search(query, k + 1, exact=self._exact(model))
         rows = self.db.images_by_id([int(i) for i in ids[0] if i >= 0])
         hits = [(int(i), float(s)) for s, i in zip(scores[0], ids[0]) if int(i) in rows and rows[int(i)].path != path]
         return [

@@ -204,6 +204,18 @@ class Database:
                 found.update((path, vector) for path, vector in session.execute(stmt))
         return found
 
+    def vectors_by_ids(self, ids: list[int], fp: str, dim: int) -> npt.NDArray[np.float32]:
+        """Stored vectors of model ``fp`` for ``ids``, in that order (zeros where there is none)."""
+        found: dict[int, bytes] = {}
+        with self.reader() as session:
+            for start in range(0, len(ids), 500):
+                stmt = select(ImageRow.id, ImageRow.vector).where(
+                    ImageRow.id.in_(ids[start : start + 500]), ImageRow.model == fp, ImageRow.vector.is_not(None)
+                )
+                found.update((i, v) for i, v in session.execute(stmt))
+        zero = bytes(4 * dim)
+        return bytes_to_vectors([found.get(i, zero) for i in ids], dim)
+
     def images_by_id(self, ids: list[int]) -> dict[int, ImageRow]:
         with self.reader() as session:
             rows = session.scalars(select(ImageRow).where(ImageRow.id.in_(ids))).all()
