@@ -111,6 +111,7 @@ class Library:
         itm_token: ItmToken = "enc",
         caption_model: str | None = None,
         vqa_model: str | None = None,
+        quantize: str | None = None,
     ) -> None:
         self.location = Path(location).expanduser() if location is not None else default_location()
         if self.location.exists() and not self.location.is_dir():
@@ -124,6 +125,7 @@ class Library:
         self.requested_model = model
         self.device = device
         self.itm_token: ItmToken = itm_token
+        self.requested_quantize = quantize
         self.requested_caption_model = caption_model
         self.requested_vqa_model = vqa_model
         self._model: RetrievalModel | None = None
@@ -140,9 +142,18 @@ class Library:
         return self.db.library().model or DEFAULT_MODEL
 
     @property
+    def quantize(self) -> str:
+        """The vision route: as asked, else the one the library's vectors were made with."""
+        if self.requested_quantize:
+            return self.requested_quantize
+        fp = self.db.library().model_fingerprint or ""
+        return fp.rsplit("+", 1)[1] if "+" in fp else "none"
+
+    @property
     def model(self) -> RetrievalModel:
         if self._model is None:
-            self._model = load_retrieval_model(self.model_spec, self.device, self.itm_token)
+            self._model = load_retrieval_model(self.model_spec, self.device, self.itm_token,
+                                               quantize=self.quantize)
         return self._model
 
     def _companion(self, requested: str | None, default: str) -> str:

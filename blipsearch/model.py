@@ -198,21 +198,52 @@ def load_checkpoint(
     return Checkpoint(spec, path, fingerprint(path), net, tokenizer, image_spec, torch_device, torch_dtype)
 
 
+QUANTIZE_ROUTES = ("none", "int8")
+
+
+def quantize_vision_int8(net: torch.nn.Module) -> None:
+    """Dynamic int8 quantization of the vision encoder's linear layers (CPU only).
+
+    Image vectors move a little (cosine to fp32 >= 0.99 in benchmarks/quantize.py),
+    so a library records the route and refuses to mix it with fp32 vectors.
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice
+        net.vision_model = torch.ao.quantization.quantize_dynamic(
+            net.vision_model, {torch.nn.Linear}, dtype=torch.qint8
+        )
+
+
 def load_retrieval_model(
     spec: str = DEFAULT_MODEL,
     device: str = "auto",
     itm_token: ItmToken = "enc",
     dtype: torch.dtype | None = None,
+    quantize: str = "none",
 ) -> RetrievalModel:
-    """Load a BLIP ITM checkpoint (hub id, local folder or ``builtin:NAME``)."""
+    """Load a BLIP ITM checkpoint (hub id, local folder or ``builtin:NAME``).
+
+    ``quantize="int8"`` runs the vision encoder with int8 weights on the CPU;
+    the route becomes part of the model's fingerprint.
+    """
     from transformers import BlipForImageTextRetrieval
 
+    if quantize not in QUANTIZE_ROUTES:
+        raise ModelLoadError(f"Unknown --quantize route {quantize!r}: use {' or '.join(QUANTIZE_ROUTES)}.")
+    if quantize == "int8" and select_device(device).type != "cpu":
+        raise ModelLoadError("--quantize int8 is a CPU route: use it with --device cpu.")
     ckpt = load_checkpoint(spec, "retrieval", BlipForImageTextRetrieval, "image-text retrieval", DEFAULT_MODEL,
                            device, dtype)
+    fp = ckpt.fingerprint
+    if quantize == "int8":
+        quantize_vision_int8(ckpt.net)
+        fp += "+int8"
     return RetrievalModel(
         spec=ckpt.spec,
         path=ckpt.path,
-        fingerprint=ckpt.fingerprint,
+        fingerprint=fp,
         net=ckpt.net,
         tokenizer=ckpt.tokenizer,
         image_spec=ckpt.image_spec,

@@ -390,3 +390,20 @@ def test_large_jpeg_is_drafted_but_keeps_its_size(lib: Library, tmp_path: Path) 
     assert (row.width, row.height) == (1500, 2000)
     exact = lib.model.embed_images(lib.model.image_spec.to_pixels(full)[None])[0]
     assert float(np.frombuffer(row.vector, np.float32) @ exact) > 0.995
+
+
+def test_int8_route_is_recorded_and_not_mixed(library_dir: Path, photos: Path, tiny_model: Path) -> None:
+    with Library(library_dir, model=str(tiny_model), device="cpu", quantize="int8") as lib:
+        lib.index([photos])
+        assert lib.model.fingerprint.endswith("+int8")
+        for path in list(photos.rglob("*.png"))[:3]:
+            fp32 = Library(library_dir / "other", model=str(tiny_model), device="cpu")
+            assert float(vector_of(lib, path) @ alone(fp32, path)) > 0.99
+            assert not np.allclose(vector_of(lib, path), alone(fp32, path), atol=1e-6)
+            fp32.close()
+    with Library(library_dir, model=str(tiny_model), device="cpu") as lib:
+        assert lib.quantize == "int8"  # the library's route is the default
+        assert lib.search("a dog", k=3, rerank_hits=False)
+    with Library(library_dir, model=str(tiny_model), device="cpu", quantize="none") as lib:
+        with pytest.raises(ModelMismatchError, match="reindex"):
+            lib.search("a dog")
