@@ -84,6 +84,15 @@ def library_options(func: Callable[..., Any]) -> Callable[..., Any]:
             "Default: the library's route, else none.",
         ),
         click.option(
+            "--token-cache-gb",
+            type=float,
+            envvar="BLIPSEARCH_TOKEN_CACHE_GB",
+            default=0.0,
+            help="Disk for cached vision tokens (in the library folder; ~0.9 MB an image at base size), "
+            "filled while indexing and reranking: reranking a cached image skips the vision encoder. "
+            "0 turns it off. Env: BLIPSEARCH_TOKEN_CACHE_GB.",
+        ),
+        click.option(
             "--itm-token",
             type=click.Choice(["enc", "cls"]),
             default="enc",
@@ -118,7 +127,7 @@ def library_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def _open(library: str | None, db_url: str | None, model: str | None, device: str, itm_token: str,
           max_megapixels: float | None, caption_model: str | None = None, vqa_model: str | None = None,
-          quantize: str | None = None) -> Library:
+          quantize: str | None = None, token_cache_gb: float = 0.0) -> Library:
     if max_megapixels is not None:
         from PIL import Image
 
@@ -126,7 +135,8 @@ def _open(library: str | None, db_url: str | None, model: str | None, device: st
             raise click.UsageError("--max-megapixels must be positive.")
         Image.MAX_IMAGE_PIXELS = int(max_megapixels * 1_000_000)
     return Library(library, db_url=db_url, model=model, device=device, itm_token=itm_token,  # type: ignore[arg-type]
-                   caption_model=caption_model, vqa_model=vqa_model, quantize=quantize)
+                   caption_model=caption_model, vqa_model=vqa_model, quantize=quantize,
+                   token_cache_gb=token_cache_gb)
 
 
 @contextmanager
@@ -149,11 +159,11 @@ def _errors() -> Iterator[None]:
 def with_library(func: Callable[..., Any]) -> Callable[..., Any]:
     @library_options
     @functools.wraps(func)
-    def wrapper(library, db_url, model, device, quantize, itm_token, caption_model, vqa_model,  # type: ignore[no-untyped-def]
-                max_megapixels, **kwargs):
+    def wrapper(library, db_url, model, device, quantize, token_cache_gb, itm_token, caption_model,  # type: ignore[no-untyped-def]
+                vqa_model, max_megapixels, **kwargs):
         with _errors():
             lib = _open(library, db_url, model, device, itm_token, max_megapixels, caption_model, vqa_model,
-                        quantize)
+                        quantize, token_cache_gb)
             try:
                 return func(lib, **kwargs)
             finally:
@@ -590,7 +600,7 @@ def failures(lib: Library, as_json: bool) -> None:
 @click.pass_context
 def eval_command(ctx: click.Context, images_dir: Path, captions: Path, split: str, rerank_depth: int,
                  batch_size: int, as_json: bool, library: str | None, db_url: str | None, model: str | None,
-                 device: str, quantize: str | None, itm_token: str, caption_model: str | None,
+                 device: str, quantize: str | None, token_cache_gb: float, itm_token: str, caption_model: str | None,
                  vqa_model: str | None, max_megapixels: float | None) -> None:
     """Measure retrieval quality: Recall@1/5/10, text->image and image->text, ITC and reranked.
 

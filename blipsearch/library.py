@@ -36,6 +36,7 @@ from .index.indexer import Indexer, IndexReport, ProgressFactory, no_progress
 from .index.vectors import VectorIndex
 from .loading import BUILTIN_PREFIX
 from .model import DEFAULT_MODEL, ItmToken, RetrievalModel, load_retrieval_model
+from .rerank.cache import TokenCache
 from .rerank.itm import rerank
 from .store.database import Database, bytes_to_vectors
 from .store.fulltext import TextIndex, reciprocal_rank_fusion
@@ -112,6 +113,7 @@ class Library:
         caption_model: str | None = None,
         vqa_model: str | None = None,
         quantize: str | None = None,
+        token_cache_gb: float = 0.0,
     ) -> None:
         self.location = Path(location).expanduser() if location is not None else default_location()
         if self.location.exists() and not self.location.is_dir():
@@ -126,6 +128,8 @@ class Library:
         self.device = device
         self.itm_token: ItmToken = itm_token
         self.requested_quantize = quantize
+        # Vision tokens kept for reranking (fp16, ~0.9 MB an image at base size), least recently used evicted.
+        self.token_cache = TokenCache(self.location / "tokens", int(token_cache_gb * 2**30)) if token_cache_gb > 0 else None
         self.requested_caption_model = caption_model
         self.requested_vqa_model = vqa_model
         self._model: RetrievalModel | None = None
@@ -267,6 +271,7 @@ class Library:
             workers=workers or min(4, os.cpu_count() or 1),
             progress=progress,
             on_commit=self._on_commit,
+            token_cache=self.token_cache,
         )
         try:
             return indexer.run(roots, reindex_all=reindex)
@@ -328,7 +333,7 @@ class Library:
         order = sorted(base, key=lambda i: -base[i])
         rows = self.db.images_by_id(order)
         order = [i for i in order if i in rows]
-        ranked = rerank(model, text, [(i, itc[i]) for i in order[:depth]], rows) if depth else []
+        ranked = rerank(model, text, [(i, itc[i]) for i in order[:depth]], rows, cache=self.token_cache) if depth else []
         reranked = {r.id: r for r in ranked if r.itm is not None}
         results = [(r.id, r.score, r.itm) for r in ranked if r.itm is not None]
         results += [(i, base[i], None) for i in order if i not in reranked]

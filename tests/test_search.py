@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import fs
+from conftest import draw_image, fs
 from transformers import AutoTokenizer, BlipForImageTextRetrieval
 from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
 
@@ -130,3 +130,25 @@ def test_k_larger_than_the_library(lib: Library) -> None:
     hits = lib.search(QUERY, k=100, rerank_depth=4)
     assert len(hits) == 12 and len({h.id for h in hits}) == 12
     assert fs(hits[0].path)
+
+
+def test_token_cache_gives_the_same_ranking_and_stays_in_budget(library_dir: Path, tiny_model: Path,
+                                                                 photos: Path, tmp_path: Path) -> None:
+    with Library(library_dir, model=str(tiny_model), device="cpu") as plain:
+        plain.index([photos])
+        expected = plain.search(QUERY, k=8, rerank_depth=8)
+    per_image = (1 + 16) * 48 * 2 + 128  # tokens x hidden, fp16, plus the .npy header
+    with Library(tmp_path / "cached", model=str(tiny_model), device="cpu",
+                 token_cache_gb=12.5 * per_image / 2**30) as lib:
+        lib.index([photos])
+        assert len(list((tmp_path / "cached" / "tokens").glob("*.npy"))) == 12  # filled while indexing
+        for hit in expected:  # the images must not be decoded again: make them unreadable
+            os.rename(hit.path, hit.path + ".away")
+        hits = lib.search(QUERY, k=8, rerank_depth=8)
+        assert [h.path for h in hits] == [h.path for h in expected]
+        np.testing.assert_allclose([h.score for h in hits], [h.score for h in expected], atol=2e-3)  # fp16 tokens
+        assert all(h.itm is not None for h in hits)
+        draw_image(300).save(photos / "new.png")
+        lib.index([photos])
+        files = list((tmp_path / "cached" / "tokens").glob("*.npy"))
+        assert len(files) <= 12 and lib.token_cache.size <= 12.5 * per_image

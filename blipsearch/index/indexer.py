@@ -27,9 +27,11 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
+import torch
 from sqlalchemy import delete, select
 
 from ..errors import ImageError
+from ..rerank.cache import TokenCache
 from ..store.database import Database, StoredRow, utcnow, vector_to_bytes
 from ..store.schema import FailureRow, ImageRow
 from .images import DecodedImage, ImageSpec, decode, hash_bytes, read_file
@@ -88,7 +90,8 @@ class Embedder(Protocol):
     fingerprint: str
     image_spec: ImageSpec
 
-    def embed_images(self, pixels: np.ndarray) -> np.ndarray: ...
+    def image_tokens(self, pixels: np.ndarray) -> torch.Tensor: ...
+    def project_images(self, tokens: torch.Tensor) -> np.ndarray: ...
 
 
 class Indexer:
@@ -104,6 +107,7 @@ class Indexer:
         workers: int = 2,
         progress: ProgressFactory = no_progress,
         on_commit: Callable[[int], None] | None = None,
+        token_cache: TokenCache | None = None,
     ) -> None:
         self.db = db
         self.vectors = vectors
@@ -114,6 +118,7 @@ class Indexer:
         self.progress = progress
         self.on_commit = on_commit or (lambda generation: None)
         self.report = IndexReport()
+        self.token_cache = token_cache
 
     # -- planning ---------------------------------------------------------------------
     def run(self, roots: list[bytes], *, reindex_all: bool = False) -> IndexReport:
@@ -222,11 +227,14 @@ class Indexer:
     # -- writing -----------------------------------------------------------------------------
     def _commit(self, batch: list[_Job]) -> None:
         embed = [j for j in batch if j.data is not None and j.data.pixels is not None]
-        vectors = (
-            self.model.embed_images(np.stack([j.data.pixels for j in embed]))  # type: ignore[union-attr,misc]
-            if embed
-            else np.zeros((0, 0), np.float32)
-        )
+        vectors = np.zeros((0, 0), np.float32)
+        if embed:
+            tokens = self.model.image_tokens(np.stack([j.data.pixels for j in embed]))  # type: ignore[union-attr,misc]
+            vectors = self.model.project_images(tokens)
+            if self.token_cache is not None:
+                # Free for reranking later: the encoder ran anyway.
+                for job, tok in zip(embed, tokens):
+                    self.token_cache.put(job.data.content_hash, self.fp, tok)  # type: ignore[union-attr]
         new_vectors = {id(j): v for j, v in zip(embed, vectors)}
         report = IndexReport()
         faiss_add: list[tuple[int, np.ndarray]] = []

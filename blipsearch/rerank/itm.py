@@ -1,6 +1,7 @@
 """Reranking with BLIP's image-text matching (ITM) head, the paper's recipe.
 
-Each shortlisted image is decoded again and run through the vision encoder;
+Each shortlisted image is decoded again and run through the vision encoder
+(or its tokens come from a :class:`~blipsearch.rerank.cache.TokenCache`);
 the text (first token replaced by ``[ENC]``) cross-attends to all its tokens.
 The final score is the positive-class ITM logit plus the ITC cosine; the
 softmax of the two logits is the match probability shown to users.
@@ -14,9 +15,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+import torch
 
 from ..index.images import load_pixels
 from ..model import RetrievalModel
+from .cache import TokenCache
 
 RERANK_BATCH = 8
 
@@ -43,27 +46,41 @@ def rerank(
     shortlist: list[tuple[int, float]],
     rows: Mapping[int, object],
     batch_size: int = RERANK_BATCH,
+    cache: TokenCache | None = None,
 ) -> list[Reranked]:
     """Score ``shortlist`` ((id, itc) pairs) against ``text``; best first.
 
-    Images that can't be read again (moved or deleted since indexing) keep
-    ``itm=None`` and go after the reranked ones, in ITC order.
+    Vision tokens come from ``cache`` when it has them (and are added to it
+    when computed). Images that can't be read again (moved or deleted since
+    indexing) keep ``itm=None`` and go after the reranked ones, in ITC order.
     """
-    readable: list[tuple[int, float, npt.NDArray[np.float32]]] = []
+    tokens: dict[int, torch.Tensor] = {}
     unreadable: list[Reranked] = []
+    to_encode: list[tuple[int, npt.NDArray[np.float32]]] = []
     for image_id, itc in shortlist:
+        row = rows[image_id]
+        cached = cache.get(row.content_hash, model.fingerprint) if cache is not None else None  # type: ignore[attr-defined]
+        if cached is not None:
+            tokens[image_id] = cached
+            continue
         try:
-            pixels = load_pixels(os.fsdecode(rows[image_id].path), model.image_spec)  # type: ignore[attr-defined]
+            to_encode.append((image_id, load_pixels(os.fsdecode(row.path), model.image_spec)))  # type: ignore[attr-defined]
         except Exception:  # noqa: BLE001 - a vanished file must not fail the query
             unreadable.append(Reranked(image_id, itc, itc, None, None))
-            continue
-        readable.append((image_id, itc, pixels))
+    for start in range(0, len(to_encode), batch_size):
+        chunk = to_encode[start : start + batch_size]
+        encoded = model.image_tokens(np.stack([p for _, p in chunk]))
+        for (image_id, _), tok in zip(chunk, encoded):
+            tokens[image_id] = tok
+            if cache is not None:
+                cache.put(rows[image_id].content_hash, model.fingerprint, tok)  # type: ignore[attr-defined]
+    readable = [(i, itc) for i, itc in shortlist if i in tokens]
     scored: list[Reranked] = []
     for start in range(0, len(readable), batch_size):
         chunk = readable[start : start + batch_size]
-        tokens = model.image_tokens(np.stack([p for _, _, p in chunk]))
-        logit, prob = match_scores(model.itm_logits([text] * len(chunk), tokens))
-        for (image_id, itc, _), lg, pr in zip(chunk, logit, prob):
+        batch = torch.stack([tokens[i] for i, _ in chunk]).to(model.device, model.dtype)
+        logit, prob = match_scores(model.itm_logits([text] * len(chunk), batch))
+        for (image_id, itc), lg, pr in zip(chunk, logit, prob):
             scored.append(Reranked(image_id, itc, float(lg) + itc, float(pr), float(lg)))
     scored.sort(key=lambda r: r.score, reverse=True)
     return scored + unreadable
