@@ -69,3 +69,60 @@ def save(name: str, result: dict[str, Any]) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     return path
+
+
+def make_base_checkpoint(path: Path, seed: int = 0) -> Path:
+    """A base-size BLIP retrieval checkpoint with random, widened weights, in the hub layout.
+
+    Widened like the tests' tiny models, so that different images get clearly
+    different vectors and fidelity measurements (cosines) mean something.
+    """
+    import sys
+
+    from transformers import BertTokenizer, BlipForImageTextRetrieval
+
+    sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
+    from tiny_blip import widen, write_image_processor
+
+    if (path / "model.safetensors").exists():
+        return path
+    path.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(30517)] + ["[DEC]", "[ENC]"]
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizer(str(path / "vocab.txt"))
+    tokenizer.add_special_tokens({"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"]})
+    tokenizer.save_pretrained(path)
+    torch.manual_seed(seed)
+    model = BlipForImageTextRetrieval(base_config(len(vocab))).eval()
+    widen(model, seed)
+    model.save_pretrained(path)
+    write_image_processor(path, 384)
+    return path
+
+
+def photo_like_jpegs(folder: Path, count: int, size: tuple[int, int] = (4000, 3000), seed: int = 0) -> list[Path]:
+    """Camera-sized JPEGs with smooth light, shapes and sensor-like noise (about 2-4 MB each)."""
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFilter
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        path = folder / f"IMG_{i:04d}.jpg"
+        paths.append(path)
+        if path.exists():
+            continue
+        low = rng.random((6, 8, 3)) * 255
+        image = Image.fromarray(low.astype(np.uint8)).resize(size, Image.Resampling.BICUBIC)
+        draw = ImageDraw.Draw(image)
+        for _ in range(12):
+            x, y = rng.integers(0, size[0]), rng.integers(0, size[1])
+            r = int(rng.integers(100, 900))
+            color = tuple(int(c) for c in rng.integers(0, 256, 3))
+            (draw.ellipse if rng.random() < 0.5 else draw.rectangle)([x - r, y - r, x + r, y + r], fill=color)
+        image = image.filter(ImageFilter.GaussianBlur(3))
+        noise = rng.normal(0, 6, (size[1], size[0], 3))
+        pixels = np.clip(np.asarray(image, np.float32) + noise, 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(path, quality=90)
+    return paths
