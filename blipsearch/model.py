@@ -12,7 +12,7 @@ Recipes (see the project's BLIP notes):
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -52,9 +52,9 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.float16 if device.type in ("cuda", "mps") else torch.float32
 
 
-@dataclass(eq=False)
-class RetrievalModel:
-    """A loaded ``BlipForImageTextRetrieval`` with its tokenizer and image settings."""
+@dataclass(frozen=True)
+class Checkpoint:
+    """A BLIP model of any head, loaded with its tokenizer and image settings."""
 
     spec: str
     path: Path
@@ -64,12 +64,21 @@ class RetrievalModel:
     image_spec: ImageSpec
     device: torch.device
     dtype: torch.dtype
-    enc_token_id: int
-    itm_token: ItmToken = "enc"
-    dim: int = field(init=False)
 
-    def __post_init__(self) -> None:
-        self.dim = int(self.net.config.image_text_hidden_size)
+    @property
+    def enc_token_id(self) -> int:
+        return _enc_token_id(self.tokenizer, int(self.net.config.text_config.vocab_size))
+
+
+@dataclass(frozen=True, eq=False)
+class RetrievalModel(Checkpoint):
+    """A loaded ``BlipForImageTextRetrieval``: ITC embeddings for both modalities and the ITM head."""
+
+    itm_token: ItmToken = "enc"
+
+    @property
+    def dim(self) -> int:
+        return int(self.net.config.image_text_hidden_size)
 
     # -- text ---------------------------------------------------------------
     def tokenize(self, texts: list[str], *, for_itm: bool = False) -> dict[str, torch.Tensor]:
@@ -140,24 +149,6 @@ def _enc_token_id(tokenizer: object, vocab_size: int) -> int:
     # The hub's converted checkpoints ship a plain bert tokenizer without [ENC];
     # BLIP's text encoder put it last in its vocabulary (id 30523 of 30524).
     return vocab_size - 1
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """A BLIP model of any head, loaded with its tokenizer and image settings."""
-
-    spec: str
-    path: Path
-    fingerprint: str
-    net: torch.nn.Module
-    tokenizer: object
-    image_spec: ImageSpec
-    device: torch.device
-    dtype: torch.dtype
-
-    @property
-    def enc_token_id(self) -> int:
-        return _enc_token_id(self.tokenizer, int(self.net.config.text_config.vocab_size))
 
 
 def load_checkpoint(
@@ -240,15 +231,4 @@ def load_retrieval_model(
     if quantize == "int8":
         quantize_vision_int8(ckpt.net)
         fp += "+int8"
-    return RetrievalModel(
-        spec=ckpt.spec,
-        path=ckpt.path,
-        fingerprint=fp,
-        net=ckpt.net,
-        tokenizer=ckpt.tokenizer,
-        image_spec=ckpt.image_spec,
-        device=ckpt.device,
-        dtype=ckpt.dtype,
-        enc_token_id=ckpt.enc_token_id,
-        itm_token=itm_token,
-    )
+    return RetrievalModel(**{**vars(ckpt), "fingerprint": fp}, itm_token=itm_token)

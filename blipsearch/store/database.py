@@ -193,26 +193,24 @@ class Database:
             for part in session.execute(stmt).partitions(chunk):
                 yield np.fromiter((r[0] for r in part), np.int64, len(part)), [r[1] for r in part]
 
+    def _vectors_where(self, key, keys: list, fp: str) -> dict:  # type: ignore[no-untyped-def,type-arg]
+        """{key: stored vector} of model ``fp`` for rows whose ``key`` column is in ``keys``."""
+        found: dict = {}  # type: ignore[type-arg]
+        with self.reader() as session:
+            for start in range(0, len(keys), 500):
+                stmt = select(key, ImageRow.vector).where(
+                    key.in_(keys[start : start + 500]), ImageRow.model == fp, ImageRow.vector.is_not(None)
+                )
+                found.update((k, v) for k, v in session.execute(stmt))
+        return found
+
     def vectors_for_paths(self, paths: list[bytes], fp: str) -> dict[bytes, bytes]:
         """Stored vectors of model ``fp`` for the given paths (those that have one)."""
-        found: dict[bytes, bytes] = {}
-        with self.reader() as session:
-            for start in range(0, len(paths), 500):
-                stmt = select(ImageRow.path, ImageRow.vector).where(
-                    ImageRow.path.in_(paths[start : start + 500]), ImageRow.model == fp, ImageRow.vector.is_not(None)
-                )
-                found.update((path, vector) for path, vector in session.execute(stmt))
-        return found
+        return self._vectors_where(ImageRow.path, paths, fp)
 
     def vectors_by_ids(self, ids: list[int], fp: str, dim: int) -> npt.NDArray[np.float32]:
         """Stored vectors of model ``fp`` for ``ids``, in that order (zeros where there is none)."""
-        found: dict[int, bytes] = {}
-        with self.reader() as session:
-            for start in range(0, len(ids), 500):
-                stmt = select(ImageRow.id, ImageRow.vector).where(
-                    ImageRow.id.in_(ids[start : start + 500]), ImageRow.model == fp, ImageRow.vector.is_not(None)
-                )
-                found.update((i, v) for i, v in session.execute(stmt))
+        found = self._vectors_where(ImageRow.id, ids, fp)
         zero = bytes(4 * dim)
         return bytes_to_vectors([found.get(i, zero) for i in ids], dim)
 
