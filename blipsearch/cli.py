@@ -563,6 +563,31 @@ def tag(lib: Library, images: tuple[bytes, ...], labels_file: Path, template: st
         raise click.ClickException(f"{failed} of {len(images)} images could not be read.")
 
 
+@main.command("demo-photos")
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--count", type=PositiveInt(), default=200, show_default=True, help="Number of pictures.")
+@click.option("--seed", type=int, default=1, show_default=True, help="Same seed, same pictures.")
+def demo_photos(folder: Path, count: int, seed: int) -> None:
+    """Write a folder of synthetic "shapes world" pictures (and their captions) to try blipsearch
+    offline with the built-in model.
+
+    \b
+    Example:
+      blipsearch demo-photos demo
+      blipsearch index demo --model builtin:shapes --library demo-library
+      blipsearch search "a red circle left of a blue square" --library demo-library -k 5
+      blipsearch eval demo demo/captions.jsonl --model builtin:shapes
+    """
+    from .shapes.world import generate, write_folder
+
+    with _errors():
+        try:
+            captions = write_folder(folder, generate("test", count, seed))
+        except OSError as exc:
+            raise click.ClickException(f"Can't write to {folder}: {exc.strerror}") from None
+    click.echo(f"{count} pictures in {folder / 'images'}, captions in {captions}")
+
+
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 @with_library
