@@ -107,12 +107,12 @@ def photo_like_jpegs(folder: Path, count: int, size: tuple[int, int] = (4000, 30
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    rng = np.random.default_rng(seed)
     for i in range(count):
         path = folder / f"IMG_{i:04d}.jpg"
         paths.append(path)
         if path.exists():
             continue
+        rng = np.random.default_rng([seed, i])  # each picture its own, however many exist already
         low = rng.random((6, 8, 3)) * 255
         image = Image.fromarray(low.astype(np.uint8)).resize(size, Image.Resampling.BICUBIC)
         draw = ImageDraw.Draw(image)

@@ -33,7 +33,7 @@ from common import make_base_checkpoint, photo_like_jpegs, save  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=16)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=2, help="blipsearch's CPU default")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "blipsearch-bench")
     args = parser.parse_args()

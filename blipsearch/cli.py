@@ -263,8 +263,8 @@ def _caption_settings(prompt: str, beams: int, max_length: int, min_length: int)
 
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=bytes))
-@click.option("--batch-size", type=PositiveInt(), default=16, show_default=True,
-              help="Images per model call. Larger is faster on GPUs, uses more memory.")
+@click.option("--batch-size", type=PositiveInt(), default=None,
+              help="Images per model call. Default: 2 on a CPU (fastest there), 16 on a GPU.")
 @click.option("--workers", type=PositiveInt(), default=None,
               help="Threads reading and decoding images. Default: CPU count, at most 4.")
 @click.option("--reindex", is_flag=True,
@@ -279,7 +279,7 @@ def _caption_settings(prompt: str, beams: int, max_length: int, min_length: int)
 @click.option("--tags-k", type=PositiveInt(), default=5, show_default=True, help="With --tags: labels kept per image.")
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON line of counts.")
 @with_library
-def index(lib: Library, paths: tuple[bytes, ...], batch_size: int, workers: int | None, reindex: bool,
+def index(lib: Library, paths: tuple[bytes, ...], batch_size: int | None, workers: int | None, reindex: bool,
           captions: bool, prompt: str, beams: int, max_length: int, min_length: int, labels_file: Path | None,
           template: str, tags_k: int, as_json: bool) -> None:
     """Index the images in PATHS (folders, walked recursively, or files).
@@ -308,7 +308,8 @@ def index(lib: Library, paths: tuple[bytes, ...], batch_size: int, workers: int 
         click.echo(f"... and {len(report.errors) - 10} more (see `blipsearch failures`)", err=True)
     counts: dict[str, int] = report.counts()
     if captions:
-        counts["captioned"] = lib.caption_library(list(paths), settings, batch_size=batch_size, progress=_progress)
+        counts["captioned"] = lib.caption_library(list(paths), settings, batch_size=batch_size or 8,
+                                                  progress=_progress)
     if labels_file is not None:
         labels = [e.text for e in read_text_file(labels_file, "lines")]
         counts["tagged"] = lib.tag_library(labels, list(paths), template=template, k=tags_k, progress=_progress)
@@ -619,12 +620,13 @@ def failures(lib: Library, as_json: bool) -> None:
 @click.option("--split", default="test", show_default=True, help="Split to use from a Karpathy-split JSON.")
 @click.option("--rerank-depth", type=PositiveInt(1), default=16, show_default=True,
               help="ITC candidates rescored by ITM per query (the BLIP paper: 256 on COCO, 128 on Flickr30k).")
-@click.option("--batch-size", type=PositiveInt(), default=16, show_default=True, help="Images per model call.")
+@click.option("--batch-size", type=PositiveInt(), default=None,
+              help="Images per model call. Default: 2 on a CPU, 16 on a GPU.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @library_options
 @click.pass_context
 def eval_command(ctx: click.Context, images_dir: Path, captions: Path, split: str, rerank_depth: int,
-                 batch_size: int, as_json: bool, library: str | None, db_url: str | None, model: str | None,
+                 batch_size: int | None, as_json: bool, library: str | None, db_url: str | None, model: str | None,
                  device: str, quantize: str | None, token_cache_gb: float, itm_token: str, caption_model: str | None,
                  vqa_model: str | None, max_megapixels: float | None) -> None:
     """Measure retrieval quality: Recall@1/5/10, text->image and image->text, ITC and reranked.

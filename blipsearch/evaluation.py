@@ -126,7 +126,7 @@ def evaluate(
     *,
     split: str = "test",
     rerank_depth: int = 16,
-    batch_size: int = 16,
+    batch_size: int | None = None,
     progress: ProgressFactory = no_progress,
 ) -> dict[str, Any]:
     """Index the evaluation images into ``library`` and measure retrieval both ways."""

@@ -246,12 +246,16 @@ class Library:
         self,
         paths: list[str | os.PathLike[str] | bytes],
         *,
-        batch_size: int = 16,
+        batch_size: int | None = None,
         workers: int | None = None,
         reindex: bool = False,
         progress: ProgressFactory = no_progress,
     ) -> IndexReport:
-        """Index photo folders (or files) incrementally. See :mod:`blipsearch.index.indexer`."""
+        """Index photo folders (or files) incrementally. See :mod:`blipsearch.index.indexer`.
+
+        ``batch_size`` defaults to 2 on a CPU (the ViT at 384 px runs fastest
+        there in small batches: benchmarks/indexing.py) and 16 on a GPU.
+        """
         roots = [_root(p) for p in paths]
         if not roots:
             raise InputPathError("Give at least one folder or image to index.")
@@ -263,11 +267,12 @@ class Library:
             self.db.set_model(_normalize_spec(model.spec), model.fingerprint, model.dim)
             self._vectors = None
         vectors = self._vector_index()
+        generation = self.db.library().generation
         indexer = Indexer(
             self.db,
             vectors,
             model,
-            batch_size=batch_size,
+            batch_size=batch_size or (2 if model.device.type == "cpu" else 16),
             workers=workers or min(4, os.cpu_count() or 1),
             progress=progress,
             on_commit=self._on_commit,
@@ -278,7 +283,7 @@ class Library:
         finally:
             if self._synced_generation < 0 or vectors.needs_rebuild():
                 self._vectors = self.rebuild_vectors(model.fingerprint)
-            else:
+            elif self._synced_generation != generation or not self.vectors_path.exists():
                 self._save_vectors(vectors, model.fingerprint)
 
     # -- queries ------------------------------------------------------------------------------------

@@ -145,10 +145,12 @@ class Indexer:
         self._missing_by_hash: dict[str, list[StoredRow]] = {}
         for row in missing.values():
             self._missing_by_hash.setdefault(row.content_hash, []).append(row)
-        with self.db.reader() as session:
-            self._known_hashes = set(
-                session.scalars(select(ImageRow.content_hash).where(ImageRow.model == self.fp)).all()
-            )
+        self._known_hashes: set[str] = set()
+        if jobs:  # a no-op run never reads every hash
+            with self.db.reader() as session:
+                self._known_hashes = set(
+                    session.scalars(select(ImageRow.content_hash).where(ImageRow.model == self.fp)).all()
+                )
 
         try:
             self._process(jobs)

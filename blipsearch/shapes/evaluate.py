@@ -16,7 +16,6 @@ captions, so that each query has exactly one correct item.
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -26,20 +25,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from blipsearch.shapes.world import QUESTION_TYPES, Scene
+from blipsearch.text import MAX_TOKENS, pre_caption
 
-MAX_WORDS = 30
-MAX_TOKENS = 35
 CAPTION_PROMPT = "a picture of "
 ENC_TOKEN = "[ENC]"
-
-_PUNCT = re.compile(r"[.!\"()*#:;~]")
-_SPACES = re.compile(r"\s{2,}")
-
-
-def pre_caption(text: str, max_words: int = MAX_WORDS) -> str:
-    """BLIP's text cleaning: lowercase, drop ``. ! " ( ) * # : ; ~``, collapse spaces, cap words."""
-    text = _SPACES.sub(" ", _PUNCT.sub(" ", text.lower())).strip()
-    return " ".join(text.split(" ")[:max_words])
 
 
 def pixel_values(processor: Any, images: Sequence[Image.Image]) -> torch.Tensor:

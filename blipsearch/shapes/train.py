@@ -18,7 +18,7 @@ like Salesforce's BLIP checkpoints:
 plus ``TRAINING.json`` (command, seed, wall time, data sizes, hyperparameters,
 held-out test metrics). As in BLIP, the captioning and VQA models start from
 the retrieval model's weights (vision encoder; text encoder for their text
-modules). Runs on CUDA when available, else CPU; about 25 minutes on 2 CPU cores.
+modules). Runs on CUDA when available, else CPU; about 30 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -88,6 +88,12 @@ class Hyper:
     retrieval_lr: float = 1e-3
     temp_init: float = 0.07
     itm_weight: float = 2.0
+    # ITC also contrasts each image against its caption with one attribute
+    # changed (mostly the shape): in-batch negatives rarely differ from a
+    # scene only in shape, so without these the embedding learns colors long
+    # before shapes. Swaps (binding) are left to ITM.
+    itc_changed_negatives: bool = True
+    itc_shape_change_prob: float = 0.7
     # Share of ITC-mined ITM negatives replaced by uniformly drawn ones: easy
     # negatives get the matcher off the "always no" plateau early on.
     itm_easy_frac: float = 0.5
@@ -248,17 +254,25 @@ def perturb(left: world.Obj, right: world.Obj, rng: np.random.Generator) -> tupl
         options.append(((rc, ls), (lc, rs)))
     if ls != rs:
         options.append(((lc, rs), (rc, ls)))
-    side = int(rng.integers(2))
-    obj = [left, right][side]
-    if rng.random() < 0.5:
-        others = [c for c in world.COLORS if c != obj[0]]
-        new = (others[int(rng.integers(len(others)))], obj[1])
-    else:
-        others = [s for s in world.SHAPES if s != obj[1]]
-        new = (obj[0], others[int(rng.integers(len(others)))])
-    options.append((new, right) if side == 0 else (left, new))
+    options.append(change_one(left, right, rng))
     options = [o for o in options if o != (left, right) and o[0] != o[1]]
     return options[int(rng.integers(len(options)))]
+
+
+def change_one(left: world.Obj, right: world.Obj, rng: np.random.Generator, shape_prob: float = 0.5) -> tuple[world.Obj, world.Obj]:
+    """The scene with one attribute of one object replaced (the two objects stay different)."""
+    while True:
+        side = int(rng.integers(2))
+        obj = [left, right][side]
+        if rng.random() < shape_prob:
+            others = [s for s in world.SHAPES if s != obj[1]]
+            new = (obj[0], others[int(rng.integers(len(others)))])
+        else:
+            others = [c for c in world.COLORS if c != obj[0]]
+            new = (others[int(rng.integers(len(others)))], obj[1])
+        out = (new, right) if side == 0 else (left, new)
+        if out[0] != out[1]:
+            return out
 
 
 # ----------------------------------------------------------------------------- training helpers
@@ -332,8 +346,21 @@ def train_retrieval(pool: Pool, tokenizer: BertTokenizer, hp: Hyper, seed: int, 
         temp = log_temp.exp().clamp(0.01, 0.5)
         sim_i2t = image_feat @ text_feat.T / temp
         targets = same.float() / same.float().sum(1, keepdim=True)
+        i2t_logits, i2t_targets = sim_i2t, targets
+        if hp.itc_changed_negatives:
+            changed = [change_one(l, r, rng, hp.itc_shape_change_prob) for l, r in pairs]
+            cids, cmask = tokenize(tokenizer, [describe(l, r, rng, hp.alt_caption_prob) for l, r in changed], device)
+            cfeat = F.normalize(model.text_proj(model.text_encoder(input_ids=cids, attention_mask=cmask).last_hidden_state[:, 0]), dim=-1)
+            n_obj = len(pool.objects)
+            ckeys = torch.tensor([pool.objects.index(l) * n_obj + pool.objects.index(r) for l, r in changed], device=device)
+            # A changed caption can describe another image of the batch: then it is a positive there.
+            csame = keys[:, None] == ckeys[None, :]
+            i2t_logits = torch.cat([sim_i2t, image_feat @ cfeat.T / temp], dim=1)
+            extra = torch.cat([same, csame], dim=1).float()
+            i2t_targets = extra / extra.sum(1, keepdim=True)
         loss_itc = 0.5 * (
-            -(F.log_softmax(sim_i2t, 1) * targets).sum(1).mean() - (F.log_softmax(sim_i2t.T, 1) * targets).sum(1).mean()
+            -(F.log_softmax(i2t_logits, 1) * i2t_targets).sum(1).mean()
+            - (F.log_softmax(sim_i2t.T, 1) * targets).sum(1).mean()
         )
 
         # ITM negatives mined from ITC similarity, never of the same content.
@@ -561,7 +588,91 @@ def run(out: Path, seed: int, hp: Hyper, command: str) -> dict[str, Any]:
         "metrics": metrics,
     }
     (out / "TRAINING.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_readme(out, report)
     return report
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}"
+
+
+def _target_note(ret: dict[str, Any]) -> str:
+    """States plainly when the project's retrieval targets were not reached."""
+    itc, itm = ret["t2i"]["itc"]["r1"], ret["t2i"]["itm"]["r1"]
+    if itc >= 0.6 and itm >= itc + 0.10:
+        return ""
+    return (
+        "**Below target.** The project asks for text -> image ITC R@1 >= 60 % and ITM reranking\n"
+        "at least 10 points above it; this run does not reach that. Colors and sides are\n"
+        "learned (R@10 near 100 %), shapes mostly are not (VQA shape accuracy near chance).\n\n"
+    )
+
+
+def write_readme(out: Path, report: dict[str, Any]) -> None:
+    """A short human-readable summary of TRAINING.json next to the checkpoints."""
+    m = report["metrics"]
+    ret, cap, vqa = m["retrieval"], m["caption"], m["vqa"]
+    data = report["data"]
+    rows = []
+    for direction, label in (("t2i", "text -> image"), ("i2t", "image -> text")):
+        for method, name in (("itc", "ITC cosine"), ("itm", f"ITC top-{ret['rerank_k']} + ITM rerank")):
+            r = ret[direction][method]
+            held = ret.get("held_out", {}).get(direction, {}).get(method, {})
+            rows.append(f"| {label} | {name} | {_pct(r['r1'])} | {_pct(r['r5'])} | {_pct(r['r10'])} | {_pct(held.get('r1'))} |")
+    held_out = ", ".join(f"{c} {s} on the {side}" for c, s, side in data["held_out_triples"])
+    text = f"""# Shapes-world BLIP checkpoints
+
+Three tiny BLIP models trained from scratch by `blipsearch.shapes.train` on the
+synthetic scenes of `blipsearch.shapes.world` (two colored shapes, one left and
+one right, on a light background, {data['image_size']}x{data['image_size']} px). They use
+transformers' own classes and the Hugging Face hub layout, so they load exactly
+like Salesforce's BLIP checkpoints, and let tests and demos show real retrieval,
+captioning and VQA behaviour without downloading anything.
+
+| folder | class | parameters | size (MB, fp32) |
+|---|---|---|---|
+| `retrieval/` | `BlipForImageTextRetrieval` (ITC 256-d + ITM) | {report['parameters']['retrieval']:,} | {report['checkpoint_mb']['retrieval']} |
+| `caption/` | `BlipForConditionalGeneration` (prompt `"a picture of "`) | {report['parameters']['caption']:,} | {report['checkpoint_mb']['caption']} |
+| `vqa/` | `BlipForQuestionAnswering` (question starts with `[ENC]`) | {report['parameters']['vqa']:,} | {report['checkpoint_mb']['vqa']} |
+
+Each folder holds `config.json`, `model.safetensors`, a WordPiece vocabulary of
+the world's words with BLIP's `[DEC]` (bos) and `[ENC]` tokens, and a
+`BlipImageProcessor` config (bicubic resize to {data['image_size']} px, CLIP mean/std).
+
+## How they were made
+
+    {report['command']}
+
+Seed {report['seed']}, {report['device']}, {report['wall_time_s']['training_total'] / 60:.1f} minutes of training
+({data['train_images']:,} rendered training scenes over {data['train_combinations']} of the {data['all_combinations']} possible
+object pairs). Retrieval: ITC (symmetric InfoNCE, learnable temperature, plus
+each image against its caption with one attribute changed) and ITM with hard
+negatives (ITC-mined in-batch images and texts, and captions with colors,
+shapes or sides swapped). Captioning and VQA start from the retrieval model's
+weights, as in BLIP, and train their text decoders on a frozen vision encoder.
+All settings and figures are in `TRAINING.json`.
+
+Held out of training entirely: {held_out}. The test scenes below include them.
+
+## Figures
+
+Test split, {data['test_images']} scenes with pairwise distinct captions (one
+correct item per query), {ret['held_out_queries']} of them containing a held-out combination.
+Recall in percent; the last column is R@1 on the held-out queries only.
+
+| direction | scoring | R@1 | R@5 | R@10 | held-out R@1 |
+|---|---|---|---|---|---|
+{chr(10).join(rows)}
+
+Captioning exact match (beam {cap['num_beams']}): {_pct(cap['exact_match'])} % (held-out scenes: {_pct(cap['exact_match_held_out'])} %).
+VQA accuracy (beam {vqa['num_beams']}, {vqa['n_questions']} questions): {_pct(vqa['accuracy'])} %; color {_pct(vqa['per_type']['color'])} %,
+shape {_pct(vqa['per_type']['shape'])} %, yes/no {_pct(vqa['per_type']['yesno'])} % (held-out scenes: {_pct(vqa['accuracy_held_out'])} %).
+Chance: color 1/6, shape 1/{len(world.SHAPES)}, yes/no 1/2.
+
+{_target_note(ret)}These are toy models for a toy world: they know {len(world.COLORS)} colors, {len(world.SHAPES)} shapes and two
+positions, and nothing else.
+"""
+    (out / "README.md").write_text(text)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -208,7 +208,7 @@ def render(left: Obj, right: Obj, rng: np.random.Generator) -> Image.Image:
     # Radii and centers are sampled until the two objects keep a gap, so the
     # left/right relation is never ambiguous.
     while True:
-        r1, r2 = rng.uniform(7.0, 11.5, size=2)
+        r1, r2 = rng.uniform(8.5, 12.5, size=2)
         x1 = rng.uniform(4 + r1, 30 - r1 * 0.3)
         x2 = rng.uniform(34 + r2 * 0.3, 60 - r2)
         if x2 - x1 >= r1 + r2 + 3:
