@@ -78,7 +78,8 @@ def main() -> None:
         "text_search_p50_ms": 1000 * statistics.median(plain),
         "rerank16_recompute_p50_s": statistics.median(no_cache),
         "rerank16_token_cache_p50_s": statistics.median(cached),
-        "token_cache_mb_per_image": cache.size / 1e6 / 16 if cache else None,
+        "token_cache_mb_per_image": cache.size / 1e6 / max(1, len(list(cache.folder.glob("*.npy"))))
+        if cache else None,
     }
     path = save("query_latency_cpu", result)
     print("| query | p50 |\n|---|---|")
