@@ -197,12 +197,12 @@ def format_table(result: dict[str, Any]) -> str:
     lines = [
         f"{result['images']} images, {result['texts']} texts, model {result['model']}, "
         f"rerank depth {result['rerank_depth']}",
-        f"{'':26}{'R@1':>8}{'R@5':>8}{'R@10':>8}",
+        f"{'':30}{'R@1':>8}{'R@5':>8}{'R@10':>8}",
     ]
     for direction, label in (("text_to_image", "text->image"), ("image_to_text", "image->text")):
         for method, name in (("itc", "ITC"), ("rerank", "ITC + ITM rerank")):
             row = result[direction][method]
-            lines.append(f"{label + '  ' + name:26}" + "".join(f"{100 * row[f'R@{k}']:8.1f}" for k in KS))
+            lines.append(f"{label + '  ' + name:30}" + "".join(f"{100 * row[f'R@{k}']:8.1f}" for k in KS))
     return "\n".join(lines)
 
 
