@@ -419,3 +419,19 @@ def test_int8_route_is_recorded_and_not_mixed(library_dir: Path, photos: Path, t
     with Library(library_dir, model=str(tiny_model), device="cpu", quantize="none") as lib:
         with pytest.raises(ModelMismatchError, match="reindex"):
             lib.search("a dog")
+
+
+def test_moved_file_with_an_old_model_vector_is_reembedded(library_dir: Path, photos: Path, tiny_model: Path,
+                                                            other_model: Path) -> None:
+    with Library(library_dir, model=str(tiny_model), device="cpu") as lib:
+        lib.index([photos])
+    with Library(library_dir, model=str(other_model), device="cpu") as lib:
+        # Interrupted re-embedding: only the holiday folder has the new model's vectors.
+        lib.db.set_model(str(other_model), lib.model.fingerprint, lib.model.dim)
+        lib.index([photos / "holiday"])
+        shutil.move(photos / "garden" / "img06.png", photos / "holiday" / "img06.png")
+        report = lib.index([photos])
+        assert report.counts()["moved"] == 0 and report.embedded >= 1
+        np.testing.assert_allclose(vector_of(lib, photos / "holiday" / "img06.png"),
+                                   alone(lib, photos / "holiday" / "img06.png"), atol=1e-6)
+        assert fs(photos / "garden" / "img06.png") not in stored(lib)

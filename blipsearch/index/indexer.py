@@ -142,9 +142,12 @@ class Indexer:
             for path, row in stored.items()
             if path not in seen and path not in error_paths and not _below_any(path, found.unreadable_dirs)
         }
+        # Only a vector of this library's model may follow its file to a new path.
         self._missing_by_hash: dict[str, list[StoredRow]] = {}
+        self._claimed: set[int] = set()
         for row in missing.values():
-            self._missing_by_hash.setdefault(row.content_hash, []).append(row)
+            if row.model == self.fp:
+                self._missing_by_hash.setdefault(row.content_hash, []).append(row)
         self._known_hashes: set[str] = set()
         if jobs:  # a no-op run never reads every hash
             with self.db.reader() as session:
@@ -341,6 +344,7 @@ class Indexer:
         row = rows.pop()
         if not rows:
             del self._missing_by_hash[content_hash]
+        self._claimed.add(row.id)
         return row
 
     @staticmethod
@@ -371,8 +375,7 @@ class Indexer:
         error_paths: set[bytes],
         unreadable: list[bytes],
     ) -> None:
-        unclaimed = {row.id for rows in self._missing_by_hash.values() for row in rows}
-        gone = [row.id for row in missing.values() if row.id in unclaimed]
+        gone = [row.id for row in missing.values() if row.id not in self._claimed]
         # Failures recorded earlier for files that are no longer there.
         stale_failures = [
             f.path
