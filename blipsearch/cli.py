@@ -187,6 +187,11 @@ def _display(path: str) -> str:
     return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+def _percent(probability: float | None) -> str:
+    """A match probability as a fixed-width percentage; a dash when not reranked."""
+    return f"{probability * 100:5.1f}%" if probability is not None else "     -"
+
+
 def _json_line(obj: dict[str, Any]) -> None:
     # Paths that are not UTF-8 keep their raw bytes as \udcXX escapes, which
     # json.loads in Python turns back into the same os.fsencode-able string.
@@ -200,8 +205,7 @@ def _print_hits(hits: list[Hit], as_json: bool, paths_only: bool) -> None:
         elif as_json:
             _json_line(hit.to_dict())
         else:
-            match = f"{hit.itm * 100:5.1f}%" if hit.itm is not None else "     -"
-            click.echo(f"{hit.rank:3d}  {hit.score:7.3f}  {match}  {_display(hit.path)}")
+            click.echo(f"{hit.rank:3d}  {hit.score:7.3f}  {_percent(hit.itm)}  {_display(hit.path)}")
             if hit.caption is not None:
                 click.echo(f"{'':22}{hit.caption}")
             if hit.answer is not None:
@@ -521,8 +525,7 @@ def lookup(lib: Library, image: bytes, k: int, rerank_depth: int, no_rerank: boo
         if as_json:
             _json_line(hit.to_dict())
         else:
-            match = f"{hit.itm * 100:5.1f}%" if hit.itm is not None else "     -"
-            click.echo(f"{hit.rank:3d}  {hit.score:7.3f}  {match}  {hit.text}")
+            click.echo(f"{hit.rank:3d}  {hit.score:7.3f}  {_percent(hit.itm)}  {hit.text}")
 
 
 @main.command()
@@ -558,8 +561,7 @@ def tag(lib: Library, images: tuple[bytes, ...], labels_file: Path, template: st
         else:
             click.echo(_display(result.path))
             for t in result.tags:
-                match = f"{t.itm * 100:5.1f}%" if t.itm is not None else "     -"
-                click.echo(f"  {t.rank:2d}  {t.score:7.3f}  {match}  {t.label}")
+                click.echo(f"  {t.rank:2d}  {t.score:7.3f}  {_percent(t.itm)}  {t.label}")
     if failed:
         raise click.ClickException(f"{failed} of {len(images)} images could not be read.")
 

@@ -416,7 +416,7 @@ class Library:
             store.sync_captions(model)
         else:
             store.embed_missing(model)
-        index, rows = store.vectors(model.fingerprint, model.dim, kind)
+        rows, text_vectors = store.vectors(model.fingerprint, model.dim, kind)
         if not rows:
             raise LibraryError(
                 "The library has no generated captions yet: run `blipsearch index --captions PATH`."
@@ -426,7 +426,7 @@ class Library:
         vector, tokens = self._query_image(model, image, need_tokens=depth > 0)
         ids = list(rows)
         texts = [rows[i].text for i in ids]
-        ranked = rank_texts(model, vector, tokens, texts, index.vectors_of(ids), k, depth)
+        ranked = rank_texts(model, vector, tokens, texts, text_vectors, k, depth)
         return [
             TextHit(rank=n + 1, id=ids[j], text=texts[j], score=score, itc=itc, itm=itm,
                     external_id=rows[ids[j]].external_id)
@@ -443,9 +443,9 @@ class Library:
             try:
                 vector, tokens = self._query_image(model, image, need_tokens=rerank_depth > 0)
             except InputPathError as exc:
-                results.append(TagResult(os.fsdecode(_display_path(image)), None, str(exc)))
+                results.append(TagResult(os.fsdecode(image), None, str(exc)))
                 continue
-            results.append(TagResult(os.fsdecode(_display_path(image)), vocabulary.rank(vector, tokens, k,
+            results.append(TagResult(os.fsdecode(image), vocabulary.rank(vector, tokens, k,
                                                                                          rerank_depth)))
         return results
 
@@ -547,10 +547,6 @@ class Library:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _display_path(path: str | os.PathLike[str] | bytes) -> bytes:
-    return os.fsencode(path) if not isinstance(path, bytes) else path
 
 
 def _root(path: str | os.PathLike[str] | bytes) -> bytes:

@@ -7,9 +7,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from ..errors import ImageError
-from ..index.images import hash_bytes, pixels_from_bytes, read_file
+from ..index.images import ImageSpec, hash_bytes, pixels_from_bytes, read_file
 from ..index.indexer import ProgressFactory, no_progress
 from ..store.database import Database
 from . import Answerer, AnswerSettings, Captioner, CaptionSettings
@@ -31,6 +32,20 @@ def _read(path: bytes) -> tuple[bytes | None, str | None]:
         return None, str(exc)
 
 
+def _decode(
+    chunk: Sequence[tuple[bytes, bytes, str | None]], spec: ImageSpec, results: dict[bytes, Described]
+) -> tuple[list[tuple[bytes, str | None]], npt.NDArray[np.float32] | None]:
+    """Pixels of each (path, file bytes, content hash) that decodes; failures go into ``results``."""
+    ready, pixels = [], []
+    for path, data, content_hash in chunk:
+        try:
+            pixels.append(pixels_from_bytes(data, spec))
+            ready.append((path, content_hash))
+        except ImageError as exc:
+            results[path] = Described(os.fsdecode(path), None, str(exc))
+    return ready, (np.stack(pixels) if pixels else None)
+
+
 def _batches(items: Sequence, size: int) -> Iterator[Sequence]:  # type: ignore[type-arg]
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -48,33 +63,27 @@ def caption_paths(
     content with the same prompt, else generated in batches and cached."""
     fp = captioner.fingerprint
     results: dict[bytes, Described] = {}
-    todo: list[tuple[bytes, str, bytes]] = []  # path, content hash, file bytes
+    todo: list[tuple[bytes, bytes, str]] = []  # path, file bytes, content hash
     for path in paths:
         data, error = _read(path)
         if data is None:
             results[path] = Described(os.fsdecode(path), None, error)
             continue
-        todo.append((path, hash_bytes(data), data))
-    cached = db.captions(list({h for _, h, _ in todo}), fp, settings.prompt) if db is not None else {}
-    missing = [t for t in todo if t[1] not in cached]
-    for path, content_hash, _ in todo:
+        todo.append((path, data, hash_bytes(data)))
+    cached = db.captions(list({h for _, _, h in todo}), fp, settings.prompt) if db is not None else {}
+    missing = [t for t in todo if t[2] not in cached]
+    for path, _, content_hash in todo:
         if content_hash in cached:
             results[path] = Described(os.fsdecode(path), cached[content_hash])
     bar = progress(len(missing), "Captioning")
     try:
         for chunk in _batches(missing, batch_size):
-            ready, pixels = [], []
-            for path, content_hash, data in chunk:
-                try:
-                    pixels.append(pixels_from_bytes(data, captioner.checkpoint.image_spec))
-                    ready.append((path, content_hash))
-                except ImageError as exc:
-                    results[path] = Described(os.fsdecode(path), None, str(exc))
-            texts = captioner.caption(np.stack(pixels), settings) if pixels else []
+            ready, pixels = _decode(chunk, captioner.checkpoint.image_spec, results)
+            texts = captioner.caption(pixels, settings) if pixels is not None else []
             made = {}
             for (path, content_hash), text in zip(ready, texts):
                 results[path] = Described(os.fsdecode(path), text)
-                made[content_hash] = text
+                made[str(content_hash)] = text
             if db is not None and made:
                 db.save_captions(made, fp, captioner.checkpoint.spec, settings.prompt)
             bar.update(len(chunk))
@@ -93,17 +102,15 @@ def answer_paths(
     """One answer to ``question`` per file."""
     results: dict[bytes, Described] = {}
     for chunk in _batches(list(paths), batch_size):
-        ready, pixels = [], []
+        readable = []
         for path in chunk:
             data, error = _read(path)
-            try:
-                if data is None:
-                    raise ImageError(error or "unreadable")
-                pixels.append(pixels_from_bytes(data, answerer.checkpoint.image_spec))
-                ready.append(path)
-            except ImageError as exc:
-                results[path] = Described(os.fsdecode(path), None, str(exc))
-        answers = answerer.answer(np.stack(pixels), question, settings) if pixels else []
-        for path, answer in zip(ready, answers):
+            if data is None:
+                results[path] = Described(os.fsdecode(path), None, error)
+            else:
+                readable.append((path, data, None))
+        ready, pixels = _decode(readable, answerer.checkpoint.image_spec, results)
+        answers = answerer.answer(pixels, question, settings) if pixels is not None else []
+        for (path, _), answer in zip(ready, answers):
             results[path] = Described(os.fsdecode(path), answer)
     return [results[p] for p in paths]

@@ -157,13 +157,6 @@ class VectorIndex:
             out_scores[row, : len(best)], out_ids[row, : len(best)] = scores[best], ids[best]
         return out_scores, out_ids
 
-    def vectors_of(self, ids: list[int]) -> npt.NDArray[np.float32]:
-        """The stored vectors of ``ids`` (which must be in the index; exact indexes only)."""
-        out = np.zeros((len(ids), self.dim), np.float32)
-        for row, image_id in enumerate(ids):
-            out[row] = self.index.reconstruct(int(image_id))
-        return out
-
     # -- persistence ----------------------------------------------------------------
     def save(self, path: Path, generation: int, model: str) -> None:
         """Write atomically: a temporary file in the same folder, fsync, then rename over ``path``."""

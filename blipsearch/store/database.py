@@ -261,23 +261,26 @@ class Database:
                 session.merge(CaptionRow(content_hash=content_hash, model=model_fp, prompt=prompt, caption=caption,
                                          model_spec=model_spec, created_at=now))
 
-    def uncaptioned(self, roots: list[bytes] | None, model_fp: str, prompt: str) -> list[tuple[str, bytes]]:
-        """(content hash, one path) of indexed images without a caption from this model and prompt."""
+    def one_path_per_content(self, roots: list[bytes] | None, model_fp: str | None = None) -> dict[str, bytes]:
+        """{content hash: its first path} of indexed images below ``roots`` (all when None),
+        optionally only those whose vector model ``model_fp`` made: duplicates are worked on once."""
         rows = self.rows_under(roots) if roots else self._rows(ImageRow.id.is_not(None))
         by_hash: dict[str, bytes] = {}
         for path, row in sorted(rows.items()):
-            by_hash.setdefault(row.content_hash, path)
+            if model_fp is None or row.model == model_fp:
+                by_hash.setdefault(row.content_hash, path)
+        return by_hash
+
+    def uncaptioned(self, roots: list[bytes] | None, model_fp: str, prompt: str) -> list[tuple[str, bytes]]:
+        """(content hash, one path) of indexed images without a caption from this model and prompt."""
+        by_hash = self.one_path_per_content(roots)
         have = self.captions(list(by_hash), model_fp, prompt)
         return [(h, p) for h, p in by_hash.items() if h not in have]
 
     # -- tags ----------------------------------------------------------------------------
     def untagged(self, roots: list[bytes] | None, model_fp: str, vocabulary: str) -> list[tuple[str, bytes, bytes]]:
         """(content hash, one path, vector) of indexed images not yet tagged with this vocabulary."""
-        rows = self.rows_under(roots) if roots else self._rows(ImageRow.id.is_not(None))
-        by_hash: dict[str, bytes] = {}
-        for path, row in sorted(rows.items()):
-            if row.model == model_fp:
-                by_hash.setdefault(row.content_hash, path)
+        by_hash = self.one_path_per_content(roots, model_fp)
         with self.reader() as session:
             done = set(session.scalars(
                 select(TagRow.content_hash).where(TagRow.model == model_fp, TagRow.vocabulary == vocabulary)

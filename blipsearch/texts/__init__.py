@@ -25,7 +25,6 @@ import torch
 from sqlalchemy import delete, or_, select
 
 from ..errors import InputPathError
-from ..index.vectors import VectorIndex
 from ..model import RetrievalModel
 from ..rerank.itm import match_scores
 from ..store.database import Database, bytes_to_vectors, utcnow, vector_to_bytes
@@ -170,16 +169,13 @@ class TextStore:
             )
             return int(result.rowcount or 0)
 
-    def vectors(self, fp: str, dim: int, source: str) -> tuple[VectorIndex, dict[int, TextRow]]:
-        """An exact in-memory index of the texts of ``source`` embedded by model ``fp``."""
+    def vectors(self, fp: str, dim: int, source: str) -> tuple[dict[int, TextRow], npt.NDArray[np.float32]]:
+        """The texts of ``source`` embedded by model ``fp``, by id, and their vectors in that order."""
         with self.db.reader() as session:
             rows = list(session.scalars(
                 select(TextRow).where(TextRow.source == source, TextRow.model == fp, TextRow.vector.is_not(None))
             ))
-        index = VectorIndex(dim)
-        if rows:
-            index.add(np.array([r.id for r in rows], np.int64), bytes_to_vectors([r.vector for r in rows], dim))
-        return index, {r.id: r for r in rows}
+        return {r.id: r for r in rows}, bytes_to_vectors([r.vector for r in rows], dim)
 
 
 def rank_texts(
