@@ -116,6 +116,57 @@ def test_cli(tmp_path: Path) -> None:
     assert len((tmp_path / "captions.jsonl").read_text().splitlines()) == 2
 
 
+# ---------------------------------------------------------------------------- training helpers
+
+
+def test_parallel_rendering_equals_serial() -> None:
+    from blipsearch.shapes import train
+
+    serial = world.generate("train", 6, seed=5)
+    parallel = train.render_scenes("train", 6, seed=5, workers=2)
+    assert [s.key for s in parallel] == [s.key for s in serial]
+    for a, b in zip(parallel, serial):
+        assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
+
+
+def test_cached_tokenization_equals_tokenizer(tmp_path: Path) -> None:
+    from blipsearch.shapes import train
+
+    tok = train.build_tokenizer(tmp_path)
+    texts = ["a red circle left of a blue square", "an orange star to the right of a green triangle", "what shape is on the left?"]
+    for first in (None, tok.bos_token_id):
+        ids, mask = train.tokenize(tok, texts + texts[:1], torch.device("cpu"), first=first)
+        ref_ids, ref_mask = evaluate.tokenize(tok, texts + texts[:1])
+        if first is not None:
+            ref_ids[:, 0] = first
+        assert torch.equal(ids, ref_ids) and torch.equal(mask, ref_mask)
+    assert ids.shape[0] == 4 and mask[0].sum() < mask[1].sum()  # padded to the longest
+
+
+def test_hyperparameter_overrides() -> None:
+    from blipsearch.shapes import train
+
+    hp = train.Hyper()
+    train.override(hp, "retrieval_steps=12")
+    train.override(hp, "sizes.patch_size=4")
+    train.override(hp, "alt_caption_prob=0.1")
+    train.override(hp, "itc_changed_negatives=false")
+    assert (hp.retrieval_steps, hp.sizes.patch_size, hp.alt_caption_prob, hp.itc_changed_negatives) == (12, 4, 0.1, False)
+    assert isinstance(hp.retrieval_steps, int)
+    for bad in ("retrieval_steps", "no_such_field=1", "retrieval_steps=many", "itc_changed_negatives=maybe"):
+        with pytest.raises((AttributeError, ValueError)):
+            train.override(hp, bad)
+
+
+def test_world_module_does_not_load_the_library() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, blipsearch.shapes.train; print(any(m in sys.modules for m in ('sqlalchemy', 'faiss', 'blipsearch.library')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 # ---------------------------------------------------------------------------- checkpoints
 
 
@@ -176,12 +227,15 @@ def retrieval_results(eval_scenes: list[world.Scene]) -> dict:
 
 @needs_checkpoints
 def test_retrieval_quality_floor(retrieval_results: dict) -> None:
-    # Regression floors under the current checkpoints' figures (chance R@1 is 1/200).
+    # Floors under the current checkpoints' figures (chance R@1 is 1/200).
     m = retrieval_results
     assert m["t2i"]["itc"]["r1"] >= RETRIEVAL_R1_FLOOR, m
     assert m["t2i"]["itc"]["r5"] >= RETRIEVAL_R5_FLOOR, m
     assert m["i2t"]["itc"]["r5"] >= RETRIEVAL_R5_FLOOR, m
     assert m["t2i"]["itm"]["r5"] >= RETRIEVAL_R5_FLOOR, m
+    # Reranking with the ITM head must not lose to ITC alone (+5 and +5.5 points measured).
+    assert m["t2i"]["itm"]["r1"] >= m["t2i"]["itc"]["r1"], m
+    assert m["i2t"]["itm"]["r1"] >= m["i2t"]["itc"]["r1"], m
 
 
 @needs_checkpoints
@@ -216,11 +270,12 @@ def test_vqa_quality(eval_scenes: list[world.Scene]) -> None:
 
 
 # Measured on this split with the shipped checkpoints (greedy decoding):
-# t2i ITC R@1 0.355, R@5 0.98; caption exact match 0.175; VQA 0.598
-# (color 0.745, shape 0.365, yes/no 0.685). Chance: R@1 0.005, caption
-# about 1/552, color 1/6, shape 1/4, yes/no 1/2.
-RETRIEVAL_R1_FLOOR = 0.25
-RETRIEVAL_R5_FLOOR = 0.85
-CAPTION_FLOOR = 0.1
-VQA_FLOOR = 0.5
-VQA_TYPE_FLOORS = {"color": 0.6, "shape": 0.28, "yesno": 0.6}
+# t2i R@1 ITC 0.845, reranked 0.895, R@5 0.99; i2t R@1 0.815 / 0.87;
+# caption exact match 0.84; VQA 0.88 (color 1.0, shape 0.845, yes/no 0.795).
+# Chance: R@1 0.005, caption about 1/552, color 1/6, shape 1/4, yes/no 1/2.
+# RETRIEVAL_R1_FLOOR is the project's target for text -> image ITC R@1.
+RETRIEVAL_R1_FLOOR = 0.6
+RETRIEVAL_R5_FLOOR = 0.95
+CAPTION_FLOOR = 0.75
+VQA_FLOOR = 0.8
+VQA_TYPE_FLOORS = {"color": 0.95, "shape": 0.75, "yesno": 0.7}

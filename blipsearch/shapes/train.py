@@ -18,7 +18,12 @@ like Salesforce's BLIP checkpoints:
 plus ``TRAINING.json`` (command, seed, wall time, data sizes, hyperparameters,
 held-out test metrics). As in BLIP, the captioning and VQA models start from
 the retrieval model's weights (vision encoder; text encoder for their text
-modules). Runs on CUDA when available, else CPU; about 30 minutes on 2 CPU cores.
+modules). Last, the retrieval model's text encoder and ITM head get more ITC +
+ITM steps with the vision encoder frozen (ITM refinement; ``--refine-only``
+runs just this stage on a saved checkpoint).
+
+Runs on CUDA when available, else CPU. Training times and the figures of the
+shipped checkpoints are in ``blipsearch/builtin/shapes/README.md``.
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ import shlex
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -80,11 +86,11 @@ class Hyper:
     """Everything that determines a training run besides the seed."""
 
     sizes: Sizes = field(default_factory=Sizes)
-    train_images: int = 20000
+    train_images: int = 50000
     test_images: int = 400
     rerank_k: int = 16
-    retrieval_steps: int = 1300
-    retrieval_batch: int = 64
+    retrieval_steps: int = 1200
+    retrieval_batch: int = 256
     retrieval_lr: float = 1e-3
     temp_init: float = 0.07
     itm_weight: float = 2.0
@@ -97,16 +103,22 @@ class Hyper:
     # Share of ITC-mined ITM negatives replaced by uniformly drawn ones: easy
     # negatives get the matcher off the "always no" plateau early on.
     itm_easy_frac: float = 0.5
-    caption_steps: int = 600
-    caption_batch: int = 64
+    # ITM refinement: more ITC + ITM steps on the frozen vision encoder (text side only).
+    itm_refine_steps: int = 3000
+    itm_refine_batch: int = 64
+    itm_refine_lr: float = 3e-4
+    itm_refine_temp: float = 0.04
+    itm_refine_easy_frac: float = 0.2
+    caption_steps: int = 1500
+    caption_batch: int = 128
     caption_lr: float = 5e-4
-    vqa_steps: int = 600
-    vqa_batch: int = 64
+    vqa_steps: int = 1500
+    vqa_batch: int = 128
     vqa_lr: float = 5e-4
     weight_decay: float = 0.05
     warmup_frac: float = 0.05
     # Probability that an ITC/ITM text is an alternative phrasing rather than the canonical one.
-    alt_caption_prob: float = 0.5
+    alt_caption_prob: float = 0.25
     eval_beams: int = 3
 
 
@@ -227,6 +239,23 @@ class Pool:
         return self.objects[int(self.left[i])], self.objects[int(self.right[i])]
 
 
+def _render_chunk(args: tuple[str, int, int, int]) -> list[world.Scene]:
+    split, count, seed, start = args
+    return world.generate(split, count, seed, start=start)
+
+
+def render_scenes(split: str, count: int, seed: int, workers: int | None = None) -> list[world.Scene]:
+    """``world.generate`` spread over processes; identical output, since scene i depends only on (seed, split, i)."""
+    if workers is None:
+        workers = min(8, os.cpu_count() or 1) if count >= 2000 else 1
+    if workers <= 1:
+        return world.generate(split, count, seed)
+    step = -(-count // (4 * workers))
+    chunks = [(split, min(step, count - i), seed, i) for i in range(0, count, step)]
+    with ProcessPoolExecutor(workers) as ex:
+        return [scene for part in ex.map(_render_chunk, chunks) for scene in part]
+
+
 def batches(n: int, batch: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
     """Endless shuffled mini-batches of indices, reshuffled every epoch."""
     while True:
@@ -304,8 +333,28 @@ def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
         g["lr"] = lr
 
 
+_TOKEN_CACHE: dict[tuple[int, str], list[int]] = {}
+
+
 def tokenize(tokenizer: BertTokenizer, texts: Sequence[str], device: torch.device, first: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    ids, mask = evaluate.tokenize(tokenizer, texts)
+    """Padded ids and mask, as ``evaluate.tokenize`` gives; each distinct text is tokenized once.
+
+    The world has a few thousand distinct texts, so training steps reuse them.
+    """
+    missing = [t for t in dict.fromkeys(texts) if (id(tokenizer), t) not in _TOKEN_CACHE]
+    if missing:
+        ids, mask = evaluate.tokenize(tokenizer, missing)
+        for t, row, m in zip(missing, ids, mask):
+            _TOKEN_CACHE[(id(tokenizer), t)] = row[: int(m.sum())].tolist()
+    rows = [_TOKEN_CACHE[(id(tokenizer), t)] for t in texts]
+    width = max(len(r) for r in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(r)] = 1
+    if tokenizer.pad_token_id:
+        ids.masked_fill_(mask == 0, tokenizer.pad_token_id)
     if first is not None:
         ids[:, 0] = first
     return ids.to(device), mask.to(device)
@@ -318,39 +367,45 @@ def log(msg: str) -> None:
 # ----------------------------------------------------------------------------- retrieval
 
 
-def train_retrieval(pool: Pool, tokenizer: BertTokenizer, hp: Hyper, seed: int, device: torch.device) -> BlipForImageTextRetrieval:
-    torch.manual_seed(seed)
-    model = BlipForImageTextRetrieval(make_config(tokenizer, hp.sizes)).to(device)
-    # Learnable temperature, kept only for training (inference uses plain cosine).
-    log_temp = torch.nn.Parameter(torch.tensor(math.log(hp.temp_init), device=device))
-    opt = make_optimizer(model, hp.retrieval_lr, hp.weight_decay, [log_temp])
-    gen = torch.Generator().manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    enc_id = tokenizer.convert_tokens_to_ids("[ENC]")
-    model.train()
-    start = time.time()
-    for step, idx in zip(range(hp.retrieval_steps), batches(len(pool), hp.retrieval_batch, gen)):
-        set_lr(opt, lr_at(step, hp.retrieval_steps, hp.retrieval_lr, hp.warmup_frac))
+class RetrievalObjective:
+    """ITC + ITM loss of one batch, shared by the main retrieval stage and the ITM refinement.
+
+    ``image_tokens`` are the vision encoder's outputs for the batch: computed
+    with gradients in the main stage, read from a frozen cache in refinement.
+    """
+
+    def __init__(self, model: BlipForImageTextRetrieval, pool: Pool, tokenizer: BertTokenizer, hp: Hyper, seed: int, device: torch.device, temp_init: float) -> None:
+        self.model, self.pool, self.tokenizer, self.hp, self.device = model, pool, tokenizer, hp, device
+        # Learnable temperature, kept only for training (inference uses plain cosine).
+        self.log_temp = torch.nn.Parameter(torch.tensor(math.log(temp_init), device=device))
+        self.gen = torch.Generator().manual_seed(seed)
+        self.rng = np.random.default_rng(seed)
+        self.enc_id = tokenizer.convert_tokens_to_ids("[ENC]")
+
+    def text_features(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        ids, mask = tokenize(self.tokenizer, texts, self.device)
+        hidden = self.model.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        return F.normalize(self.model.text_proj(hidden[:, 0]), dim=-1), ids, mask
+
+    def __call__(self, idx: torch.Tensor, image_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(ITC loss, ITM loss, temperature) for the scenes ``idx``."""
+        model, pool, hp, rng, gen, device = self.model, self.pool, self.hp, self.rng, self.gen, self.device
         b = len(idx)
         pairs = [pool.pair(int(i)) for i in idx]
         keys = pool.keys[idx].to(device)
         same = keys[:, None] == keys[None, :]
 
-        image_tokens = model.vision_model(pixel_values=pool.pixels(idx, device)).last_hidden_state
         image_feat = F.normalize(model.vision_proj(image_tokens[:, 0]), dim=-1)
-        texts = [describe(l, r, rng, hp.alt_caption_prob) for l, r in pairs]
-        ids, mask = tokenize(tokenizer, texts, device)
-        text_feat = F.normalize(model.text_proj(model.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state[:, 0]), dim=-1)
+        text_feat, ids, mask = self.text_features([describe(l, r, rng, hp.alt_caption_prob) for l, r in pairs])
 
         # ITC: scenes with equal content in one batch are all positives (soft targets).
-        temp = log_temp.exp().clamp(0.01, 0.5)
+        temp = self.log_temp.exp().clamp(0.01, 0.5)
         sim_i2t = image_feat @ text_feat.T / temp
         targets = same.float() / same.float().sum(1, keepdim=True)
         i2t_logits, i2t_targets = sim_i2t, targets
         if hp.itc_changed_negatives:
             changed = [change_one(l, r, rng, hp.itc_shape_change_prob) for l, r in pairs]
-            cids, cmask = tokenize(tokenizer, [describe(l, r, rng, hp.alt_caption_prob) for l, r in changed], device)
-            cfeat = F.normalize(model.text_proj(model.text_encoder(input_ids=cids, attention_mask=cmask).last_hidden_state[:, 0]), dim=-1)
+            cfeat, _, _ = self.text_features([describe(l, r, rng, hp.alt_caption_prob) for l, r in changed])
             n_obj = len(pool.objects)
             ckeys = torch.tensor([pool.objects.index(l) * n_obj + pool.objects.index(r) for l, r in changed], device=device)
             # A changed caption can describe another image of the batch: then it is a positive there.
@@ -376,11 +431,11 @@ def train_retrieval(pool: Pool, tokenizer: BertTokenizer, hp: Hyper, seed: int, 
             neg_image = torch.multinomial(w_t2i.cpu(), 1, generator=gen).squeeze(1).to(device)
         # Compositional negatives: this image against its own caption with swapped attributes/sides.
         swapped = [describe(*perturb(l, r, rng), rng, hp.alt_caption_prob) for l, r in pairs]
-        sids, smask = tokenize(tokenizer, swapped, device)
+        sids, smask = tokenize(self.tokenizer, swapped, device)
 
         enc_ids = ids.clone()
-        enc_ids[:, 0] = enc_id
-        sids[:, 0] = enc_id
+        enc_ids[:, 0] = self.enc_id
+        sids[:, 0] = self.enc_id
         width = max(enc_ids.shape[1], sids.shape[1])
         pad = lambda t: F.pad(t, (0, width - t.shape[1]))  # noqa: E731
         all_ids = torch.cat([pad(enc_ids), pad(enc_ids[neg_text]), pad(enc_ids), pad(sids)])
@@ -394,16 +449,51 @@ def train_retrieval(pool: Pool, tokenizer: BertTokenizer, hp: Hyper, seed: int, 
         ).last_hidden_state
         logits = model.itm_head(hidden[:, 0])
         labels = torch.cat([torch.ones(b), torch.zeros(3 * b)]).long().to(device)
-        loss_itm = F.cross_entropy(logits, labels)
+        return loss_itc, F.cross_entropy(logits, labels), temp
 
+
+def _optimize(model: torch.nn.Module, objective: RetrievalObjective, tokens_of: Any, name: str, steps: int, batch: int, lr: float, hp: Hyper) -> None:
+    """The retrieval training loop: AdamW, warmup + cosine schedule, clipped gradients."""
+    opt = make_optimizer(model, lr, hp.weight_decay, [objective.log_temp])
+    model.train()
+    start = time.time()
+    for step, idx in zip(range(steps), batches(len(objective.pool), batch, objective.gen)):
+        set_lr(opt, lr_at(step, steps, lr, hp.warmup_frac))
+        loss_itc, loss_itm, temp = objective(idx, tokens_of(idx))
         loss = loss_itc + hp.itm_weight * loss_itm
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        if step % 50 == 0 or step == hp.retrieval_steps - 1:
-            log(f"retrieval {step:5d} itc {loss_itc.item():.3f} itm {loss_itm.item():.3f} temp {temp.item():.3f} {time.time() - start:.0f}s")
+        if step % 50 == 0 or step == steps - 1:
+            log(f"{name} {step:5d} itc {loss_itc.item():.3f} itm {loss_itm.item():.3f} temp {temp.item():.3f} {time.time() - start:.0f}s")
     model.eval()
+
+
+def train_retrieval(pool: Pool, tokenizer: BertTokenizer, hp: Hyper, seed: int, device: torch.device) -> BlipForImageTextRetrieval:
+    torch.manual_seed(seed)
+    model = BlipForImageTextRetrieval(make_config(tokenizer, hp.sizes)).to(device)
+    objective = RetrievalObjective(model, pool, tokenizer, hp, seed, device, hp.temp_init)
+
+    def tokens_of(idx: torch.Tensor) -> torch.Tensor:
+        return model.vision_model(pixel_values=pool.pixels(idx, device)).last_hidden_state
+
+    _optimize(model, objective, tokens_of, "retrieval", hp.retrieval_steps, hp.retrieval_batch, hp.retrieval_lr, hp)
+    return model
+
+
+def refine_itm(model: BlipForImageTextRetrieval, pool: Pool, tokens: torch.Tensor, tokenizer: BertTokenizer, hp: Hyper, seed: int, device: torch.device) -> BlipForImageTextRetrieval:
+    """More ITC + ITM training with the vision encoder and image projection frozen.
+
+    The image side is read from ``tokens`` (the frozen encoder's outputs), so a
+    step costs the text encoder only; image embeddings do not change.
+    """
+    torch.manual_seed(seed + 3)
+    objective = RetrievalObjective(model, pool, tokenizer, replace(hp, itm_easy_frac=hp.itm_refine_easy_frac), seed + 3, device, hp.itm_refine_temp)
+    model.vision_model.requires_grad_(False)
+    model.vision_proj.requires_grad_(False)
+    _optimize(model, objective, lambda idx: tokens[idx].to(device), "itm-refine", hp.itm_refine_steps, hp.itm_refine_batch, hp.itm_refine_lr, hp)
+    model.requires_grad_(True)
     return model
 
 
@@ -517,6 +607,12 @@ def train_vqa(pool: Pool, tokens: torch.Tensor, base: BlipForImageTextRetrieval,
 # ----------------------------------------------------------------------------- main
 
 
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
 def size_mb(directory: Path) -> float:
     return round((directory / "model.safetensors").stat().st_size / 2**20, 2)
 
@@ -525,13 +621,15 @@ def run(out: Path, seed: int, hp: Hyper, command: str) -> dict[str, Any]:
     t0 = time.time()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.use_deterministic_algorithms(True, warn_only=True)
+    # TF32 matrix products on GPUs that have them; CPU arithmetic is unaffected.
+    torch.backends.cuda.matmul.allow_tf32 = True
     # Subnormal floats make CPU matmuls many times slower once weights and
     # activations get tiny; flushing them to zero keeps step times steady.
     torch.set_flush_denormal(True)
     tokenizer = build_tokenizer(out / "retrieval")
     log(f"rendering {hp.train_images} training scenes")
-    pool = Pool(world.generate("train", hp.train_images, seed))
-    test = world.generate("test", hp.test_images, seed)
+    pool = Pool(render_scenes("train", hp.train_images, seed))
+    test = render_scenes("test", hp.test_images, seed)
     processor = BlipImageProcessorPil(**{k: v for k, v in preprocessor_config().items() if k not in ("image_processor_type", "processor_class")})
 
     timings: dict[str, float] = {"render": round(time.time() - t0, 1)}
@@ -550,6 +648,12 @@ def run(out: Path, seed: int, hp: Hyper, command: str) -> dict[str, Any]:
     vqa = train_vqa(pool, tokens, retrieval, tokenizer, hp, seed, device)
     timings["vqa"] = round(time.time() - t, 1)
     save_checkpoint(vqa, tokenizer, out / "vqa")
+
+    if hp.itm_refine_steps > 0:
+        t = time.time()
+        refine_itm(retrieval, pool, tokens, tokenizer, hp, seed, device)
+        timings["itm_refine"] = round(time.time() - t, 1)
+        save_checkpoint(retrieval, tokenizer, out / "retrieval")
     train_wall = time.time() - t0
 
     t = time.time()
@@ -564,7 +668,7 @@ def run(out: Path, seed: int, hp: Hyper, command: str) -> dict[str, Any]:
     report = {
         "command": command,
         "seed": seed,
-        "device": str(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "device": describe_device(device),
         "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__, "python": platform.python_version()},
         "wall_time_s": {"training_total": round(train_wall, 1), **timings},
         "data": {
@@ -592,20 +696,74 @@ def run(out: Path, seed: int, hp: Hyper, command: str) -> dict[str, Any]:
     return report
 
 
+def run_refinement(out: Path, seed: int, hp: Hyper, command: str) -> dict[str, Any]:
+    """Only the ITM refinement, on the retrieval checkpoint already in ``out``; updates it and TRAINING.json.
+
+    For checkpoints whose earlier stages were trained before the refinement
+    stage existed (or elsewhere): the result equals what a full run does last.
+    """
+    t0 = time.time()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.set_flush_denormal(True)
+    report_path = out / "TRAINING.json"
+    report = json.loads(report_path.read_text())
+    tokenizer = BertTokenizer.from_pretrained(out / "retrieval")
+    model = BlipForImageTextRetrieval.from_pretrained(out / "retrieval", use_safetensors=True).to(device).eval()
+    processor = BlipImageProcessorPil(**{k: v for k, v in preprocessor_config().items() if k not in ("image_processor_type", "processor_class")})
+    log(f"rendering {hp.train_images} training scenes")
+    pool = Pool(render_scenes("train", hp.train_images, seed))
+    test = render_scenes("test", hp.test_images, seed)
+    tokens = _image_tokens(model, pool, device)
+    before = evaluate.retrieval_metrics(model, tokenizer, processor, test, k=hp.rerank_k)
+    t = time.time()
+    refine_itm(model, pool, tokens, tokenizer, hp, seed, device)
+    refine_s = round(time.time() - t, 1)
+    save_checkpoint(model, tokenizer, out / "retrieval")
+    report["metrics"]["retrieval"] = evaluate.retrieval_metrics(model, tokenizer, processor, test, k=hp.rerank_k)
+    report["itm_refinement"] = {
+        "command": command,
+        "device": describe_device(device),
+        "wall_time_s": {"total": round(time.time() - t0, 1), "itm_refine": refine_s},
+        "settings": {k: v for k, v in asdict(hp).items() if k.startswith("itm_refine")},
+        "retrieval_before": before,
+    }
+    report["checkpoint_mb"]["retrieval"] = size_mb(out / "retrieval")
+    report_path.write_text(json.dumps(report, indent=2) + "\n")
+    write_readme(out, report)
+    return report
+
+
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}"
 
 
 def _target_note(ret: dict[str, Any]) -> str:
-    """States plainly when the project's retrieval targets were not reached."""
+    """States plainly which of the project's retrieval targets a run misses."""
     itc, itm = ret["t2i"]["itc"]["r1"], ret["t2i"]["itm"]["r1"]
-    if itc >= 0.6 and itm >= itc + 0.10:
+    missed = []
+    if itc < 0.6:
+        missed.append(f"text -> image ITC R@1 is {_pct(itc)} % (target >= 60 %)")
+    if itm < itc + 0.10:
+        missed.append(f"ITM reranking moves R@1 by {100 * (itm - itc):+.1f} points (target >= +10)")
+    if not missed:
         return ""
-    return (
-        "**Below target.** The project asks for text -> image ITC R@1 >= 60 % and ITM reranking\n"
-        "at least 10 points above it; this run does not reach that. Colors and sides are\n"
-        "learned (R@10 near 100 %), shapes mostly are not (VQA shape accuracy near chance).\n\n"
-    )
+    return "**Below target:** " + "; ".join(missed) + ".\n\n"
+
+
+def _refinement_note(report: dict[str, Any]) -> str:
+    ref = report.get("itm_refinement")
+    if not ref:
+        return ""
+    before = ref["retrieval_before"]["t2i"]
+    first = "The run above did not include this stage (it predates it). " if "itm_refine_steps" not in report["hyperparameters"] else ""
+    return f"""
+{first}The ITM refinement (the last stage) was run by itself on the saved
+retrieval checkpoint, {ref['device']}, {ref['wall_time_s']['itm_refine'] / 60:.1f} minutes:
+
+    {ref['command']}
+
+Before it, text -> image R@1 was {_pct(before['itc']['r1'])} % (ITC) and {_pct(before['itm']['r1'])} % (reranked).
+"""
 
 
 def write_readme(out: Path, report: dict[str, Any]) -> None:
@@ -650,8 +808,9 @@ each image against its caption with one attribute changed) and ITM with hard
 negatives (ITC-mined in-batch images and texts, and captions with colors,
 shapes or sides swapped). Captioning and VQA start from the retrieval model's
 weights, as in BLIP, and train their text decoders on a frozen vision encoder.
-All settings and figures are in `TRAINING.json`.
-
+Last, the retrieval model's text side gets more ITC + ITM steps on the frozen
+vision encoder (ITM refinement). All settings and figures are in `TRAINING.json`.
+{_refinement_note(report)}
 Held out of training entirely: {held_out}. The test scenes below include them.
 
 ## Figures
@@ -675,6 +834,26 @@ positions, and nothing else.
     (out / "README.md").write_text(text)
 
 
+def override(hp: Hyper, item: str) -> None:
+    """Apply one ``NAME=VALUE`` (``sizes.NAME`` for model sizes), converting VALUE to the field's type."""
+    name, sep, value = item.partition("=")
+    if not sep:
+        raise ValueError("expected NAME=VALUE")
+    *path, last = name.strip().split(".")
+    target: Any = hp
+    for part in path:
+        target = getattr(target, part)
+    current = getattr(target, last)  # AttributeError names an unknown field
+    if isinstance(current, bool):
+        if value.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"{value!r} is not true/false")
+        setattr(target, last, value.lower() in ("true", "1"))
+    elif isinstance(current, (int, float)):
+        setattr(target, last, type(current)(value))
+    else:
+        raise ValueError(f"{name} is not a number or flag")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m blipsearch.shapes.train",
@@ -685,16 +864,39 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply all step counts (quick trials: 0.1)")
+    parser.add_argument(
+        "--refine-only",
+        action="store_true",
+        help="run only the last stage (ITM refinement) on the retrieval checkpoint already in --out",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override one hyperparameter, e.g. --set retrieval_steps=2000 --set sizes.patch_size=4 (repeatable)",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     hp = Hyper()
+    for item in args.overrides:
+        try:
+            override(hp, item)
+        except (AttributeError, ValueError) as exc:
+            parser.error(f"--set {item}: {exc}")
     if args.scale != 1.0:
         hp.retrieval_steps = max(1, int(hp.retrieval_steps * args.scale))
         hp.caption_steps = max(1, int(hp.caption_steps * args.scale))
         hp.vqa_steps = max(1, int(hp.vqa_steps * args.scale))
+        hp.itm_refine_steps = max(1, int(hp.itm_refine_steps * args.scale))
     argv_list = list(sys.argv[1:] if argv is None else argv)
     command = " ".join(["python -m blipsearch.shapes.train", *map(shlex.quote, argv_list)])
+    if args.refine_only:
+        report = run_refinement(args.out, args.seed, hp, command)
+        print(json.dumps(report["metrics"]["retrieval"], indent=2))
+        return
     report = run(args.out, args.seed, hp, command)
     print(json.dumps(report["metrics"], indent=2))
 

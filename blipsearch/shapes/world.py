@@ -33,7 +33,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 IMAGE_SIZE = 64
-# Shapes are drawn this many times larger and downsampled, for smooth edges.
+# Scenes are laid out on a 64-unit grid, drawn this many times larger and
+# downsampled to IMAGE_SIZE, for smooth edges.
+_GRID = 64
 _SUPERSAMPLE = 4
 
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -172,7 +174,7 @@ def _jitter_color(rgb: tuple[int, int, int], rng: np.random.Generator) -> tuple[
 
 def _background(rng: np.random.Generator) -> np.ndarray:
     """A light, mildly textured background: pastel tint, linear gradient, noise."""
-    size = IMAGE_SIZE
+    size = _GRID
     base = rng.uniform(215, 252, size=3)
     tint = rng.uniform(-22, 22, size=3)
     angle = rng.uniform(0, 2 * math.pi)
@@ -203,7 +205,7 @@ def render(left: Obj, right: Obj, rng: np.random.Generator) -> Image.Image:
     """Draw one scene: left object in the left half, right object in the right half."""
     s = _SUPERSAMPLE
     bg = _background(rng).astype(np.uint8)
-    canvas = Image.fromarray(bg).resize((IMAGE_SIZE * s, IMAGE_SIZE * s), Image.Resampling.NEAREST)
+    canvas = Image.fromarray(bg).resize((_GRID * s, _GRID * s), Image.Resampling.NEAREST)
     draw = ImageDraw.Draw(canvas)
     # Radii and centers are sampled until the two objects keep a gap, so the
     # left/right relation is never ambiguous.
