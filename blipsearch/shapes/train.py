@@ -37,7 +37,7 @@ import re
 import shlex
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -452,7 +452,7 @@ class RetrievalObjective:
         return loss_itc, F.cross_entropy(logits, labels), temp
 
 
-def _optimize(model: torch.nn.Module, objective: RetrievalObjective, tokens_of: Any, name: str, steps: int, batch: int, lr: float, hp: Hyper) -> None:
+def _optimize(model: torch.nn.Module, objective: RetrievalObjective, tokens_of: Callable[[torch.Tensor], torch.Tensor], name: str, steps: int, batch: int, lr: float, hp: Hyper) -> None:
     """The retrieval training loop: AdamW, warmup + cosine schedule, clipped gradients."""
     opt = make_optimizer(model, lr, hp.weight_decay, [objective.log_temp])
     model.train()
