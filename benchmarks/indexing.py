@@ -6,7 +6,8 @@ All three on the same base-size BLIP (random weights: the real cost), fp32 on
 CPU, in one run, on 12 MP camera-like JPEGs:
 
 - plain loop: open the full image, the BLIP image processor, vision encoder +
-  projection, one image at a time (the model cards' recipe);
+  projection of a plain ``from_pretrained`` model, one image at a time (the
+  model cards' recipe);
 - blipsearch index: a fresh library, end to end (walk, hash, decode in
   threads with JPEG draft decoding, batches, database, vector index);
 - model only: the same model and batch size on tensors decoded beforehand.
@@ -40,6 +41,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from PIL import Image
+    from transformers import BlipForImageTextRetrieval
     from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
 
     from blipsearch import Library
@@ -49,7 +51,9 @@ def main() -> None:
     checkpoint = make_base_checkpoint(args.workdir / "blip-base-random")
     photos = photo_like_jpegs(args.workdir / "photos", args.images)
     model = load_retrieval_model(str(checkpoint), args.device)
-    net = model.net
+    # The plain loop runs the model exactly as the model cards load it
+    # (transformers' own attention), not blipsearch's loaded copy.
+    net = BlipForImageTextRetrieval.from_pretrained(checkpoint).to(model.device, model.dtype).eval()
     processor = BlipImageProcessorPil.from_pretrained(checkpoint)
 
     def plain_loop() -> tuple[float, list[torch.Tensor]]:

@@ -49,6 +49,20 @@ def test_preprocessing_matches_the_blip_image_processor(reference) -> None:
         np.testing.assert_allclose(ours, theirs, atol=1e-5)
 
 
+def test_fused_vision_attention_equals_transformers_eager(model, reference) -> None:
+    # Every vision attention module runs the fused kernel, and the whole token
+    # sequence equals transformers' own (eager) attention.
+    net, _, processor = reference
+    layers = model.net.vision_model.encoder.layers
+    assert all(type(layer.self_attn).__name__ == "FusedBlipAttention" for layer in layers)
+    assert all(type(layer.self_attn).__name__ == "BlipAttention" for layer in net.vision_model.encoder.layers)
+    pixels = processor(images=[draw_image(i) for i in range(3)], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        expected = net.vision_model(pixel_values=pixels).last_hidden_state
+        ours = model.net.vision_model(pixel_values=pixels).last_hidden_state
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
+
+
 def test_image_vectors_match_transformers(model, reference) -> None:
     net, _, processor = reference
     images = [draw_image(i) for i in range(6)]
