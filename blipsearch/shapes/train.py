@@ -201,6 +201,11 @@ def preprocessor_config() -> dict[str, Any]:
     }
 
 
+def image_processor() -> BlipImageProcessorPil:
+    """The processor that ``preprocessor_config()`` describes, for evaluation."""
+    return BlipImageProcessorPil(**{k: v for k, v in preprocessor_config().items() if k not in ("image_processor_type", "processor_class")})
+
+
 def save_checkpoint(model: torch.nn.Module, tokenizer: BertTokenizer, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory, safe_serialization=True)
@@ -630,7 +635,7 @@ def run(out: Path, seed: int, hp: Hyper, command: str) -> dict[str, Any]:
     log(f"rendering {hp.train_images} training scenes")
     pool = Pool(render_scenes("train", hp.train_images, seed))
     test = render_scenes("test", hp.test_images, seed)
-    processor = BlipImageProcessorPil(**{k: v for k, v in preprocessor_config().items() if k not in ("image_processor_type", "processor_class")})
+    processor = image_processor()
 
     timings: dict[str, float] = {"render": round(time.time() - t0, 1)}
     t = time.time()
@@ -709,7 +714,7 @@ def run_refinement(out: Path, seed: int, hp: Hyper, command: str) -> dict[str, A
     report = json.loads(report_path.read_text())
     tokenizer = BertTokenizer.from_pretrained(out / "retrieval")
     model = BlipForImageTextRetrieval.from_pretrained(out / "retrieval", use_safetensors=True).to(device).eval()
-    processor = BlipImageProcessorPil(**{k: v for k, v in preprocessor_config().items() if k not in ("image_processor_type", "processor_class")})
+    processor = image_processor()
     log(f"rendering {hp.train_images} training scenes")
     pool = Pool(render_scenes("train", hp.train_images, seed))
     test = render_scenes("test", hp.test_images, seed)
