@@ -14,8 +14,8 @@ __version__ = "0.1.0"
 
 __all__ = ["BlipsearchError", "Failure", "Hit", "IndexReport", "Library", "__version__"]
 
-# The library (SQLAlchemy, FAISS) loads on first use, so that ``import
-# blipsearch.shapes.world`` or ``blipsearch --help`` does not pay for it.
+# The library (SQLAlchemy, FAISS) loads on first use, so that importing a
+# part that does not need it (``blipsearch.shapes``, say) does not pay for it.
 _LAZY = {"Failure", "Hit", "IndexReport", "Library"}
 
 
