@@ -279,3 +279,34 @@ RETRIEVAL_R5_FLOOR = 0.95
 CAPTION_FLOOR = 0.75
 VQA_FLOOR = 0.8
 VQA_TYPE_FLOORS = {"color": 0.95, "shape": 0.75, "yesno": 0.7}
+
+
+def test_training_command_end_to_end(tmp_path: Path) -> None:
+    # The documented command at a tiny scale: three loadable checkpoints and a
+    # report; then --refine-only changes the retrieval weights and records itself.
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    out = tmp_path / "shapes"
+    small = ["--scale", "0.002", "--set", "train_images=300", "--set", "test_images=12", "--threads", "2"]
+    cmd = [sys.executable, "-m", "blipsearch.shapes.train", "--out", str(out), "--seed", "0", *small]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    report = json.loads((out / "TRAINING.json").read_text())
+    assert report["hyperparameters"]["train_images"] == 300
+    assert report["metrics"]["retrieval"]["gallery_size"] == 12
+    assert "itm_refine" in report["wall_time_s"]
+    for name in ("retrieval", "caption", "vqa"):
+        assert (out / name / "model.safetensors").is_file()
+    before = load_file(out / "retrieval" / "model.safetensors")
+
+    subprocess.run([*cmd, "--refine-only"], check=True, capture_output=True, text=True)
+    report = json.loads((out / "TRAINING.json").read_text())
+    assert "--refine-only" in report["itm_refinement"]["command"]
+    after = load_file(out / "retrieval" / "model.safetensors")
+    vision = [k for k in before if k.startswith("vision_model.")]
+    text = [k for k in before if k.startswith("text_encoder.")]
+    assert all(torch.equal(before[k], after[k]) for k in vision)  # frozen
+    assert any(not torch.equal(before[k], after[k]) for k in text)
+    assert "ITM refinement (the last stage)" in (out / "README.md").read_text()
