@@ -141,6 +141,14 @@ def test_cached_tokenization_equals_tokenizer(tmp_path: Path) -> None:
             ref_ids[:, 0] = first
         assert torch.equal(ids, ref_ids) and torch.equal(mask, ref_mask)
     assert ids.shape[0] == 4 and mask[0].sum() < mask[1].sum()  # padded to the longest
+    # Another tokenizer (same words, other ids) gets its own ids, not the cached ones.
+    words = (tmp_path / "vocab.txt").read_text().split()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "vocab.txt").write_text("\n".join(words[:7] + words[7:][::-1]) + "\n")
+    other = type(tok)(str(tmp_path / "other" / "vocab.txt"), do_lower_case=True)
+    other_ids, _ = train.tokenize(other, texts, torch.device("cpu"))
+    assert torch.equal(other_ids, evaluate.tokenize(other, texts)[0])
+    assert not torch.equal(other_ids, train.tokenize(tok, texts, torch.device("cpu"))[0])
 
 
 def test_hyperparameter_overrides() -> None:

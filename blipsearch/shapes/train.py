@@ -37,6 +37,7 @@ import re
 import shlex
 import sys
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -338,7 +339,8 @@ def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
         g["lr"] = lr
 
 
-_TOKEN_CACHE: dict[tuple[int, str], list[int]] = {}
+# Per tokenizer object (weakly held, so a new tokenizer never sees another's ids).
+_TOKEN_CACHE: weakref.WeakKeyDictionary[BertTokenizer, dict[str, list[int]]] = weakref.WeakKeyDictionary()
 
 
 def tokenize(tokenizer: BertTokenizer, texts: Sequence[str], device: torch.device, first: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -346,12 +348,13 @@ def tokenize(tokenizer: BertTokenizer, texts: Sequence[str], device: torch.devic
 
     The world has a few thousand distinct texts, so training steps reuse them.
     """
-    missing = [t for t in dict.fromkeys(texts) if (id(tokenizer), t) not in _TOKEN_CACHE]
+    cache = _TOKEN_CACHE.setdefault(tokenizer, {})
+    missing = [t for t in dict.fromkeys(texts) if t not in cache]
     if missing:
         ids, mask = evaluate.tokenize(tokenizer, missing)
         for t, row, m in zip(missing, ids, mask):
-            _TOKEN_CACHE[(id(tokenizer), t)] = row[: int(m.sum())].tolist()
-    rows = [_TOKEN_CACHE[(id(tokenizer), t)] for t in texts]
+            cache[t] = row[: int(m.sum())].tolist()
+    rows = [cache[t] for t in texts]
     width = max(len(r) for r in rows)
     ids = torch.zeros(len(rows), width, dtype=torch.long)
     mask = torch.zeros(len(rows), width, dtype=torch.long)
@@ -622,8 +625,8 @@ def size_mb(directory: Path) -> float:
     return round((directory / "model.safetensors").stat().st_size / 2**20, 2)
 
 
-def run(out: Path, seed: int, hp: Hyper, command: str) -> dict[str, Any]:
-    t0 = time.time()
+def _prepare(hp: Hyper, seed: int) -> tuple[torch.device, Pool, list[world.Scene]]:
+    """Device and torch settings for training, the rendered training pool and the test scenes."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.use_deterministic_algorithms(True, warn_only=True)
     # TF32 matrix products on GPUs that have them; CPU arithmetic is unaffected.
@@ -631,10 +634,14 @@ def run(out: Path, seed: int, hp: Hyper, command: str) -> dict[str, Any]:
     # Subnormal floats make CPU matmuls many times slower once weights and
     # activations get tiny; flushing them to zero keeps step times steady.
     torch.set_flush_denormal(True)
-    tokenizer = build_tokenizer(out / "retrieval")
     log(f"rendering {hp.train_images} training scenes")
-    pool = Pool(render_scenes("train", hp.train_images, seed))
-    test = render_scenes("test", hp.test_images, seed)
+    return device, Pool(render_scenes("train", hp.train_images, seed)), render_scenes("test", hp.test_images, seed)
+
+
+def run(out: Path, seed: int, hp: Hyper, command: str) -> dict[str, Any]:
+    t0 = time.time()
+    device, pool, test = _prepare(hp, seed)
+    tokenizer = build_tokenizer(out / "retrieval")
     processor = image_processor()
 
     timings: dict[str, float] = {"render": round(time.time() - t0, 1)}
@@ -708,16 +715,12 @@ def run_refinement(out: Path, seed: int, hp: Hyper, command: str) -> dict[str, A
     stage existed (or elsewhere): the result equals what a full run does last.
     """
     t0 = time.time()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    torch.set_flush_denormal(True)
     report_path = out / "TRAINING.json"
     report = json.loads(report_path.read_text())
+    device, pool, test = _prepare(hp, seed)
     tokenizer = BertTokenizer.from_pretrained(out / "retrieval")
     model = BlipForImageTextRetrieval.from_pretrained(out / "retrieval", use_safetensors=True).to(device).eval()
     processor = image_processor()
-    log(f"rendering {hp.train_images} training scenes")
-    pool = Pool(render_scenes("train", hp.train_images, seed))
-    test = render_scenes("test", hp.test_images, seed)
     tokens = _image_tokens(model, pool, device)
     before = evaluate.retrieval_metrics(model, tokenizer, processor, test, k=hp.rerank_k)
     t = time.time()
