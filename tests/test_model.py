@@ -18,7 +18,7 @@ from transformers.models.blip.image_processing_pil_blip import BlipImageProcesso
 from blipsearch.errors import InputPathError, ModelLoadError, ModelUnavailableError
 from blipsearch.index.images import ImageSpec
 from blipsearch.loading import resolve_model_dir
-from blipsearch.model import load_retrieval_model
+from blipsearch.model import _absorbed_attention, _shared_image_attention, load_retrieval_model
 from blipsearch.text import pre_caption
 
 TEXTS = ["a red circle left of a blue square", "A dog, running on the beach!", "two people in the snow"]
@@ -107,8 +107,10 @@ def test_batched_vectors_equal_single(model) -> None:
         np.testing.assert_allclose(model.embed_texts([text])[0], texts[i], atol=1e-6)
 
 
-def _direct_itm(net, tokenizer, text: str, pixels: torch.Tensor, first_token: int) -> np.ndarray:
-    batch = tokenizer([pre_caption(text)] * len(pixels), return_tensors="pt", max_length=35, truncation=True)
+def _direct_itm(net, tokenizer, text: str | list[str], pixels: torch.Tensor, first_token: int) -> np.ndarray:
+    texts = [text] * len(pixels) if isinstance(text, str) else text
+    batch = tokenizer([pre_caption(t) for t in texts], return_tensors="pt", max_length=35, truncation=True,
+                      padding="longest")
     ids = batch["input_ids"].clone()
     ids[:, 0] = first_token
     with torch.no_grad():
@@ -211,3 +213,29 @@ def test_one_image_many_texts_reuses_image_keys_and_values(model) -> None:
     assert np.ptp(plain[:, 1]) > 1e-3
     with pytest.raises(ValueError):
         model.itm_logits(texts, tokens.expand(2, -1, -1))
+
+
+def test_itm_cross_attention_shortcuts_equal_transformers(model, reference) -> None:
+    # Both ways of skipping the image key/value projections give transformers' own ITM logits,
+    # for texts of one length and for a padded batch of several.
+    net, tokenizer, processor = reference
+    pixels = processor(images=[draw_image(i) for i in range(4)], return_tensors="pt")["pixel_values"]
+    tokens = model.image_tokens(pixels.numpy())
+    enc = model.enc_token_id
+    config = model.net.text_encoder.config
+    head_size = config.hidden_size // config.num_attention_heads
+    for texts in (["a cat"] * 4, [TEXTS[0]] * 4, ["a cat", *TEXTS]):
+        expected = _direct_itm(net, tokenizer, texts, pixels, enc)
+        assert np.ptp(expected[:, 1]) > 1e-3
+        batch = model.tokenize(texts, for_itm=True)
+        with torch.no_grad():
+            hidden = model._text_encoder_layers(batch["input_ids"], batch["attention_mask"], _absorbed_attention(tokens))
+            np.testing.assert_allclose(model.net.itm_head(hidden[:, 0]).numpy(), expected, atol=1e-5)
+        np.testing.assert_allclose(model.itm_logits(texts, tokens), expected, atol=1e-5)
+        one_image = _direct_itm(net, tokenizer, texts, pixels[:1].expand(4, -1, -1, -1), enc)
+        with torch.no_grad():
+            hidden = model._text_encoder_layers(batch["input_ids"], batch["attention_mask"],
+                                                _shared_image_attention(tokens[0]))
+            np.testing.assert_allclose(model.net.itm_head(hidden[:, 0]).numpy(), one_image, atol=1e-5)
+    # A short query takes the absorbed route through the public call.
+    assert model.tokenize(["a cat"], for_itm=True)["input_ids"].shape[1] < head_size
