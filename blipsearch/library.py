@@ -12,6 +12,7 @@ SQLAlchemy URL) and the FAISS file derived from it.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from .index.images import load_pixels
 from .index.indexer import Indexer, IndexReport, ProgressFactory, no_progress
 from .index.vectors import VectorIndex
 from .loading import BUILTIN_PREFIX
-from .model import DEFAULT_MODEL, ItmToken, RetrievalModel, load_retrieval_model
+from .model import DEFAULT_MODEL, ItmToken, ModelIdentity, RetrievalModel, load_retrieval_model, select_device
 from .rerank.cache import TokenCache
 from .rerank.itm import rerank
 from .store.database import Database, bytes_to_vectors
@@ -228,9 +229,9 @@ class Library:
         except OSError:
             pass  # A read-only library still searches; the file is rebuilt in memory next time.
 
-    def _vector_index(self) -> VectorIndex:
+    def _vector_index(self, fp: str) -> VectorIndex:
         if self._vectors is None:
-            self._vectors = self._load_vectors(self.model.fingerprint)
+            self._vectors = self._load_vectors(fp)
         return self._vectors
 
     def _exact(self, model: RetrievalModel):  # type: ignore[no-untyped-def]
@@ -259,20 +260,21 @@ class Library:
         roots = [_root(p) for p in paths]
         if not roots:
             raise InputPathError("Give at least one folder or image to index.")
-        model = self.model  # load (or fail) before any work
-        record = self.db.library()
-        if record.model_fingerprint != model.fingerprint:
-            if record.model_fingerprint is not None and not reindex:
+        model: RetrievalModel | ModelIdentity = self._model or ModelIdentity.of(self.model_spec, self.quantize)
+        if self.db.library().model_fingerprint != model.fingerprint:
+            model = self.model  # a new or changed model: load (or fail) before the library records it
+            if self.db.library().model_fingerprint is not None and not reindex:
                 self._check_model(model)
             self.db.set_model(_normalize_spec(model.spec), model.fingerprint, model.dim)
             self._vectors = None
-        vectors = self._vector_index()
+        vectors = self._vector_index(model.fingerprint)
         generation = self.db.library().generation
         indexer = Indexer(
             self.db,
             vectors,
-            model,
-            batch_size=batch_size or (2 if model.device.type == "cpu" else 16),
+            # The library's own model again: its weights load only if an image needs embedding.
+            model if isinstance(model, RetrievalModel) else _Deferred(model, lambda: self.model),
+            batch_size=batch_size or (2 if select_device(self.device).type == "cpu" else 16),
             workers=workers or min(4, os.cpu_count() or 1),
             progress=progress,
             on_commit=self._on_commit,
@@ -292,7 +294,7 @@ class Library:
             raise LibraryError(f"The library at {self.location} is empty: run `blipsearch index PATH` first.")
         model = self.model
         self._check_model(model)
-        vectors = self._vector_index()
+        vectors = self._vector_index(model.fingerprint)
         if self.db.library().generation != self._synced_generation:
             vectors = self._vectors = self._load_vectors(model.fingerprint)
         if len(vectors) == 0:
@@ -547,6 +549,32 @@ class Library:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _Deferred:
+    """The indexer's embedder for a model known by its identity: weights loaded on the first batch.
+
+    A re-run over unchanged folders then never loads the model (seconds for
+    BLIP-base; the scan itself takes well under a second for 10k files).
+    """
+
+    def __init__(self, identity: ModelIdentity, load: Callable[[], RetrievalModel]) -> None:
+        self.fingerprint = identity.fingerprint
+        self.image_spec = identity.image_spec
+        self._load = load
+
+    def _model(self) -> RetrievalModel:
+        model = self._load()
+        if model.fingerprint != self.fingerprint:
+            raise ModelMismatchError(f"The model's files changed while indexing (fingerprint {self.fingerprint} "
+                                     f"became {model.fingerprint}); run the index again.")
+        return model
+
+    def image_tokens(self, pixels: np.ndarray) -> torch.Tensor:
+        return self._model().image_tokens(pixels)
+
+    def project_images(self, tokens: torch.Tensor) -> np.ndarray:
+        return self._model().project_images(tokens)
 
 
 def _root(path: str | os.PathLike[str] | bytes) -> bytes:

@@ -314,6 +314,38 @@ def quantize_vision_int8(net: torch.nn.Module) -> None:
         )
 
 
+def _check_route(quantize: str) -> None:
+    if quantize not in QUANTIZE_ROUTES:
+        raise ModelLoadError(f"Unknown --quantize route {quantize!r}: use {' or '.join(QUANTIZE_ROUTES)}.")
+
+
+def route_fingerprint(checkpoint_fingerprint: str, quantize: str) -> str:
+    """The fingerprint a library records: the checkpoint's, plus the vision route when not plain."""
+    _check_route(quantize)
+    return checkpoint_fingerprint if quantize == "none" else f"{checkpoint_fingerprint}+{quantize}"
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What decides a retrieval model's vectors, read from its folder without loading its weights."""
+
+    spec: str
+    fingerprint: str
+    dim: int
+    image_spec: ImageSpec
+
+    @classmethod
+    def of(cls, spec: str, quantize: str = "none") -> ModelIdentity:
+        import json
+
+        path = resolve_model_dir(spec, "retrieval")
+        try:
+            dim = int(json.loads((path / "config.json").read_text()).get("image_text_hidden_size", 256))
+        except (OSError, ValueError, AttributeError) as exc:
+            raise ModelLoadError(f"Can't read {path / 'config.json'}: {exc}") from None
+        return cls(spec, route_fingerprint(fingerprint(path), quantize), dim, ImageSpec.from_model_dir(path))
+
+
 def load_retrieval_model(
     spec: str = DEFAULT_MODEL,
     device: str = "auto",
@@ -328,14 +360,11 @@ def load_retrieval_model(
     """
     from transformers import BlipForImageTextRetrieval
 
-    if quantize not in QUANTIZE_ROUTES:
-        raise ModelLoadError(f"Unknown --quantize route {quantize!r}: use {' or '.join(QUANTIZE_ROUTES)}.")
+    _check_route(quantize)
     if quantize == "int8" and select_device(device).type != "cpu":
         raise ModelLoadError("--quantize int8 is a CPU route: use it with --device cpu.")
     ckpt = load_checkpoint(spec, "retrieval", BlipForImageTextRetrieval, "image-text retrieval", DEFAULT_MODEL,
                            device, dtype)
-    fp = ckpt.fingerprint
     if quantize == "int8":
         quantize_vision_int8(ckpt.net)
-        fp += "+int8"
-    return RetrievalModel(**{**vars(ckpt), "fingerprint": fp}, itm_token=itm_token)
+    return RetrievalModel(**{**vars(ckpt), "fingerprint": route_fingerprint(ckpt.fingerprint, quantize)}, itm_token=itm_token)

@@ -69,6 +69,19 @@ def test_touched_but_identical_file_is_not_reembedded(lib: Library, photos: Path
     assert stored(lib)[fs(target)].mtime_ns == 1
 
 
+def test_rerun_loads_the_model_only_when_an_image_needs_embedding(lib: Library, photos: Path,
+                                                                  library_dir: Path) -> None:
+    lib.index([photos])
+    with Library(library_dir, device="cpu") as again:
+        assert again.index([photos]).counts()["unchanged"] == 12
+        assert again._model is None, "an unchanged folder must not load the model's weights"
+        draw_image(998).save(photos / "holiday" / "img01.png")
+        report = again.index([photos])
+        assert report.counts()["updated"] == 1 and report.embedded == 1 and again._model is not None
+    np.testing.assert_allclose(vector_of(lib, photos / "holiday" / "img01.png"),
+                               alone(lib, photos / "holiday" / "img01.png"), atol=1e-6)
+
+
 def test_changed_file_is_reembedded(lib: Library, photos: Path) -> None:
     lib.index([photos])
     target = photos / "holiday" / "img01.png"
@@ -83,7 +96,7 @@ def test_changed_file_is_reembedded(lib: Library, photos: Path) -> None:
     np.testing.assert_allclose(new, alone(lib, target), atol=1e-6)
     # The vector index follows: the new content is found, by its own vector, as the best hit.
     assert lib.similar(photos / "garden" / "img06.png", k=12)  # still searchable
-    scores, ids = lib._vector_index().search(new[None], 1)
+    scores, ids = lib._vector_index(lib.model.fingerprint).search(new[None], 1)
     assert ids[0][0] == old_id and scores[0][0] == pytest.approx(1.0, abs=1e-5)
 
 
