@@ -21,7 +21,7 @@ from .describe import (
 )
 from .errors import BlipsearchError
 from .library import LIBRARY_ENV, Hit, Library
-from .model import DEFAULT_MODEL
+from .loading import DEFAULT_MODEL
 from .texts import read_text_file
 
 EXIT_INTERRUPTED = 130

@@ -15,11 +15,10 @@ import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import platformdirs
-import torch
 
 from .describe import (
     DEFAULT_CAPTION_MODEL,
@@ -35,8 +34,7 @@ from .errors import InputPathError, LibraryError, ModelMismatchError
 from .index.images import load_pixels
 from .index.indexer import Indexer, IndexReport, ProgressFactory, no_progress
 from .index.vectors import VectorIndex
-from .loading import BUILTIN_PREFIX
-from .model import DEFAULT_MODEL, ItmToken, ModelIdentity, RetrievalModel, load_retrieval_model, select_device
+from .loading import BUILTIN_PREFIX, DEFAULT_MODEL, ModelIdentity
 from .rerank.cache import TokenCache
 from .rerank.itm import rerank
 from .store.database import Database, bytes_to_vectors
@@ -44,6 +42,14 @@ from .store.fulltext import TextIndex, reciprocal_rank_fusion
 from .store.schema import TextRow
 from .texts import CAPTIONS, USER, TextEntry, TextHit, TextStore, rank_texts
 from .texts.tags import DEFAULT_TEMPLATE, TagResult, Vocabulary
+
+if TYPE_CHECKING:
+    import torch
+
+    from .model import ItmToken, RetrievalModel
+
+# torch and transformers are imported when a model is first needed, so that
+# commands that need none (status, a re-index of unchanged folders) start fast.
 
 LIBRARY_ENV = "BLIPSEARCH_LIBRARY"
 DB_FILE = "library.db"
@@ -157,6 +163,8 @@ class Library:
     @property
     def model(self) -> RetrievalModel:
         if self._model is None:
+            from .model import load_retrieval_model
+
             self._model = load_retrieval_model(self.model_spec, self.device, self.itm_token,
                                                quantize=self.quantize)
         return self._model
@@ -273,8 +281,8 @@ class Library:
             self.db,
             vectors,
             # The library's own model again: its weights load only if an image needs embedding.
-            model if isinstance(model, RetrievalModel) else _Deferred(model, lambda: self.model),
-            batch_size=batch_size or (2 if select_device(self.device).type == "cpu" else 16),
+            _Deferred(model, lambda: self.model) if isinstance(model, ModelIdentity) else model,
+            batch_size=batch_size,
             workers=workers or min(4, os.cpu_count() or 1),
             progress=progress,
             on_commit=self._on_commit,
@@ -575,6 +583,10 @@ class _Deferred:
 
     def project_images(self, tokens: torch.Tensor) -> np.ndarray:
         return self._model().project_images(tokens)
+
+    @property
+    def batch_size(self) -> int:
+        return self._model().batch_size
 
 
 def _root(path: str | os.PathLike[str] | bytes) -> bytes:

@@ -16,12 +16,17 @@ seconds with a message that says what to do; it never retries for long.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from .errors import InputPathError, ModelUnavailableError
+from .errors import InputPathError, ModelLoadError, ModelUnavailableError
+from .index.images import ImageSpec
 
+DEFAULT_MODEL = "Salesforce/blip-itm-base-coco"
+QUANTIZE_ROUTES = ("none", "int8")
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_DIR = Path(__file__).parent / "builtin"
 
@@ -129,3 +134,33 @@ def fingerprint(model_dir: Path) -> str:
     )
     stamp = tuple((n, (s := (model_dir / n).stat()).st_size, s.st_mtime_ns) for n in names)
     return _fingerprint_cached(str(model_dir), stamp)
+
+
+def check_route(quantize: str) -> None:
+    if quantize not in QUANTIZE_ROUTES:
+        raise ModelLoadError(f"Unknown --quantize route {quantize!r}: use {' or '.join(QUANTIZE_ROUTES)}.")
+
+
+def route_fingerprint(checkpoint_fingerprint: str, quantize: str) -> str:
+    """The fingerprint a library records: the checkpoint's, plus the vision route when not plain."""
+    check_route(quantize)
+    return checkpoint_fingerprint if quantize == "none" else f"{checkpoint_fingerprint}+{quantize}"
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What decides a retrieval model's vectors, read from its folder without loading its weights (or torch)."""
+
+    spec: str
+    fingerprint: str
+    dim: int
+    image_spec: ImageSpec
+
+    @classmethod
+    def of(cls, spec: str, quantize: str = "none") -> ModelIdentity:
+        path = resolve_model_dir(spec, "retrieval")
+        try:
+            dim = int(json.loads((path / "config.json").read_text()).get("image_text_hidden_size", 256))
+        except (OSError, ValueError, AttributeError) as exc:
+            raise ModelLoadError(f"Can't read {path / 'config.json'}: {exc}") from None
+        return cls(spec, route_fingerprint(fingerprint(path), quantize), dim, ImageSpec.from_model_dir(path))

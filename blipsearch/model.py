@@ -24,10 +24,8 @@ import torch
 
 from .errors import ModelLoadError
 from .index.images import ImageSpec
-from .loading import fingerprint, resolve_model_dir
+from .loading import DEFAULT_MODEL, check_route, fingerprint, resolve_model_dir, route_fingerprint
 from .text import MAX_TOKENS, pre_caption
-
-DEFAULT_MODEL = "Salesforce/blip-itm-base-coco"
 
 ItmToken = Literal["enc", "cls"]
 
@@ -71,6 +69,10 @@ class Checkpoint:
     def enc_token_id(self) -> int:
         return _enc_token_id(self.tokenizer, int(self.net.config.text_config.vocab_size))
 
+    def pixel_values(self, pixels: npt.NDArray[np.float32] | torch.Tensor) -> torch.Tensor:
+        """Preprocessed images (N, 3, H, W) as the model's input, on its device and in its dtype."""
+        return torch.as_tensor(pixels).to(self.device, self.dtype)
+
 
 @dataclass(frozen=True, eq=False)
 class RetrievalModel(Checkpoint):
@@ -81,6 +83,12 @@ class RetrievalModel(Checkpoint):
     @property
     def dim(self) -> int:
         return int(self.net.config.image_text_hidden_size)
+
+    @property
+    def batch_size(self) -> int:
+        """Images per vision-encoder call when indexing: the ViT at 384 px runs fastest
+        in small batches on a CPU (benchmarks/indexing.py), larger ones keep a GPU busy."""
+        return 2 if self.device.type == "cpu" else 16
 
     # -- text ---------------------------------------------------------------
     def tokenize(self, texts: list[str], *, for_itm: bool = False) -> dict[str, torch.Tensor]:
@@ -109,8 +117,7 @@ class RetrievalModel(Checkpoint):
     @torch.inference_mode()
     def image_tokens(self, pixels: npt.NDArray[np.float32] | torch.Tensor) -> torch.Tensor:
         """The vision encoder's full output (batch, tokens, hidden), on the model's device."""
-        tensor = torch.as_tensor(pixels).to(self.device, self.dtype)
-        return self.net.vision_model(pixel_values=tensor).last_hidden_state
+        return self.net.vision_model(pixel_values=self.pixel_values(pixels)).last_hidden_state
 
     @torch.inference_mode()
     def project_images(self, tokens: torch.Tensor) -> npt.NDArray[np.float32]:
@@ -296,9 +303,6 @@ def use_fused_attention(net: torch.nn.Module) -> int:
     return switched
 
 
-QUANTIZE_ROUTES = ("none", "int8")
-
-
 def quantize_vision_int8(net: torch.nn.Module) -> None:
     """Dynamic int8 quantization of the vision encoder's linear layers (CPU only).
 
@@ -312,38 +316,6 @@ def quantize_vision_int8(net: torch.nn.Module) -> None:
         net.vision_model = torch.ao.quantization.quantize_dynamic(
             net.vision_model, {torch.nn.Linear}, dtype=torch.qint8
         )
-
-
-def _check_route(quantize: str) -> None:
-    if quantize not in QUANTIZE_ROUTES:
-        raise ModelLoadError(f"Unknown --quantize route {quantize!r}: use {' or '.join(QUANTIZE_ROUTES)}.")
-
-
-def route_fingerprint(checkpoint_fingerprint: str, quantize: str) -> str:
-    """The fingerprint a library records: the checkpoint's, plus the vision route when not plain."""
-    _check_route(quantize)
-    return checkpoint_fingerprint if quantize == "none" else f"{checkpoint_fingerprint}+{quantize}"
-
-
-@dataclass(frozen=True)
-class ModelIdentity:
-    """What decides a retrieval model's vectors, read from its folder without loading its weights."""
-
-    spec: str
-    fingerprint: str
-    dim: int
-    image_spec: ImageSpec
-
-    @classmethod
-    def of(cls, spec: str, quantize: str = "none") -> ModelIdentity:
-        import json
-
-        path = resolve_model_dir(spec, "retrieval")
-        try:
-            dim = int(json.loads((path / "config.json").read_text()).get("image_text_hidden_size", 256))
-        except (OSError, ValueError, AttributeError) as exc:
-            raise ModelLoadError(f"Can't read {path / 'config.json'}: {exc}") from None
-        return cls(spec, route_fingerprint(fingerprint(path), quantize), dim, ImageSpec.from_model_dir(path))
 
 
 def load_retrieval_model(
@@ -360,7 +332,7 @@ def load_retrieval_model(
     """
     from transformers import BlipForImageTextRetrieval
 
-    _check_route(quantize)
+    check_route(quantize)
     if quantize == "int8" and select_device(device).type != "cpu":
         raise ModelLoadError("--quantize int8 is a CPU route: use it with --device cpu.")
     ckpt = load_checkpoint(spec, "retrieval", BlipForImageTextRetrieval, "image-text retrieval", DEFAULT_MODEL,

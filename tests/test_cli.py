@@ -150,3 +150,25 @@ def test_kill_9_mid_run_loses_nothing_committed(tmp_path: Path, tiny_model: Path
     assert counts["added"] + counts["unchanged"] == 150 and counts["unchanged"] >= committed
     status = json.loads(subprocess.run([_script(), "status", "--json"], env=env, capture_output=True).stdout)
     assert status["images"] == status["vectors"] == 150
+
+
+def test_status_and_a_rerun_over_unchanged_folders_import_no_torch(run, photos: Path, library_dir: Path,
+                                                                   tiny_model: Path) -> None:
+    # Nothing to embed: the command starts without torch, transformers or the model's weights.
+    assert run("index", str(photos), "--json").exit_code == 0
+    code = (
+        "import json, sys\n"
+        "from blipsearch.cli import main\n"
+        "try:\n"
+        "    main(sys.argv[1:])\n"
+        "except SystemExit as exit:\n"
+        "    assert not exit.code, exit.code\n"
+        "print(json.dumps(sorted(m for m in ('torch', 'transformers') if m in sys.modules)))\n"
+    )
+    for args in (["index", str(photos), "--json"], ["status", "--json"], ["--help"]):
+        done = subprocess.run([sys.executable, "-c", code, *args, *(["--library", str(library_dir)] if args[0] != "--help" else [])],
+                              capture_output=True, text=True, check=True)
+        *output, imported = done.stdout.strip().splitlines()
+        assert json.loads(imported) == [], (args, imported)
+        if args[0] == "index":
+            assert json.loads(output[-1])["unchanged"] == 12

@@ -4,19 +4,22 @@ questions (``BlipForQuestionAnswering``), with the BLIP paper's decoding setting
 Both batch images with one shared prompt or question, so no row is padded:
 ``generate`` assumes each prompt row ends in ``[SEP]`` and drops its last
 token, which right padding would break. A batch therefore gives exactly the
-words the same images give one at a time.
+words the same images give one at a time. (``generate`` runs without
+gradients by itself.)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-import torch
 
-from ..model import Checkpoint, load_checkpoint
 from ..text import MAX_TOKENS, pre_question
+
+if TYPE_CHECKING:
+    from ..model import Checkpoint
 
 DEFAULT_CAPTION_MODEL = "Salesforce/blip-image-captioning-base"
 DEFAULT_VQA_MODEL = "Salesforce/blip-vqa-base"
@@ -61,6 +64,8 @@ class Captioner:
     def load(cls, spec: str = DEFAULT_CAPTION_MODEL, device: str = "auto") -> Captioner:
         from transformers import BlipForConditionalGeneration
 
+        from ..model import load_checkpoint
+
         return cls(load_checkpoint(spec, "caption", BlipForConditionalGeneration, "captioning",
                                    DEFAULT_CAPTION_MODEL, device))
 
@@ -68,7 +73,6 @@ class Captioner:
     def fingerprint(self) -> str:
         return self.checkpoint.fingerprint
 
-    @torch.inference_mode()
     def caption(self, pixels: npt.NDArray[np.float32], settings: CaptionSettings = CaptionSettings()) -> list[str]:
         ckpt = self.checkpoint
         if len(pixels) == 0:
@@ -76,7 +80,7 @@ class Captioner:
         prompt = ckpt.tokenizer([settings.prompt], return_tensors="pt")["input_ids"]  # type: ignore[operator]
         ids = prompt.repeat(len(pixels), 1).to(ckpt.device)
         out = ckpt.net.generate(  # type: ignore[operator]
-            pixel_values=torch.as_tensor(pixels).to(ckpt.device, ckpt.dtype),
+            pixel_values=ckpt.pixel_values(pixels),
             input_ids=ids,
             num_beams=settings.num_beams,
             max_length=settings.max_length,
@@ -97,10 +101,11 @@ class Answerer:
     def load(cls, spec: str = DEFAULT_VQA_MODEL, device: str = "auto") -> Answerer:
         from transformers import BlipForQuestionAnswering
 
+        from ..model import load_checkpoint
+
         return cls(load_checkpoint(spec, "vqa", BlipForQuestionAnswering, "visual question answering",
                                    DEFAULT_VQA_MODEL, device))
 
-    @torch.inference_mode()
     def answer(self, pixels: npt.NDArray[np.float32], question: str,
                settings: AnswerSettings = AnswerSettings()) -> list[str]:
         ckpt = self.checkpoint
@@ -115,7 +120,7 @@ class Answerer:
         out = ckpt.net.generate(  # type: ignore[operator]
             input_ids=ids.repeat(n, 1).to(ckpt.device),
             attention_mask=batch["attention_mask"].repeat(n, 1).to(ckpt.device),
-            pixel_values=torch.as_tensor(pixels).to(ckpt.device, ckpt.dtype),
+            pixel_values=ckpt.pixel_values(pixels),
             num_beams=settings.num_beams,
             max_length=settings.max_length,
             min_length=settings.min_length,

@@ -24,10 +24,9 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import torch
 from sqlalchemy import delete, select
 
 from ..errors import ImageError
@@ -37,6 +36,9 @@ from ..store.schema import FailureRow, ImageRow
 from .images import DecodedImage, ImageSpec, decode, hash_bytes, read_file
 from .vectors import VectorIndex
 from .walk import FileEntry, walk
+
+if TYPE_CHECKING:
+    import torch
 
 
 class Progress(Protocol):
@@ -90,6 +92,9 @@ class Embedder(Protocol):
     fingerprint: str
     image_spec: ImageSpec
 
+    @property
+    def batch_size(self) -> int: ...  # the batch it runs fastest with
+
     def image_tokens(self, pixels: np.ndarray) -> torch.Tensor: ...
     def project_images(self, tokens: torch.Tensor) -> np.ndarray: ...
 
@@ -103,7 +108,7 @@ class Indexer:
         vectors: VectorIndex,
         model: Embedder,
         *,
-        batch_size: int = 16,
+        batch_size: int | None = None,
         workers: int = 2,
         progress: ProgressFactory = no_progress,
         on_commit: Callable[[int], None] | None = None,
@@ -113,12 +118,19 @@ class Indexer:
         self.vectors = vectors
         self.model = model
         self.fp = model.fingerprint
-        self.batch_size = max(1, batch_size)
+        self._batch_size = None if batch_size is None else max(1, batch_size)
         self.workers = max(1, workers)
         self.progress = progress
         self.on_commit = on_commit or (lambda generation: None)
         self.report = IndexReport()
         self.token_cache = token_cache
+
+    @property
+    def batch_size(self) -> int:
+        """As given, else the model's own (asked only once there is something to embed)."""
+        if self._batch_size is None:
+            self._batch_size = self.model.batch_size
+        return self._batch_size
 
     # -- planning ---------------------------------------------------------------------
     def run(self, roots: list[bytes], *, reindex_all: bool = False) -> IndexReport:

@@ -14,9 +14,12 @@ import os
 import tempfile
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 
 class TokenCache:
@@ -38,11 +41,15 @@ class TokenCache:
             os.utime(path)  # least recently used = oldest mtime
         except (OSError, ValueError):
             return None
+        import torch
+
         return torch.from_numpy(np.array(tokens, dtype=np.float32))
 
     def put(self, content_hash: str, model: str, tokens: torch.Tensor) -> None:
         if self.budget <= 0:
             return
+        import torch
+
         array = tokens.detach().to("cpu", torch.float16).numpy()
         path = self._path(content_hash, model)
         fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")

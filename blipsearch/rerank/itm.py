@@ -12,14 +12,18 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-import torch
 
 from ..index.images import load_pixels
-from ..model import RetrievalModel
 from .cache import TokenCache
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..model import RetrievalModel
 
 RERANK_BATCH = 8
 
@@ -54,6 +58,8 @@ def rerank(
     when computed). Images that can't be read again (moved or deleted since
     indexing) keep ``itm=None`` and go after the reranked ones, in ITC order.
     """
+    import torch
+
     tokens: dict[int, torch.Tensor] = {}
     unreadable: list[Reranked] = []
     to_encode: list[tuple[int, npt.NDArray[np.float32]]] = []

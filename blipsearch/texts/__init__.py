@@ -17,18 +17,21 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-import torch
 from sqlalchemy import delete, or_, select
 
 from ..errors import InputPathError
-from ..model import RetrievalModel
 from ..rerank.itm import match_scores
 from ..store.database import Database, bytes_to_vectors, utcnow, vector_to_bytes
 from ..store.schema import CaptionRow, TextRow
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..model import RetrievalModel
 
 USER = "user"
 CAPTIONS = "caption"

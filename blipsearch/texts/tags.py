@@ -5,14 +5,18 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-import torch
 
 from ..errors import InputPathError
-from ..model import RetrievalModel
 from . import rank_texts
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..model import RetrievalModel
 
 DEFAULT_TEMPLATE = "a photo of a {}"
 
