@@ -43,13 +43,12 @@ from .store.schema import TextRow
 from .texts import CAPTIONS, USER, TextEntry, TextHit, TextStore, rank_texts
 from .texts.tags import DEFAULT_TEMPLATE, TagResult, Vocabulary
 
+# torch and transformers are imported when a model is first needed, so that
+# commands that need none (status, a re-index of unchanged folders) start fast.
 if TYPE_CHECKING:
     import torch
 
     from .model import ItmToken, RetrievalModel
-
-# torch and transformers are imported when a model is first needed, so that
-# commands that need none (status, a re-index of unchanged folders) start fast.
 
 LIBRARY_ENV = "BLIPSEARCH_LIBRARY"
 DB_FILE = "library.db"
