@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -24,7 +24,13 @@ import torch
 
 from .errors import ModelLoadError
 from .index.images import ImageSpec
-from .loading import DEFAULT_MODEL, check_route, fingerprint, resolve_model_dir, route_fingerprint
+from .loading import (
+    DEFAULT_MODEL,
+    check_route,
+    fingerprint,
+    resolve_model_dir,
+    route_fingerprint,
+)
 from .text import MAX_TOKENS, pre_caption
 
 ItmToken = Literal["enc", "cls"]
@@ -146,7 +152,8 @@ class RetrievalModel(Checkpoint):
             raise ValueError("itm_logits needs one image per text, or a single image")
         batch = self.tokenize(texts, for_itm=True)
         ids, mask = batch["input_ids"], batch["attention_mask"]
-        head_size = self.net.text_encoder.config.hidden_size // self.net.text_encoder.config.num_attention_heads
+        config: Any = self.net.text_encoder.config  # type: ignore[union-attr]
+        head_size = config.hidden_size // config.num_attention_heads
         if tokens.shape[0] == 1 and len(texts) > 1:
             hidden = self._text_encoder_layers(ids, mask, _shared_image_attention(tokens[0]))
         elif ids.shape[1] < head_size:
@@ -175,7 +182,7 @@ class RetrievalModel(Checkpoint):
 
 # Computes a cross-attention layer's context (before its output projection)
 # for text states (N, L, hidden), from the layer's query/key/value modules.
-CrossAttention = Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]
+CrossAttention = Callable[[Any, torch.Tensor], torch.Tensor]  # (BlipTextSelfAttention, states)
 
 
 def _shared_image_attention(image: torch.Tensor) -> CrossAttention:
@@ -187,7 +194,7 @@ def _shared_image_attention(image: torch.Tensor) -> CrossAttention:
     (broadcasting them over the texts would copy them once per text).
     """
 
-    def attend(cross: torch.nn.Module, states: torch.Tensor) -> torch.Tensor:
+    def attend(cross: Any, states: torch.Tensor) -> torch.Tensor:
         heads, size = cross.num_attention_heads, cross.attention_head_size
         n, length, _ = states.shape
         query = cross.query(states).view(n, length, heads, size)
@@ -212,7 +219,7 @@ def _absorbed_attention(images: torch.Tensor) -> CrossAttention:
     rounding; needs every image token visible (no image mask), as here.
     """
 
-    def attend(cross: torch.nn.Module, states: torch.Tensor) -> torch.Tensor:
+    def attend(cross: Any, states: torch.Tensor) -> torch.Tensor:
         heads, size = cross.num_attention_heads, cross.attention_head_size
         n, length, _ = states.shape
         query = cross.query(states).view(n, length, heads, size)
