@@ -188,7 +188,7 @@ class Library:
             self._answerer = Answerer.load(self._companion(self.requested_vqa_model, DEFAULT_VQA_MODEL), self.device)
         return self._answerer
 
-    def _check_model(self, model: RetrievalModel) -> None:
+    def _check_model(self, model: RetrievalModel | ModelIdentity) -> None:
         record = self.db.library()
         if record.model_fingerprint is not None and record.model_fingerprint != model.fingerprint:
             asked = _normalize_spec(model.spec)
@@ -267,11 +267,15 @@ class Library:
         roots = [_root(p) for p in paths]
         if not roots:
             raise InputPathError("Give at least one folder or image to index.")
-        model: RetrievalModel | ModelIdentity = self._model or ModelIdentity.of(self.model_spec, self.quantize)
-        if self.db.library().model_fingerprint != model.fingerprint:
+        identity = self._model or ModelIdentity.of(self.model_spec, self.quantize)
+        recorded = self.db.library().model_fingerprint
+        model: RetrievalModel | _Deferred
+        if recorded == identity.fingerprint:
+            model = _Deferred(identity, lambda: self.model) if isinstance(identity, ModelIdentity) else identity
+        else:
+            if recorded is not None and not reindex:
+                self._check_model(identity)  # refused before any weights load
             model = self.model  # a new or changed model: load (or fail) before the library records it
-            if self.db.library().model_fingerprint is not None and not reindex:
-                self._check_model(model)
             self.db.set_model(_normalize_spec(model.spec), model.fingerprint, model.dim)
             self._vectors = None
         vectors = self._vector_index(model.fingerprint)
@@ -279,8 +283,7 @@ class Library:
         indexer = Indexer(
             self.db,
             vectors,
-            # The library's own model again: its weights load only if an image needs embedding.
-            _Deferred(model, lambda: self.model) if isinstance(model, ModelIdentity) else model,
+            model,
             batch_size=batch_size,
             workers=workers or min(4, os.cpu_count() or 1),
             progress=progress,
@@ -559,10 +562,12 @@ class Library:
 
 
 class _Deferred:
-    """The indexer's embedder for a model known by its identity: weights loaded on the first batch.
+    """The indexer's embedder for the library's own model: weights loaded on the first image to embed.
 
-    A re-run over unchanged folders then never loads the model (seconds for
-    BLIP-base; the scan itself takes well under a second for 10k files).
+    A re-run over unchanged, touched, moved or unreadable files then never
+    loads the model (seconds for BLIP-base; the scan of 10k files takes well
+    under a second). A model that can't load fails there, with the batches
+    before it committed; the next run goes on from them.
     """
 
     def __init__(self, identity: ModelIdentity, load: Callable[[], RetrievalModel]) -> None:

@@ -16,7 +16,6 @@ seconds with a message that says what to do; it never retries for long.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from functools import lru_cache
@@ -153,14 +152,9 @@ class ModelIdentity:
 
     spec: str
     fingerprint: str
-    dim: int
     image_spec: ImageSpec
 
     @classmethod
     def of(cls, spec: str, quantize: str = "none") -> ModelIdentity:
         path = resolve_model_dir(spec, "retrieval")
-        try:
-            dim = int(json.loads((path / "config.json").read_text()).get("image_text_hidden_size", 256))
-        except (OSError, ValueError, AttributeError) as exc:
-            raise ModelLoadError(f"Can't read {path / 'config.json'}: {exc}") from None
-        return cls(spec, route_fingerprint(fingerprint(path), quantize), dim, ImageSpec.from_model_dir(path))
+        return cls(spec, route_fingerprint(fingerprint(path), quantize), ImageSpec.from_model_dir(path))

@@ -185,6 +185,12 @@ class RetrievalModel(Checkpoint):
 CrossAttention = Callable[[Any, torch.Tensor], torch.Tensor]  # (BlipTextSelfAttention, states)
 
 
+def _queries(cross: Any, states: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    """The layer's queries (N, L, heads, head size), with the head count and size."""
+    heads, size = cross.num_attention_heads, cross.attention_head_size
+    return cross.query(states).view(*states.shape[:2], heads, size), heads, size
+
+
 def _shared_image_attention(image: torch.Tensor) -> CrossAttention:
     """N texts against one image (S, width): the image's keys and values computed once per layer.
 
@@ -195,13 +201,11 @@ def _shared_image_attention(image: torch.Tensor) -> CrossAttention:
     """
 
     def attend(cross: Any, states: torch.Tensor) -> torch.Tensor:
-        heads, size = cross.num_attention_heads, cross.attention_head_size
-        n, length, _ = states.shape
-        query = cross.query(states).view(n, length, heads, size)
+        query, heads, size = _queries(cross, states)
         key = cross.key(image).view(-1, heads, size)
         value = cross.value(image).view(-1, heads, size)
         scores = torch.einsum("nlhd,shd->nhls", query, key) / math.sqrt(size)
-        return torch.einsum("nhls,shd->nlhd", scores.softmax(dim=-1), value).reshape(n, length, -1)
+        return torch.einsum("nhls,shd->nlhd", scores.softmax(dim=-1), value).flatten(2)
 
     return attend
 
@@ -212,23 +216,23 @@ def _absorbed_attention(images: torch.Tensor) -> CrossAttention:
     A head's score ``q . (W_k x + b_k)`` equals ``(W_k^T q) . x`` plus a term
     that is the same for every image token and so cancels in the softmax; and
     since softmax weights sum to one, ``sum_s p_s (W_v x_s + b_v)`` equals
-    ``W_v (sum_s p_s x_s) + b_v``. Attending in the image's own width costs
-    heads x text length x tokens per head instead of projecting all tokens
-    (tokens x width x hidden): ~3x less for a 12-token query on BLIP-base,
-    break-even when the text is as long as a head is wide. Exact up to float
+    ``W_v (sum_s p_s x_s) + b_v``. Per pair and layer, attending in the
+    image's own width costs about 2 x heads x text length x tokens x width
+    multiply-adds, where projecting the tokens costs 2 x tokens x width x
+    hidden: ~3x less in all for a 12-token query on BLIP-base, break-even
+    when the text is as long as a head is wide. Exact up to float
     rounding; needs every image token visible (no image mask), as here.
     """
 
     def attend(cross: Any, states: torch.Tensor) -> torch.Tensor:
-        heads, size = cross.num_attention_heads, cross.attention_head_size
-        n, length, _ = states.shape
-        query = cross.query(states).view(n, length, heads, size)
+        query, heads, size = _queries(cross, states)
+        n, length = states.shape[:2]
         # (N, heads * L, width): each head's queries carried into the image tokens' width.
         reach = torch.einsum("nlhd,hdc->nhlc", query, cross.key.weight.view(heads, size, -1)) / math.sqrt(size)
         weights = (reach.flatten(1, 2) @ images.transpose(1, 2)).softmax(dim=-1)
         mixed = (weights @ images).view(n, heads, length, -1)
         context = torch.einsum("nhlc,hdc->nlhd", mixed, cross.value.weight.view(heads, size, -1))
-        return (context + cross.value.bias.view(heads, size)).reshape(n, length, -1)
+        return (context + cross.value.bias.view(heads, size)).flatten(2)
 
     return attend
 

@@ -71,10 +71,14 @@ def test_touched_but_identical_file_is_not_reembedded(lib: Library, photos: Path
 
 def test_rerun_loads_the_model_only_when_an_image_needs_embedding(lib: Library, photos: Path,
                                                                   library_dir: Path) -> None:
+    (photos / "broken.jpg").write_bytes(b"not a picture")
     lib.index([photos])
+    os.utime(photos / "garden" / "img06.png", ns=(5, 5))  # touched, same content
+    shutil.move(photos / "garden" / "img07.png", photos / "img07-moved.png")
     with Library(library_dir, device="cpu") as again:
-        assert again.index([photos]).counts()["unchanged"] == 12
-        assert again._model is None, "an unchanged folder must not load the model's weights"
+        counts = again.index([photos]).counts()
+        assert (counts["unchanged"], counts["moved"], counts["failed"]) == (11, 1, 1), counts
+        assert again._model is None, "nothing to embed: the model's weights must not load"
         draw_image(998).save(photos / "holiday" / "img01.png")
         report = again.index([photos])
         assert report.counts()["updated"] == 1 and report.embedded == 1 and again._model is not None

@@ -127,10 +127,14 @@ class Indexer:
 
     @property
     def batch_size(self) -> int:
-        """As given, else the model's own (asked only once there is something to embed)."""
+        """As given, else the model's own: asked (which may load it) once an image needs embedding."""
         if self._batch_size is None:
             self._batch_size = self.model.batch_size
         return self._batch_size
+
+    def _batch_size_so_far(self) -> int:
+        # Before anything needed embedding: moves, touched files and failures batch like the CPU default.
+        return self._batch_size or 2
 
     # -- planning ---------------------------------------------------------------------
     def run(self, roots: list[bytes], *, reindex_all: bool = False) -> IndexReport:
@@ -204,14 +208,13 @@ class Indexer:
 
     def _prepared(self, jobs: list[_Job]) -> Iterator[_Job]:
         """Jobs in order, prepared by a thread pool with bounded read-ahead."""
-        ahead = max(2 * self.batch_size, 2 * self.workers)
         with ThreadPoolExecutor(self.workers, thread_name_prefix="blipsearch-decode") as pool:
             pending: deque[Future[_Job]] = deque()
             todo = iter(jobs)
             try:
                 for job in todo:
                     pending.append(pool.submit(self._prepare, job))
-                    if len(pending) >= ahead:
+                    if len(pending) >= max(2 * self._batch_size_so_far(), 2 * self.workers):
                         yield pending.popleft().result()
                 while pending:
                     yield pending.popleft().result()
@@ -231,7 +234,8 @@ class Indexer:
                 if job.data is not None and job.data.pixels is not None:
                     to_embed += 1
                 # A batch closes on model-sized work, or on many cheap items.
-                if to_embed >= self.batch_size or len(batch) >= 8 * self.batch_size:
+                size = self.batch_size if to_embed else self._batch_size_so_far()
+                if to_embed >= size or len(batch) >= 8 * size:
                     self._commit(batch)
                     bar.update(len(batch))
                     batch, to_embed = [], 0
