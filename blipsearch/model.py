@@ -350,4 +350,5 @@ def load_retrieval_model(
                            device, dtype)
     if quantize == "int8":
         quantize_vision_int8(ckpt.net)
-    return RetrievalModel(**{**vars(ckpt), "fingerprint": route_fingerprint(ckpt.fingerprint, quantize)}, itm_token=itm_token)
+    fp = route_fingerprint(ckpt.fingerprint, quantize)
+    return RetrievalModel(**{**vars(ckpt), "fingerprint": fp}, itm_token=itm_token)

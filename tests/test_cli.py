@@ -165,9 +165,9 @@ def test_status_and_a_rerun_over_unchanged_folders_import_no_torch(run, photos: 
         "    assert not exit.code, exit.code\n"
         "print(json.dumps(sorted(m for m in ('torch', 'transformers') if m in sys.modules)))\n"
     )
-    for args in (["index", str(photos), "--json"], ["status", "--json"], ["--help"]):
-        done = subprocess.run([sys.executable, "-c", code, *args, *(["--library", str(library_dir)] if args[0] != "--help" else [])],
-                              capture_output=True, text=True, check=True)
+    library = ["--library", str(library_dir)]
+    for args in (["index", str(photos), "--json", *library], ["status", "--json", *library], ["--help"]):
+        done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True)
         *output, imported = done.stdout.strip().splitlines()
         assert json.loads(imported) == [], (args, imported)
         if args[0] == "index":
