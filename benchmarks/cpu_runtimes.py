@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import make_base_checkpoint, photo_like_jpegs, save  # noqa: E402
+from common import make_base_checkpoint, photo_like_jpegs, save
 
 CALIBRATION_IMAGES = 8
 
@@ -57,8 +57,13 @@ def export_onnx(net, path: Path) -> None:  # type: ignore[no-untyped-def]
 
 def onnx_routes(net, calibration: np.ndarray, workdir: Path, threads: int) -> dict[str, Callable]:  # type: ignore[no-untyped-def]
     import onnxruntime as ort
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     fp32, dynamic, prepared, static = (workdir / f"vision.{n}.onnx" for n in ("fp32", "dynamic", "pre", "static"))
