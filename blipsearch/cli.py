@@ -270,7 +270,8 @@ def _caption_settings(prompt: str, beams: int, max_length: int, min_length: int)
 @click.option("--batch-size", type=PositiveInt(), default=None,
               help="Images per model call. Default: 2 on a CPU (fastest there), 16 on a GPU.")
 @click.option("--workers", type=PositiveInt(), default=None,
-              help="Threads reading and decoding images. Default: CPU count, at most 4.")
+              help="Threads reading and decoding images. Default: CPU cores, at most 4, with the model on a "
+                   "CPU; all cores with the model on a GPU.")
 @click.option("--reindex", is_flag=True,
               help="Re-embed every image of the library with --model (after a model change).")
 @click.option("--captions", is_flag=True,

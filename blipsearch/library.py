@@ -271,7 +271,8 @@ class Library:
         recorded = self.db.library().model_fingerprint
         model: RetrievalModel | _Deferred
         if recorded == identity.fingerprint:
-            model = _Deferred(identity, lambda: self.model) if isinstance(identity, ModelIdentity) else identity
+            model = (_Deferred(identity, lambda: self.model, self.device) if isinstance(identity, ModelIdentity)
+                     else identity)
         else:
             if recorded is not None and not reindex:
                 self._check_model(identity)  # refused before any weights load
@@ -285,7 +286,7 @@ class Library:
             vectors,
             model,
             batch_size=batch_size,
-            workers=workers or min(4, os.cpu_count() or 1),
+            workers=workers,
             progress=progress,
             on_commit=self._on_commit,
             token_cache=self.token_cache,
@@ -570,10 +571,11 @@ class _Deferred:
     before it committed; the next run goes on from them.
     """
 
-    def __init__(self, identity: ModelIdentity, load: Callable[[], RetrievalModel]) -> None:
+    def __init__(self, identity: ModelIdentity, load: Callable[[], RetrievalModel], device: str) -> None:
         self.fingerprint = identity.fingerprint
         self.image_spec = identity.image_spec
         self._load = load
+        self._device = device
 
     def _model(self) -> RetrievalModel:
         model = self._load()
@@ -591,6 +593,13 @@ class _Deferred:
     @property
     def batch_size(self) -> int:
         return self._model().batch_size
+
+    @property
+    def decode_workers(self) -> int:
+        """Asked before any image is known to need the model: the device decides, no weights load."""
+        from .model import decode_workers, select_device
+
+        return decode_workers(select_device(self._device))
 
 
 def _root(path: str | os.PathLike[str] | bytes) -> bytes:

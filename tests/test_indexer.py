@@ -86,6 +86,16 @@ def test_rerun_loads_the_model_only_when_an_image_needs_embedding(lib: Library, 
                                alone(lib, photos / "holiday" / "img01.png"), atol=1e-6)
 
 
+def test_decode_threads_follow_the_device() -> None:
+    import torch
+
+    from blipsearch.model import decode_workers
+
+    cores = len(os.sched_getaffinity(0))
+    assert decode_workers(torch.device("cpu")) == min(4, cores)  # the model needs the cores
+    assert decode_workers(torch.device("cuda")) == cores  # a GPU needs every core decoding
+
+
 def test_changed_file_is_reembedded(lib: Library, photos: Path) -> None:
     lib.index([photos])
     target = photos / "holiday" / "img01.png"

@@ -95,6 +95,9 @@ class Embedder(Protocol):
     @property
     def batch_size(self) -> int: ...  # the batch it runs fastest with
 
+    @property
+    def decode_workers(self) -> int: ...  # decode threads that keep it fed
+
     def image_tokens(self, pixels: np.ndarray) -> torch.Tensor: ...
     def project_images(self, tokens: torch.Tensor) -> np.ndarray: ...
 
@@ -109,7 +112,7 @@ class Indexer:
         model: Embedder,
         *,
         batch_size: int | None = None,
-        workers: int = 2,
+        workers: int | None = None,
         progress: ProgressFactory = no_progress,
         on_commit: Callable[[int], None] | None = None,
         token_cache: TokenCache | None = None,
@@ -119,7 +122,7 @@ class Indexer:
         self.model = model
         self.fp = model.fingerprint
         self._batch_size = None if batch_size is None else max(1, batch_size)
-        self.workers = max(1, workers)
+        self.workers = None if workers is None else max(1, workers)
         self.progress = progress
         self.on_commit = on_commit or (lambda generation: None)
         self.report = IndexReport()
@@ -208,13 +211,14 @@ class Indexer:
 
     def _prepared(self, jobs: list[_Job]) -> Iterator[_Job]:
         """Jobs in order, prepared by a thread pool with bounded read-ahead."""
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="blipsearch-decode") as pool:
+        workers = self.workers or self.model.decode_workers
+        with ThreadPoolExecutor(workers, thread_name_prefix="blipsearch-decode") as pool:
             pending: deque[Future[_Job]] = deque()
             todo = iter(jobs)
             try:
                 for job in todo:
                     pending.append(pool.submit(self._prepare, job))
-                    if len(pending) >= max(2 * self._batch_size_so_far(), 2 * self.workers):
+                    if len(pending) >= max(2 * self._batch_size_so_far(), 2 * workers):
                         yield pending.popleft().result()
                 while pending:
                     yield pending.popleft().result()
