@@ -16,7 +16,9 @@ seconds with a message that says what to do; it never retries for long.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -111,15 +113,75 @@ def _has_weights(path: Path) -> bool:
     return any((path / name).is_file() for name in _WEIGHT_FILES) or any(path.glob("model-*.safetensors"))
 
 
-@lru_cache(maxsize=16)
-def _fingerprint_cached(path: str, stamp: tuple[tuple[str, int, int], ...]) -> str:
+Stamp = tuple[tuple[str, int, int, int, int], ...]
+"""Per file that decides the vectors: (name, size, mtime_ns, ctime_ns, inode)."""
+
+_FINGERPRINT_CACHE_ENTRIES = 64
+
+
+def _fingerprint_cache_path() -> Path:
+    import platformdirs
+
+    return platformdirs.user_cache_path("blipsearch", appauthor=False) / "fingerprints.json"
+
+
+def _read_fingerprint_cache() -> dict[str, dict[str, object]]:
+    try:
+        data = json.loads(_fingerprint_cache_path().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}  # missing or damaged: it is only a cache
+    return data if isinstance(data, dict) else {}
+
+
+def _write_fingerprint_cache(cache: dict[str, dict[str, object]]) -> None:
+    path = _fingerprint_cache_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".fingerprints-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(cache, fh)
+            os.replace(tmp, path)  # atomic: readers see the old file or the new one
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    except OSError:
+        pass  # a read-only cache folder costs a re-hash next time, nothing else
+
+
+def _hash_files(path: str, names: list[str]) -> str:
     digest = hashlib.sha256()
-    for name, _, _ in stamp:
+    for name in names:
         digest.update(name.encode())
         with open(os.path.join(path, name), "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(chunk)
     return digest.hexdigest()[:16]
+
+
+@lru_cache(maxsize=16)
+def _fingerprint_cached(path: str, stamp: Stamp) -> str:
+    """The hash of a model folder's files, remembered across processes while their stat stamp holds.
+
+    Hashing BLIP-base's 900 MB of weights takes the better part of a second on
+    every command; the stamp (size, modification and change times, inode) is
+    what the indexer trusts for photos too. The change time cannot be set back
+    by tools that restore a modification time, so rewritten weights re-hash.
+    """
+    key = os.path.realpath(path)
+    cache = _read_fingerprint_cache()
+    entry = cache.get(key)
+    stamp_json = [list(row) for row in stamp]
+    if isinstance(entry, dict) and entry.get("stamp") == stamp_json and isinstance(entry.get("fingerprint"), str):
+        return str(entry["fingerprint"])
+    value = _hash_files(path, [row[0] for row in stamp])
+    cache = _read_fingerprint_cache()  # fresh: another process may have written meanwhile
+    cache.pop(key, None)
+    cache[key] = {"stamp": stamp_json, "fingerprint": value}
+    while len(cache) > _FINGERPRINT_CACHE_ENTRIES:
+        cache.pop(next(iter(cache)))  # oldest first (dicts keep insertion order)
+    _write_fingerprint_cache(cache)
+    return value
 
 
 def fingerprint(model_dir: Path) -> str:
@@ -131,7 +193,9 @@ def fingerprint(model_dir: Path) -> str:
         or p.name in _WEIGHT_FILES
         or (p.name.startswith("model-") and p.name.endswith(".safetensors"))
     )
-    stamp = tuple((n, (s := (model_dir / n).stat()).st_size, s.st_mtime_ns) for n in names)
+    stamp = tuple(
+        (n, (s := (model_dir / n).stat()).st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino) for n in names
+    )
     return _fingerprint_cached(str(model_dir), stamp)
 
 

@@ -23,6 +23,7 @@ def isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("BLIPSEARCH_LIBRARY", str(home / "library"))
     monkeypatch.setenv("HF_HOME", str(home / "hf"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / "cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     for var in ("BLIPSEARCH_MODEL", "BLIPSEARCH_DB"):
         monkeypatch.delenv(var, raising=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -202,6 +203,40 @@ def test_fingerprint_tracks_weights(tiny_model: Path, other_model: Path, tmp_pat
     config["vision_config"]["layer_norm_eps"] = 1e-5
     (copy / "config.json").write_text(json.dumps(config))
     assert load_retrieval_model(str(copy), device="cpu").fingerprint != a
+
+
+def test_fingerprint_is_remembered_across_processes_until_a_file_changes(tiny_model: Path, tmp_path: Path) -> None:
+    from blipsearch import loading
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model, copy)
+    true = loading.fingerprint(copy)
+    cache_file = loading._fingerprint_cache_path()
+    cache = json.loads(cache_file.read_text())
+    (entry,) = [v for k, v in cache.items() if k == os.path.realpath(copy)]
+    assert entry["fingerprint"] == true
+    # A new process (no in-memory cache) takes the stored value while the files' stamps hold:
+    entry["fingerprint"] = "from-the-cache"
+    cache_file.write_text(json.dumps(cache))
+    loading._fingerprint_cached.cache_clear()
+    assert loading.fingerprint(copy) == "from-the-cache"
+    # Weights rewritten with the same size and their old modification time: hashed again.
+    weights = copy / "model.safetensors"
+    st = weights.stat()
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
+    loading._fingerprint_cached.cache_clear()
+    changed = loading.fingerprint(copy)
+    assert changed not in ("from-the-cache", true)
+    assert changed == loading._hash_files(str(copy), sorted(n for n, *_ in json.loads(
+        cache_file.read_text())[os.path.realpath(copy)]["stamp"]))
+    # A damaged cache file is ignored, then replaced.
+    cache_file.write_text("{not json")
+    loading._fingerprint_cached.cache_clear()
+    assert loading.fingerprint(copy) == changed
+    assert json.loads(cache_file.read_text())[os.path.realpath(copy)]["fingerprint"] == changed
 
 
 def test_one_image_many_texts_reuses_image_keys_and_values(model) -> None:
