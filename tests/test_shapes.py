@@ -318,3 +318,17 @@ def test_training_command_end_to_end(tmp_path: Path) -> None:
     assert all(torch.equal(before[k], after[k]) for k in vision)  # frozen
     assert any(not torch.equal(before[k], after[k]) for k in text)
     assert "ITM refinement (the last stage)" in (out / "README.md").read_text()
+
+
+def test_error_kinds_separate_binding_from_perception() -> None:
+    def scene(left: world.Obj, right: world.Obj) -> world.Scene:
+        return world.Scene(image=None, left=left, right=right, caption="", alt_captions=[])  # type: ignore[arg-type]
+
+    q = scene(("red", "circle"), ("blue", "square"))
+    assert evaluate.error_kind(q, scene(("blue", "square"), ("red", "circle"))) == "binding"  # sides swapped
+    assert evaluate.error_kind(q, scene(("blue", "circle"), ("red", "square"))) == "binding"  # colors swapped
+    assert evaluate.error_kind(q, scene(("red", "square"), ("blue", "circle"))) == "binding"  # shapes swapped
+    assert evaluate.error_kind(q, scene(("red", "star"), ("blue", "square"))) == "shape"
+    assert evaluate.error_kind(q, scene(("red", "circle"), ("green", "square"))) == "color"
+    assert evaluate.error_kind(q, scene(("green", "star"), ("blue", "square"))) == "color+shape"
+    assert evaluate.error_kind(q, scene(("blue", "circle"), ("blue", "square"))) == "color"

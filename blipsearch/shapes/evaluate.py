@@ -114,7 +114,7 @@ def _rerank(
     k: int,
     queries_are_texts: bool,
 ) -> torch.Tensor:
-    """Rank of the correct item (the diagonal) per query after ITM reranking of the top-k.
+    """Every query's items in order after ITM reranking of the top-k.
 
     Items outside the shortlist keep their ITC order behind the reranked ones.
     """
@@ -130,8 +130,37 @@ def _rerank(
         logits = itm_logits(model, image_tokens[q], ids[cand], mask[cand])
     score = logits[:, 1].cpu().view(n, k) + sim.gather(1, top)
     new_top = top.gather(1, score.argsort(dim=1, descending=True))
-    reranked = torch.cat([new_top, order[:, k:]], dim=1)
-    return (reranked == torch.arange(n)[:, None]).float().argmax(dim=1)
+    return torch.cat([new_top, order[:, k:]], dim=1)
+
+
+def _ranks(order: torch.Tensor) -> torch.Tensor:
+    """Rank of the correct item (the diagonal) in each query's order."""
+    return (order == torch.arange(len(order))[:, None]).float().argmax(dim=1)
+
+
+def error_kind(query: Scene, found: Scene) -> str:
+    """Why a wrong top hit is wrong: ``binding`` when it shows the same colors and
+    shapes arranged differently (sides or attributes swapped); else which
+    attributes it gets wrong (``color``, ``shape`` or ``color+shape``)."""
+    if sorted(query.key) == sorted(found.key) or (
+        sorted(o[0] for o in query.key) == sorted(o[0] for o in found.key)
+        and sorted(o[1] for o in query.key) == sorted(o[1] for o in found.key)
+    ):
+        return "binding"
+    colors = any(a[0] != b[0] for a, b in zip(query.key, found.key))
+    shapes = any(a[1] != b[1] for a, b in zip(query.key, found.key))
+    return "+".join(name for name, wrong in (("color", colors), ("shape", shapes)) if wrong)
+
+
+def _error_kinds(scenes: Sequence[Scene], order: torch.Tensor) -> dict[str, int]:
+    kinds: dict[str, int] = {"binding": 0, "color": 0, "shape": 0, "color+shape": 0}
+    for i, top in enumerate(order[:, 0].tolist()):
+        if top != i:
+            kinds[error_kind(scenes[i], scenes[top])] += 1
+    return kinds
+
+
+
 
 
 @torch.no_grad()
@@ -151,19 +180,20 @@ def retrieval_metrics(model: Any, tokenizer: Any, processor: Any, scenes: Sequen
     image_tokens = image_tokens.cpu()
     ids, mask = tokenize(tokenizer, captions, first_token=ENC_TOKEN)
 
-    diag = torch.arange(len(scenes))
-    ranks = {
-        ("t2i", "itc"): (sim_t2i.argsort(1, descending=True) == diag[:, None]).float().argmax(1),
-        ("i2t", "itc"): (sim_t2i.T.argsort(1, descending=True) == diag[:, None]).float().argmax(1),
+    orders = {
+        ("t2i", "itc"): sim_t2i.argsort(1, descending=True),
+        ("i2t", "itc"): sim_t2i.T.argsort(1, descending=True),
         ("t2i", "itm"): _rerank(model, sim_t2i, image_tokens, ids, mask, k, queries_are_texts=True),
         ("i2t", "itm"): _rerank(model, sim_t2i.T.contiguous(), image_tokens, ids, mask, k, queries_are_texts=False),
     }
     held = torch.tensor([s.held_out for s in scenes])
     out: dict[str, Any] = {"gallery_size": len(scenes), "rerank_k": k, "held_out_queries": int(held.sum())}
-    for (direction, method), r in ranks.items():
+    for (direction, method), order in orders.items():
+        r = _ranks(order)
         out.setdefault(direction, {})[method] = _recalls(r)
         if held.any():
             out.setdefault("held_out", {}).setdefault(direction, {})[method] = _recalls(r[held])
+        out.setdefault("top1_errors", {}).setdefault(direction, {})[method] = _error_kinds(scenes, order)
     return out
 
 

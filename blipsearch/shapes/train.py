@@ -741,6 +741,26 @@ def run_refinement(out: Path, seed: int, hp: Hyper, command: str) -> dict[str, A
     return report
 
 
+def reevaluate_retrieval(out: Path, seed: int, hp: Hyper) -> dict[str, Any]:
+    """Retrieval figures of the checkpoint already in ``out``, recomputed; updates TRAINING.json and README.md.
+
+    No training: for figures added to the evaluation after a checkpoint was made.
+    """
+    report_path = out / "TRAINING.json"
+    report = json.loads(report_path.read_text())
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    device = torch.device("cpu")
+    model = BlipForImageTextRetrieval.from_pretrained(out / "retrieval", use_safetensors=True).eval()
+    tokenizer = BertTokenizer.from_pretrained(out / "retrieval")
+    test = render_scenes("test", hp.test_images, seed)
+    metrics = evaluate.retrieval_metrics(model, tokenizer, image_processor(), test, k=hp.rerank_k)
+    report["metrics"]["retrieval"] = metrics
+    report["retrieval_evaluated_on"] = describe_device(device)
+    report_path.write_text(json.dumps(report, indent=2) + "\n")
+    write_readme(out, report)
+    return report
+
+
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}"
 
@@ -756,6 +776,21 @@ def _target_note(ret: dict[str, Any]) -> str:
     if not missed:
         return ""
     return "**Below target:** " + "; ".join(missed) + ".\n\n"
+
+
+def _errors_note(ret: dict[str, Any]) -> str:
+    """What the wrong text -> image top hits get wrong, ITC and reranked."""
+    errors = ret.get("top1_errors", {}).get("t2i")
+    if not errors:
+        return ""
+
+    def part(kinds: dict[str, int]) -> str:
+        return f"{sum(kinds.values())} (" + ", ".join(f"{k} {v}" for k, v in kinds.items()) + ")"
+
+    return (f"Wrong text -> image top hits, by what they get wrong: ITC {part(errors['itc'])}; "
+            f"reranked {part(errors['itm'])}. *binding* is a picture with the query's colors and shapes "
+            "arranged differently (sides or attributes swapped), the errors a cross-attention matcher "
+            "is there to fix; *color* and *shape* are pictures that show another color or shape.\n\n")
 
 
 def _refinement_note(report: dict[str, Any]) -> str:
@@ -836,7 +871,7 @@ VQA accuracy (beam {vqa['num_beams']}, {vqa['n_questions']} questions): {_pct(vq
 shape {_pct(vqa['per_type']['shape'])} %, yes/no {_pct(vqa['per_type']['yesno'])} % (held-out scenes: {_pct(vqa['accuracy_held_out'])} %).
 Chance: color 1/6, shape 1/{len(world.SHAPES)}, yes/no 1/2.
 
-{_target_note(ret)}These are toy models for a toy world: they know {len(world.COLORS)} colors, {len(world.SHAPES)} shapes and two
+{_errors_note(ret)}{_target_note(ret)}These are toy models for a toy world: they know {len(world.COLORS)} colors, {len(world.SHAPES)} shapes and two
 positions, and nothing else.
 """
     (out / "README.md").write_text(text)
@@ -878,6 +913,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="run only the last stage (ITM refinement) on the retrieval checkpoint already in --out",
     )
     parser.add_argument(
+        "--evaluate-only",
+        action="store_true",
+        help="no training: recompute the retrieval figures of the checkpoint in --out (on the CPU)",
+    )
+    parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
@@ -901,6 +941,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         hp.itm_refine_steps = max(1, int(hp.itm_refine_steps * args.scale))
     argv_list = list(sys.argv[1:] if argv is None else argv)
     command = " ".join(["python -m blipsearch.shapes.train", *map(shlex.quote, argv_list)])
+    if args.evaluate_only:
+        report = reevaluate_retrieval(args.out, args.seed, hp)
+        print(json.dumps(report["metrics"]["retrieval"], indent=2))
+        return
     if args.refine_only:
         report = run_refinement(args.out, args.seed, hp, command)
         print(json.dumps(report["metrics"]["retrieval"], indent=2))
