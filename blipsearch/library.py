@@ -30,7 +30,7 @@ from .describe import (
     same_answer,
 )
 from .describe.batch import Described, answer_paths, caption_paths
-from .errors import InputPathError, LibraryError, ModelMismatchError
+from .errors import InputPathError, LibraryError, ModelLoadError, ModelMismatchError
 from .index.images import load_pixels
 from .index.indexer import Indexer, IndexReport, ProgressFactory, no_progress
 from .index.vectors import VectorIndex
@@ -597,9 +597,15 @@ class _Deferred:
     @property
     def decode_workers(self) -> int:
         """Asked before any image is known to need the model: the device decides, no weights load."""
+        import torch
+
         from .model import decode_workers, select_device
 
-        return decode_workers(select_device(self._device))
+        try:
+            device = select_device(self._device)
+        except ModelLoadError:
+            device = torch.device("cpu")  # the load says why, if an image ever needs the model
+        return decode_workers(device)
 
 
 def _root(path: str | os.PathLike[str] | bytes) -> bytes:

@@ -58,7 +58,7 @@ def decode_workers(device: torch.device) -> int:
     """Threads reading and decoding images for a model on ``device``.
 
     On a CPU the model needs the cores: at about 1 image/s for BLIP-base on two
-    cores, up to 4 decode threads (about 20 photos/s each) never starve it. A
+    cores, up to 4 decode threads (about 15 camera photos/s each) never starve it. A
     GPU embeds hundreds of images a second, so every core decodes; Pillow
     releases the GIL while it decodes and resizes.
     """

@@ -13,7 +13,7 @@ from conftest import draw_image, fs
 from PIL import Image
 
 from blipsearch import Library
-from blipsearch.errors import InputPathError, ModelMismatchError
+from blipsearch.errors import InputPathError, ModelLoadError, ModelMismatchError
 from blipsearch.index.images import load_pixels
 from blipsearch.index.vectors import VectorIndex
 from blipsearch.store.schema import ImageRow
@@ -94,6 +94,16 @@ def test_decode_threads_follow_the_device() -> None:
     cores = len(os.sched_getaffinity(0))
     assert decode_workers(torch.device("cpu")) == min(4, cores)  # the model needs the cores
     assert decode_workers(torch.device("cuda")) == cores  # a GPU needs every core decoding
+
+
+def test_touched_files_need_no_usable_device(lib: Library, photos: Path, library_dir: Path) -> None:
+    lib.index([photos])
+    os.utime(photos / "garden" / "img06.png", ns=(5, 5))
+    with Library(library_dir, device="cuda:7") as elsewhere:  # no such GPU here
+        assert elsewhere.index([photos]).counts()["unchanged"] == 12
+        draw_image(997).save(photos / "holiday" / "img01.png")
+        with pytest.raises(ModelLoadError):  # the first image to embed says why
+            elsewhere.index([photos])
 
 
 def test_changed_file_is_reembedded(lib: Library, photos: Path) -> None:
