@@ -12,7 +12,6 @@ second that indexing can reach on this machine however fast the model is.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -33,10 +32,11 @@ def main() -> None:
 
     from blipsearch.index.images import decode
     from blipsearch.loading import ModelIdentity
+    from blipsearch.system import available_cores
 
     spec = ModelIdentity.of(str(make_base_checkpoint(args.workdir / "blip-base-random")), "none").image_spec
     files = [p.read_bytes() for p in photo_like_jpegs(args.workdir / "photos", args.images)]
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = available_cores()
     counts = sorted({min(2**i, cores) for i in range(cores.bit_length() + 1)})
 
     rates: dict[int, list[float]] = {n: [] for n in counts}

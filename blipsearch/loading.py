@@ -18,13 +18,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 from .errors import InputPathError, ModelLoadError, ModelUnavailableError
 from .index.images import ImageSpec
+from .system import atomic_write
 
 DEFAULT_MODEL = "Salesforce/blip-itm-base-coco"
 QUANTIZE_ROUTES = ("none", "int8")
@@ -137,14 +137,7 @@ def _write_fingerprint_cache(cache: dict[str, dict[str, object]]) -> None:
     path = _fingerprint_cache_path()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".fingerprints-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(cache, fh)
-            os.replace(tmp, path)  # atomic: readers see the old file or the new one
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        atomic_write(path, lambda fh: fh.write(json.dumps(cache).encode()))
     except OSError:
         pass  # a read-only cache folder costs a re-hash next time, nothing else
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from .loading import (
     resolve_model_dir,
     route_fingerprint,
 )
+from .system import available_cores
 from .text import MAX_TOKENS, pre_caption
 
 ItmToken = Literal["enc", "cls"]
@@ -62,7 +62,7 @@ def decode_workers(device: torch.device) -> int:
     GPU embeds hundreds of images a second, so every core decodes; Pillow
     releases the GIL while it decodes and resizes.
     """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = available_cores()
     return min(4, cores) if device.type == "cpu" else cores
 
 

@@ -11,14 +11,16 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import faiss
 import numpy as np
 import numpy.typing as npt
+
+from ..system import atomic_write
 
 _MAGIC = b"BLIPSVEC"
 _VERSION = 1
@@ -166,17 +168,12 @@ class VectorIndex:
         ).encode()
         payload = faiss.serialize_index(self.index)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(_MAGIC + struct.pack("<I", len(header)) + header)
-                fh.write(payload.tobytes())
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+
+        def write(fh: BinaryIO) -> None:
+            fh.write(_MAGIC + struct.pack("<I", len(header)) + header)
+            fh.write(payload.tobytes())
+
+        atomic_write(path, write, fsync=True)
         _fsync_dir(path.parent)
 
     @classmethod

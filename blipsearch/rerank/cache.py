@@ -11,12 +11,13 @@ recently used files are deleted.
 from __future__ import annotations
 
 import os
-import tempfile
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from ..system import atomic_write
 
 if TYPE_CHECKING:
     import torch
@@ -52,14 +53,7 @@ class TokenCache:
 
         array = tokens.detach().to("cpu", torch.float16).numpy()
         path = self._path(content_hash, model)
-        fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.save(fh, array, allow_pickle=False)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, lambda fh: np.save(fh, array, allow_pickle=False))
         with self._lock:
             self._size += path.stat().st_size
             if self._size > self.budget:

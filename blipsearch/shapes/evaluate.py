@@ -142,11 +142,10 @@ def error_kind(query: Scene, found: Scene) -> str:
     """Why a wrong top hit is wrong: ``binding`` when it shows the same colors and
     shapes arranged differently (sides or attributes swapped); else which
     attributes it gets wrong (``color``, ``shape`` or ``color+shape``)."""
-    if sorted(query.key) == sorted(found.key) or (
-        sorted(o[0] for o in query.key) == sorted(o[0] for o in found.key)
-        and sorted(o[1] for o in query.key) == sorted(o[1] for o in found.key)
-    ):
-        return "binding"
+    if sorted(o[0] for o in query.key) == sorted(o[0] for o in found.key) and sorted(
+        o[1] for o in query.key
+    ) == sorted(o[1] for o in found.key):
+        return "binding"  # same colors and same shapes, arranged differently
     colors = any(a[0] != b[0] for a, b in zip(query.key, found.key))
     shapes = any(a[1] != b[1] for a, b in zip(query.key, found.key))
     return "+".join(name for name, wrong in (("color", colors), ("shape", shapes)) if wrong)
@@ -158,9 +157,6 @@ def _error_kinds(scenes: Sequence[Scene], order: torch.Tensor) -> dict[str, int]
         if top != i:
             kinds[error_kind(scenes[i], scenes[top])] += 1
     return kinds
-
-
-
 
 
 @torch.no_grad()
