@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from conftest import draw_image
 from tiny_blip import make_tiny_retrieval
 from transformers import AutoTokenizer, BlipForImageTextRetrieval
@@ -48,6 +49,30 @@ def test_preprocessing_matches_the_blip_image_processor(reference) -> None:
         ours = spec.to_pixels(image)
         theirs = processor(images=image, return_tensors="np")["pixel_values"][0]
         np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+
+def test_transparent_and_deep_grey_images_are_shown_as_a_viewer_shows_them(reference) -> None:
+    _, _, processor = reference
+    spec = ImageSpec(height=32, width=32)
+    rgba = draw_image(7, 40).convert("RGBA")
+    alpha = np.zeros((40, 40), np.uint8)
+    alpha[8:32, 8:32] = 255  # an opaque square on a transparent background
+    rgba.putalpha(Image.fromarray(alpha))
+    palette = rgba.convert("RGB").quantize(16)
+    palette.info["transparency"] = 0
+    for image in (rgba, rgba.convert("LA"), palette):
+        ours = spec.to_pixels(image)
+        theirs = processor(images=image, return_tensors="np")["pixel_values"][0]
+        np.testing.assert_allclose(ours, theirs, atol=1e-5)
+    white = spec.to_pixels(Image.new("RGB", (40, 40), "white"))
+    assert np.allclose(spec.to_pixels(rgba)[:, 0, 0], white[:, 0, 0])  # the transparent corner is white
+
+    levels = np.tile(np.linspace(0, 255, 40), (40, 1))
+    eight = spec.to_pixels(Image.fromarray(levels.round().astype(np.uint8)))
+    for deep in (Image.fromarray((levels * 257).round().astype(np.uint16)),
+                 Image.fromarray((levels * 257).round().astype(np.int32)),
+                 Image.fromarray((levels / 255).astype(np.float32))):
+        np.testing.assert_allclose(spec.to_pixels(deep), eight, atol=0.02, err_msg=deep.mode)
 
 
 def test_fused_vision_attention_equals_transformers_eager(model, reference) -> None:

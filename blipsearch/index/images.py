@@ -99,9 +99,8 @@ class ImageSpec:
         return (math.ceil(DRAFT_FACTOR * self.width), math.ceil(DRAFT_FACTOR * self.height))
 
     def to_pixels(self, image: Image.Image) -> npt.NDArray[np.float32]:
-        """RGB image -> normalized CHW float32 array at the model's input size."""
-        if image.mode != "RGB":
-            image = image.convert("RGB")
+        """Image -> normalized CHW float32 array at the model's input size (made RGB by :func:`to_rgb`)."""
+        image = to_rgb(image)
         if image.size != (self.width, self.height):
             image = image.resize((self.width, self.height), resample=Image.Resampling(self.resample))
         pixels = np.asarray(image, dtype=np.float32)
@@ -141,6 +140,29 @@ def hash_file(path: bytes | str) -> str:
     return hash_bytes(read_file(path))
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+    """The image in 8-bit RGB as a viewer shows it.
+
+    Transparent pixels go over white, as transformers' ``BlipImageProcessor``
+    does (plain conversion would turn a logo's transparent background black).
+    Greys of more than 8 bits (16-bit PNG and TIFF, ``I;16``/``I``/``F``) are
+    scaled down rather than clipped at 255, which would make them almost white.
+    """
+    if image.mode == "RGB" and "transparency" not in image.info:
+        return image
+    if image.mode.startswith("I") or image.mode == "F":
+        grey = np.asarray(image, dtype=np.float64)
+        if image.mode == "F" and grey.size and float(grey.max()) <= 1.0:
+            grey = grey * 255.0  # floats in 0..1
+        elif image.mode != "F" and grey.size and float(grey.max()) > 255.0:
+            grey = grey / 257.0  # 16-bit levels, 65535 -> 255
+        image = Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8), "L")
+    if image.has_transparency_data:
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return image.convert("RGB")
+
+
 def open_image(
     data: bytes | str | os.PathLike[str], draft: tuple[int, int] | None = None
 ) -> tuple[Image.Image, tuple[int, int]]:
@@ -168,7 +190,7 @@ def open_image(
                     image.draft("RGB", draft)
                 image.load()
                 upright = ImageOps.exif_transpose(image)
-                return upright.convert("RGB"), (width, height)
+                return to_rgb(upright), (width, height)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         limit = Image.MAX_IMAGE_PIXELS
         raise ImageError(
