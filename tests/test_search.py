@@ -152,3 +152,21 @@ def test_token_cache_gives_the_same_ranking_and_stays_in_budget(library_dir: Pat
         lib.index([photos])
         files = list((tmp_path / "cached" / "tokens").glob("*.npy"))
         assert len(files) <= 12 and lib.token_cache.size <= 12.5 * per_image
+
+
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_partly_cached_shortlist_reranks_like_an_uncached_one(device: str, library_dir: Path, tiny_model: Path,
+                                                               photos: Path, tmp_path: Path) -> None:
+    """Cached tokens come back on the CPU; fresh ones on the model's device: both must meet there."""
+    with Library(library_dir, model=str(tiny_model), device=device) as plain:
+        plain.index([photos])
+        expected = plain.search(QUERY, k=8, rerank_depth=8)
+    with Library(tmp_path / "cached", model=str(tiny_model), device=device, token_cache_gb=0.01) as lib:
+        lib.index([photos])
+        cached = sorted((tmp_path / "cached" / "tokens").glob("*.npy"))
+        assert len(cached) == 12
+        for path in cached[::2]:
+            path.unlink()
+        hits = lib.search(QUERY, k=8, rerank_depth=8)
+    assert [h.path for h in hits] == [h.path for h in expected]
+    np.testing.assert_allclose([h.score for h in hits], [h.score for h in expected], atol=2e-3)

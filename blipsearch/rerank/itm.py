@@ -66,8 +66,8 @@ def rerank(
     for image_id, itc in shortlist:
         row = rows[image_id]
         cached = cache.get(row.content_hash, model.fingerprint) if cache is not None else None  # type: ignore[attr-defined]
-        if cached is not None:
-            tokens[image_id] = cached
+        if cached is not None:  # float32 on the CPU; fresh tokens are on the model's device
+            tokens[image_id] = cached.to(model.device, model.dtype)  # type: ignore[attr-defined]
             continue
         try:
             to_encode.append((image_id, load_pixels(os.fsdecode(row.path), model.image_spec)))  # type: ignore[attr-defined]
@@ -84,7 +84,7 @@ def rerank(
     scored: list[Reranked] = []
     for start in range(0, len(readable), batch_size):
         chunk = readable[start : start + batch_size]
-        batch = torch.stack([tokens[i] for i, _ in chunk]).to(model.device, model.dtype)
+        batch = torch.stack([tokens[i] for i, _ in chunk])
         logit, prob = match_scores(model.itm_logits([text] * len(chunk), batch))
         for (image_id, itc), lg, pr in zip(chunk, logit, prob):
             scored.append(Reranked(image_id, itc, float(lg) + itc, float(pr), float(lg)))
