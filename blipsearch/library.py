@@ -226,7 +226,8 @@ class Library:
         all_ids = np.concatenate(id_parts) if id_parts else np.zeros(0, np.int64)
         all_vectors = np.concatenate(vector_parts) if vector_parts else np.zeros((0, dim), np.float32)
         index = VectorIndex.build(dim, all_ids, all_vectors)
-        self._synced_generation = generation
+        # The in-memory index and the generation it is synced to change together.
+        self._vectors, self._synced_generation = index, generation
         self._save_vectors(index, fp or "")
         return index
 
@@ -533,10 +534,11 @@ class Library:
         record = self.db.library()
         images, stored_vectors, failures = self.db.counts(record.model_fingerprint)
         searchable = 0
-        if record.model_fingerprint:
+        if record.model_fingerprint:  # read-only: a stale file is rebuilt by the next search or index run
             loaded = VectorIndex.load(self.vectors_path)
-            fresh = loaded is not None and loaded[1].generation == record.generation
-            searchable = len(loaded[0]) if fresh and loaded else len(self.rebuild_vectors(record.model_fingerprint))
+            fresh = (loaded is not None and loaded[1].generation == record.generation
+                     and loaded[1].model == record.model_fingerprint)
+            searchable = len(loaded[0]) if fresh and loaded else stored_vectors
         return {
             "images": images,
             "vectors": searchable,

@@ -472,3 +472,24 @@ def test_moved_file_with_an_old_model_vector_is_reembedded(library_dir: Path, ph
         np.testing.assert_allclose(vector_of(lib, photos / "holiday" / "img06.png"),
                                    alone(lib, photos / "holiday" / "img06.png"), atol=1e-6)
         assert fs(photos / "garden" / "img06.png") not in stored(lib)
+
+
+def test_status_after_another_process_crashed_keeps_the_index_whole(lib: Library, photos: Path, library_dir: Path,
+                                                                    tiny_model: Path, tmp_path: Path) -> None:
+    """Another run commits rows but dies before saving the vector file; status, search and index then agree."""
+    lib.index([photos / "holiday"])
+    vectors = library_dir / "vectors.faiss"
+    saved = vectors.read_bytes()
+    with Library(library_dir, model=str(tiny_model), device="cpu") as other:
+        other.index([photos])
+    vectors.write_bytes(saved)  # as if `other` were killed before its save
+    status = lib.status()
+    assert status["images"] == status["vectors"] == 12
+    assert len(lib.search("a dog", k=50, rerank_hits=False)) == 12
+    draw_image(301).save(photos / "new.png")
+    lib.index([photos])
+    with Library(library_dir, model=str(tiny_model), device="cpu") as fresh:
+        assert fresh.status()["vectors"] == 13
+        assert len(fresh.search("a dog", k=50, rerank_hits=False)) == 13
+    loaded = VectorIndex.load(vectors)
+    assert loaded is not None and len(loaded[0]) == 13
