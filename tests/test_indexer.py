@@ -300,6 +300,27 @@ def test_formats_exif_orientation_and_capture_time(lib: Library, tmp_path: Path)
     np.testing.assert_allclose(gif, first, atol=1e-3)
 
 
+def test_exif_zero_over_zero_is_dropped_not_stored_as_nan(tmp_path: Path) -> None:
+    """float(0/0) is NaN, which PostgreSQL's JSON type refuses: it would stop the whole run there."""
+    import json
+
+    from PIL.TiffImagePlugin import IFDRational
+
+    from blipsearch.index.images import read_exif
+
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[0x829D] = IFDRational(0, 0)  # FNumber
+    exif.get_ifd(0x8769)[0x920A] = IFDRational(50, 1)  # FocalLength
+    gps = exif.get_ifd(0x8825)
+    gps[1], gps[2] = "N", (IFDRational(0, 0), IFDRational(0, 0), IFDRational(0, 0))
+    gps[3], gps[4] = "E", (IFDRational(2, 1), IFDRational(0, 1), IFDRational(0, 1))
+    draw_image(3, 32).save(tmp_path / "odd.jpg", exif=exif)
+    with Image.open(tmp_path / "odd.jpg") as image:
+        tags, _ = read_exif(image)
+    assert tags == {"FocalLength": 50.0}
+    json.dumps(tags, allow_nan=False)
+
+
 def test_non_utf8_file_names_round_trip(lib: Library, tmp_path: Path) -> None:
     folder = fs(tmp_path / "odd")
     os.mkdir(folder)

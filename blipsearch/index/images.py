@@ -213,9 +213,10 @@ def _exif_value(value: Any) -> Any:
     if isinstance(value, (int, str)):
         return value.strip("\x00 ") if isinstance(value, str) else value
     try:
-        return float(value)  # IFDRational
+        number = float(value)  # IFDRational; 0/0 gives NaN, which JSON columns (PostgreSQL) refuse
     except (TypeError, ValueError, ZeroDivisionError):
         return None
+    return number if math.isfinite(number) else None
 
 
 _EXIF_KEEP = {
@@ -228,6 +229,8 @@ def _gps_degrees(dms: Any, ref: Any) -> float | None:
     try:
         degrees = float(dms[0]) + float(dms[1]) / 60 + float(dms[2]) / 3600
     except (TypeError, ValueError, IndexError, ZeroDivisionError):
+        return None
+    if not math.isfinite(degrees):
         return None
     return -degrees if ref in ("S", "W") else degrees
 
