@@ -170,3 +170,45 @@ def test_partly_cached_shortlist_reranks_like_an_uncached_one(device: str, libra
         hits = lib.search(QUERY, k=8, rerank_depth=8)
     assert [h.path for h in hits] == [h.path for h in expected]
     np.testing.assert_allclose([h.score for h in hits], [h.score for h in expected], atol=2e-3)
+
+
+def test_damaged_token_cache_files_are_misses(lib: Library, library_dir: Path, tiny_model: Path,
+                                              tmp_path: Path) -> None:
+    expected = lib.search(QUERY, k=4, rerank_depth=4)
+    with Library(library_dir, model=str(tiny_model), device="cpu", token_cache_gb=0.01) as cached:
+        cached.search(QUERY, k=4, rerank_depth=4)
+        files = sorted((library_dir / "tokens").glob("*.npy"))
+        assert len(files) == 4
+        files[0].write_bytes(b"")  # a crash mid-write
+        files[1].write_bytes(files[1].read_bytes()[:100])  # truncated
+        np.save(files[2], np.zeros(3, np.float64))  # not tokens
+        hits = cached.search(QUERY, k=4, rerank_depth=4)
+    assert [h.path for h in hits] == [h.path for h in expected]
+    np.testing.assert_allclose([h.score for h in hits], [h.score for h in expected], atol=2e-3)
+
+
+def test_token_cache_shared_by_two_writers_never_fails(tmp_path: Path) -> None:
+    import threading
+
+    from blipsearch.rerank.cache import TokenCache
+
+    tokens = torch.ones(17, 48)
+    per_file = 17 * 48 * 2 + 128
+    caches = [TokenCache(tmp_path / "tokens", 20 * per_file) for _ in range(2)]
+    errors: list[BaseException] = []
+
+    def fill(cache: TokenCache, offset: int) -> None:
+        try:
+            for n in range(300):
+                cache.put(f"{offset + n:064x}", "model", tokens)
+                cache.get(f"{offset + n // 2:064x}", "model")
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=fill, args=(c, 1000 * i)) for i, c in enumerate(caches)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(list((tmp_path / "tokens").glob("*.npy"))) <= 2 * 20

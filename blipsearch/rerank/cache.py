@@ -24,48 +24,74 @@ if TYPE_CHECKING:
 
 
 class TokenCache:
+    """Never fails a search or an index run: a damaged, vanished or unwritable file is a miss.
+
+    Several processes may share one folder (a search beside an index run):
+    each evicts what it finds on disk, and files another one deleted first
+    are simply gone.
+    """
+
     def __init__(self, folder: Path, budget_bytes: int) -> None:
         self.folder = folder
         self.budget = budget_bytes
         self._lock = threading.Lock()
         folder.mkdir(parents=True, exist_ok=True)
-        self._size = sum(p.stat().st_size for p in folder.glob("*.npy"))
+        self._size = sum(size for _, _, size in self._files())
 
     def _path(self, content_hash: str, model: str) -> Path:
         return self.folder / f"{model}-{content_hash}.npy"
 
+    def _files(self) -> list[tuple[int, Path, int]]:
+        """(mtime, path, size) of the cached files still there."""
+        found = []
+        for path in self.folder.glob("*.npy"):
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            found.append((st.st_mtime_ns, path, st.st_size))
+        return found
+
     def get(self, content_hash: str, model: str) -> torch.Tensor | None:
         path = self._path(content_hash, model)
         try:
-            # Memory-mapped: only the pages the cross-attention reads are loaded.
             tokens = np.load(path, mmap_mode="r", allow_pickle=False)
+            if tokens.ndim != 2 or tokens.dtype != np.float16:
+                raise ValueError(f"unexpected tokens {tokens.dtype} {tokens.shape}")
+            array = np.array(tokens, dtype=np.float32)
             os.utime(path)  # least recently used = oldest mtime
-        except (OSError, ValueError):
+        except FileNotFoundError:
+            return None
+        except Exception:  # noqa: BLE001 - empty (a crash mid-write), truncated or foreign: drop it
+            path.unlink(missing_ok=True)
             return None
         import torch
 
-        return torch.from_numpy(np.array(tokens, dtype=np.float32))
+        return torch.from_numpy(array)
 
     def put(self, content_hash: str, model: str, tokens: torch.Tensor) -> None:
-        if self.budget <= 0:
+        path = self._path(content_hash, model)
+        if self.budget <= 0 or path.exists():  # same content and model: same tokens
             return
         import torch
 
         array = tokens.detach().to("cpu", torch.float16).numpy()
-        path = self._path(content_hash, model)
-        atomic_write(path, lambda fh: np.save(fh, array, allow_pickle=False))
+        try:
+            atomic_write(path, lambda fh: np.save(fh, array, allow_pickle=False))
+            size = path.stat().st_size
+        except OSError:  # a full disk or a read-only folder: no cache, not no search
+            return
         with self._lock:
-            self._size += path.stat().st_size
+            self._size += size
             if self._size > self.budget:
                 self._evict()
 
     def _evict(self) -> None:
-        files = sorted(self.folder.glob("*.npy"), key=lambda p: p.stat().st_mtime_ns)
-        total = sum(p.stat().st_size for p in files)
-        for path in files:
+        files = sorted(self._files())
+        total = sum(size for _, _, size in files)
+        for _, path, size in files:
             if total <= 0.9 * self.budget:
                 break
-            size = path.stat().st_size
             path.unlink(missing_ok=True)
             total -= size
         self._size = total
