@@ -12,13 +12,15 @@ SQLAlchemy URL) and the FAISS file derived from it.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import platformdirs
+from filelock import FileLock, Timeout
 
 from .describe import (
     DEFAULT_CAPTION_MODEL,
@@ -268,6 +270,27 @@ class Library:
         roots = [_root(p) for p in paths]
         if not roots:
             raise InputPathError("Give at least one folder or image to index.")
+        with self._index_lock():
+            return self._index(roots, batch_size, workers, reindex, progress)
+
+    @contextmanager
+    def _index_lock(self) -> Iterator[None]:
+        """One index run per library at a time: two would plan from the same rows and collide."""
+        lock = FileLock(self.location / ".index.lock")
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise LibraryError(f"Another `blipsearch index` is running on the library at {self.location}; "
+                               "wait for it to finish (searching meanwhile is fine).") from None
+        except OSError as exc:
+            raise LibraryError(f"Can't lock the library at {self.location} for indexing: {exc}") from None
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def _index(self, roots: list[bytes], batch_size: int | None, workers: int | None, reindex: bool,
+               progress: ProgressFactory) -> IndexReport:
         identity = self._model or ModelIdentity.of(self.model_spec, self.quantize)
         recorded = self.db.library().model_fingerprint
         model: RetrievalModel | _Deferred

@@ -13,7 +13,7 @@ from conftest import draw_image, fs
 from PIL import Image
 
 from blipsearch import Library
-from blipsearch.errors import InputPathError, ModelLoadError, ModelMismatchError
+from blipsearch.errors import InputPathError, LibraryError, ModelLoadError, ModelMismatchError
 from blipsearch.index.images import load_pixels
 from blipsearch.index.vectors import VectorIndex
 from blipsearch.store.schema import ImageRow
@@ -439,6 +439,29 @@ def test_search_can_read_while_an_index_run_writes(lib: Library, photos: Path, l
     lib.index([photos], batch_size=2, progress=SearchDuringRun)
     reader.close()
     assert seen and seen[0] >= 6 and seen[-1] == 12 and seen == sorted(seen)
+
+
+def test_a_second_index_run_is_refused_while_one_runs(lib: Library, photos: Path, library_dir: Path,
+                                                      tiny_model: Path) -> None:
+    other = Library(library_dir, model=str(tiny_model), device="cpu")
+    refusals: list[str] = []
+
+    class SecondRunDuringFirst:
+        def __init__(self, total: int, desc: str) -> None:
+            pass
+
+        def update(self, n: int = 1) -> None:
+            with pytest.raises(LibraryError, match="Another `blipsearch index` is running") as info:
+                other.index([photos])
+            refusals.append(str(info.value))
+
+        def close(self) -> None:
+            pass
+
+    report = lib.index([photos], batch_size=4, progress=SecondRunDuringFirst)
+    assert refusals and report.counts()["added"] == 12
+    assert other.index([photos]).counts()["unchanged"] == 12  # free again once the first run ends
+    other.close()
 
 
 def test_large_jpeg_is_drafted_but_keeps_its_size(lib: Library, tmp_path: Path) -> None:
