@@ -35,7 +35,7 @@ from .describe.batch import Described, answer_paths, caption_paths
 from .errors import InputPathError, LibraryError, ModelLoadError, ModelMismatchError
 from .index.images import load_pixels
 from .index.indexer import Indexer, IndexReport, ProgressFactory, no_progress
-from .index.vectors import VectorIndex
+from .index.vectors import IndexHeader, VectorIndex
 from .loading import BUILTIN_PREFIX, DEFAULT_MODEL, ModelIdentity
 from .rerank.cache import TokenCache
 from .rerank.itm import rerank
@@ -132,6 +132,9 @@ class Library:
             raise LibraryError(f"Can't create the library folder {self.location}: {exc.strerror}") from None
         self.db = Database(db_url or f"sqlite:///{self.location / DB_FILE}")
         self.vectors_path = self.location / VECTORS_FILE
+        # The vector file names the database it mirrors by the library row's creation time (to the
+        # microsecond): two databases sharing a folder (--db without --library) never use each other's file.
+        self._library_id = self.db.library().created_at.isoformat()
         self.requested_model = model
         self.device = device
         self.itm_token: ItmToken = itm_token
@@ -207,10 +210,14 @@ class Library:
         loaded = VectorIndex.load(self.vectors_path)
         if loaded is not None:
             index, header = loaded
-            if header.generation == generation and header.model == fp and not index.needs_rebuild():
+            if self._mirrors(header, generation, fp) and not index.needs_rebuild():
                 self._synced_generation = generation
                 return index
         return self.rebuild_vectors(fp)
+
+    def _mirrors(self, header: IndexHeader, generation: int, fp: str | None) -> bool:
+        """Whether a vector file holds this database's vectors of ``fp`` as of ``generation``."""
+        return header.library == self._library_id and header.generation == generation and header.model == fp
 
     def rebuild_vectors(self, fp: str | None = None) -> VectorIndex:
         """Rebuild the FAISS file from the vectors stored in the database."""
@@ -235,7 +242,7 @@ class Library:
 
     def _save_vectors(self, index: VectorIndex, fp: str) -> None:
         try:
-            index.save(self.vectors_path, self._synced_generation, fp)
+            index.save(self.vectors_path, self._synced_generation, fp, self._library_id)
         except OSError:
             pass  # A read-only library still searches; the file is rebuilt in memory next time.
 
@@ -559,8 +566,7 @@ class Library:
         searchable = 0
         if record.model_fingerprint:  # read-only: a stale file is rebuilt by the next search or index run
             loaded = VectorIndex.load(self.vectors_path)
-            fresh = (loaded is not None and loaded[1].generation == record.generation
-                     and loaded[1].model == record.model_fingerprint)
+            fresh = loaded is not None and self._mirrors(loaded[1], record.generation, record.model_fingerprint)
             searchable = len(loaded[0]) if fresh and loaded else stored_vectors
         return {
             "images": images,

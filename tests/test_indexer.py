@@ -374,11 +374,28 @@ def test_vector_file_is_rebuilt_when_missing_corrupt_or_stale(lib: Library, phot
         else:
             index, header = VectorIndex.load(vectors)
             index.remove([expected[0]])
-            index.save(vectors, header.generation - 1, header.model)
+            index.save(vectors, header.generation - 1, header.model, header.library)
         with Library(library_dir, model=str(tiny_model), device="cpu") as fresh:
             assert [h.id for h in fresh.search("a red circle", k=5, rerank_hits=False)] == expected
         loaded = VectorIndex.load(vectors)
         assert loaded is not None and len(loaded[0]) == 12, damage
+
+
+def test_two_databases_sharing_a_folder_never_use_each_others_vectors(photos: Path, library_dir: Path,
+                                                                      tiny_model: Path, tmp_path: Path) -> None:
+    others = tmp_path / "others"
+    others.mkdir()
+    for i in range(12):
+        draw_image(500 + i).save(others / f"o{i:02d}.png")
+    with Library(library_dir, model=str(tiny_model), device="cpu") as mine:
+        mine.index([photos])
+    elsewhere = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    with Library(library_dir, db_url=elsewhere, model=str(tiny_model), device="cpu") as theirs:
+        theirs.index([others])  # same generations and ids as mine; its file now lies in the folder
+    with Library(library_dir, model=str(tiny_model), device="cpu") as mine:
+        query = mine.model.embed_texts(["a dog"])[0]
+        for hit in mine.search("a dog", k=12, rerank_hits=False):
+            assert hit.itc == pytest.approx(float(vector_of(mine, Path(hit.path)) @ query), abs=1e-5)
 
 
 def test_vector_file_write_is_atomic(lib: Library, photos: Path, library_dir: Path,

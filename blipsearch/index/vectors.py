@@ -48,6 +48,7 @@ class IndexHeader:
     count: int
     kind: str = "flat"
     trained_on: int = 0
+    library: str = ""  # which database the file mirrors (see Library): another one's file is never used
 
 
 def choose_kind(count: int, dim: int, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> str:
@@ -160,11 +161,11 @@ class VectorIndex:
         return out_scores, out_ids
 
     # -- persistence ----------------------------------------------------------------
-    def save(self, path: Path, generation: int, model: str) -> None:
+    def save(self, path: Path, generation: int, model: str, library: str = "") -> None:
         """Write atomically: a temporary file in the same folder, fsync, then rename over ``path``."""
         header = json.dumps(
             {"version": _VERSION, "generation": generation, "model": model, "dim": self.dim, "count": len(self),
-             "kind": self.kind, "trained_on": self.trained_on}
+             "kind": self.kind, "trained_on": self.trained_on, "library": library}
         ).encode()
         payload = faiss.serialize_index(self.index)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -189,7 +190,8 @@ class VectorIndex:
                 return None
             index = faiss.deserialize_index(np.frombuffer(data, np.uint8, offset=12 + length))
             header = IndexHeader(int(meta["generation"]), str(meta["model"]), int(meta["dim"]), int(meta["count"]),
-                                 str(meta.get("kind", "flat")), int(meta.get("trained_on", 0)))
+                                 str(meta.get("kind", "flat")), int(meta.get("trained_on", 0)),
+                                 str(meta.get("library", "")))
         except (OSError, ValueError, KeyError, struct.error, RuntimeError):
             return None
         if index.ntotal != header.count or index.d != header.dim:
