@@ -388,7 +388,7 @@ def caption(lib: Library, images: tuple[bytes, ...], prompt: str, beams: int, ma
             as_json: bool) -> None:
     """Caption IMAGES (any image files, indexed or not).
 
-    Captions are cached in the library by image content, model and prompt.
+    Captions are cached in the library by image content, model, prompt and decoding settings.
 
     \b
     Examples:

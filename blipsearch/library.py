@@ -522,7 +522,7 @@ class Library:
     # -- captions and questions ------------------------------------------------------------------
     def caption(self, images: list[str | os.PathLike[str] | bytes], settings: CaptionSettings = CaptionSettings(),
                 *, batch_size: int = 8, progress: ProgressFactory = no_progress) -> list[Described]:
-        """Captions for any image files; cached by content, model and prompt."""
+        """Captions for any image files; cached by content, model, prompt and decoding settings."""
         return caption_paths(self.db, self.captioner, [_root(p) for p in images], settings, batch_size, progress)
 
     def ask(self, images: list[str | os.PathLike[str] | bytes], question: str,
@@ -535,9 +535,9 @@ class Library:
     def caption_library(self, paths: list[str | os.PathLike[str] | bytes] | None = None,
                         settings: CaptionSettings = CaptionSettings(), *, batch_size: int = 8,
                         progress: ProgressFactory = no_progress) -> int:
-        """Caption every indexed image (below ``paths``) that has no caption from this model and prompt."""
+        """Caption every indexed image (below ``paths``) that has no caption from this model and settings."""
         todo = self.db.uncaptioned([_root(p) for p in paths] if paths else None, self.captioner.fingerprint,
-                                   settings.prompt)
+                                   settings.cache_key)
         done = caption_paths(self.db, self.captioner, [p for _, p in todo], settings, batch_size, progress)
         return sum(d.text is not None for d in done)
 

@@ -54,6 +54,9 @@ def test_captions_match_transformers_and_batching(captioner: Captioner, tiny_cap
         assert batched[i] == text[len("a picture of"):].strip()
     short = captioner.caption(pixels[:1], CaptionSettings(max_length=8, min_length=6, num_beams=1))[0]
     assert 1 <= len(short.split()) <= 8
+    # A prompt whose decoded text differs from itself (spacing, punctuation) is still cut off whole.
+    for prompt in ("A picture of: ", "a picture of"):
+        assert not captioner.caption(pixels[:1], CaptionSettings(prompt=prompt))[0].lower().startswith("a picture")
 
 
 def test_answers_use_enc_and_match_transformers(answerer: Answerer, tiny_vqa: Path) -> None:
@@ -111,8 +114,13 @@ def test_captions_are_generated_once_and_follow_moved_files(lib: Library, photos
     # Another prompt is another caption.
     lib.caption([photos / "elsewhere" / "img07.png"], CaptionSettings(prompt="a photo of "))
     assert sum(calls) == 13
+    # Other decoding settings make another caption too, cached on their own.
+    short = CaptionSettings(max_length=8, num_beams=1)
+    for _ in range(2):
+        lib.caption([photos / "elsewhere" / "img07.png"], short)
+    assert sum(calls) == 14
     with lib.db.reader() as session:
-        assert session.query(CaptionRow).count() == 13
+        assert session.query(CaptionRow).count() == 14
 
 
 def test_search_hits_with_captions_and_answer_filter(lib: Library, photos: Path) -> None:

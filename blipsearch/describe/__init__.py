@@ -35,6 +35,14 @@ class CaptionSettings:
     max_length: int = 20
     min_length: int = 5
 
+    @property
+    def cache_key(self) -> str:
+        """What a library stores this decoder's captions under (with image content and model):
+        the prompt, and the decoding settings too when they are not the paper's."""
+        if self == CaptionSettings(prompt=self.prompt):
+            return self.prompt
+        return f"{self.prompt}|beams={self.num_beams},min={self.min_length},max={self.max_length}"
+
 
 @dataclass(frozen=True)
 class AnswerSettings:
@@ -44,14 +52,6 @@ class AnswerSettings:
     max_length: int = 10
     min_length: int = 1
     first_token: str = "enc"  # the question's first token: BLIP's [ENC], or "cls"
-
-
-def _strip_prompt(text: str, prompt: str) -> str:
-    head = prompt.strip().lower()
-    text = text.strip()
-    if head and text.lower().startswith(head):
-        text = text[len(head):]
-    return text.strip()
 
 
 class Captioner:
@@ -87,8 +87,14 @@ class Captioner:
             min_length=settings.min_length,
             do_sample=False,
         )
-        texts = ckpt.tokenizer.batch_decode(out, skip_special_tokens=True)  # type: ignore[attr-defined]
-        return [_strip_prompt(t, settings.prompt) for t in texts]
+        # The output starts with the prompt's tokens ([DEC] for [CLS], no [SEP]). Their decoded text, not
+        # the prompt as typed (spacing, punctuation, [UNK] words), is what to cut from the caption's.
+        decode = ckpt.tokenizer.batch_decode  # type: ignore[attr-defined]
+        full = decode(out, skip_special_tokens=True)
+        heads = decode(out[:, : prompt.shape[1] - 1], skip_special_tokens=True)
+        tails = decode(out[:, prompt.shape[1] - 1 :], skip_special_tokens=True)
+        return [(text[len(head):] if text.startswith(head) else tail).strip()
+                for text, head, tail in zip(full, heads, tails)]
 
 
 class Answerer:

@@ -60,7 +60,7 @@ def caption_paths(
     progress: ProgressFactory = no_progress,
 ) -> list[Described]:
     """Captions for ``paths``: from the cache when this model already captioned the same
-    content with the same prompt, else generated in batches and cached."""
+    content with the same prompt and decoding settings, else generated in batches and cached."""
     fp = captioner.fingerprint
     results: dict[bytes, Described] = {}
     todo: list[tuple[bytes, bytes, str]] = []  # path, file bytes, content hash
@@ -70,7 +70,7 @@ def caption_paths(
             results[path] = Described(os.fsdecode(path), None, error)
             continue
         todo.append((path, data, hash_bytes(data)))
-    cached = db.captions(list({h for _, _, h in todo}), fp, settings.prompt) if db is not None else {}
+    cached = db.captions(list({h for _, _, h in todo}), fp, settings.cache_key) if db is not None else {}
     missing = [t for t in todo if t[2] not in cached]
     for path, _, content_hash in todo:
         if content_hash in cached:
@@ -85,7 +85,7 @@ def caption_paths(
                 results[path] = Described(os.fsdecode(path), text)
                 made[str(content_hash)] = text
             if db is not None and made:
-                db.save_captions(made, fp, captioner.checkpoint.spec, settings.prompt)
+                db.save_captions(made, fp, captioner.checkpoint.spec, settings.cache_key)
             bar.update(len(chunk))
     finally:
         bar.close()

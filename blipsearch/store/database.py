@@ -242,23 +242,23 @@ class Database:
             return list(session.scalars(select(FailureRow).order_by(FailureRow.path)).all())
 
     # -- captions ------------------------------------------------------------------
-    def captions(self, hashes: list[str], model_fp: str, prompt: str) -> dict[str, str]:
+    def captions(self, hashes: list[str], model_fp: str, key: str) -> dict[str, str]:
         found: dict[str, str] = {}
         with self.reader() as session:
             for start in range(0, len(hashes), 500):
                 stmt = select(CaptionRow.content_hash, CaptionRow.caption).where(
                     CaptionRow.content_hash.in_(hashes[start : start + 500]),
                     CaptionRow.model == model_fp,
-                    CaptionRow.prompt == prompt,
+                    CaptionRow.prompt == key,  # the settings key (CaptionSettings.cache_key)
                 )
                 found.update((h, c) for h, c in session.execute(stmt))
         return found
 
-    def save_captions(self, captions: dict[str, str], model_fp: str, model_spec: str, prompt: str) -> None:
+    def save_captions(self, captions: dict[str, str], model_fp: str, model_spec: str, key: str) -> None:
         now = utcnow()
         with self.transaction() as session:
             for content_hash, caption in captions.items():
-                session.merge(CaptionRow(content_hash=content_hash, model=model_fp, prompt=prompt, caption=caption,
+                session.merge(CaptionRow(content_hash=content_hash, model=model_fp, prompt=key, caption=caption,
                                          model_spec=model_spec, created_at=now))
 
     def one_path_per_content(self, roots: list[bytes] | None, model_fp: str | None = None) -> dict[str, bytes]:
@@ -271,10 +271,10 @@ class Database:
                 by_hash.setdefault(row.content_hash, path)
         return by_hash
 
-    def uncaptioned(self, roots: list[bytes] | None, model_fp: str, prompt: str) -> list[tuple[str, bytes]]:
-        """(content hash, one path) of indexed images without a caption from this model and prompt."""
+    def uncaptioned(self, roots: list[bytes] | None, model_fp: str, key: str) -> list[tuple[str, bytes]]:
+        """(content hash, one path) of indexed images without a caption from this model and settings key."""
         by_hash = self.one_path_per_content(roots)
-        have = self.captions(list(by_hash), model_fp, prompt)
+        have = self.captions(list(by_hash), model_fp, key)
         return [(h, p) for h, p in by_hash.items() if h not in have]
 
     # -- tags ----------------------------------------------------------------------------

@@ -86,7 +86,7 @@ class CaptionRow(Base):
 
     content_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     model: Mapped[str] = mapped_column(String(64), primary_key=True)  # caption model fingerprint
-    prompt: Mapped[str] = mapped_column(String(200), primary_key=True)
+    prompt: Mapped[str] = mapped_column(String(200), primary_key=True)  # CaptionSettings.cache_key
     caption: Mapped[str] = mapped_column(Text)
     model_spec: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime)
