@@ -90,7 +90,11 @@ def recall_at(ranks: npt.NDArray[np.int64]) -> dict[str, float]:
 
 
 class _TokenCache:
-    """Vision-encoder outputs per image, computed once per evaluation."""
+    """Vision-encoder outputs per image, computed once per evaluation.
+
+    Kept in fp16 (the model's dtype on a GPU): 0.9 MB an image at base size,
+    4.4 GB for COCO's 5k test images rather than 8.9 GB in fp32.
+    """
 
     def __init__(self, model: RetrievalModel, paths: list[Path]) -> None:
         from .index.images import load_pixels
@@ -104,8 +108,8 @@ class _TokenCache:
             chunk = todo[start : start + 16]
             pixels = np.stack([self._load(self.paths[i], self.model.image_spec) for i in chunk])
             for i, tok in zip(chunk, self.model.image_tokens(pixels)):
-                self.tokens[i] = tok
-        return torch.stack([self.tokens[i] for i in indices])
+                self.tokens[i] = tok.to(torch.float16)
+        return torch.stack([self.tokens[i] for i in indices]).to(self.model.dtype)
 
 
 def _itm_plus_itc(model: RetrievalModel, texts: list[str], tokens: torch.Tensor, itc: np.ndarray,
@@ -157,7 +161,8 @@ def evaluate(
     order = np.argsort(-sims, axis=1, kind="stable")
     t2i_itc = np.argmax(order == truth[:, None], axis=1)
     t2i_rerank = t2i_itc.copy()
-    bar = progress(n_texts + n_images, "Reranking")
+    queries = np.unique(truth)  # images with captions: the image -> text queries
+    bar = progress(n_texts + len(queries), "Reranking")
     for t in range(n_texts):
         top = order[t, :depth]
         scores = _itm_plus_itc(model, [dataset.texts[t]] * depth, cache.get(top.tolist()), sims[t, top])
@@ -166,18 +171,19 @@ def evaluate(
         t2i_rerank[t] = hit[0] if len(hit) else max(t2i_itc[t], depth)
         bar.update(1)
 
-    # Image -> text: correct when any of the image's captions is found.
-    order_t = np.argsort(-sims.T, axis=1, kind="stable")
-    correct = truth[order_t] == np.arange(n_images)[:, None]
+    # Image -> text: correct when any of the image's captions is found. Images listed without
+    # captions are distractors for text -> image only.
+    order_t = np.argsort(-sims.T[queries], axis=1, kind="stable")
+    correct = truth[order_t] == queries[:, None]
     i2t_itc = np.argmax(correct, axis=1)
     i2t_rerank = i2t_itc.copy()
     depth_t = min(rerank_depth, n_texts)
-    for i in range(n_images):
-        top = order_t[i, :depth_t]
-        scores = _itm_plus_itc(model, [dataset.texts[t] for t in top], cache.get([i]), sims.T[i, top])
+    for q, i in enumerate(queries):
+        top = order_t[q, :depth_t]
+        scores = _itm_plus_itc(model, [dataset.texts[t] for t in top], cache.get([int(i)]), sims.T[i, top])
         reranked = top[np.argsort(-scores, kind="stable")]
         hit = np.flatnonzero(truth[reranked] == i)
-        i2t_rerank[i] = hit[0] if len(hit) else max(i2t_itc[i], depth_t)
+        i2t_rerank[q] = hit[0] if len(hit) else max(i2t_itc[q], depth_t)
         bar.update(1)
     bar.close()
 
@@ -186,6 +192,7 @@ def evaluate(
         "image_to_text": {"itc": recall_at(i2t_itc), "rerank": recall_at(i2t_rerank)},
         "images": n_images,
         "texts": n_texts,
+        "image_queries": len(queries),
         "rerank_depth": rerank_depth,
         "model": model.spec,
         "itm_token": model.itm_token,

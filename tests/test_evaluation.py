@@ -24,6 +24,7 @@ CAPTIONS = [
     ["a small boat on the river"],
     ["a green tree by a house", "a house"],
     ["a yellow flower"],
+    [],  # a distractor: searched for, never a query
 ]
 
 
@@ -92,12 +93,12 @@ def test_protocol_matches_brute_force(evalset: Path, tmp_path: Path, tiny_model:
     itm_score = lambda t, i: itm[t, i]  # noqa: E731
     t2i = ranks(sims, lambda t, i: data.text_image[t] == i)
     itm_score = lambda i, t: itm[t, i]  # noqa: E731
-    i2t = ranks(sims.T, lambda i, t: data.text_image[t] == i)
+    i2t = ranks(sims.T[:6], lambda i, t: data.text_image[t] == i)  # the distractor asks nothing
     for got, (itc_r, rerank_r) in ((result["text_to_image"], t2i), (result["image_to_text"], i2t)):
         assert got["itc"] == pytest.approx(recall_at(np.array(itc_r)))
         assert got["rerank"] == pytest.approx(recall_at(np.array(rerank_r)))
     assert t2i[0] != t2i[1] or i2t[0] != i2t[1], "reranking must move something for the test to mean anything"
-    assert result["images"] == 6 and result["texts"] == 9
+    assert result["images"] == 7 and result["texts"] == 9 and result["image_queries"] == 6
 
 
 def test_eval_command_json(evalset: Path, tiny_model: Path, tmp_path: Path) -> None:
@@ -107,7 +108,7 @@ def test_eval_command_json(evalset: Path, tiny_model: Path, tmp_path: Path) -> N
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert set(out["text_to_image"]) == {"itc", "rerank"}
     assert set(out["image_to_text"]["rerank"]) == {"R@1", "R@5", "R@10"}
-    assert out["images"] == 6 and out["texts"] == 9
+    assert out["images"] == 7 and out["texts"] == 9
     (evalset / "img" / "2.png").unlink()
     result = CliRunner().invoke(main, ["eval", str(evalset), str(evalset / "captions.jsonl"), "--model",
                                        str(tiny_model)])
