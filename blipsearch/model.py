@@ -259,8 +259,15 @@ def _enc_token_id(tokenizer: object, vocab_size: int) -> int:
     if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:  # type: ignore[attr-defined]
         return token_id
     # The hub's converted checkpoints ship a plain bert tokenizer without [ENC];
-    # BLIP's text encoder put it last in its vocabulary (id 30523 of 30524).
-    return vocab_size - 1
+    # BLIP's text encoder put it last in its vocabulary (id 30523 of 30524),
+    # after [DEC]: two ids past the tokenizer's own.
+    if vocab_size == len(tokenizer) + 2:  # type: ignore[arg-type]
+        return vocab_size - 1
+    logging.getLogger(__name__).warning(
+        "The tokenizer has no [ENC] token and the text encoder's vocabulary (%d) is not BLIP's layout "
+        "(the tokenizer's %d words, then [DEC] and [ENC]): image-text matching starts with [CLS] instead.",
+        vocab_size, len(tokenizer))  # type: ignore[arg-type]
+    return int(tokenizer.cls_token_id)  # type: ignore[attr-defined]
 
 
 def load_checkpoint(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
@@ -164,7 +165,8 @@ def test_itm_uses_the_enc_token_and_matches_transformers(model, reference) -> No
                                with_cls, atol=1e-5)
 
 
-def test_enc_falls_back_to_the_last_vocab_id(tmp_path: Path, tiny_model: Path) -> None:
+def test_enc_falls_back_to_the_last_vocab_id(tmp_path: Path, tiny_model: Path,
+                                             caplog: pytest.LogCaptureFixture) -> None:
     # The hub's converted checkpoints ship a plain BERT tokenizer without [ENC].
     plain = tmp_path / "plain"
     shutil.copytree(tiny_model, plain)
@@ -174,6 +176,11 @@ def test_enc_falls_back_to_the_last_vocab_id(tmp_path: Path, tiny_model: Path) -
         (plain / name).unlink(missing_ok=True)
     loaded = load_retrieval_model(str(plain), device="cpu")
     assert loaded.enc_token_id == loaded.net.config.text_config.vocab_size - 1
+    # A vocabulary without BLIP's two extra ids: the last id is an ordinary word, so [CLS] it is.
+    (plain / "vocab.txt").write_text("\n".join(v for v in vocab if v != "[ENC]") + "\n")
+    with caplog.at_level(logging.WARNING):
+        loaded = load_retrieval_model(str(plain), device="cpu")
+    assert loaded.enc_token_id == loaded.tokenizer.cls_token_id and "[CLS] instead" in caplog.text
 
 
 def test_nested_processor_config_is_accepted(tmp_path: Path) -> None:
