@@ -64,9 +64,12 @@ def test_touched_but_identical_file_is_not_reembedded(lib: Library, photos: Path
     lib.index([photos])
     target = photos / "holiday" / "img00.png"
     os.utime(target, ns=(1, 1))
+    generation, saved = lib.db.library().generation, lib.vectors_path.stat().st_mtime_ns
     report = lib.index([photos])
     assert report.embedded == 0 and report.counts()["unchanged"] == 12
     assert stored(lib)[fs(target)].mtime_ns == 1
+    # No vector changed: searches elsewhere keep their index, and the file is not written again.
+    assert lib.db.library().generation == generation and lib.vectors_path.stat().st_mtime_ns == saved
 
 
 def test_rerun_loads_the_model_only_when_an_image_needs_embedding(lib: Library, photos: Path,

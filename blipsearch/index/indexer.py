@@ -266,7 +266,7 @@ class Indexer:
         faiss_remove: list[int] = []
         now = utcnow()
         with self.db.transaction() as session:
-            generation = self.db.bump_generation(session)
+            self.db.bump_generation(session, by=0)  # the write lock first
             copies = self.db.embedded_by_hash(
                 session,
                 {j.data.content_hash for j in batch if j.data is not None and id(j) not in new_vectors},
@@ -345,6 +345,10 @@ class Indexer:
                     report.updated += 1
                 faiss_add.append((image_id, vector))
                 self._clear_failure(session, path)
+            # Touched files and failures of files never indexed change no image row that a vector
+            # file or the full-text index mirrors: readers keep theirs.
+            changed = faiss_add or faiss_remove or report.moved
+            generation = self.db.bump_generation(session) if changed else None
         # Committed: now mirror it in the in-memory vector index.
         self.vectors.remove(faiss_remove)
         if faiss_add:
@@ -355,7 +359,8 @@ class Indexer:
             setattr(self.report, key, getattr(self.report, key) + getattr(report, key))
         self.report.embedded += len(embed)
         self.report.errors.extend((j.entry.path, j.error) for j in batch if j.error)
-        self.on_commit(generation)
+        if generation is not None:
+            self.on_commit(generation)
 
     def _claim_missing(self, content_hash: str) -> StoredRow | None:
         rows = self._missing_by_hash.get(content_hash)
@@ -408,14 +413,15 @@ class Indexer:
         if not gone and not stale_failures:
             return
         with self.db.transaction() as session:
-            generation = self.db.bump_generation(session)
+            generation = self.db.bump_generation(session, by=1 if gone else 0)
             for start in range(0, len(gone), 500):
                 session.execute(delete(ImageRow).where(ImageRow.id.in_(gone[start : start + 500])))
             for start in range(0, len(stale_failures), 500):
                 session.execute(delete(FailureRow).where(FailureRow.path.in_(stale_failures[start : start + 500])))
         self.vectors.remove(gone)
         self.report.removed += len(gone)
-        self.on_commit(generation)
+        if gone:
+            self.on_commit(generation)
 
 
 def _below_any(path: bytes, folders: list[bytes], inclusive: bool = False) -> bool:

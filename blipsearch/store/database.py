@@ -129,11 +129,13 @@ class Database:
             return row
 
     @staticmethod
-    def bump_generation(session: Session) -> int:
-        """Count one more change of the vectors; returns the generation this transaction makes."""
-        # The first statement of a write transaction: it takes SQLite's write lock
-        # up front, so two writers queue instead of deadlocking on lock upgrade.
-        session.execute(update(LibraryRow).where(LibraryRow.id == 1).values(generation=LibraryRow.generation + 1))
+    def bump_generation(session: Session, by: int = 1) -> int:
+        """Count one more change of the vectors; returns the generation this transaction makes.
+
+        With ``by=0`` as the first statement of a write transaction: it takes SQLite's
+        write lock up front, so two writers queue instead of deadlocking on lock upgrade.
+        """
+        session.execute(update(LibraryRow).where(LibraryRow.id == 1).values(generation=LibraryRow.generation + by))
         return int(session.scalar(select(LibraryRow.generation).where(LibraryRow.id == 1)) or 0)
 
     def set_model(self, spec: str, fp: str, dim: int) -> None:
