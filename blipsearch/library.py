@@ -12,6 +12,7 @@ SQLAlchemy URL) and the FAISS file derived from it.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
@@ -278,7 +279,19 @@ class Library:
         if not roots:
             raise InputPathError("Give at least one folder or image to index.")
         with self._index_lock():
+            self._remove_leftovers()
             return self._index(roots, batch_size, workers, reindex, progress)
+
+    def _remove_leftovers(self, min_age_s: float = 3600) -> None:
+        """Temporary files of writes cut short by a crash or kill (as large as the vector file)."""
+        now = time.time()
+        for folder in (self.location, self.location / "tokens"):
+            for tmp in folder.glob(".*.tmp"):
+                try:
+                    if now - tmp.stat().st_mtime > min_age_s:  # older than any write still under way
+                        tmp.unlink()
+                except OSError:
+                    pass
 
     @contextmanager
     def _index_lock(self) -> Iterator[None]:

@@ -416,6 +416,13 @@ def test_vector_file_write_is_atomic(lib: Library, photos: Path, library_dir: Pa
         index.save(vectors, header.generation + 1, header.model)
     assert vectors.read_bytes() == before
     assert [p.name for p in library_dir.iterdir() if p.name.endswith(".tmp")] == []
+    # A kill leaves the temporary file behind: the next index run removes it once it is old.
+    (library_dir / ".vectors.faiss.x1.tmp").write_bytes(b"partial")
+    (library_dir / ".vectors.faiss.x2.tmp").write_bytes(b"being written")
+    os.utime(library_dir / ".vectors.faiss.x1.tmp", (1, 1))
+    monkeypatch.undo()
+    lib.index([photos])
+    assert [p.name for p in library_dir.iterdir() if p.name.endswith(".tmp")] == [".vectors.faiss.x2.tmp"]
 
 
 def test_other_model_is_refused_until_reindex(library_dir: Path, photos: Path, tiny_model: Path,
