@@ -64,7 +64,14 @@ class TextIndex:
 
     def refresh(self) -> None:
         """Rebuild the text index if images or captions changed since it was built."""
+        with self.db.reader() as session:
+            state = session.get(TextIndexState, 1)
+            if state is not None and state.marker == self._marker(session):
+                return
         with self.db.transaction() as session:
+            # One rebuild at a time: the library row's write lock, then look again (another
+            # search may have rebuilt it meanwhile; PostgreSQL reads committed rows).
+            self.db.bump_generation(session, by=0)
             marker = self._marker(session)
             state = session.get(TextIndexState, 1)
             if state is not None and state.marker == marker:
