@@ -76,7 +76,8 @@ def _normalize_spec(spec: str) -> str:
 @dataclass(frozen=True)
 class Hit:
     """One search result. ``score`` is what the ranking used: ITM logit + ITC cosine when
-    reranked (the BLIP paper's score), else the ITC cosine."""
+    reranked (the BLIP paper's score), else the ITC cosine; in hybrid search, the reciprocal
+    rank fusion of that ranking with the full-text one."""
 
     rank: int
     id: int
@@ -361,9 +362,11 @@ class Library:
         """Text to image: ITC cosine shortlist, the top ``rerank_depth`` reranked with ITM.
 
         With ``hybrid``, the shortlist fuses the vector ranking with a full-text
-        ranking of captions, file and folder names (reciprocal rank fusion)
-        before reranking. With ``tag``, only images whose stored tags (see
-        :meth:`tag_library`) include that label are considered.
+        ranking of captions, file and folder names (reciprocal rank fusion),
+        and the reranked order is fused with the full-text ranking again: ITM
+        does not read file names, so a name that matches keeps its weight.
+        With ``tag``, only images whose stored tags (see :meth:`tag_library`)
+        include that label are considered.
         """
         if not text.strip():
             raise InputPathError("The search text is empty.")
@@ -398,6 +401,9 @@ class Library:
         ranked = rerank(model, text, [(i, itc[i]) for i in order[:depth]], rows, cache=self.token_cache) if depth else []
         reranked = {r.id: r for r in ranked if r.itm is not None}
         results = [(r.id, r.score, r.itm) for r in ranked if r.itm is not None]
+        if hybrid and results:
+            final = reciprocal_rank_fusion([[i for i, _, _ in results], list(keyword)])
+            results = sorted(((i, final[i], itm) for i, _, itm in results), key=lambda r: -r[1])
         results += [(i, base[i], None) for i in order if i not in reranked]
         return [
             Hit(rank=n + 1, id=i, path=os.fsdecode(rows[i].path), score=score, itc=itc[i], itm=itm,

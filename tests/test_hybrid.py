@@ -42,6 +42,9 @@ def test_file_and_folder_names_are_found(lib: Library, photos: Path) -> None:
     top = lib.search("birthday cake", k=3, rerank_depth=3, hybrid=True)
     assert top[0].itm is not None and any(h.keyword for h in top)
     assert all(h.keyword is None for h in lib.search("birthday", k=3, rerank_hits=False))
+    # ITM does not read file names: reranking must not bury the one picture named by the query.
+    for word, name in (("birthday", "birthday_cake.png"), ("venice", "IMG_0001.png")):
+        assert lib.search(word, k=1, rerank_depth=14, hybrid=True)[0].path.endswith(name)
 
 
 def test_captions_are_searchable_and_the_index_follows_changes(lib: Library, photos: Path) -> None:
