@@ -45,13 +45,18 @@ def _looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or spec.count("/") != 1 or os.sep != "/" and os.sep in spec
 
 
-def _unavailable(spec: str, reason: str) -> ModelUnavailableError:
+_OPTION = {"retrieval": "--model", "caption": "--caption-model", "vqa": "--vqa-model"}
+
+
+def _unavailable(spec: str, reason: str, role: str) -> ModelUnavailableError:
+    option = _OPTION.get(role, "--model")
+    never = "" if _offline() else " (set HF_HUB_OFFLINE=1 to never try the network)"
     return ModelUnavailableError(
         f"Model {spec!r} is not on this machine and can't be downloaded ({reason}). "
         f"Connect to the network and run again (the files are cached for later offline use); "
         f"or, on a connected machine, run `hf download {spec}` and copy the folder here, "
-        f"then pass --model PATH (set HF_HUB_OFFLINE=1 to never try the network); "
-        f"or try the bundled demo model with --model builtin:shapes."
+        f"then pass {option} PATH{never}; "
+        f"or try the bundled demo model with {option} builtin:shapes."
     )
 
 
@@ -79,10 +84,10 @@ def resolve_model_dir(spec: str, role: str = "retrieval") -> Path:
         return local.resolve()
     if _looks_like_path(spec):
         raise InputPathError(f"Model folder {spec} does not exist.")
-    return _hub_snapshot(spec)
+    return _hub_snapshot(spec, role)
 
 
-def _hub_snapshot(repo_id: str) -> Path:
+def _hub_snapshot(repo_id: str, role: str) -> Path:
     # Imported here so that local and built-in models never import the hub client.
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
@@ -94,7 +99,7 @@ def _hub_snapshot(repo_id: str) -> Path:
     except (LocalEntryNotFoundError, FileNotFoundError, OSError):
         pass
     if _offline():
-        raise _unavailable(repo_id, "HF_HUB_OFFLINE is set and it is not in the Hugging Face cache")
+        raise _unavailable(repo_id, "HF_HUB_OFFLINE is set and it is not in the Hugging Face cache", role)
     try:
         path = Path(snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS))
         if not _has_weights(path):
@@ -103,9 +108,9 @@ def _hub_snapshot(repo_id: str) -> Path:
             path = Path(snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS + ["pytorch_model.bin"]))
     except (HfHubHTTPError, OSError, ValueError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise _unavailable(repo_id, first_line) from None
+        raise _unavailable(repo_id, first_line, role) from None
     if not _has_weights(path):
-        raise _unavailable(repo_id, "the repository has no model weights")
+        raise _unavailable(repo_id, "the repository has no model weights", role)
     return path
 
 

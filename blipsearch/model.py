@@ -48,9 +48,14 @@ def select_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ModelLoadError(f"Unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps.") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise ModelLoadError(f"Unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps.")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError("--device cuda was asked for, but this torch build sees no CUDA GPU.")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) is not None
+                                     and torch.backends.mps.is_available()):
+        raise ModelLoadError("--device mps was asked for, but this machine or torch build has no Apple GPU (MPS).")
     return device
 
 

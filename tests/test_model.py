@@ -215,6 +215,11 @@ def test_offline_hub_id_fails_fast_with_advice() -> None:
     assert time.monotonic() - start < 5
     message = str(info.value)
     assert "--model PATH" in message and "HF_HUB_OFFLINE" in message and "hf download" in message
+    # The advice names the option of the model that is missing.
+    for role, option in (("caption", "--caption-model"), ("vqa", "--vqa-model")):
+        with pytest.raises(ModelUnavailableError) as info:
+            resolve_model_dir("Salesforce/blip-vqa-base", role)
+        assert f"{option} PATH" in str(info.value) and "--model PATH" not in str(info.value)
 
 
 def test_bad_model_paths() -> None:
@@ -306,3 +311,15 @@ def test_itm_cross_attention_shortcuts_equal_transformers(model, reference) -> N
             np.testing.assert_allclose(model.net.itm_head(hidden[:, 0]).numpy(), one_image, atol=1e-5)
     # A short query takes the absorbed route through the public call.
     assert model.tokenize(["a cat"], for_itm=True)["input_ids"].shape[1] < head_size
+
+
+def test_devices_that_cannot_run_the_model_are_clear_errors() -> None:
+    from blipsearch.model import select_device
+
+    names = ["xla", "meta", "banana", "cuda"] if not torch.cuda.is_available() else ["xla", "meta", "banana"]
+    if not torch.backends.mps.is_available():
+        names.append("mps")
+    for name in names:
+        with pytest.raises(ModelLoadError, match="device"):
+            select_device(name)
+    assert select_device("cpu").type == "cpu"
