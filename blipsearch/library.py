@@ -199,6 +199,15 @@ class Library:
         record = self.db.library()
         if record.model_fingerprint is not None and record.model_fingerprint != model.fingerprint:
             asked = _normalize_spec(model.spec)
+            made, _, made_route = record.model_fingerprint.partition("+")
+            checkpoint, _, route = model.fingerprint.partition("+")
+            if made == checkpoint:  # the same weights, another vision route
+                raise ModelMismatchError(
+                    f"This library's vectors were made with --quantize {made_route or 'none'}; vectors made "
+                    f"with --quantize {route or 'none'} are not mixed with them. Use --quantize "
+                    f"{made_route or 'none'}, or re-embed everything with "
+                    f"`blipsearch index --reindex --quantize {route or 'none'} PATH...`."
+                )
             raise ModelMismatchError(
                 f"This library's vectors were made by {record.model} (fingerprint {record.model_fingerprint}); "
                 f"{asked} (fingerprint {model.fingerprint}) makes vectors that can't be compared with them. "

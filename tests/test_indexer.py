@@ -525,7 +525,7 @@ def test_int8_route_is_recorded_and_not_mixed(library_dir: Path, photos: Path, t
         assert lib.quantize == "int8"  # the library's route is the default
         assert lib.search("a dog", k=3, rerank_hits=False)
     with Library(library_dir, model=str(tiny_model), device="cpu", quantize="none") as lib:
-        with pytest.raises(ModelMismatchError, match="reindex"):
+        with pytest.raises(ModelMismatchError, match="made with --quantize int8.*Use --quantize int8.*--reindex --quantize none"):
             lib.search("a dog")
 
 
