@@ -370,12 +370,17 @@ def search(lib: Library, text: str, k: int, as_json: bool, paths_only: bool, rer
     if expected is not None:
         hits = lib.describe(hits, question=question)
         examined = len(hits)
-        hits = lib.keep_answer(hits, expected)[:k]
-        click.echo(f"Asked {question!r} of the top {examined} hits: {len(hits)} answered {expected!r}.", err=True)
+        kept = lib.keep_answer(hits, expected)
+        hits = kept[:k]
+        shown = f" (showing {len(hits)})" if len(hits) < len(kept) else ""
+        click.echo(f"Asked {question!r} of the top {examined} hits: {len(kept)} answered {expected!r}{shown}.",
+                   err=True)
         if settings is not None:
             hits = lib.describe(hits, caption=settings)
     elif settings is not None or question is not None:
         hits = lib.describe(hits, caption=settings, question=question)
+    if not hits and tag is not None:
+        click.echo(f"No indexed image is tagged {tag!r} (tags come from `blipsearch index --tags FILE`).", err=True)
     _print_hits(hits, as_json, paths_only)
 
 
@@ -483,7 +488,10 @@ def texts_add(lib: Library, file: Path, fmt: str, as_json: bool) -> None:
 @with_library
 def texts_list(lib: Library, as_json: bool) -> None:
     """List the texts of the collection."""
-    for row in lib.texts():
+    rows = lib.texts()
+    if not rows:
+        click.echo("The collection has no texts yet (see `blipsearch texts add --help`).", err=True)
+    for row in rows:
         if as_json:
             _json_line({"id": row.id, "external_id": row.external_id, "text": row.text, "meta": row.meta})
         else:
@@ -610,7 +618,10 @@ def status(lib: Library, as_json: bool) -> None:
 @with_library
 def failures(lib: Library, as_json: bool) -> None:
     """List the files that could not be indexed, with the reason."""
-    for failure in lib.failures():
+    found = lib.failures()
+    if not found:
+        click.echo("No file failed to index.", err=True)
+    for failure in found:
         if as_json:
             _json_line({"path": failure.path, "reason": failure.reason})
         else:

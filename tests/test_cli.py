@@ -63,6 +63,12 @@ def test_index_search_status_failures(run, photos: Path) -> None:
 
     failures = [json.loads(line) for line in run("failures", "--json", model=False).stdout.splitlines()]
     assert failures == [{"path": str(photos / "broken.jpg"), "reason": "not an image, or a format Pillow can't read"}]
+    (photos / "broken.jpg").unlink()
+    run("index", str(photos))
+    result = run("failures", model=False)
+    assert result.stdout == "" and "No file failed" in result.stderr
+    result = run("search", "a red circle", "--tag", "beach")
+    assert result.exit_code == 0 and result.stdout == "" and "No indexed image is tagged 'beach'" in result.stderr
 
 
 @pytest.mark.parametrize(

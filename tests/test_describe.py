@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -163,3 +164,21 @@ def test_cli_caption_ask_and_search_extras(library_dir: Path, tiny_model: Path, 
     assert all(same_answer(json.loads(line)["answer"], answers[0]) for line in out.stdout.splitlines())
     out = runner.invoke(main, ["search", "a dog", "--answer", "yes", *base])
     assert out.exit_code == 2 and "--answer needs --ask" in out.output
+
+
+def test_answer_filter_counts_every_examined_hit(library_dir: Path, tmp_path: Path) -> None:
+    from blipsearch.shapes import world
+
+    world.write_folder(tmp_path / "scenes", world.generate("test", 14, seed=5))
+    base = ["--library", str(library_dir), "--model", "builtin:shapes", "--vqa-model", "builtin:shapes"]
+    runner = CliRunner()
+    assert runner.invoke(main, ["index", str(tmp_path / "scenes"), *base]).exit_code == 0
+    question = "what color is the shape on the left?"
+    out = runner.invoke(main, ["search", "a red circle", "-k", "14", "--ask", question, "--json", *base])
+    # 14 pictures, 6 colors: some answer is given more than once.
+    common, count = Counter(json.loads(line)["answer"] for line in out.stdout.splitlines()).most_common(1)[0]
+    assert count > 1
+    out = runner.invoke(main, ["search", "a red circle", "-k", "1", "--ask", question, "--answer", common,
+                               "--examine", "14", *base])
+    assert f"of the top 14 hits: {count} answered {common!r} (showing 1)." in out.stderr
+    assert len(out.stdout.splitlines()) == 2  # the hit, and its answer under it
