@@ -127,7 +127,7 @@ def library_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def _open(library: str | None, db_url: str | None, model: str | None, device: str, itm_token: str,
           max_megapixels: float | None, caption_model: str | None = None, vqa_model: str | None = None,
-          quantize: str | None = None, token_cache_gb: float = 0.0) -> Library:
+          quantize: str | None = None, token_cache_gb: float = 0.0, create: bool = True) -> Library:
     if max_megapixels is not None:
         from PIL import Image
 
@@ -136,7 +136,7 @@ def _open(library: str | None, db_url: str | None, model: str | None, device: st
         Image.MAX_IMAGE_PIXELS = int(max_megapixels * 1_000_000)
     return Library(library, db_url=db_url, model=model, device=device, itm_token=itm_token,  # type: ignore[arg-type]
                    caption_model=caption_model, vqa_model=vqa_model, quantize=quantize,
-                   token_cache_gb=token_cache_gb)
+                   token_cache_gb=token_cache_gb, create=create)
 
 
 @contextmanager
@@ -156,20 +156,27 @@ def _errors() -> Iterator[None]:
         sys.exit(EXIT_INTERRUPTED)
 
 
-def with_library(func: Callable[..., Any]) -> Callable[..., Any]:
+def with_library(func: Callable[..., Any], create: bool = True) -> Callable[..., Any]:
     @library_options
     @functools.wraps(func)
     def wrapper(library, db_url, model, device, quantize, token_cache_gb, itm_token, caption_model,  # type: ignore[no-untyped-def]
                 vqa_model, max_megapixels, **kwargs):
+        if kwargs.get("as_json") and kwargs.get("paths_only"):  # usage errors before opening anything
+            raise click.UsageError("--json and --paths can't be used together.")
         with _errors():
             lib = _open(library, db_url, model, device, itm_token, max_megapixels, caption_model, vqa_model,
-                        quantize, token_cache_gb)
+                        quantize, token_cache_gb, create)
             try:
                 return func(lib, **kwargs)
             finally:
                 lib.close()
 
     return wrapper
+
+
+def with_existing_library(func: Callable[..., Any]) -> Callable[..., Any]:
+    """For commands that only read a library: a mistyped --library is an error, not a new library."""
+    return with_library(func, create=False)
 
 
 def _echo_path(path: str) -> None:
@@ -217,11 +224,6 @@ def _output_flags(func: Callable[..., Any]) -> Callable[..., Any]:
     func = click.option("--json", "as_json", is_flag=True, help="One JSON object per hit per line.")(func)
     return click.option("-k", "--top-k", "k", type=PositiveInt(), default=10, show_default=True,
                         help="Number of results.")(func)
-
-
-def _check_output_flags(as_json: bool, paths_only: bool) -> None:
-    if as_json and paths_only:
-        raise click.UsageError("--json and --paths can't be used together.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -341,7 +343,7 @@ def index(lib: Library, paths: tuple[bytes, ...], batch_size: int | None, worker
               help="With --ask: keep only the hits whose answer is VALUE (e.g. --ask 'is there a dog?' --answer yes).")
 @click.option("--examine", type=PositiveInt(), default=None,
               help="With --answer: how many top hits to ask. Default: max(k, --rerank-depth).")
-@with_library
+@with_existing_library
 def search(lib: Library, text: str, k: int, as_json: bool, paths_only: bool, rerank_depth: int,
            no_rerank: bool, hybrid: bool, tag: str | None, with_caption: bool, question: str | None, expected: str | None,
            examine: int | None) -> None:
@@ -360,7 +362,6 @@ def search(lib: Library, text: str, k: int, as_json: bool, paths_only: bool, rer
       blipsearch search "birthday cake" --hybrid
       blipsearch search "a street at night" --ask "is it raining?" --answer yes
     """
-    _check_output_flags(as_json, paths_only)
     if expected is not None and question is None:
         raise click.UsageError("--answer needs --ask QUESTION.")
     depth = 0 if no_rerank else rerank_depth
@@ -447,10 +448,9 @@ def _print_described(results: list[Any], field: str, as_json: bool, question: st
 @main.command()
 @click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=bytes))
 @_output_flags
-@with_library
+@with_existing_library
 def similar(lib: Library, image: bytes, k: int, as_json: bool, paths_only: bool) -> None:
     """Find the images that look most like IMAGE (any image file, indexed or not)."""
-    _check_output_flags(as_json, paths_only)
     _print_hits(lib.similar(image, k), as_json, paths_only)
 
 
@@ -485,7 +485,7 @@ def texts_add(lib: Library, file: Path, fmt: str, as_json: bool) -> None:
 
 @texts.command("list")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per text per line.")
-@with_library
+@with_existing_library
 def texts_list(lib: Library, as_json: bool) -> None:
     """List the texts of the collection."""
     rows = lib.texts()
@@ -500,7 +500,7 @@ def texts_list(lib: Library, as_json: bool) -> None:
 
 @texts.command("remove")
 @click.argument("ids", nargs=-1, required=True)
-@with_library
+@with_existing_library
 def texts_remove(lib: Library, ids: tuple[str, ...]) -> None:
     """Remove texts by id (as `texts list` shows) or by the id they had in their file."""
     removed = lib.remove_texts(list(ids))
@@ -518,7 +518,7 @@ def texts_remove(lib: Library, ids: tuple[str, ...]) -> None:
 @click.option("--source", type=click.Choice(["texts", "captions"]), default="texts", show_default=True,
               help="Match against the text collection, or the library's generated captions.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per text per line.")
-@with_library
+@with_existing_library
 def lookup(lib: Library, image: bytes, k: int, rerank_depth: int, no_rerank: bool, source: str,
            as_json: bool) -> None:
     """Find the texts that best describe IMAGE.
@@ -602,7 +602,7 @@ def demo_photos(folder: Path, count: int, seed: int) -> None:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
-@with_library
+@with_existing_library
 def status(lib: Library, as_json: bool) -> None:
     """Show the library: image and vector counts, failures, model, location."""
     info = lib.status()
@@ -615,7 +615,7 @@ def status(lib: Library, as_json: bool) -> None:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per failure per line.")
-@with_library
+@with_existing_library
 def failures(lib: Library, as_json: bool) -> None:
     """List the files that could not be indexed, with the reason."""
     found = lib.failures()

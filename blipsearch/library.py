@@ -105,7 +105,8 @@ class Failure:
 
 
 class Library:
-    """Open (creating if needed) the library at ``location``.
+    """Open the library at ``location``, creating it if needed (with ``create=False``, a
+    library that does not exist yet is an error: a mistyped path makes no new one).
 
     ``model`` is a hub id, a local checkpoint folder or ``builtin:NAME``; left
     out, the model the library was indexed with is used (the default model for
@@ -124,10 +125,14 @@ class Library:
         vqa_model: str | None = None,
         quantize: str | None = None,
         token_cache_gb: float = 0.0,
+        create: bool = True,
     ) -> None:
         self.location = Path(location).expanduser() if location is not None else default_location()
         if self.location.exists() and not self.location.is_dir():
             raise LibraryError(f"Library location {self.location} exists but is not a folder.")
+        if not create and db_url is None and not (self.location / DB_FILE).is_file():
+            raise LibraryError(f"There is no library at {self.location}: check --library, or make one with "
+                               f"`blipsearch index PATH --library {self.location}`.")
         try:
             self.location.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

@@ -74,7 +74,8 @@ def test_index_search_status_failures(run, photos: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "code", "words"),
     [
-        (("search", "a dog"), 1, "run `blipsearch index PATH` first"),
+        (("search", "a dog"), 1, "There is no library at"),
+        (("status",), 1, "There is no library at"),
         (("search", "a dog", "-k", "0"), 2, "at least 1"),
         (("search", "a dog", "-k", "many"), 2, "not a whole number"),
         (("search", "a dog", "--json", "--paths"), 2, "can't be used together"),
@@ -82,11 +83,21 @@ def test_index_search_status_failures(run, photos: Path) -> None:
         (("similar", "/no/such.jpg"), 2, "does not exist"),
     ],
 )
-def test_user_errors_are_one_sentence(run, args, code, words) -> None:
+def test_user_errors_are_one_sentence(run, args, code, words, library_dir: Path) -> None:
     result = run(*args)
     assert result.exit_code == code
     assert words in result.output
     assert "Traceback" not in result.output
+    if args[0] != "index":  # reading a library that isn't there makes none
+        assert not (library_dir / "library.db").exists()
+
+
+def test_empty_library_says_to_index(run, library_dir: Path, tiny_model: Path) -> None:
+    from blipsearch import Library
+
+    Library(library_dir, model=str(tiny_model)).close()  # made, nothing indexed yet
+    result = run("search", "a dog")
+    assert result.exit_code == 1 and "run `blipsearch index PATH` first" in result.output
 
 
 def test_model_mismatch_is_explained(run, photos: Path, library_dir: Path, other_model: Path) -> None:
