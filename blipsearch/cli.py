@@ -592,6 +592,9 @@ def demo_photos(folder: Path, count: int, seed: int) -> None:
     """
     from .shapes.world import generate, write_folder
 
+    if folder.is_dir() and any(folder.iterdir()):
+        raise click.ClickException(f"{folder} is not empty: give a new or empty folder, so that its pictures "
+                                   "and captions.jsonl stay one set.")
     with _errors():
         try:
             captions = write_folder(folder, generate("test", count, seed))

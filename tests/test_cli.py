@@ -189,3 +189,14 @@ def test_status_and_a_rerun_over_unchanged_folders_import_no_torch(run, photos: 
         assert json.loads(imported) == [], (args, imported)
         if args[0] == "index":
             assert json.loads(output[-1])["unchanged"] == 12
+
+
+def test_demo_photos_makes_one_consistent_set(tmp_path: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(main, ["demo-photos", str(tmp_path / "demo"), "--count", "6"])
+    assert result.exit_code == 0, result.output
+    lines = (tmp_path / "demo" / "captions.jsonl").read_text().splitlines()
+    assert len(lines) == 6 and len(list((tmp_path / "demo" / "images").glob("*.png"))) == 6
+    result = runner.invoke(main, ["demo-photos", str(tmp_path / "demo"), "--count", "3"])
+    assert result.exit_code == 1 and "not empty" in result.output
+    assert (tmp_path / "demo" / "captions.jsonl").read_text().splitlines() == lines
