@@ -383,6 +383,15 @@ def search(lib: Library, text: str, k: int, as_json: bool, paths_only: bool, rer
     if not hits and tag is not None:
         click.echo(f"No indexed image is tagged {tag!r} (tags come from `blipsearch index --tags FILE`).", err=True)
     _print_hits(hits, as_json, paths_only)
+    _warn_unsearchable(lib)
+
+
+def _warn_unsearchable(lib: Library) -> None:
+    images, searchable, _ = lib.db.counts(lib.db.library().model_fingerprint)
+    if searchable < images:
+        click.echo(f"Note: {images - searchable} of {images} indexed images have no vector from this model yet "
+                   "and can't be found (an interrupted `index --reindex`?): run that index command again "
+                   "to finish.", err=True)
 
 
 @main.command()
@@ -452,6 +461,7 @@ def _print_described(results: list[Any], field: str, as_json: bool, question: st
 def similar(lib: Library, image: bytes, k: int, as_json: bool, paths_only: bool) -> None:
     """Find the images that look most like IMAGE (any image file, indexed or not)."""
     _print_hits(lib.similar(image, k), as_json, paths_only)
+    _warn_unsearchable(lib)
 
 
 @main.group()

@@ -102,8 +102,30 @@ def test_empty_library_says_to_index(run, library_dir: Path, tiny_model: Path) -
 
 def test_model_mismatch_is_explained(run, photos: Path, library_dir: Path, other_model: Path) -> None:
     run("index", str(photos))
+    complete = run("search", "x")
+    assert complete.exit_code == 0 and "no vector" not in complete.stderr
     result = CliRunner().invoke(main, ["search", "x", "--library", str(library_dir), "--model", str(other_model)])
     assert result.exit_code == 1 and "--reindex" in result.output
+
+    # A --reindex cut short: search works on what was re-embedded, and says what is missing.
+    from blipsearch import Library
+
+    class StopAfterFirstBatch:
+        def __init__(self, total: int, desc: str) -> None:
+            pass
+
+        def update(self, n: int = 1) -> None:
+            raise KeyboardInterrupt
+
+        def close(self) -> None:
+            pass
+
+    with Library(library_dir, model=str(other_model), device="cpu") as lib, pytest.raises(KeyboardInterrupt):
+        lib.index([photos], reindex=True, batch_size=4, progress=StopAfterFirstBatch)
+    result = CliRunner().invoke(main, ["search", "x", "--library", str(library_dir), "--model", str(other_model),
+                                       "-k", "20", "--no-rerank", "--json"])
+    assert result.exit_code == 0 and len(result.stdout.splitlines()) == 4
+    assert "8 of 12 indexed images have no vector from this model yet" in result.stderr
 
 
 def _script() -> str:
