@@ -85,7 +85,7 @@ def library_options(func: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option(
             "--token-cache-gb",
-            type=float,
+            type=click.FloatRange(min=0),
             envvar="BLIPSEARCH_TOKEN_CACHE_GB",
             default=0.0,
             help="Disk for cached vision tokens (in the library folder; ~0.9 MB an image at base size), "
@@ -162,7 +162,7 @@ def with_library(func: Callable[..., Any], create: bool = True) -> Callable[...,
     def wrapper(library, db_url, model, device, quantize, token_cache_gb, itm_token, caption_model,  # type: ignore[no-untyped-def]
                 vqa_model, max_megapixels, **kwargs):
         if kwargs.get("as_json") and kwargs.get("paths_only"):  # usage errors before opening anything
-            raise click.UsageError("--json and --paths can't be used together.")
+            raise click.UsageError("--json and --paths (or --paths0) can't be used together.")
         with _errors():
             lib = _open(library, db_url, model, device, itm_token, max_megapixels, caption_model, vqa_model,
                         quantize, token_cache_gb, create)
@@ -179,14 +179,15 @@ def with_existing_library(func: Callable[..., Any]) -> Callable[..., Any]:
     return with_library(func, create=False)
 
 
-def _echo_path(path: str) -> None:
+def _echo_path(path: str, end: str = "\n") -> None:
     """Write a path exactly as the file system has it, even when it is not valid UTF-8."""
     sys.stdout.flush()
     out = getattr(sys.stdout, "buffer", None)
     if out is None:
-        click.echo(path.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
+        click.echo(path.encode("utf-8", "surrogateescape").decode("utf-8", "replace"), nl=False)
+        click.echo(end, nl=False)
     else:
-        out.write(os.fsencode(path) + b"\n")
+        out.write(os.fsencode(path) + end.encode())
         out.flush()
 
 
@@ -205,10 +206,10 @@ def _json_line(obj: dict[str, Any]) -> None:
     click.echo(json.dumps(obj, ensure_ascii=True))
 
 
-def _print_hits(hits: list[Hit], as_json: bool, paths_only: bool) -> None:
+def _print_hits(hits: list[Hit], as_json: bool, paths_only: str | None) -> None:
     for hit in hits:
-        if paths_only:
-            _echo_path(hit.path)
+        if paths_only:  # the character that ends each path
+            _echo_path(hit.path, paths_only)
         elif as_json:
             _json_line(hit.to_dict())
         else:
@@ -219,8 +220,17 @@ def _print_hits(hits: list[Hit], as_json: bool, paths_only: bool) -> None:
                 click.echo(f"{'':22}answer: {hit.answer}")
 
 
+def _nonempty(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if not value.strip():
+        raise click.BadParameter("it is empty: say what to look for.")
+    return value
+
+
 def _output_flags(func: Callable[..., Any]) -> Callable[..., Any]:
-    func = click.option("--paths", "paths_only", is_flag=True, help="Print only paths, one per line (for piping).")(func)
+    func = click.option("-0", "--paths0", "paths_only", flag_value="\0",
+                        help="Print only paths, each ended by a NUL byte: safe for any file name "
+                             "(`... --paths0 | xargs -0 ls -l`).")(func)
+    func = click.option("--paths", "paths_only", flag_value="\n", help="Print only paths, one per line (for piping).")(func)
     func = click.option("--json", "as_json", is_flag=True, help="One JSON object per hit per line.")(func)
     return click.option("-k", "--top-k", "k", type=PositiveInt(), default=10, show_default=True,
                         help="Number of results.")(func)
@@ -279,7 +289,7 @@ def _caption_settings(prompt: str, beams: int, max_length: int, min_length: int)
 @click.option("--captions", is_flag=True,
               help="Also caption every image (with --caption-model; each image and prompt only once, ever).")
 @caption_options
-@click.option("--tags", "labels_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@click.option("--tags", "--labels", "labels_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Also store each image's top labels from FILE (one per line; see `blipsearch tag`), "
                    "for `search --tag`.")
 @click.option("--template", default="a photo of a {}", show_default=True, help="With --tags: how a label is said.")
@@ -327,7 +337,7 @@ def index(lib: Library, paths: tuple[bytes, ...], batch_size: int | None, worker
 
 
 @main.command()
-@click.argument("text")
+@click.argument("text", callback=_nonempty)
 @_output_flags
 @click.option("--rerank-depth", type=PositiveInt(0), default=32, show_default=True,
               help="Rerank this many of the best ITC candidates with the ITM head "
@@ -344,7 +354,7 @@ def index(lib: Library, paths: tuple[bytes, ...], batch_size: int | None, worker
 @click.option("--examine", type=PositiveInt(), default=None,
               help="With --answer: how many top hits to ask. Default: max(k, --rerank-depth).")
 @with_existing_library
-def search(lib: Library, text: str, k: int, as_json: bool, paths_only: bool, rerank_depth: int,
+def search(lib: Library, text: str, k: int, as_json: bool, paths_only: str | None, rerank_depth: int,
            no_rerank: bool, hybrid: bool, tag: str | None, with_caption: bool, question: str | None, expected: str | None,
            examine: int | None) -> None:
     """Find the images that best match TEXT.
@@ -357,7 +367,7 @@ def search(lib: Library, text: str, k: int, as_json: bool, paths_only: bool, rer
     \b
     Examples:
       blipsearch search "a red circle left of a blue square" -k 5
-      blipsearch search "sunset over the sea" --paths | xargs open
+      blipsearch search "sunset over the sea" --paths0 | xargs -0 ls -l
       blipsearch search "a dog in the park" --caption
       blipsearch search "birthday cake" --hybrid
       blipsearch search "a street at night" --ask "is it raining?" --answer yes
@@ -458,7 +468,7 @@ def _print_described(results: list[Any], field: str, as_json: bool, question: st
 @click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=bytes))
 @_output_flags
 @with_existing_library
-def similar(lib: Library, image: bytes, k: int, as_json: bool, paths_only: bool) -> None:
+def similar(lib: Library, image: bytes, k: int, as_json: bool, paths_only: str | None) -> None:
     """Find the images that look most like IMAGE (any image file, indexed or not)."""
     _print_hits(lib.similar(image, k), as_json, paths_only)
     _warn_unsearchable(lib)

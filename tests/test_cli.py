@@ -49,6 +49,8 @@ def test_index_search_status_failures(run, photos: Path) -> None:
 
     result = run("search", "a red circle", "-k", "4", "--paths")
     assert [Path(p).exists() for p in result.stdout.splitlines()] == [True] * 4
+    assert run("search", "a red circle", "-k", "4", "--paths0").stdout_bytes.split(b"\0") == [
+        line.encode() for line in result.stdout.splitlines()] + [b""]
 
     result = run("search", "a red circle", "-k", "2")
     assert len(result.stdout.splitlines()) == 2 and "%" in result.stdout
@@ -77,6 +79,8 @@ def test_index_search_status_failures(run, photos: Path) -> None:
         (("search", "a dog"), 1, "There is no library at"),
         (("status",), 1, "There is no library at"),
         (("search", "a dog", "-k", "0"), 2, "at least 1"),
+        (("search", "  "), 2, "it is empty"),
+        (("search", "a dog", "--token-cache-gb", "-1"), 2, "-1"),
         (("search", "a dog", "-k", "many"), 2, "not a whole number"),
         (("search", "a dog", "--json", "--paths"), 2, "can't be used together"),
         (("index", "/no/such/folder"), 1, "does not exist"),

@@ -194,7 +194,7 @@ def open_image(
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         limit = Image.MAX_IMAGE_PIXELS
         raise ImageError(
-            f"image too large to decode safely ({exc}); the limit is {limit} pixels"
+            f"image too large to decode safely ({exc}); the limit is {limit / 1e6:.1f} megapixels"
             " (raise it with --max-megapixels)"
         ) from None
     except UnidentifiedImageError:
