@@ -127,6 +127,23 @@ def test_changed_file_is_reembedded(lib: Library, photos: Path) -> None:
     assert ids[0][0] == old_id and scores[0][0] == pytest.approx(1.0, abs=1e-5)
 
 
+def test_swapped_files_are_both_right_in_one_run(lib: Library, photos: Path) -> None:
+    """The second file's content was embedded when the run began, under the first file's row,
+    which an earlier batch has since changed: its vector can't be copied, so it is embedded."""
+    lib.index([photos])
+    files = sorted(photos.rglob("*.png"))
+    first, last = files[0], files[-1]
+    a, b = first.read_bytes(), last.read_bytes()
+    first.write_bytes(b)
+    last.write_bytes(a)
+    for path in files:  # many cheap jobs: with batch size 1 they close in two batches
+        os.utime(path, ns=(10**18, 10**18))
+    report = lib.index([photos], batch_size=1)
+    assert report.counts()["failed"] == 0 and report.counts()["updated"] == 2
+    for path in (first, last):
+        np.testing.assert_allclose(vector_of(lib, path), alone(lib, path), atol=1e-5)
+
+
 def test_deleted_file_is_removed_everywhere(lib: Library, photos: Path) -> None:
     lib.index([photos])
     (photos / "garden" / "img07.png").unlink()

@@ -194,12 +194,12 @@ class Indexer:
             yield _Job(FileEntry(path, st.st_size, st.st_mtime_ns), row)
 
     # -- the pipeline -------------------------------------------------------------------
-    def _prepare(self, job: _Job) -> _Job:
+    def _prepare(self, job: _Job, *, decode_known: bool = False) -> _Job:
         """Read, hash, and decode only when the content is new (runs in worker threads)."""
         try:
             data = read_file(job.entry.path)
             content_hash = hash_bytes(data)
-            if content_hash in self._known_hashes:
+            if content_hash in self._known_hashes and not decode_known:
                 job.data = DecodedImage(content_hash=content_hash, size=len(data))
             else:
                 job.data = decode(data, self.model.image_spec)
@@ -250,7 +250,21 @@ class Indexer:
             bar.close()
 
     # -- writing -----------------------------------------------------------------------------
+    def _decode_orphans(self, batch: list[_Job]) -> None:
+        """Decode the jobs whose content was embedded when the run was planned but no longer is:
+        an earlier batch changed the only file that had it (two files swapped, a backup copy
+        made before the original was edited). Their vector can't be copied; they are embedded."""
+        known = [j for j in batch if j.data is not None and j.data.pixels is None]
+        if not known:
+            return
+        with self.db.reader() as session:
+            embedded = self.db.embedded_by_hash(session, {j.data.content_hash for j in known}, self.fp)  # type: ignore[union-attr]
+        for job in known:
+            if job.data.content_hash not in embedded:  # type: ignore[union-attr]
+                self._prepare(job, decode_known=True)
+
     def _commit(self, batch: list[_Job]) -> None:
+        self._decode_orphans(batch)
         embed = [j for j in batch if j.data is not None and j.data.pixels is not None]
         vectors = np.zeros((0, 0), np.float32)
         if embed:
