@@ -286,6 +286,9 @@ def _caption_settings(prompt: str, beams: int, max_length: int, min_length: int)
                    "CPU; all cores with the model on a GPU.")
 @click.option("--reindex", is_flag=True,
               help="Re-embed every image of the library with --model (after a model change).")
+@click.option("--allow-empty", is_flag=True,
+              help="Let a folder that now holds no images remove its indexed ones (without it that is an "
+                   "error: an unmounted disk leaves an empty mount point).")
 @click.option("--captions", is_flag=True,
               help="Also caption every image (with --caption-model; each image and prompt only once, ever).")
 @caption_options
@@ -297,8 +300,8 @@ def _caption_settings(prompt: str, beams: int, max_length: int, min_length: int)
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON line of counts.")
 @with_library
 def index(lib: Library, paths: tuple[bytes, ...], batch_size: int | None, workers: int | None, reindex: bool,
-          captions: bool, prompt: str, beams: int, max_length: int, min_length: int, labels_file: Path | None,
-          template: str, tags_k: int, as_json: bool) -> None:
+          allow_empty: bool, captions: bool, prompt: str, beams: int, max_length: int, min_length: int,
+          labels_file: Path | None, template: str, tags_k: int, as_json: bool) -> None:
     """Index the images in PATHS (folders, walked recursively, or files).
 
     New and changed images are embedded; unchanged ones are skipped; moved or
@@ -318,7 +321,8 @@ def index(lib: Library, paths: tuple[bytes, ...], batch_size: int | None, worker
         raise click.UsageError("--template needs {} where the label goes.")
     if captions:
         lib.captioner  # noqa: B018 - load (or fail) before a long run, never halfway through
-    report = lib.index(list(paths), batch_size=batch_size, workers=workers, reindex=reindex, progress=_progress)
+    report = lib.index(list(paths), batch_size=batch_size, workers=workers, reindex=reindex,
+                       allow_empty=allow_empty, progress=_progress)
     for path, reason in report.errors[:10]:
         click.echo(f"skipped {_display(os.fsdecode(path))}: {reason}", err=True)
     if len(report.errors) > 10:

@@ -283,6 +283,7 @@ class Library:
         batch_size: int | None = None,
         workers: int | None = None,
         reindex: bool = False,
+        allow_empty: bool = False,
         progress: ProgressFactory = no_progress,
     ) -> IndexReport:
         """Index photo folders (or files) incrementally. See :mod:`blipsearch.index.indexer`.
@@ -295,7 +296,7 @@ class Library:
             raise InputPathError("Give at least one folder or image to index.")
         with self._index_lock():
             self._remove_leftovers()
-            return self._index(roots, batch_size, workers, reindex, progress)
+            return self._index(roots, batch_size, workers, reindex, allow_empty, progress)
 
     def _remove_leftovers(self, min_age_s: float = 3600) -> None:
         """Temporary files of writes cut short by a crash or kill (as large as the vector file)."""
@@ -325,7 +326,7 @@ class Library:
             lock.release()
 
     def _index(self, roots: list[bytes], batch_size: int | None, workers: int | None, reindex: bool,
-               progress: ProgressFactory) -> IndexReport:
+               allow_empty: bool, progress: ProgressFactory) -> IndexReport:
         identity = self._model or ModelIdentity.of(self.model_spec, self.quantize)
         recorded = self.db.library().model_fingerprint
         model: RetrievalModel | _Deferred
@@ -351,7 +352,7 @@ class Library:
             token_cache=self.token_cache,
         )
         try:
-            return indexer.run(roots, reindex_all=reindex)
+            return indexer.run(roots, reindex_all=reindex, allow_empty=allow_empty)
         finally:
             if self._synced_generation < 0 or vectors.needs_rebuild():
                 self._vectors = self.rebuild_vectors(model.fingerprint)

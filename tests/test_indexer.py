@@ -199,6 +199,15 @@ def test_missing_root_is_an_error_and_deletes_nothing(lib: Library, photos: Path
     with pytest.raises(InputPathError, match="mounted"):
         lib.index([photos, photos.parent / "unmounted-disk"])
     assert lib.status()["images"] == 12
+    # An unmounted disk on Linux leaves its mount point: an empty folder.
+    garden = sorted((photos / "garden").iterdir())
+    for path in garden:
+        path.rename(photos.parent / path.name)
+    with pytest.raises(InputPathError, match=f"{len(garden)} indexed images were in it: is a disk unmounted"):
+        lib.index([photos / "holiday", photos / "garden"])
+    assert lib.status()["images"] == 12
+    report = lib.index([photos / "garden"], allow_empty=True)
+    assert report.counts()["removed"] == len(garden) and lib.status()["images"] == 12 - len(garden)
 
 
 def test_unreadable_folder_deletes_nothing_below_it(lib: Library, photos: Path,

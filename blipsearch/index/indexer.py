@@ -29,13 +29,13 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 from sqlalchemy import delete, select
 
-from ..errors import ImageError
+from ..errors import ImageError, InputPathError
 from ..rerank.cache import TokenCache
 from ..store.database import Database, StoredRow, utcnow, vector_to_bytes
 from ..store.schema import FailureRow, ImageRow
 from .images import DecodedImage, ImageSpec, decode, hash_bytes, read_file
 from .vectors import VectorIndex
-from .walk import FileEntry, walk
+from .walk import FileEntry, WalkResult, walk
 
 if TYPE_CHECKING:
     import torch
@@ -140,10 +140,12 @@ class Indexer:
         return self._batch_size or 2
 
     # -- planning ---------------------------------------------------------------------
-    def run(self, roots: list[bytes], *, reindex_all: bool = False) -> IndexReport:
+    def run(self, roots: list[bytes], *, reindex_all: bool = False, allow_empty: bool = False) -> IndexReport:
         found = walk(roots)
         stored = self.db.rows_under(roots)
         seen = {f.path: f for f in found.files}
+        if not allow_empty:
+            _refuse_emptied_roots(roots, found, stored)
 
         jobs: list[_Job] = []
         for entry in found.files:
@@ -436,6 +438,21 @@ class Indexer:
         self.report.removed += len(gone)
         if gone:
             self.on_commit(generation)
+
+
+def _refuse_emptied_roots(roots: list[bytes], found: WalkResult, stored: dict[bytes, StoredRow]) -> None:
+    """A folder with indexed images and now no image at all is most likely an unmounted disk's
+    mount point (empty, not missing): deleting its images would cost a full re-embedding."""
+    walked = [f.path for f in found.files] + [path for path, _ in found.errors]
+    for root in roots:
+        if not os.path.isdir(root) or any(_below_any(p, [root]) for p in walked):
+            continue
+        indexed = sum(_below_any(p, [root]) for p in stored)
+        if indexed:
+            raise InputPathError(
+                f"{os.fsdecode(root)} holds no images now, but {indexed} indexed images were in it: is a disk "
+                "unmounted? Nothing was changed. If they were deleted on purpose, run again with --allow-empty."
+            )
 
 
 def _below_any(path: bytes, folders: list[bytes], inclusive: bool = False) -> bool:
