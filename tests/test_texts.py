@@ -45,6 +45,13 @@ def test_read_text_files(tmp_path: Path) -> None:
     (tmp_path / "e.jsonl").write_text('{"name": 1}\n')
     with pytest.raises(InputPathError, match="line 1"):
         read_text_file(tmp_path / "e.jsonl")
+    (tmp_path / "f.jsonl").write_text('{"text": "fine"}\n{"text": null}\n')
+    with pytest.raises(InputPathError, match="line 2"):
+        read_text_file(tmp_path / "f.jsonl")
+    # Excel's "CSV UTF-8" starts with a byte-order mark; a long description is one field.
+    long = "a very long description " * 8000
+    (tmp_path / "g.csv").write_text(f"id,text\nsku-1,{long}\n", encoding="utf-8-sig")
+    assert read_text_file(tmp_path / "g.csv") == [TextEntry(long.strip(), "sku-1")]
 
 
 def test_texts_are_embedded_once(lib: Library) -> None:
@@ -54,6 +61,9 @@ def test_texts_are_embedded_once(lib: Library) -> None:
     vectors = {r.text: np.frombuffer(r.vector, np.float32) for r in lib.texts()}
     np.testing.assert_allclose(np.stack([vectors[t] for t in TEXTS]), lib.model.embed_texts(TEXTS), atol=1e-6)
     assert lib.remove_texts([str(lib.texts()[0].id)]) == 1 and len(lib.texts()) == 7
+    # Only plain ASCII numbers that fit an id are ids ('²' is a digit to Python, 20 digits overflow).
+    second = lib.texts()[0].id
+    assert lib.remove_texts(["²", "9" * 20, chr(0xFF10 + second)]) == 0 and len(lib.texts()) == 7
 
 
 def _direct(tiny_model: Path, image_path: Path, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -68,7 +68,7 @@ def read_text_file(path: str | os.PathLike[str], fmt: str = "auto") -> list[Text
     """Plain text (one per line), JSON lines or CSV with ``text`` and optional ``id`` and metadata."""
     path = Path(path)
     try:
-        raw = path.read_text(encoding="utf-8")
+        raw = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Excel's "CSV UTF-8") is not text
     except OSError as exc:
         raise InputPathError(f"Can't read {path}: {exc.strerror}") from None
     except UnicodeDecodeError:
@@ -85,21 +85,28 @@ def read_text_file(path: str | os.PathLike[str], fmt: str = "auto") -> list[Text
                 continue
             try:
                 item = json.loads(line)
-                text = str(item.pop("text")).strip()
+                text = item.pop("text")
+                if not isinstance(text, str):
+                    raise TypeError(text)
+                text = text.strip()
             except (json.JSONDecodeError, KeyError, AttributeError, TypeError):
-                raise InputPathError(f'{path}, line {number}: expected a JSON object with a "text" field.') from None
+                raise InputPathError(f'{path}, line {number}: expected a JSON object with a "text" string.') from None
             ext = item.pop("id", None)
             entries.append(TextEntry(text, None if ext is None else str(ext), item or None))
     elif fmt == "csv":
         dialect = "excel-tab" if path.suffix.lower() == ".tsv" else "excel"
+        csv.field_size_limit(max(csv.field_size_limit(), len(raw)))  # a long description is still one text
         reader = csv.DictReader(io.StringIO(raw), dialect=dialect)
-        if not reader.fieldnames or "text" not in reader.fieldnames:
-            raise InputPathError(f"{path} has no 'text' column (columns: {', '.join(reader.fieldnames or [])}).")
-        for row in reader:
-            text = (row.pop("text") or "").strip()
-            ext = row.pop("id", None)
-            meta = {k: v for k, v in row.items() if k is not None and v not in (None, "")}
-            entries.append(TextEntry(text, ext or None, meta or None))
+        try:
+            if not reader.fieldnames or "text" not in reader.fieldnames:
+                raise InputPathError(f"{path} has no 'text' column (columns: {', '.join(reader.fieldnames or [])}).")
+            for row in reader:
+                text = (row.pop("text") or "").strip()
+                ext = row.pop("id", None)
+                meta = {k: v for k, v in row.items() if k is not None and v not in (None, "")}
+                entries.append(TextEntry(text, ext or None, meta or None))
+        except csv.Error as exc:
+            raise InputPathError(f"{path}, line {reader.line_num}: not valid CSV ({exc}).") from None
     else:
         raise InputPathError(f"Unknown text file format {fmt!r}: use lines, jsonl or csv.")
     entries = [e for e in entries if e.text]
@@ -163,7 +170,7 @@ class TextStore:
 
     def remove(self, keys: Sequence[str], source: str = USER) -> int:
         """Remove texts by id, or by the id given in the file they came from."""
-        ids = [int(k) for k in keys if k.isdigit()]
+        ids = [int(k) for k in keys if k.isascii() and k.isdigit() and len(k) < 19]  # ids fit in 63 bits
         with self.db.transaction() as session:
             result = session.execute(
                 delete(TextRow).where(
