@@ -393,11 +393,14 @@ def test_vector_file_is_rebuilt_when_missing_corrupt_or_stale(lib: Library, phot
     lib.index([photos])
     expected = [h.id for h in lib.search("a red circle", k=5, rerank_hits=False)]
     vectors = library_dir / "vectors.faiss"
-    for damage in ("delete", "garbage", "truncate", "stale"):
+    for damage in ("delete", "garbage", "header", "truncate", "stale"):
         if damage == "delete":
             vectors.unlink()
         elif damage == "garbage":
             vectors.write_bytes(b"\x00" * 100)
+        elif damage == "header":  # the right magic, then a header that is JSON but not ours
+            header = b'[]'
+            vectors.write_bytes(vectors.read_bytes()[:8] + len(header).to_bytes(4, "little") + header)
         elif damage == "truncate":
             vectors.write_bytes(vectors.read_bytes()[:200])
         else:

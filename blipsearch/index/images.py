@@ -151,7 +151,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode == "RGB" and "transparency" not in image.info:
         return image
     if image.mode.startswith("I") or image.mode == "F":
-        grey = np.asarray(image, dtype=np.float64)
+        grey = np.nan_to_num(np.asarray(image, dtype=np.float64))
         if image.mode == "F" and grey.size and float(grey.max()) <= 1.0:
             grey = grey * 255.0  # floats in 0..1
         elif image.mode != "F" and grey.size and float(grey.max()) > 255.0:

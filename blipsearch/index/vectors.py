@@ -192,8 +192,8 @@ class VectorIndex:
             header = IndexHeader(int(meta["generation"]), str(meta["model"]), int(meta["dim"]), int(meta["count"]),
                                  str(meta.get("kind", "flat")), int(meta.get("trained_on", 0)),
                                  str(meta.get("library", "")))
-        except (OSError, ValueError, KeyError, struct.error, RuntimeError):
-            return None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, struct.error, RuntimeError):
+            return None  # missing, damaged or foreign: rebuilt from the database
         if index.ntotal != header.count or index.d != header.dim:
             return None
         loaded = cls(header.dim, index, header.kind, header.trained_on)
