@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import platformdirs
 from filelock import FileLock, Timeout
+from sqlalchemy import URL
 
 from .describe import (
     DEFAULT_CAPTION_MODEL,
@@ -137,7 +138,8 @@ class Library:
             self.location.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise LibraryError(f"Can't create the library folder {self.location}: {exc.strerror}") from None
-        self.db = Database(db_url or f"sqlite:///{self.location / DB_FILE}")
+        # A URL object: a folder name may hold "?", "%" or "#", which a URL string would parse.
+        self.db = Database(db_url or URL.create("sqlite", database=str(self.location / DB_FILE)))
         self.vectors_path = self.location / VECTORS_FILE
         # The vector file names the database it mirrors by the library row's creation time (to the
         # microsecond): two databases sharing a folder (--db without --library) never use each other's file.

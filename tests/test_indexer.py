@@ -593,3 +593,14 @@ def test_status_after_another_process_crashed_keeps_the_index_whole(lib: Library
         assert len(fresh.search("a dog", k=50, rerank_hits=False)) == 13
     loaded = VectorIndex.load(vectors)
     assert loaded is not None and len(loaded[0]) == 13
+
+
+def test_library_folder_names_are_not_parsed_as_urls(tmp_path: Path, photos: Path, tiny_model: Path) -> None:
+    for name in ("photos?v=1", "lib%41", "a#b", os.fsdecode(b"lib\xff")):
+        location = tmp_path / name
+        with Library(location, model=str(tiny_model), device="cpu") as lib:
+            lib.index([photos / "holiday"])
+            status = lib.status()
+        assert (location / "library.db").is_file(), name
+        assert status["images"] == 6 and status["library"] == str(location)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == []

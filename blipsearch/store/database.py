@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import Engine, create_engine, event, func, inspect, or_, select, update
+from sqlalchemy import URL, Engine, create_engine, event, func, inspect, or_, select, update
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -71,11 +71,11 @@ def path_range(root: bytes) -> tuple[bytes, bytes]:
 class Database:
     """Thin wrapper over a SQLAlchemy engine holding one library."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str | URL) -> None:
         self.url = url
         try:
             kwargs: dict = {}
-            if url.startswith("sqlite"):
+            if (url.drivername if isinstance(url, URL) else url).startswith("sqlite"):
                 kwargs["connect_args"] = {"timeout": 30}
             self.engine: Engine = create_engine(url, **kwargs)
         except (ArgumentError, ImportError) as exc:
@@ -107,7 +107,10 @@ class Database:
 
     @property
     def display_url(self) -> str:
-        return self.engine.url.render_as_string(hide_password=True)
+        url = self.engine.url
+        if url.get_backend_name() == "sqlite" and url.database:  # a file name need not be UTF-8
+            return "sqlite:///" + url.database.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        return url.render_as_string(hide_password=True)
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
