@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -182,3 +183,11 @@ def test_answer_filter_counts_every_examined_hit(library_dir: Path, tmp_path: Pa
                                "--examine", "14", *base])
     assert f"of the top 14 hits: {count} answered {common!r} (showing 1)." in out.stderr
     assert len(out.stdout.splitlines()) == 2  # the hit, and its answer under it
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_a_named_pipe_is_refused_not_waited_on(library_dir: Path, tiny_captioner: Path, tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "pipe.jpg")
+    with Library(library_dir, caption_model=str(tiny_captioner), device="cpu") as lib:
+        result = lib.caption([tmp_path / "pipe.jpg"])[0]
+    assert result.text is None and "not a regular file" in result.error

@@ -12,6 +12,7 @@ import io
 import json
 import math
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
@@ -129,8 +130,13 @@ def hash_bytes(data: bytes) -> str:
 
 
 def read_file(path: bytes | str) -> bytes:
+    """The bytes of a regular file. A named pipe or a device is refused without waiting on it
+    (opening a pipe for reading blocks until a writer comes; /dev/zero never ends)."""
     try:
-        with open(path, "rb") as fh:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with open(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ImageError("not a regular file (a pipe, a device or a folder)")
             return fh.read()
     except OSError as exc:
         raise ImageError(f"can't read the file: {exc.strerror or exc}") from None
