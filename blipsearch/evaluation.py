@@ -67,14 +67,20 @@ def load_captions(images_dir: Path, captions_file: Path, split: str = "test") ->
             for line in raw.splitlines():
                 if line.strip():
                     item = json.loads(line)
-                    entries.append((item["image"], list(item["captions"])))
-    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+                    captions = item["captions"]
+                    entries.append((item["image"], [captions] if isinstance(captions, str) else list(captions)))
+        for rel, captions in entries:
+            if not isinstance(rel, str) or not all(isinstance(c, str) for c in captions):
+                raise TypeError(f"image paths and captions must be strings: {rel!r}: {captions!r}")
+    except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
         raise InputPathError(
             f"{captions_file} is not a captions file this command reads ({type(exc).__name__}: {exc}); "
             'expected JSON lines {"image": ..., "captions": [...]} or a Karpathy-split JSON.'
         ) from None
     if not entries:
         raise InputPathError(f"{captions_file} lists no images" + (f" in split {split!r}." if data else "."))
+    if not any(captions for _, captions in entries):
+        raise InputPathError(f"{captions_file} lists images but no captions: nothing to search for.")
     images, texts, owner = [], [], []
     for number, (rel, captions) in enumerate(entries):
         images.append((images_dir / rel).absolute())

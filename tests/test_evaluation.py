@@ -54,9 +54,15 @@ def test_three_caption_formats_agree(evalset: Path, tmp_path: Path) -> None:
         assert other.text_image.tolist() == jsonl.text_image.tolist() == [0, 0, 1, 2, 2, 3, 4, 4, 5]
     with pytest.raises(InputPathError, match="no images"):
         load_captions(evalset, karpathy, "val")
-    (tmp_path / "bad.jsonl").write_text('{"picture": 1}\n')
-    with pytest.raises(InputPathError, match="not a captions file"):
-        load_captions(evalset, tmp_path / "bad.jsonl")
+    for bad in ('{"picture": 1}\n', '{"images": ["x"]}', '{"image": "a.png", "captions": [null]}\n'):
+        (tmp_path / "bad.jsonl").write_text(bad)
+        with pytest.raises(InputPathError, match="not a captions file"):
+            load_captions(evalset, tmp_path / "bad.jsonl")
+    (tmp_path / "bare.jsonl").write_text('{"image": "img/0.png", "captions": []}\n')
+    with pytest.raises(InputPathError, match="no captions"):
+        load_captions(evalset, tmp_path / "bare.jsonl")
+    (tmp_path / "one.jsonl").write_text('{"image": "img/0.png", "captions": "a red circle"}\n')
+    assert load_captions(evalset, tmp_path / "one.jsonl").texts == ["a red circle"]
 
 
 def test_recall_arithmetic() -> None:
