@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -30,8 +31,8 @@ EXIT_INTERRUPTED = 130
 class PositiveInt(click.ParamType):
     name = "N"
 
-    def __init__(self, minimum: int = 1) -> None:
-        self.minimum = minimum
+    def __init__(self, minimum: int = 1, maximum: int = 10**9) -> None:
+        self.minimum, self.maximum = minimum, maximum
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
         try:
@@ -40,6 +41,27 @@ class PositiveInt(click.ParamType):
             self.fail(f"{value!r} is not a whole number.", param, ctx)
         if number < self.minimum:
             self.fail(f"{number} is too small: it must be at least {self.minimum}.", param, ctx)
+        if number > self.maximum:
+            self.fail(f"{number} is too large: it must be at most {self.maximum}.", param, ctx)
+        return number
+
+
+class Amount(click.ParamType):
+    """A finite number, at least ``minimum`` (above it when ``strict``)."""
+
+    name = "X"
+
+    def __init__(self, minimum: float = 0.0, strict: bool = False) -> None:
+        self.minimum, self.strict = minimum, strict
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number.", param, ctx)
+        if not math.isfinite(number) or number < self.minimum or (self.strict and number == self.minimum):
+            self.fail(f"{value} must be a number {'above' if self.strict else 'of at least'} {self.minimum:g}.",
+                      param, ctx)
         return number
 
 
@@ -85,7 +107,7 @@ def library_options(func: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option(
             "--token-cache-gb",
-            type=click.FloatRange(min=0),
+            type=Amount(0),
             envvar="BLIPSEARCH_TOKEN_CACHE_GB",
             default=0.0,
             help="Disk for cached vision tokens (in the library folder; ~0.9 MB an image at base size), "
@@ -115,7 +137,7 @@ def library_options(func: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option(
             "--max-megapixels",
-            type=float,
+            type=Amount(0, strict=True),
             default=None,
             help="Refuse images larger than this (decompression-bomb guard). Default: Pillow's, about 89.",
         ),
@@ -131,8 +153,6 @@ def _open(library: str | None, db_url: str | None, model: str | None, device: st
     if max_megapixels is not None:
         from PIL import Image
 
-        if max_megapixels <= 0:
-            raise click.UsageError("--max-megapixels must be positive.")
         Image.MAX_IMAGE_PIXELS = int(max_megapixels * 1_000_000)
     return Library(library, db_url=db_url, model=model, device=device, itm_token=itm_token,  # type: ignore[arg-type]
                    caption_model=caption_model, vqa_model=vqa_model, quantize=quantize,
@@ -602,7 +622,7 @@ def tag(lib: Library, images: tuple[bytes, ...], labels_file: Path, template: st
 @main.command("demo-photos")
 @click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--count", type=PositiveInt(), default=200, show_default=True, help="Number of pictures.")
-@click.option("--seed", type=int, default=1, show_default=True, help="Same seed, same pictures.")
+@click.option("--seed", type=PositiveInt(0), default=1, show_default=True, help="Same seed, same pictures.")
 def demo_photos(folder: Path, count: int, seed: int) -> None:
     """Write a folder of synthetic "shapes world" pictures (and their captions) to try blipsearch
     offline with the built-in model.
