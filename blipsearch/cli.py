@@ -340,7 +340,7 @@ def index(lib: Library, paths: tuple[bytes, ...], batch_size: int | None, worker
     if labels_file is not None and "{}" not in template:
         raise click.UsageError("--template needs {} where the label goes.")
     if captions:
-        lib.captioner  # noqa: B018 - load (or fail) before a long run, never halfway through
+        lib.captioner.check(settings)  # load (or fail) before a long run, never halfway through
     report = lib.index(list(paths), batch_size=batch_size, workers=workers, reindex=reindex,
                        allow_empty=allow_empty, progress=_progress)
     for path, reason in report.errors[:10]:

@@ -38,3 +38,7 @@ class ImageError(BlipsearchError):
 
 class InputPathError(BlipsearchError):
     """A path given on the command line does not exist or cannot be used."""
+
+
+class SettingsError(BlipsearchError):
+    """A setting does not fit the model it is used with (e.g. a length beyond its positions)."""

@@ -191,3 +191,14 @@ def test_a_named_pipe_is_refused_not_waited_on(library_dir: Path, tiny_captioner
     with Library(library_dir, caption_model=str(tiny_captioner), device="cpu") as lib:
         result = lib.caption([tmp_path / "pipe.jpg"])[0]
     assert result.text is None and "not a regular file" in result.error
+
+
+def test_caption_settings_beyond_the_model_are_clear_errors(captioner: Captioner) -> None:
+    from blipsearch.errors import SettingsError
+
+    pixels = _pixels(captioner.checkpoint.image_spec, [1])
+    positions = captioner.checkpoint.net.config.text_config.max_position_embeddings
+    with pytest.raises(SettingsError, match=f"beyond this model's {positions} text positions"):
+        captioner.caption(pixels, CaptionSettings(max_length=positions + 1))
+    with pytest.raises(SettingsError, match="leaving none for the caption"):
+        captioner.caption(pixels, CaptionSettings(prompt="a picture of " * 5, max_length=10, min_length=1))

@@ -16,9 +16,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
+from ..errors import SettingsError
 from ..text import MAX_TOKENS, pre_question
 
 if TYPE_CHECKING:
+    import torch
+
     from ..model import Checkpoint
 
 DEFAULT_CAPTION_MODEL = "Salesforce/blip-image-captioning-base"
@@ -54,6 +57,12 @@ class AnswerSettings:
     first_token: str = "enc"  # the question's first token: BLIP's [ENC], or "cls"
 
 
+def _check_length(ckpt: Checkpoint, max_length: int) -> None:
+    positions = int(ckpt.net.config.text_config.max_position_embeddings)  # type: ignore[union-attr]
+    if max_length > positions:
+        raise SettingsError(f"--max-length {max_length} is beyond this model's {positions} text positions.")
+
+
 class Captioner:
     """Captions for batches of preprocessed images."""
 
@@ -73,11 +82,21 @@ class Captioner:
     def fingerprint(self) -> str:
         return self.checkpoint.fingerprint
 
+    def check(self, settings: CaptionSettings) -> torch.Tensor:
+        """The prompt's token ids, once the settings are known to fit this model."""
+        ckpt = self.checkpoint
+        _check_length(ckpt, settings.max_length)
+        prompt = ckpt.tokenizer([settings.prompt], return_tensors="pt")["input_ids"]  # type: ignore[operator]
+        if prompt.shape[1] - 1 >= settings.max_length:  # generate drops the prompt's [SEP]
+            raise SettingsError(f"The prompt takes {prompt.shape[1] - 1} of the --max-length {settings.max_length} "
+                                "tokens, leaving none for the caption: shorten it or raise --max-length.")
+        return prompt  # type: ignore[no-any-return]
+
     def caption(self, pixels: npt.NDArray[np.float32], settings: CaptionSettings = CaptionSettings()) -> list[str]:
         ckpt = self.checkpoint
         if len(pixels) == 0:
             return []
-        prompt = ckpt.tokenizer([settings.prompt], return_tensors="pt")["input_ids"]  # type: ignore[operator]
+        prompt = self.check(settings)
         ids = prompt.repeat(len(pixels), 1).to(ckpt.device)
         out = ckpt.net.generate(  # type: ignore[operator]
             pixel_values=ckpt.pixel_values(pixels),
@@ -122,6 +141,7 @@ class Answerer:
         ids = batch["input_ids"].clone()
         if settings.first_token == "enc":
             ids[:, 0] = ckpt.enc_token_id
+        _check_length(ckpt, settings.max_length)
         n = len(pixels)
         out = ckpt.net.generate(  # type: ignore[operator]
             input_ids=ids.repeat(n, 1).to(ckpt.device),
