@@ -8,15 +8,15 @@ from typing import TYPE_CHECKING, Any
 from .errors import BlipsearchError
 
 if TYPE_CHECKING:
-    from .library import Failure, Hit, IndexReport, Library
+    from .library import Failure, Hit, IndexReport, Library, TextEntry
 
 __version__ = "0.1.0"
 
-__all__ = ["BlipsearchError", "Failure", "Hit", "IndexReport", "Library", "__version__"]
+__all__ = ["BlipsearchError", "Failure", "Hit", "IndexReport", "Library", "TextEntry", "__version__"]
 
 # The library (SQLAlchemy, FAISS) loads on first use, so that importing a
 # part that does not need it (``blipsearch.shapes``, say) does not pay for it.
-_LAZY = {"Failure", "Hit", "IndexReport", "Library"}
+_LAZY = {"Failure", "Hit", "IndexReport", "Library", "TextEntry"}
 
 
 def __getattr__(name: str) -> Any:

@@ -493,7 +493,12 @@ def _print_described(results: list[Any], field: str, as_json: bool, question: st
 @_output_flags
 @with_existing_library
 def similar(lib: Library, image: bytes, k: int, as_json: bool, paths_only: str | None) -> None:
-    """Find the images that look most like IMAGE (any image file, indexed or not)."""
+    """Find the images that look most like IMAGE (any image file, indexed or not).
+
+    \b
+    Examples:
+      blipsearch similar ~/Pictures/beach/IMG_0042.jpg -k 5
+      blipsearch similar download.png --paths0 | xargs -0 ls -l"""
     _print_hits(lib.similar(image, k), as_json, paths_only)
     _warn_unsearchable(lib)
 
@@ -519,7 +524,13 @@ def texts() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object of counts.")
 @with_library
 def texts_add(lib: Library, file: Path, fmt: str, as_json: bool) -> None:
-    """Add the texts in FILE; texts already there are skipped, new ones embedded."""
+    """Add the texts in FILE; texts already there are skipped, new ones embedded.
+
+    \b
+    Examples:
+      blipsearch texts add products.csv      # columns: id,text[,more metadata...]
+      blipsearch texts add captions.jsonl    # {"id": ..., "text": ..., ...} per line
+      blipsearch texts add labels.txt        # one text per line"""
     added, present = lib.add_texts(read_text_file(file, fmt))
     if as_json:
         _json_line({"added": added, "already_present": present})
@@ -531,7 +542,11 @@ def texts_add(lib: Library, file: Path, fmt: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per text per line.")
 @with_existing_library
 def texts_list(lib: Library, as_json: bool) -> None:
-    """List the texts of the collection."""
+    """List the texts of the collection: id, the id from its file, text.
+
+    \b
+    Example:
+      blipsearch texts list --json"""
     rows = lib.texts()
     if not rows:
         click.echo("The collection has no texts yet (see `blipsearch texts add --help`).", err=True)
@@ -546,7 +561,11 @@ def texts_list(lib: Library, as_json: bool) -> None:
 @click.argument("ids", nargs=-1, required=True)
 @with_existing_library
 def texts_remove(lib: Library, ids: tuple[str, ...]) -> None:
-    """Remove texts by id (as `texts list` shows) or by the id they had in their file."""
+    """Remove texts by id (as `texts list` shows) or by the id they had in their file.
+
+    \b
+    Example:
+      blipsearch texts remove 12 sku-1"""
     removed = lib.remove_texts(list(ids))
     click.echo(f"{removed} removed")
     if removed == 0:
@@ -651,7 +670,15 @@ def demo_photos(folder: Path, count: int, seed: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 @with_existing_library
 def status(lib: Library, as_json: bool) -> None:
-    """Show the library: image and vector counts, failures, model, location."""
+    """Show the library: image and vector counts, failures, model, location.
+
+    `stale` counts indexed images that have no vector from the library's model
+    yet (a --reindex cut short): run that index command again to finish.
+
+    \b
+    Examples:
+      blipsearch status
+      blipsearch status --library ~/photo-index --json"""
     info = lib.status()
     if as_json:
         _json_line(info)
@@ -664,7 +691,14 @@ def status(lib: Library, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per failure per line.")
 @with_existing_library
 def failures(lib: Library, as_json: bool) -> None:
-    """List the files that could not be indexed, with the reason."""
+    """List the files that could not be indexed, with the reason.
+
+    Each one is tried again by the next index run over its folder.
+
+    \b
+    Examples:
+      blipsearch failures
+      blipsearch failures --json > failures.jsonl"""
     found = lib.failures()
     if not found:
         click.echo("No file failed to index.", err=True)

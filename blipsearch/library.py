@@ -480,9 +480,11 @@ class Library:
         return TextStore(self.db).add(entries, self._texts_model())
 
     def texts(self) -> list[TextRow]:
+        """The texts of the library's collection (``add_texts``), by id."""
         return TextStore(self.db).list()
 
     def remove_texts(self, keys: list[str]) -> int:
+        """Remove texts by id, or by the id they had in their file; returns how many went."""
         return TextStore(self.db).remove(keys)
 
     def lookup(self, image: str | os.PathLike[str] | bytes, k: int = 10, *, rerank_depth: int = 32,
@@ -597,6 +599,8 @@ class Library:
 
     # -- state -----------------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
+        """Counts (images, searchable vectors, failures, images still to embed with the library's
+        model as ``stale``), the model, and where the library and its database are."""
         record = self.db.library()
         images, stored_vectors, failures = self.db.counts(record.model_fingerprint)
         searchable = 0
@@ -617,9 +621,11 @@ class Library:
         }
 
     def failures(self) -> list[Failure]:
+        """The files that could not be indexed, with the reason, by path."""
         return [Failure(os.fsdecode(f.path), f.reason) for f in self.db.failures()]
 
     def close(self) -> None:
+        """Release the database connections (``with Library(...)`` does it on leaving)."""
         self.db.dispose()
 
     def __enter__(self) -> Library:
