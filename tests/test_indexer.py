@@ -287,6 +287,30 @@ def test_file_that_turns_bad_leaves_the_index(lib: Library, photos: Path) -> Non
     assert status["images"] == status["vectors"] == 11
 
 
+def test_file_that_cant_be_read_keeps_its_image(lib: Library, photos: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from blipsearch.index import indexer as indexer_module
+
+    lib.index([photos])
+    locked = photos / "garden" / "img08.png"
+    os.utime(locked, ns=(10**18, 10**18))
+    real_open = indexer_module.read_file
+
+    def read_file(path):  # type: ignore[no-untyped-def]
+        # The OS refusing one file (root can read any file, so chmod can't show it).
+        if os.fsencode(path) == fs(locked):
+            return real_open("/no/such/file/here")
+        return real_open(path)
+
+    monkeypatch.setattr(indexer_module, "read_file", read_file)
+    report = lib.index([photos])
+    assert report.counts()["failed"] == 1 and lib.status()["images"] == 12
+    assert [f.path for f in lib.failures()] == [str(locked)]
+    monkeypatch.undo()
+    report = lib.index([photos])  # readable again: same content, nothing to embed
+    assert report.counts()["unchanged"] == 12 and report.embedded == 0 and lib.failures() == []
+
+
 def test_formats_exif_orientation_and_capture_time(lib: Library, tmp_path: Path) -> None:
     folder = tmp_path / "formats"
     folder.mkdir()

@@ -86,6 +86,7 @@ class _Job:
     stored: StoredRow | None  # the row at this path, if any
     data: DecodedImage | None = None
     error: str | None = None
+    unreadable: bool = False  # the file could not be read (permissions, I/O), as opposed to decoded
 
 
 class Embedder(Protocol):
@@ -199,7 +200,11 @@ class Indexer:
     def _prepare(self, job: _Job, *, decode_known: bool = False) -> _Job:
         """Read, hash, and decode only when the content is new (runs in worker threads)."""
         try:
-            data = read_file(job.entry.path)
+            try:
+                data = read_file(job.entry.path)
+            except ImageError:
+                job.unreadable = True
+                raise
             content_hash = hash_bytes(data)
             if content_hash in self._known_hashes and not decode_known:
                 job.data = DecodedImage(content_hash=content_hash, size=len(data))
@@ -293,7 +298,9 @@ class Indexer:
                 if job.error is not None or job.data is None:
                     self._fail(session, job, job.error or "unknown error", now)
                     report.failed += 1
-                    if job.stored is not None:
+                    # A file that can't be read keeps its image, like a folder that can't be listed;
+                    # one whose content turned bad leaves the index.
+                    if job.stored is not None and not job.unreadable:
                         session.execute(delete(ImageRow).where(ImageRow.id == job.stored.id))
                         faiss_remove.append(job.stored.id)
                     continue
