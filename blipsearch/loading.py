@@ -82,6 +82,8 @@ def resolve_model_dir(spec: str, role: str = "retrieval") -> Path:
         if not (local / "config.json").is_file():
             raise InputPathError(f"{spec} is a folder but holds no config.json: it is not a model checkpoint.")
         return local.resolve()
+    if local.exists():
+        raise InputPathError(f"{spec} is a file: a model is a folder (config.json, weights, tokenizer files).")
     if _looks_like_path(spec):
         raise InputPathError(f"Model folder {spec} does not exist.")
     return _hub_snapshot(spec, role)

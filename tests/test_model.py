@@ -222,9 +222,12 @@ def test_offline_hub_id_fails_fast_with_advice() -> None:
         assert f"{option} PATH" in str(info.value) and "--model PATH" not in str(info.value)
 
 
-def test_bad_model_paths() -> None:
+def test_bad_model_paths(tmp_path: Path) -> None:
     with pytest.raises(InputPathError, match="does not exist"):
         resolve_model_dir("./no/such/model")
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(InputPathError, match="is a file: a model is a folder"):
+        resolve_model_dir(str(tmp_path / "model.safetensors"))
     with pytest.raises(ModelUnavailableError, match="built-in"):
         resolve_model_dir("builtin:nonexistent")
 
