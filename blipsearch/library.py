@@ -11,6 +11,7 @@ SQLAlchemy URL) and the FAISS file derived from it.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -59,11 +60,27 @@ DB_FILE = "library.db"
 VECTORS_FILE = "vectors.faiss"
 
 
+def _url_key(db_url: str) -> str:
+    """A folder name for a database URL (its password left out, so changing it moves nothing)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        shown = make_url(db_url).render_as_string(hide_password=True)
+    except ArgumentError:
+        shown = db_url  # refused with a clear message when the database opens
+    return hashlib.sha256(shown.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+def _data_dir() -> Path:
+    return platformdirs.user_data_path("blipsearch", appauthor=False)
+
+
 def default_location() -> Path:
     env = os.environ.get(LIBRARY_ENV)
     if env:
         return Path(env).expanduser()
-    return platformdirs.user_data_path("blipsearch", appauthor=False) / "library"
+    return _data_dir() / "library"
 
 
 def _normalize_spec(spec: str) -> str:
@@ -128,7 +145,13 @@ class Library:
         token_cache_gb: float = 0.0,
         create: bool = True,
     ) -> None:
-        self.location = Path(location).expanduser() if location is not None else default_location()
+        if location is not None:
+            self.location = Path(location).expanduser()
+        elif db_url is not None and not os.environ.get(LIBRARY_ENV):
+            # Its own folder for the files derived from that database: never the default library's.
+            self.location = _data_dir() / "databases" / _url_key(db_url)
+        else:
+            self.location = default_location()
         if self.location.exists() and not self.location.is_dir():
             raise LibraryError(f"Library location {self.location} exists but is not a folder.")
         if not create and db_url is None and not (self.location / DB_FILE).is_file():

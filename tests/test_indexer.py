@@ -628,3 +628,17 @@ def test_library_folder_names_are_not_parsed_as_urls(tmp_path: Path, photos: Pat
         assert (location / "library.db").is_file(), name
         assert status["images"] == 6 and status["library"] == str(location)
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == []
+
+
+def test_a_database_url_without_a_folder_gets_a_folder_of_its_own(tmp_path: Path, tiny_model: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BLIPSEARCH_LIBRARY")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    urls = [f"sqlite:///{tmp_path / name}" for name in ("one.db", "two.db")]
+    with Library(model=str(tiny_model), device="cpu") as default, \
+            Library(db_url=urls[0], model=str(tiny_model), device="cpu") as one, \
+            Library(db_url=urls[1], model=str(tiny_model), device="cpu") as two:
+        assert len({default.location, one.location, two.location}) == 3
+        assert one.location.parent == two.location.parent == tmp_path / "data" / "blipsearch" / "databases"
+    with Library(db_url=urls[0], model=str(tiny_model), device="cpu") as again:
+        assert again.location == one.location
