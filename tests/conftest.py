@@ -87,3 +87,16 @@ def tiny_vqa(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tiny_blip import make_tiny_generator
 
     return make_tiny_generator(tmp_path_factory.mktemp("models") / "tiny-vqa", "vqa", seed=3)
+
+
+class StopAfterFirstBatch:
+    """A progress bar that presses Ctrl-C once the first batch is committed."""
+
+    def __init__(self, total: int, desc: str) -> None:
+        pass
+
+    def update(self, n: int = 1) -> None:
+        raise KeyboardInterrupt
+
+    def close(self) -> None:
+        pass

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import draw_image
+from conftest import StopAfterFirstBatch, draw_image
 
 from blipsearch.cli import main
 
@@ -116,16 +116,6 @@ def test_model_mismatch_is_explained(run, photos: Path, library_dir: Path, other
 
     # A --reindex cut short: search works on what was re-embedded, and says what is missing.
     from blipsearch import Library
-
-    class StopAfterFirstBatch:
-        def __init__(self, total: int, desc: str) -> None:
-            pass
-
-        def update(self, n: int = 1) -> None:
-            raise KeyboardInterrupt
-
-        def close(self) -> None:
-            pass
 
     with Library(library_dir, model=str(other_model), device="cpu") as lib, pytest.raises(KeyboardInterrupt):
         lib.index([photos], reindex=True, batch_size=4, progress=StopAfterFirstBatch)

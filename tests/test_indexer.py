@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import draw_image, fs
+from conftest import StopAfterFirstBatch, draw_image, fs
 from PIL import Image
 
 from blipsearch import Library
@@ -392,16 +392,6 @@ def test_non_utf8_file_names_round_trip(lib: Library, tmp_path: Path) -> None:
 
 
 def test_interrupted_run_keeps_finished_batches_and_resumes(lib: Library, photos: Path) -> None:
-    class StopAfterFirstBatch:
-        def __init__(self, total: int, desc: str) -> None:
-            pass
-
-        def update(self, n: int = 1) -> None:
-            raise KeyboardInterrupt
-
-        def close(self) -> None:
-            pass
-
     with pytest.raises(KeyboardInterrupt):
         lib.index([photos], batch_size=4, progress=StopAfterFirstBatch)
     status = lib.status()
