@@ -58,7 +58,7 @@ class AnswerSettings:
 
 
 def _check_length(ckpt: Checkpoint, max_length: int) -> None:
-    positions = int(ckpt.net.config.text_config.max_position_embeddings)  # type: ignore[union-attr]
+    positions = int(ckpt.net.config.text_config.max_position_embeddings)  # type: ignore[union-attr,arg-type]
     if max_length > positions:
         raise SettingsError(f"--max-length {max_length} is beyond this model's {positions} text positions.")
 

@@ -198,7 +198,7 @@ def open_image(
                 upright = ImageOps.exif_transpose(image)
                 return to_rgb(upright), (width, height)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        limit = Image.MAX_IMAGE_PIXELS
+        limit = Image.MAX_IMAGE_PIXELS or 0  # a bomb error means a limit is set
         raise ImageError(
             f"image too large to decode safely ({exc}); the limit is {limit / 1e6:.1f} megapixels"
             " (raise it with --max-megapixels)"
