@@ -13,7 +13,12 @@ from conftest import StopAfterFirstBatch, draw_image, fs
 from PIL import Image
 
 from blipsearch import Library
-from blipsearch.errors import InputPathError, LibraryError, ModelLoadError, ModelMismatchError
+from blipsearch.errors import (
+    InputPathError,
+    LibraryError,
+    ModelLoadError,
+    ModelMismatchError,
+)
 from blipsearch.index.images import load_pixels
 from blipsearch.index.vectors import VectorIndex
 from blipsearch.store.schema import ImageRow

@@ -10,7 +10,17 @@ from datetime import datetime, timezone
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import URL, Engine, create_engine, event, func, inspect, or_, select, update
+from sqlalchemy import (
+    URL,
+    Engine,
+    create_engine,
+    event,
+    func,
+    inspect,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
