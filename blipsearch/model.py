@@ -37,12 +37,16 @@ from .text import MAX_TOKENS, pre_caption
 ItmToken = Literal["enc", "cls"]
 
 
+def _mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
 def select_device(name: str = "auto") -> torch.device:
     """``auto`` picks CUDA, then Apple's MPS, then the CPU."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
     try:
@@ -53,8 +57,7 @@ def select_device(name: str = "auto") -> torch.device:
         raise ModelLoadError(f"Unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps.")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError("--device cuda was asked for, but this torch build sees no CUDA GPU.")
-    if device.type == "mps" and not (getattr(torch.backends, "mps", None) is not None
-                                     and torch.backends.mps.is_available()):
+    if device.type == "mps" and not _mps_available():
         raise ModelLoadError("--device mps was asked for, but this machine or torch build has no Apple GPU (MPS).")
     return device
 

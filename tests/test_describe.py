@@ -187,10 +187,16 @@ def test_answer_filter_counts_every_examined_hit(library_dir: Path, tmp_path: Pa
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
 def test_a_named_pipe_is_refused_not_waited_on(library_dir: Path, tiny_captioner: Path, tmp_path: Path) -> None:
+    import threading
+
     os.mkfifo(tmp_path / "pipe.jpg")
+    results = []
     with Library(library_dir, caption_model=str(tiny_captioner), device="cpu") as lib:
-        result = lib.caption([tmp_path / "pipe.jpg"])[0]
-    assert result.text is None and "not a regular file" in result.error
+        reader = threading.Thread(target=lambda: results.extend(lib.caption([tmp_path / "pipe.jpg"])), daemon=True)
+        reader.start()
+        reader.join(timeout=60)
+    assert not reader.is_alive(), "reading the pipe waited for a writer"
+    assert results[0].text is None and "not a regular file" in results[0].error
 
 
 def test_caption_settings_beyond_the_model_are_clear_errors(captioner: Captioner) -> None:

@@ -109,11 +109,11 @@ class Captioner:
         # The output starts with the prompt's tokens ([DEC] for [CLS], no [SEP]). Their decoded text, not
         # the prompt as typed (spacing, punctuation, [UNK] words), is what to cut from the caption's.
         decode = ckpt.tokenizer.batch_decode  # type: ignore[attr-defined]
+        n = prompt.shape[1] - 1
+        head = decode(out[:1, :n], skip_special_tokens=True)[0]  # the same prompt starts every row
         full = decode(out, skip_special_tokens=True)
-        heads = decode(out[:, : prompt.shape[1] - 1], skip_special_tokens=True)
-        tails = decode(out[:, prompt.shape[1] - 1 :], skip_special_tokens=True)
-        return [(text[len(head):] if text.startswith(head) else tail).strip()
-                for text, head, tail in zip(full, heads, tails)]
+        tails = decode(out[:, n:], skip_special_tokens=True)
+        return [(text[len(head):] if text.startswith(head) else tail).strip() for text, tail in zip(full, tails)]
 
 
 class Answerer:

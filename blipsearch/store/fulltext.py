@@ -62,19 +62,23 @@ class TextIndex:
         else:
             raise LibraryError(f"Hybrid search needs SQLite or PostgreSQL, not {self.dialect}.")
 
+    def _fresh(self, session: Session) -> tuple[bool, str, TextIndexState | None]:
+        """Whether the text index is up to date; the current marker; the stored state."""
+        marker = self._marker(session)
+        state = session.get(TextIndexState, 1)
+        return state is not None and state.marker == marker, marker, state
+
     def refresh(self) -> None:
         """Rebuild the text index if images or captions changed since it was built."""
         with self.db.reader() as session:
-            state = session.get(TextIndexState, 1)
-            if state is not None and state.marker == self._marker(session):
+            if self._fresh(session)[0]:
                 return
         with self.db.transaction() as session:
             # One rebuild at a time: the library row's write lock, then look again (another
             # search may have rebuilt it meanwhile; PostgreSQL reads committed rows).
             self.db.bump_generation(session, by=0)
-            marker = self._marker(session)
-            state = session.get(TextIndexState, 1)
-            if state is not None and state.marker == marker:
+            fresh, marker, state = self._fresh(session)
+            if fresh:
                 return
             self._create(session)
             session.execute(text("DELETE FROM text_index"))
