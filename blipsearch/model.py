@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -91,6 +92,9 @@ class Checkpoint:
     image_spec: ImageSpec
     device: torch.device
     dtype: torch.dtype
+    # One forward pass at a time: threads sharing the model (the web server's requests) queue per
+    # call, so a short text embedding waits for one batch of a rerank, not for the whole rerank.
+    lock: threading.RLock = field(default_factory=threading.RLock, compare=False, repr=False)
 
     @property
     def enc_token_id(self) -> int:
@@ -140,7 +144,9 @@ class RetrievalModel(Checkpoint):
         """256-d L2-normalized ITC vectors for texts (BLIP text preprocessing applied)."""
         if not texts:
             return np.zeros((0, self.dim), np.float32)
-        hidden = self.net.text_encoder(**self.tokenize(texts)).last_hidden_state
+        batch = self.tokenize(texts)
+        with self.lock:
+            hidden = self.net.text_encoder(**batch).last_hidden_state
         vectors = torch.nn.functional.normalize(self.net.text_proj(hidden[:, 0]).float(), dim=-1)
         return vectors.cpu().numpy()
 
@@ -148,7 +154,9 @@ class RetrievalModel(Checkpoint):
     @torch.inference_mode()
     def image_tokens(self, pixels: npt.NDArray[np.float32] | torch.Tensor) -> torch.Tensor:
         """The vision encoder's full output (batch, tokens, hidden), on the model's device."""
-        return self.net.vision_model(pixel_values=self.pixel_values(pixels)).last_hidden_state
+        values = self.pixel_values(pixels)
+        with self.lock:
+            return self.net.vision_model(pixel_values=values).last_hidden_state
 
     @torch.inference_mode()
     def project_images(self, tokens: torch.Tensor) -> npt.NDArray[np.float32]:
@@ -179,16 +187,17 @@ class RetrievalModel(Checkpoint):
         ids, mask = batch["input_ids"], batch["attention_mask"]
         config: Any = self.net.text_encoder.config  # type: ignore[union-attr]
         head_size = config.hidden_size // config.num_attention_heads
-        if tokens.shape[0] == 1 and len(texts) > 1:
-            hidden = self._text_encoder_layers(ids, mask, _shared_image_attention(tokens[0]))
-        elif ids.shape[1] < head_size:
-            hidden = self._text_encoder_layers(ids, mask, _absorbed_attention(tokens))
-        else:
-            image_mask = torch.ones(tokens.shape[:-1], dtype=torch.long, device=tokens.device)
-            hidden = self.net.text_encoder(
-                **batch, encoder_hidden_states=tokens, encoder_attention_mask=image_mask
-            ).last_hidden_state
-        return self.net.itm_head(hidden[:, 0]).float().cpu().numpy()
+        with self.lock:
+            if tokens.shape[0] == 1 and len(texts) > 1:
+                hidden = self._text_encoder_layers(ids, mask, _shared_image_attention(tokens[0]))
+            elif ids.shape[1] < head_size:
+                hidden = self._text_encoder_layers(ids, mask, _absorbed_attention(tokens))
+            else:
+                image_mask = torch.ones(tokens.shape[:-1], dtype=torch.long, device=tokens.device)
+                hidden = self.net.text_encoder(
+                    **batch, encoder_hidden_states=tokens, encoder_attention_mask=image_mask
+                ).last_hidden_state
+            return self.net.itm_head(hidden[:, 0]).float().cpu().numpy()
 
     def _text_encoder_layers(self, ids: torch.Tensor, mask: torch.Tensor, cross_attend: CrossAttention) -> torch.Tensor:
         """BLIP's text encoder forward with image cross-attention computed by ``cross_attend``."""

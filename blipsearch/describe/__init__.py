@@ -98,14 +98,15 @@ class Captioner:
             return []
         prompt = self.check(settings)
         ids = prompt.repeat(len(pixels), 1).to(ckpt.device)
-        out = ckpt.net.generate(  # type: ignore[operator]
-            pixel_values=ckpt.pixel_values(pixels),
-            input_ids=ids,
-            num_beams=settings.num_beams,
-            max_length=settings.max_length,
-            min_length=settings.min_length,
-            do_sample=False,
-        )
+        with ckpt.lock:
+            out = ckpt.net.generate(  # type: ignore[operator]
+                pixel_values=ckpt.pixel_values(pixels),
+                input_ids=ids,
+                num_beams=settings.num_beams,
+                max_length=settings.max_length,
+                min_length=settings.min_length,
+                do_sample=False,
+            )
         # The output starts with the prompt's tokens ([DEC] for [CLS], no [SEP]). Their decoded text, not
         # the prompt as typed (spacing, punctuation, [UNK] words), is what to cut from the caption's.
         decode = ckpt.tokenizer.batch_decode  # type: ignore[attr-defined]
@@ -143,15 +144,16 @@ class Answerer:
             ids[:, 0] = ckpt.enc_token_id
         _check_length(ckpt, settings.max_length)
         n = len(pixels)
-        out = ckpt.net.generate(  # type: ignore[operator]
-            input_ids=ids.repeat(n, 1).to(ckpt.device),
-            attention_mask=batch["attention_mask"].repeat(n, 1).to(ckpt.device),
-            pixel_values=ckpt.pixel_values(pixels),
-            num_beams=settings.num_beams,
-            max_length=settings.max_length,
-            min_length=settings.min_length,
-            do_sample=False,
-        )
+        with ckpt.lock:
+            out = ckpt.net.generate(  # type: ignore[operator]
+                input_ids=ids.repeat(n, 1).to(ckpt.device),
+                attention_mask=batch["attention_mask"].repeat(n, 1).to(ckpt.device),
+                pixel_values=ckpt.pixel_values(pixels),
+                num_beams=settings.num_beams,
+                max_length=settings.max_length,
+                min_length=settings.min_length,
+                do_sample=False,
+            )
         return [t.strip() for t in ckpt.tokenizer.batch_decode(out, skip_special_tokens=True)]  # type: ignore[attr-defined]
 
 
