@@ -42,3 +42,11 @@ class InputPathError(BlipsearchError):
 
 class SettingsError(BlipsearchError):
     """A setting does not fit the model it is used with (e.g. a length beyond its positions)."""
+
+
+class UnknownImageError(InputPathError):
+    """No indexed image has the id asked for."""
+
+
+class ImageChangedError(LibraryError):
+    """An indexed file is no longer the file that was indexed (changed, replaced or gone)."""

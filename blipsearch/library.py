@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
+from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 import platformdirs
@@ -35,8 +37,16 @@ from .describe import (
     same_answer,
 )
 from .describe.batch import Described, answer_paths, caption_paths
-from .errors import InputPathError, LibraryError, ModelLoadError, ModelMismatchError
-from .index.images import load_pixels
+from .errors import (
+    ImageChangedError,
+    InputPathError,
+    LibraryError,
+    ModelLoadError,
+    ModelMismatchError,
+    UnknownImageError,
+)
+from .filters import NO_FILTERS, Filters
+from .index.images import load_pixels, open_image, pixels_from_bytes, read_file
 from .index.indexer import Indexer, IndexReport, ProgressFactory, no_progress
 from .index.vectors import IndexHeader, VectorIndex
 from .loading import BUILTIN_PREFIX, DEFAULT_MODEL, ModelIdentity
@@ -44,7 +54,8 @@ from .rerank.cache import TokenCache
 from .rerank.itm import rerank
 from .store.database import Database, bytes_to_vectors
 from .store.fulltext import TextIndex, reciprocal_rank_fusion
-from .store.schema import TextRow
+from .store.schema import ImageRow, TextRow
+from .store.thumbnails import ThumbnailStore
 from .texts import CAPTIONS, USER, TextEntry, TextHit, TextStore, rank_texts
 from .texts.tags import DEFAULT_TEMPLATE, TagResult, Vocabulary
 
@@ -58,6 +69,7 @@ if TYPE_CHECKING:
 LIBRARY_ENV = "BLIPSEARCH_LIBRARY"
 DB_FILE = "library.db"
 VECTORS_FILE = "vectors.faiss"
+THUMBNAILS_DIR = "thumbnails"
 
 
 def _url_key(db_url: str) -> str:
@@ -122,6 +134,41 @@ class Failure:
     reason: str
 
 
+@dataclass(frozen=True)
+class ImageData:
+    """An image given by its bytes (an upload) rather than by a file: used as a query, never stored."""
+
+    data: bytes
+
+
+# What a query image can be: a file (path), an indexed image (its id), or bytes.
+ImageQuery = Union[str, "os.PathLike[str]", bytes, int, ImageData]
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the library knows of one indexed image."""
+
+    id: int
+    path: str
+    size: int
+    width: int | None
+    height: int | None
+    taken_at: datetime | None  # the camera's capture time (its local time), when recorded
+    modified: datetime  # the file's modification time, local
+    camera: str | None
+    exif: dict[str, Any] | None
+    content_hash: str
+    indexed_at: datetime
+    tags: list[dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        for key in ("taken_at", "modified", "indexed_at"):
+            out[key] = out[key].isoformat() if out[key] is not None else None
+        return out
+
+
 class Library:
     """Open the library at ``location``, creating it if needed (with ``create=False``, a
     library that does not exist yet is an error: a mistyped path makes no new one).
@@ -175,11 +222,17 @@ class Library:
         self.token_cache = TokenCache(self.location / "tokens", int(token_cache_gb * 2**30)) if token_cache_gb > 0 else None
         self.requested_caption_model = caption_model
         self.requested_vqa_model = vqa_model
+        self.thumbnails = ThumbnailStore(self.location / THUMBNAILS_DIR)
         self._model: RetrievalModel | None = None
         self._captioner: Captioner | None = None
         self._answerer: Answerer | None = None
         self._vectors: VectorIndex | None = None
+        self._vectors_fp: str | None = None  # the model whose vectors ``_vectors`` holds
         self._synced_generation = -1
+        # A library may serve several threads (the web server): models load once, and the in-memory
+        # vector index changes (catching up with other processes' writes) while no search reads it.
+        self._load_lock = threading.Lock()
+        self._vectors_lock = threading.RLock()
 
     # -- model --------------------------------------------------------------------------
     @property
@@ -201,8 +254,10 @@ class Library:
         if self._model is None:
             from .model import load_retrieval_model
 
-            self._model = load_retrieval_model(self.model_spec, self.device, self.itm_token,
-                                               quantize=self.quantize)
+            with self._load_lock:
+                if self._model is None:
+                    self._model = load_retrieval_model(self.model_spec, self.device, self.itm_token,
+                                                       quantize=self.quantize)
         return self._model
 
     def _companion(self, requested: str | None, default: str) -> str:
@@ -215,14 +270,19 @@ class Library:
     @property
     def captioner(self) -> Captioner:
         if self._captioner is None:
-            self._captioner = Captioner.load(self._companion(self.requested_caption_model, DEFAULT_CAPTION_MODEL),
-                                             self.device)
+            with self._load_lock:
+                if self._captioner is None:
+                    self._captioner = Captioner.load(
+                        self._companion(self.requested_caption_model, DEFAULT_CAPTION_MODEL), self.device)
         return self._captioner
 
     @property
     def answerer(self) -> Answerer:
         if self._answerer is None:
-            self._answerer = Answerer.load(self._companion(self.requested_vqa_model, DEFAULT_VQA_MODEL), self.device)
+            with self._load_lock:
+                if self._answerer is None:
+                    self._answerer = Answerer.load(self._companion(self.requested_vqa_model, DEFAULT_VQA_MODEL),
+                                                   self.device)
         return self._answerer
 
     def _check_model(self, model: RetrievalModel | ModelIdentity) -> None:
@@ -246,15 +306,21 @@ class Library:
             )
 
     # -- the vector index -----------------------------------------------------------------
+    # The in-memory index and the generation it mirrors change together, under the vectors lock.
     def _load_vectors(self, fp: str) -> VectorIndex:
+        """From the vector file when it mirrors the database now, else rebuilt from the database."""
         generation = self.db.library().generation
         loaded = VectorIndex.load(self.vectors_path)
         if loaded is not None:
             index, header = loaded
             if self._mirrors(header, generation, fp) and not index.needs_rebuild():
-                self._synced_generation = generation
+                self._set_vectors(index, fp, generation)
                 return index
         return self.rebuild_vectors(fp)
+
+    def _set_vectors(self, index: VectorIndex, fp: str | None, generation: int) -> None:
+        with self._vectors_lock:
+            self._vectors, self._vectors_fp, self._synced_generation = index, fp, generation
 
     def _mirrors(self, header: IndexHeader, generation: int, fp: str | None) -> bool:
         """Whether a vector file holds this database's vectors of ``fp`` as of ``generation``."""
@@ -276,8 +342,7 @@ class Library:
         all_ids = np.concatenate(id_parts) if id_parts else np.zeros(0, np.int64)
         all_vectors = np.concatenate(vector_parts) if vector_parts else np.zeros((0, dim), np.float32)
         index = VectorIndex.build(dim, all_ids, all_vectors)
-        # The in-memory index and the generation it is synced to change together.
-        self._vectors, self._synced_generation = index, generation
+        self._set_vectors(index, fp, generation)
         self._save_vectors(index, fp or "")
         return index
 
@@ -288,9 +353,40 @@ class Library:
             pass  # A read-only library still searches; the file is rebuilt in memory next time.
 
     def _vector_index(self, fp: str) -> VectorIndex:
-        if self._vectors is None:
-            self._vectors = self._load_vectors(fp)
-        return self._vectors
+        """The in-memory index of ``fp``'s vectors, loaded on first use."""
+        with self._vectors_lock:
+            if self._vectors is None or self._vectors_fp != fp:
+                return self._load_vectors(fp)
+            return self._vectors
+
+    def _current_vectors(self, fp: str) -> VectorIndex:
+        """The in-memory index, caught up with what other processes committed since it was loaded."""
+        with self._vectors_lock:
+            vectors = self._vector_index(fp)
+            generation = self.db.library().generation
+            if generation == self._synced_generation:
+                return vectors
+            if self._synced_generation < 0:
+                return self._load_vectors(fp)
+            return self._catch_up(vectors, fp, generation)
+
+    def _catch_up(self, vectors: VectorIndex, fp: str, generation: int) -> VectorIndex:
+        """Apply the database's changes since the synced generation to the in-memory index:
+        vectors set since then (by their rows' generation), rows gone, rows it lacks. A running
+        server follows an index run in another process this way, without rebuilding."""
+        changed, blobs = self.db.vectors_since(fp, self._synced_generation)
+        present = self.db.vector_ids(fp)
+        held = vectors.ids()
+        vectors.remove(np.setdiff1d(held, present, assume_unique=True))
+        dim = vectors.dim
+        vectors.replace(changed, bytes_to_vectors(blobs, dim))
+        lacking = np.setdiff1d(present, np.union1d(held, changed), assume_unique=True)
+        if len(lacking):
+            vectors.add(lacking, self.db.vectors_by_ids(lacking.tolist(), fp, dim))
+        if vectors.needs_rebuild():
+            return self.rebuild_vectors(fp)
+        self._synced_generation = generation
+        return vectors
 
     def _exact(self, model: RetrievalModel):  # type: ignore[no-untyped-def]
         """Full vectors by id from the database, to re-score a compressed index's shortlist."""
@@ -309,24 +405,30 @@ class Library:
         workers: int | None = None,
         reindex: bool = False,
         allow_empty: bool = False,
+        thumbnails: bool = True,
         progress: ProgressFactory = no_progress,
     ) -> IndexReport:
         """Index photo folders (or files) incrementally. See :mod:`blipsearch.index.indexer`.
 
         ``batch_size`` defaults to 2 on a CPU (the ViT at 384 px runs fastest
-        there in small batches: benchmarks/indexing.py) and 16 on a GPU.
+        there in small batches: benchmarks/indexing.py) and 16 on a GPU. With
+        ``thumbnails``, each newly decoded image also gets its thumbnail (for
+        ``blipsearch serve``), made from the pixels decoded for the model.
         """
         roots = [_root(p) for p in paths]
         if not roots:
             raise InputPathError("Give at least one folder or image to index.")
         with self._index_lock():
             self._remove_leftovers()
-            return self._index(roots, batch_size, workers, reindex, allow_empty, progress)
+            report = self._index(roots, batch_size, workers, reindex, allow_empty, thumbnails, progress)
+            if report.removed or report.updated:
+                self.thumbnails.prune(self.db.content_hashes())
+            return report
 
     def _remove_leftovers(self, min_age_s: float = 3600) -> None:
         """Temporary files of writes cut short by a crash or kill (as large as the vector file)."""
         now = time.time()
-        for folder in (self.location, self.location / "tokens"):
+        for folder in (self.location, self.location / "tokens", *self.thumbnails.folder.glob("*/*")):
             for tmp in folder.glob(".*.tmp"):
                 try:
                     if now - tmp.stat().st_mtime > min_age_s:  # older than any write still under way
@@ -351,7 +453,7 @@ class Library:
             lock.release()
 
     def _index(self, roots: list[bytes], batch_size: int | None, workers: int | None, reindex: bool,
-               allow_empty: bool, progress: ProgressFactory) -> IndexReport:
+               allow_empty: bool, thumbnails: bool, progress: ProgressFactory) -> IndexReport:
         identity = self._model or ModelIdentity.of(self.model_spec, self.quantize)
         recorded = self.db.library().model_fingerprint
         model: RetrievalModel | _Deferred
@@ -363,9 +465,8 @@ class Library:
                 self._check_model(identity)  # refused before any weights load
             model = self.model  # a new or changed model: load (or fail) before the library records it
             self.db.set_model(_normalize_spec(model.spec), model.fingerprint, model.dim)
-            self._vectors = None
-        vectors = self._vector_index(model.fingerprint)
-        generation = self.db.library().generation
+        vectors = self._current_vectors(model.fingerprint)
+        generation = self._synced_generation
         indexer = Indexer(
             self.db,
             vectors,
@@ -375,56 +476,65 @@ class Library:
             progress=progress,
             on_commit=self._on_commit,
             token_cache=self.token_cache,
+            thumbnails=self.thumbnails if thumbnails else None,
+            vectors_lock=self._vectors_lock,
         )
         try:
             return indexer.run(roots, reindex_all=reindex, allow_empty=allow_empty)
         finally:
             if self._synced_generation < 0 or vectors.needs_rebuild():
-                self._vectors = self.rebuild_vectors(model.fingerprint)
+                self.rebuild_vectors(model.fingerprint)
             elif self._synced_generation != generation or not self.vectors_path.exists():
                 self._save_vectors(vectors, model.fingerprint)
 
     # -- queries ------------------------------------------------------------------------------------
-    def _searchable(self) -> tuple[RetrievalModel, VectorIndex]:
+    def _searchable(self) -> RetrievalModel:
         if self.db.library().model_fingerprint is None:
             raise LibraryError(f"The library at {self.location} is empty: run `blipsearch index PATH` first.")
         model = self.model
         self._check_model(model)
-        vectors = self._vector_index(model.fingerprint)
-        if self.db.library().generation != self._synced_generation:
-            vectors = self._vectors = self._load_vectors(model.fingerprint)
-        if len(vectors) == 0:
+        if len(self._current_vectors(model.fingerprint)) == 0:
             raise LibraryError(f"The library at {self.location} has no images yet: run `blipsearch index PATH`.")
-        return model, vectors
+        return model
+
+    def _nearest(self, model: RetrievalModel, query: np.ndarray, width: int,
+                 among: np.ndarray | None) -> dict[int, float]:
+        """{id: cosine} of the ``width`` nearest stored vectors (only ``among`` those ids, if given), best first."""
+        with self._vectors_lock:
+            vectors = self._current_vectors(model.fingerprint)
+            scores, ids = vectors.search(query, width, exact=self._exact(model), among=among)
+        return {int(i): float(s) for s, i in zip(scores[0], ids[0]) if i >= 0}
+
+    def _allowed(self, model: RetrievalModel, filters: Filters) -> np.ndarray | None:
+        return self.db.filtered_ids(model.fingerprint, filters) if filters else None
 
     def search(self, text: str, k: int = 10, *, rerank_depth: int = 32, rerank_hits: bool = True,
-               hybrid: bool = False, tag: str | None = None) -> list[Hit]:
+               hybrid: bool = False, tag: str | None = None, filters: Filters = NO_FILTERS,
+               offset: int = 0) -> list[Hit]:
         """Text to image: ITC cosine shortlist, the top ``rerank_depth`` reranked with ITM.
 
         With ``hybrid``, the shortlist fuses the vector ranking with a full-text
         ranking of captions, file and folder names (reciprocal rank fusion),
         and the reranked order is fused with the full-text ranking again: ITM
         does not read file names, so a name that matches keeps its weight.
-        With ``tag``, only images whose stored tags (see :meth:`tag_library`)
-        include that label are considered.
+        ``filters`` (folder, capture dates, tag; ``tag`` is a shorthand) narrow
+        the images before ranking. ``offset`` skips that many of the best
+        (paging: ``offset=20, k=20`` is the second page); ranks count from the top.
         """
         if not text.strip():
             raise InputPathError("The search text is empty.")
-        model, vectors = self._searchable()
+        if tag is not None:
+            filters = replace(filters, tag=tag.strip() or None)
+        model = self._searchable()
         depth = rerank_depth if rerank_hits else 0
         query = model.embed_texts([text])
-        width = max(k, depth) if not hybrid else max(4 * k, depth, 50)
-        if tag is None:
-            scores, ids = vectors.search(query, width, exact=self._exact(model))
-            itc = {int(i): float(s) for s, i in zip(scores[0], ids[0]) if i >= 0}
-            allowed = None
-        else:
-            allowed = set(self.db.ids_with_tag(tag, model.fingerprint))
-            tagged = sorted(allowed)
-            sims = self.db.vectors_by_ids(tagged, model.fingerprint, model.dim) @ query[0]
-            itc = {tagged[j]: float(sims[j]) for j in np.argsort(-sims, kind="stable")[:width]}
+        wanted = offset + k
+        width = max(wanted, depth) if not hybrid else max(4 * wanted, depth, 50)
+        among = self._allowed(model, filters)
+        itc = self._nearest(model, query, width, among)
         keyword: dict[int, float] = {}
         if hybrid:
+            allowed = None if among is None else set(among.tolist())
             found = TextIndex(self.db).search(text, width if allowed is None else 10 * width)
             keyword = {i: r for i, r in found if allowed is None or i in allowed}
             fused = reciprocal_rank_fusion([list(itc), list(keyword)])
@@ -446,47 +556,120 @@ class Library:
             results = sorted(((i, final[i], itm) for i, _, itm in results), key=lambda r: -r[1])
         results += [(i, base[i], None) for i in order if i not in reranked]
         return [
-            Hit(rank=n + 1, id=i, path=os.fsdecode(rows[i].path), score=score, itc=itc[i], itm=itm,
+            Hit(rank=offset + n + 1, id=i, path=os.fsdecode(rows[i].path), score=score, itc=itc[i], itm=itm,
                 keyword=keyword.get(i))
-            for n, (i, score, itm) in enumerate(results[:k])
+            for n, (i, score, itm) in enumerate(results[offset:wanted])
         ]
 
-    def similar(self, image: str | os.PathLike[str] | bytes, k: int = 10) -> list[Hit]:
-        """Image to image by ITC cosine; the query itself, when indexed, is left out."""
-        model, vectors = self._searchable()
-        path = _root(image)
-        vector, _ = self._query_image(model, path, need_tokens=False)
-        query = vector[None, :]
-        scores, ids = vectors.search(query, k + 1, exact=self._exact(model))
-        rows = self.db.images_by_id([int(i) for i in ids[0] if i >= 0])
-        hits = [(int(i), float(s)) for s, i in zip(scores[0], ids[0]) if int(i) in rows and rows[int(i)].path != path]
+    def similar(self, image: ImageQuery, k: int = 10, *, filters: Filters = NO_FILTERS,
+                offset: int = 0) -> list[Hit]:
+        """Image to image by ITC cosine. ``image`` is a file, an indexed image's id or
+        :class:`ImageData`; the query itself, when indexed, is left out."""
+        model = self._searchable()
+        vector, _ = self._query_image(model, image, need_tokens=False)
+        itself = self._indexed_id(image)
+        found = self._nearest(model, vector[None, :], offset + k + 1, self._allowed(model, filters))
+        rows = self.db.images_by_id(list(found))
+        hits = [(i, s) for i, s in found.items() if i in rows and i != itself]
         return [
-            Hit(rank=n + 1, id=i, path=os.fsdecode(rows[i].path), score=s, itc=s)
-            for n, (i, s) in enumerate(hits[:k])
+            Hit(rank=offset + n + 1, id=i, path=os.fsdecode(rows[i].path), score=s, itc=s)
+            for n, (i, s) in enumerate(hits[offset : offset + k])
         ]
+
+    # -- one indexed image ---------------------------------------------------------------------------
+    def _row(self, image_id: int) -> ImageRow:
+        row = self.db.images_by_id([image_id]).get(image_id)
+        if row is None:
+            raise UnknownImageError(f"No indexed image has the id {image_id}.")
+        return row
+
+    def _indexed_id(self, image: ImageQuery) -> int | None:
+        if isinstance(image, int):
+            return image
+        if isinstance(image, ImageData):
+            return None
+        row = self.db.image_by_path(_root(image))
+        return row.id if row is not None else None
+
+    def image(self, image_id: int) -> ImageInfo:
+        """What the library knows of the indexed image ``image_id``."""
+        row = self._row(image_id)
+        exif = row.exif or {}
+        camera = " ".join(str(exif[k]) for k in ("Make", "Model") if exif.get(k)) or None
+        fp = self.db.library().model_fingerprint
+        tags = [{"label": t.label, "rank": t.rank, "score": t.score, "itm": t.probability}
+                for t in self.db.tags_of(row.content_hash, fp)] if fp else []
+        return ImageInfo(
+            id=row.id, path=os.fsdecode(row.path), size=row.size, width=row.width, height=row.height,
+            taken_at=row.taken_at, modified=datetime.fromtimestamp(row.mtime_ns / 1e9), camera=camera,
+            exif=row.exif, content_hash=row.content_hash, indexed_at=row.indexed_at, tags=tags,
+        )
+
+    def image_file(self, image_id: int) -> bytes:
+        """The path of indexed image ``image_id``, once the file there is still the one indexed
+        (same size and modification time, following links): a file replaced since, by
+        anything, a link to another file included, is refused rather than read."""
+        row = self._row(image_id)
+        try:
+            st = os.stat(row.path)
+        except OSError:
+            raise ImageChangedError(f"{os.fsdecode(row.path)} is gone since it was indexed: run "
+                                    "`blipsearch index` again.") from None
+        if (st.st_size, st.st_mtime_ns) != (row.size, row.mtime_ns) or not os.path.isfile(row.path):
+            raise ImageChangedError(f"{os.fsdecode(row.path)} changed since it was indexed: run "
+                                    "`blipsearch index` again.")
+        return row.path
+
+    def rendition(self, image_id: int, kind: str = "thumb") -> tuple[Path, str]:
+        """A small WebP of indexed image ``image_id`` (``"thumb"`` for grids, ``"preview"`` for
+        a screen) and its content hash; made from the file on first request."""
+        row = self._row(image_id)
+        found = self.thumbnails.get(row.content_hash, kind)
+        if found is not None:
+            return found, row.content_hash
+        from .store.thumbnails import SIZES
+
+        data = read_file(self.image_file(image_id))
+        image, _ = open_image(data, (SIZES[kind], SIZES[kind]))
+        made = self.thumbnails.put(row.content_hash, image, kind)
+        if made is None:
+            raise LibraryError(f"Can't write a thumbnail in {self.thumbnails.folder} (is the disk full?).")
+        return made, row.content_hash
+
+    def labels(self) -> list[tuple[str, int]]:
+        """The tag labels of the library's images (``index --tags``) with their image counts."""
+        fp = self.db.library().model_fingerprint
+        return self.db.labels(fp) if fp else []
 
     # -- image to text ------------------------------------------------------------------------------
-    def _query_image(self, model: RetrievalModel, image: str | os.PathLike[str] | bytes,
+    def _query_image(self, model: RetrievalModel, image: ImageQuery,
                      need_tokens: bool) -> tuple[np.ndarray, torch.Tensor | None]:
-        """The ITC vector of any image file (the stored one when it is indexed and unchanged),
+        """The ITC vector of a query image (the stored one when it is indexed and unchanged),
         and its vision tokens when ``need_tokens``."""
-        path = _root(image)
-        if not os.path.isfile(path):
-            raise InputPathError(f"{os.fsdecode(path)} is not a file.")
-        if not need_tokens:
-            stored = self.db.image_by_path(path)
-            st = os.stat(path)
-            if (
-                stored is not None
-                and stored.model == model.fingerprint
-                and stored.vector is not None
-                and (stored.size, stored.mtime_ns) == (st.st_size, st.st_mtime_ns)
-            ):
-                return np.frombuffer(stored.vector, np.float32), None
-        try:
-            pixels = load_pixels(path, model.image_spec)
-        except Exception as exc:
-            raise InputPathError(f"Can't use {os.fsdecode(path)} as a query image: {exc}") from None
+        if isinstance(image, ImageData):
+            try:
+                pixels = pixels_from_bytes(image.data, model.image_spec)
+            except Exception as exc:
+                raise InputPathError(f"Can't use this image as a query: {exc}") from None
+        else:
+            if isinstance(image, int):  # an indexed image: its stored vector, or its file when checked
+                row = self._row(image)
+                if not need_tokens and row.model == model.fingerprint and row.vector is not None:
+                    return np.frombuffer(row.vector, np.float32), None
+                path = self.image_file(image)
+            else:
+                path = _root(image)
+                if not os.path.isfile(path):
+                    raise InputPathError(f"{os.fsdecode(path)} is not a file.")
+                stored = self.db.image_by_path(path) if not need_tokens else None
+                if stored is not None and stored.model == model.fingerprint and stored.vector is not None:
+                    st = os.stat(path)
+                    if (stored.size, stored.mtime_ns) == (st.st_size, st.st_mtime_ns):
+                        return np.frombuffer(stored.vector, np.float32), None
+            try:
+                pixels = load_pixels(path, model.image_spec)
+            except Exception as exc:
+                raise InputPathError(f"Can't use {os.fsdecode(path)} as a query image: {exc}") from None
         tokens = model.image_tokens(pixels[None])
         return model.project_images(tokens)[0], tokens
 
@@ -510,7 +693,7 @@ class Library:
         """Remove texts by id, or by the id they had in their file; returns how many went."""
         return TextStore(self.db).remove(keys)
 
-    def lookup(self, image: str | os.PathLike[str] | bytes, k: int = 10, *, rerank_depth: int = 32,
+    def lookup(self, image: ImageQuery, k: int = 10, *, rerank_depth: int = 32,
                rerank_hits: bool = True, source: str = "texts") -> list[TextHit]:
         """Image to text: the texts (or, with ``source="captions"``, the library's generated
         captions) that best match ``image``."""
@@ -713,4 +896,4 @@ def _root(path: str | os.PathLike[str] | bytes) -> bytes:
     return absolute
 
 
-__all__ = ["Failure", "Hit", "IndexReport", "Library", "default_location"]
+__all__ = ["Failure", "Hit", "ImageData", "ImageInfo", "ImageQuery", "IndexReport", "Library", "default_location"]

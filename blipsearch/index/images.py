@@ -14,6 +14,7 @@ import math
 import os
 import stat
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -270,10 +271,17 @@ def read_exif(image: Image.Image) -> tuple[dict[str, Any] | None, datetime | Non
     return out or None, taken_at
 
 
-def decode(data: bytes, spec: ImageSpec) -> DecodedImage:
-    """Hash, decode and preprocess the bytes of one image file."""
+# Gets (content hash, file bytes, the decoded upright image, its full upright size).
+OnImage = Callable[[str, bytes, Image.Image, tuple[int, int]], object]
+
+
+def decode(data: bytes, spec: ImageSpec, on_image: OnImage | None = None) -> DecodedImage:
+    """Hash, decode and preprocess the bytes of one image file. ``on_image`` sees the decoded
+    image (to make a thumbnail from it without decoding again)."""
     content_hash = hash_bytes(data)
     image, (width, height) = open_image(data, spec.draft_size)
+    if on_image is not None:
+        on_image(content_hash, data, image, (width, height))
     try:
         with Image.open(io.BytesIO(data)) as raw:
             exif, taken_at = read_exif(raw)

@@ -23,6 +23,7 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -33,6 +34,7 @@ from ..errors import ImageError, InputPathError
 from ..rerank.cache import TokenCache
 from ..store.database import Database, StoredRow, utcnow, vector_to_bytes
 from ..store.schema import FailureRow, ImageRow
+from ..store.thumbnails import ThumbnailStore
 from .images import DecodedImage, ImageSpec, decode, hash_bytes, read_file
 from .vectors import VectorIndex
 from .walk import FileEntry, WalkResult, walk
@@ -117,6 +119,8 @@ class Indexer:
         progress: ProgressFactory = no_progress,
         on_commit: Callable[[int], None] | None = None,
         token_cache: TokenCache | None = None,
+        thumbnails: ThumbnailStore | None = None,
+        vectors_lock: AbstractContextManager[object] = nullcontext(),
     ) -> None:
         self.db = db
         self.vectors = vectors
@@ -128,6 +132,8 @@ class Indexer:
         self.on_commit = on_commit or (lambda generation: None)
         self.report = IndexReport()
         self.token_cache = token_cache
+        self.thumbnails = thumbnails
+        self.vectors_lock = vectors_lock  # held while the in-memory index changes: searches may run beside
 
     @property
     def batch_size(self) -> int:
@@ -209,7 +215,8 @@ class Indexer:
             if content_hash in self._known_hashes and not decode_known:
                 job.data = DecodedImage(content_hash=content_hash, size=len(data))
             else:
-                job.data = decode(data, self.model.image_spec)
+                job.data = decode(data, self.model.image_spec,
+                                  self.thumbnails.put_decoded if self.thumbnails is not None else None)
         except ImageError as exc:
             job.error = str(exc)
         except Exception as exc:  # noqa: BLE001 - one bad file must never stop a run
@@ -372,11 +379,14 @@ class Indexer:
             # file or the full-text index mirrors: readers keep theirs.
             changed = faiss_add or faiss_remove or report.moved
             generation = self.db.bump_generation(session) if changed else None
+            if faiss_add:
+                self.db.mark_generation(session, [i for i, _ in faiss_add], generation)  # type: ignore[arg-type]
         # Committed: now mirror it in the in-memory vector index.
-        self.vectors.remove(faiss_remove)
-        if faiss_add:
-            ids = np.array([i for i, _ in faiss_add], np.int64)
-            self.vectors.replace(ids, np.stack([v for _, v in faiss_add]).astype(np.float32))
+        with self.vectors_lock:
+            self.vectors.remove(faiss_remove)
+            if faiss_add:
+                ids = np.array([i for i, _ in faiss_add], np.int64)
+                self.vectors.replace(ids, np.stack([v for _, v in faiss_add]).astype(np.float32))
         self._known_hashes.update(j.data.content_hash for j in embed if j.data is not None)
         for key in ("added", "updated", "moved", "unchanged", "failed"):
             setattr(self.report, key, getattr(self.report, key) + getattr(report, key))
@@ -441,7 +451,8 @@ class Indexer:
                 session.execute(delete(ImageRow).where(ImageRow.id.in_(gone[start : start + 500])))
             for start in range(0, len(stale_failures), 500):
                 session.execute(delete(FailureRow).where(FailureRow.path.in_(stale_failures[start : start + 500])))
-        self.vectors.remove(gone)
+        with self.vectors_lock:
+            self.vectors.remove(gone)
         self.report.removed += len(gone)
         if gone:
             self.on_commit(generation)

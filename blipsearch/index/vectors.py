@@ -38,6 +38,9 @@ PQ_BYTES = 64
 REFINE_FACTOR = 8
 # An approximate index is retrained when the collection has doubled since.
 RETRAIN_GROWTH = 2.0
+# A filter selecting at most this many images of an approximate index is searched exactly,
+# over their full vectors from the database.
+EXACT_SUBSET_LIMIT = 50_000
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,16 @@ class VectorIndex:
     def __len__(self) -> int:
         return int(self.index.ntotal)
 
+    def ids(self) -> npt.NDArray[np.int64]:
+        """Every id in the index, in no particular order."""
+        if self.kind == "flat":
+            return faiss.vector_to_array(self.index.id_map).astype(np.int64)
+        ivf = faiss.extract_index_ivf(self.index)
+        lists = ivf.invlists
+        parts = [faiss.rev_swig_ptr(lists.get_ids(n), size).copy()
+                 for n in range(ivf.nlist) if (size := lists.list_size(n))]
+        return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+
     def add(self, ids: npt.NDArray[np.int64], vectors: npt.NDArray[np.float32]) -> None:
         if len(ids):
             self.index.add_with_ids(np.ascontiguousarray(vectors, np.float32), np.asarray(ids, np.int64))
@@ -136,29 +149,35 @@ class VectorIndex:
         queries: npt.NDArray[np.float32],
         k: int,
         exact: Callable[[list[int]], npt.NDArray[np.float32]] | None = None,
+        among: npt.NDArray[np.int64] | None = None,
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
         """Top ``k`` (cosine, id) per query, -1 ids padding rows with fewer hits.
 
         A compressed (``ivf-pq``) index only approximates scores: with ``exact``
         (ids -> their full vectors, from the database) it shortlists
         ``REFINE_FACTOR * k`` and re-scores them exactly.
+
+        ``among`` restricts the search to those ids (a filter), before ranking: exact
+        in a flat index; in an approximate one, exact over their full vectors from
+        ``exact`` while they are at most :data:`EXACT_SUBSET_LIMIT`, else the index's
+        own approximate search limited to them.
         """
-        k = min(k, len(self))
+        k = min(k, len(self), len(among) if among is not None else len(self))
         if k <= 0:
             empty = np.zeros((len(queries), 0))
             return empty.astype(np.float32), empty.astype(np.int64)
         queries = np.ascontiguousarray(queries, np.float32)
+        if among is not None and self.kind != "flat" and exact is not None and len(among) <= EXACT_SUBSET_LIMIT:
+            return _exact_top(queries, [np.asarray(among, np.int64)] * len(queries), exact, k)
+        params = None
+        if among is not None:
+            selector = faiss.IDSelectorBatch(np.ascontiguousarray(among, np.int64))
+            params = (faiss.SearchParameters(sel=selector) if self.kind == "flat"
+                      else faiss.SearchParametersIVF(sel=selector, nprobe=faiss.extract_index_ivf(self.index).nprobe))
         if self.kind != "ivf-pq" or exact is None:
-            return self.index.search(queries, k)
-        _, shortlist = self.index.search(queries, min(REFINE_FACTOR * k, len(self)))
-        out_scores = np.full((len(queries), k), -np.inf, np.float32)
-        out_ids = np.full((len(queries), k), -1, np.int64)
-        for row, (query, ids) in enumerate(zip(queries, shortlist)):
-            ids = ids[ids >= 0]
-            scores = exact([int(i) for i in ids]) @ query
-            best = np.argsort(-scores, kind="stable")[:k]
-            out_scores[row, : len(best)], out_ids[row, : len(best)] = scores[best], ids[best]
-        return out_scores, out_ids
+            return self.index.search(queries, k, params=params)
+        _, shortlist = self.index.search(queries, min(REFINE_FACTOR * k, len(self)), params=params)
+        return _exact_top(queries, [ids[ids >= 0] for ids in shortlist], exact, k)
 
     # -- persistence ----------------------------------------------------------------
     def save(self, path: Path, generation: int, model: str, library: str = "") -> None:
@@ -199,6 +218,22 @@ class VectorIndex:
         loaded = cls(header.dim, index, header.kind, header.trained_on)
         loaded.set_probes()
         return loaded, header
+
+
+def _exact_top(
+    queries: npt.NDArray[np.float32],
+    candidates: list[npt.NDArray[np.int64]],
+    exact: Callable[[list[int]], npt.NDArray[np.float32]],
+    k: int,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    """Top ``k`` of each query's candidate ids by their exact vectors, padded like FAISS."""
+    out_scores = np.full((len(queries), k), -np.inf, np.float32)
+    out_ids = np.full((len(queries), k), -1, np.int64)
+    for row, (query, ids) in enumerate(zip(queries, candidates)):
+        scores = exact([int(i) for i in ids]) @ query
+        best = np.argsort(-scores, kind="stable")[:k]
+        out_scores[row, : len(best)], out_ids[row, : len(best)] = scores[best], ids[best]
+    return out_scores, out_ids
 
 
 def _fsync_dir(path: Path) -> None:

@@ -13,18 +13,22 @@ import numpy.typing as npt
 from sqlalchemy import (
     URL,
     Engine,
+    and_,
     create_engine,
     event,
     func,
     inspect,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..errors import LibraryError, SchemaError
+from ..filters import Filters
+from .migrations import upgrade
 from .schema import (
     SCHEMA_VERSION,
     Base,
@@ -97,8 +101,8 @@ class Database:
 
     def _init_schema(self) -> None:
         try:
-            tables = set(inspect(self.engine).get_table_names())
-            if "library" in tables:
+            version = None
+            if "library" in set(inspect(self.engine).get_table_names()):
                 with self._sessions() as session:
                     version = session.scalar(select(LibraryRow.schema_version).where(LibraryRow.id == 1))
                 if version is not None and version > SCHEMA_VERSION:
@@ -112,6 +116,13 @@ class Database:
                     session.add(
                         LibraryRow(id=1, schema_version=SCHEMA_VERSION, generation=0, created_at=utcnow())
                     )
+                elif version is not None and version < SCHEMA_VERSION:
+                    self.bump_generation(session, by=0)  # the write lock, then look again
+                    current = int(session.scalar(select(LibraryRow.schema_version).where(LibraryRow.id == 1)))
+                    if current < SCHEMA_VERSION:
+                        upgrade(session.connection(), current, SCHEMA_VERSION)
+                        session.execute(update(LibraryRow).where(LibraryRow.id == 1)
+                                        .values(schema_version=SCHEMA_VERSION))
         except OperationalError as exc:
             raise LibraryError(f"Can't open the database {self.display_url}: {exc.orig}") from None
 
@@ -229,6 +240,59 @@ class Database:
         zero = bytes(4 * dim)
         return bytes_to_vectors([found.get(i, zero) for i in ids], dim)
 
+    @staticmethod
+    def mark_generation(session: Session, ids: list[int], generation: int) -> None:
+        """Record that ``generation`` set these images' vectors (see :meth:`vectors_since`)."""
+        for start in range(0, len(ids), 500):
+            session.execute(update(ImageRow).where(ImageRow.id.in_(ids[start : start + 500]))
+                            .values(generation=generation))
+
+    def vectors_since(self, fp: str, generation: int) -> tuple[npt.NDArray[np.int64], list[bytes]]:
+        """(ids, vectors) of model ``fp`` set by a transaction after ``generation``."""
+        with self.reader() as session:
+            rows = session.execute(select(ImageRow.id, ImageRow.vector).where(
+                ImageRow.generation > generation, ImageRow.model == fp, ImageRow.vector.is_not(None))).all()
+        return np.fromiter((r[0] for r in rows), np.int64, len(rows)), [r[1] for r in rows]
+
+    def vector_ids(self, fp: str) -> npt.NDArray[np.int64]:
+        """Ids of every searchable image of model ``fp``, ascending."""
+        with self.reader() as session:
+            ids = session.scalars(select(ImageRow.id).where(ImageRow.model == fp, ImageRow.vector.is_not(None))
+                                  .order_by(ImageRow.id)).all()
+        return np.asarray(ids, np.int64)
+
+    def filtered_ids(self, fp: str, filters: Filters) -> npt.NDArray[np.int64]:
+        """Ids of the searchable images of model ``fp`` that pass ``filters``."""
+        where = [ImageRow.model == fp, ImageRow.vector.is_not(None)]
+        if filters.folders:
+            where.append(or_(*((ImageRow.path >= lo) & (ImageRow.path < hi)
+                               for lo, hi in map(path_range, filters.folders))))
+        for bound, keep in ((filters.after, True), (filters.before, False)):
+            if bound is None:
+                continue
+            ns = int(bound.timestamp() * 1e9)  # a naive datetime is local time, as file times are shown
+            taken = ImageRow.taken_at >= bound if keep else ImageRow.taken_at < bound
+            modified = ImageRow.mtime_ns >= ns if keep else ImageRow.mtime_ns < ns
+            where.append(or_(and_(ImageRow.taken_at.is_not(None), taken), and_(ImageRow.taken_at.is_(None), modified)))
+        stmt = select(ImageRow.id).where(*where)
+        if filters.tag:
+            stmt = stmt.where(ImageRow.content_hash.in_(
+                select(TagRow.content_hash).where(func.lower(TagRow.label) == filters.tag.lower(), TagRow.model == fp)))
+        with self.reader() as session:
+            return np.asarray(session.scalars(stmt.order_by(ImageRow.id)).all(), np.int64)
+
+    def labels(self, fp: str) -> list[tuple[str, int]]:
+        """(tag label, number of images) of model ``fp``, most used first."""
+        with self.reader() as session:
+            stmt = (select(TagRow.label, func.count(func.distinct(TagRow.content_hash)).label("n"))
+                    .where(TagRow.model == fp).group_by(TagRow.label).order_by(text("n DESC"), TagRow.label))
+            return [(label, int(n)) for label, n in session.execute(stmt)]
+
+    def tags_of(self, content_hash: str, fp: str) -> list[TagRow]:
+        with self.reader() as session:
+            return list(session.scalars(select(TagRow).where(TagRow.content_hash == content_hash, TagRow.model == fp)
+                                        .order_by(TagRow.rank, TagRow.label)))
+
     def images_by_id(self, ids: list[int]) -> dict[int, ImageRow]:
         with self.reader() as session:
             rows = session.scalars(select(ImageRow).where(ImageRow.id.in_(ids))).all()
@@ -237,6 +301,10 @@ class Database:
     def image_by_path(self, path: bytes) -> ImageRow | None:
         with self.reader() as session:
             return session.scalar(select(ImageRow).where(ImageRow.path == path))
+
+    def content_hashes(self) -> set[str]:
+        with self.reader() as session:
+            return set(session.scalars(select(ImageRow.content_hash).distinct()))
 
     def counts(self, fp: str | None) -> tuple[int, int, int]:
         """(images, searchable vectors of model ``fp``, failures)."""
@@ -308,17 +376,6 @@ class Database:
             for tag in tags:
                 session.merge(TagRow(content_hash=content_hash, model=model_fp, vocabulary=vocabulary,
                                      label=tag.label, rank=tag.rank, score=tag.score, probability=tag.itm))
-
-    def ids_with_tag(self, label: str, model_fp: str) -> list[int]:
-        with self.reader() as session:
-            stmt = (
-                select(ImageRow.id)
-                .join(TagRow, TagRow.content_hash == ImageRow.content_hash)
-                .where(func.lower(TagRow.label) == label.strip().lower(), TagRow.model == model_fp,
-                       ImageRow.model == model_fp)
-                .distinct()
-            )
-            return list(session.scalars(stmt))
 
     def dispose(self) -> None:
         self.engine.dispose()

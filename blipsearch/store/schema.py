@@ -22,7 +22,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 1
+# 2: images.generation (see blipsearch/store/migrations.py).
+SCHEMA_VERSION = 2
 
 
 class Base(DeclarativeBase):
@@ -65,6 +66,9 @@ class ImageRow(Base):
     model: Mapped[str | None] = mapped_column(String(64), index=True)
     vector: Mapped[bytes | None] = mapped_column(LargeBinary)
     indexed_at: Mapped[datetime] = mapped_column(DateTime)
+    # The library generation whose transaction last set ``vector``: a reader whose vector index
+    # mirrors generation G catches up by reading only the rows above G.
+    generation: Mapped[int | None] = mapped_column(BigInteger, index=True)
 
 
 class FailureRow(Base):

@@ -1,0 +1,97 @@
+"""Filters that narrow a search before ranking: folder, capture date, tag.
+
+A filtered search ranks only the matching images, so ``k=10`` returns the ten
+best matching photos, not the matching ones among the ten best of all.
+
+Dates: an image's date is its EXIF capture time when the camera recorded
+one, else its file's modification time (local time). ``after`` keeps images
+taken at or after the start of the given period, ``before`` those taken
+before its start: ``after=2024, before=2025`` is the year 2024, and
+``after=2024-07-01, before=2024-07-02`` is one day.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from datetime import date, datetime
+
+from .errors import InputPathError
+
+_DATE = re.compile(r"^(\d{4})(?:-(\d{1,2})(?:-(\d{1,2}))?)?$")
+
+
+def parse_date(text: str) -> datetime:
+    """The start of a year (``2024``), a month (``2024-07``), a day (``2024-07-14``) or an
+    ISO time (``2024-07-14T18:30``), as a naive local datetime."""
+    value = text.strip()
+    match = _DATE.match(value)
+    try:
+        if match:
+            year, month, day = (int(g) if g else 1 for g in match.groups())
+            return datetime(year, month, day)
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise InputPathError(f"{text!r} is not a date: use 2024, 2024-07, 2024-07-14 or 2024-07-14T18:30.") from None
+    if parsed.tzinfo is not None:  # capture times are the camera's local time, without a zone
+        parsed = parsed.astimezone().replace(tzinfo=None)
+    return parsed
+
+
+def _as_datetime(value: str | date | datetime | None) -> datetime | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day)
+    return parse_date(value)
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What a search may return. Empty fields filter nothing."""
+
+    folders: tuple[bytes, ...] = ()  # absolute paths, as the file system has them; images below any
+    after: datetime | None = None
+    before: datetime | None = None
+    tag: str | None = None
+
+    @classmethod
+    def make(
+        cls,
+        folders: list[str | os.PathLike[str] | bytes] | tuple[str | os.PathLike[str] | bytes, ...] = (),
+        after: str | date | datetime | None = None,
+        before: str | date | datetime | None = None,
+        tag: str | None = None,
+    ) -> Filters:
+        """Filters from what a user typed: folders expanded (``~``) and made absolute, dates parsed."""
+        roots = []
+        for folder in folders:
+            if folder in ("", b""):
+                continue
+            raw = folder if isinstance(folder, bytes) else os.fsencode(os.path.expanduser(os.fspath(folder)))
+            roots.append(os.path.abspath(raw).rstrip(b"/") or b"/")
+        start, end = _as_datetime(after), _as_datetime(before)
+        if start is not None and end is not None and start >= end:
+            raise InputPathError("The date range is empty: `after` must be earlier than `before`.")
+        return cls(tuple(dict.fromkeys(roots)), start, end, (tag or "").strip() or None)
+
+    def __bool__(self) -> bool:
+        return bool(self.folders or self.after or self.before or self.tag)
+
+    def to_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {}
+        if self.folders:
+            out["folders"] = [os.fsdecode(f) for f in self.folders]
+        if self.after:
+            out["after"] = self.after.isoformat()
+        if self.before:
+            out["before"] = self.before.isoformat()
+        if self.tag:
+            out["tag"] = self.tag
+        return out
+
+
+NO_FILTERS = Filters()

@@ -1,0 +1,108 @@
+"""A long-lived library (a server) follows other processes' writes, and old libraries are upgraded."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import draw_image
+from sqlalchemy import create_engine, inspect, text
+
+from blipsearch import Library
+from blipsearch.store.schema import SCHEMA_VERSION
+
+QUERY = "a dog on the beach"
+
+
+def _order(lib: Library) -> list[tuple[str, float]]:
+    return [(h.path, round(h.itc, 5)) for h in lib.search(QUERY, k=100, rerank_hits=False)]
+
+
+def test_a_reader_catches_up_without_rebuilding(library_dir: Path, tiny_model: Path, photos: Path) -> None:
+    with Library(library_dir, model=str(tiny_model), device="cpu") as writer:
+        writer.index([photos / "holiday"])
+    reader = Library(library_dir, model=str(tiny_model), device="cpu")
+    try:
+        assert len(_order(reader)) == 6
+        vectors_file = library_dir / "vectors.faiss"
+        counts: list[int] = []
+
+        class SearchDuringRun:
+            """Searches in the reader after each committed batch of the writer's run."""
+
+            def __init__(self, total: int, desc: str) -> None:
+                pass
+
+            def update(self, n: int = 1) -> None:
+                # The writer saves the vector file only when its run ends; until then the file is
+                # stale, and a reader that rebuilt from the database would rewrite it.
+                before = vectors_file.stat().st_mtime_ns
+                counts.append(len(_order(reader)))
+                assert vectors_file.stat().st_mtime_ns == before, "the reader rebuilt instead of catching up"
+
+            def close(self) -> None:
+                pass
+
+        with Library(library_dir, model=str(tiny_model), device="cpu") as writer:
+            writer.index([photos], batch_size=2, progress=SearchDuringRun)  # six more
+            assert counts == [8, 10, 12]
+            (photos / "holiday" / "img00.png").unlink()  # one gone
+            draw_image(99).save(photos / "holiday" / "img01.png")  # one changed: same id, new vector
+            writer.index([photos], progress=SearchDuringRun)
+        seen = _order(reader)
+        with Library(library_dir, model=str(tiny_model), device="cpu") as fresh:
+            assert seen == _order(fresh)
+        assert len(seen) == 11 and str(photos / "holiday" / "img00.png") not in [p for p, _ in seen]
+        changed = lib_vector(reader, photos / "holiday" / "img01.png")
+        assert reader._vectors is not None
+        ids = reader._vectors.ids()
+        assert len(ids) == 11 and len(set(ids.tolist())) == 11
+        query = reader.model.embed_texts([QUERY])[0]
+        assert dict(seen)[str(photos / "holiday" / "img01.png")] == pytest.approx(float(changed @ query), abs=1e-5)
+    finally:
+        reader.close()
+
+
+def lib_vector(lib: Library, path: Path) -> np.ndarray:
+    row = lib.db.image_by_path(os.fsencode(path))
+    assert row is not None and row.vector is not None
+    return np.frombuffer(row.vector, np.float32)
+
+
+def test_a_library_of_schema_1_is_upgraded_in_place(library_dir: Path, tiny_model: Path, photos: Path) -> None:
+    with Library(library_dir, model=str(tiny_model), device="cpu") as lib:
+        lib.index([photos / "holiday"])
+        before = _order(lib)
+    # Make it a library as blipsearch wrote it before images had a generation.
+    engine = create_engine(f"sqlite:///{library_dir / 'library.db'}")
+    with engine.begin() as conn:
+        conn.execute(text("DROP INDEX ix_images_generation"))
+        conn.execute(text("ALTER TABLE images DROP COLUMN generation"))
+        conn.execute(text("UPDATE library SET schema_version = 1"))
+    engine.dispose()
+    (library_dir / "vectors.faiss").unlink()
+    with Library(library_dir, model=str(tiny_model), device="cpu") as lib:
+        assert _order(lib) == before
+        with lib.db.engine.connect() as conn:
+            assert "generation" in {c["name"] for c in inspect(conn).get_columns("images")}
+            assert conn.execute(text("SELECT schema_version FROM library")).scalar() == SCHEMA_VERSION
+            assert conn.execute(text("SELECT count(*) FROM images WHERE generation IS NULL")).scalar() == 6
+        lib.index([photos])
+        assert len(_order(lib)) == 12
+
+
+def test_a_newer_schema_is_refused(library_dir: Path, tiny_model: Path, photos: Path) -> None:
+    from blipsearch.errors import SchemaError
+
+    with Library(library_dir, model=str(tiny_model), device="cpu") as lib:
+        lib.index([photos / "garden"])
+    engine = create_engine(f"sqlite:///{library_dir / 'library.db'}")
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE library SET schema_version = :v"), {"v": SCHEMA_VERSION + 1})
+    engine.dispose()
+    with pytest.raises(SchemaError, match="newer blipsearch"):
+        Library(library_dir)
+    shutil.rmtree(library_dir)
