@@ -21,6 +21,7 @@ from .describe import (
     CaptionSettings,
 )
 from .errors import BlipsearchError
+from .filters import Filters
 from .library import LIBRARY_ENV, Hit, Library
 from .loading import DEFAULT_MODEL
 from .texts import read_text_file
@@ -246,6 +247,21 @@ def _nonempty(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return value
 
 
+def _filter_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Narrow the images before ranking: -k N gives the N best of those that match."""
+    func = click.option("--before", metavar="DATE",
+                        help="Only images taken before DATE (EXIF capture time, else file time): 2024, "
+                             "2024-07, 2024-07-14.")(func)
+    func = click.option("--after", metavar="DATE",
+                        help="Only images taken on or after DATE (EXIF capture time, else file time).")(func)
+    return click.option("--folder", "folders", multiple=True, type=click.Path(path_type=bytes),
+                        help="Only images below this folder (repeatable).")(func)
+
+
+def _filters(folders: tuple[bytes, ...], after: str | None, before: str | None, tag: str | None = None) -> Filters:
+    return Filters.make(folders=list(folders), after=after, before=before, tag=tag)
+
+
 def _output_flags(func: Callable[..., Any]) -> Callable[..., Any]:
     func = click.option("-0", "--paths0", "paths_only", flag_value="\0",
                         help="Print only paths, each ended by a NUL byte: safe for any file name "
@@ -317,11 +333,14 @@ def _caption_settings(prompt: str, beams: int, max_length: int, min_length: int)
                    "for `search --tag`.")
 @click.option("--template", default="a photo of a {}", show_default=True, help="With --tags: how a label is said.")
 @click.option("--tags-k", type=PositiveInt(), default=5, show_default=True, help="With --tags: labels kept per image.")
+@click.option("--thumbnails/--no-thumbnails", default=True, show_default=True,
+              help="Make a small thumbnail of each new image while it is decoded anyway (for `blipsearch "
+                   "serve`; about 10-20 KB each). Without, they are made when first shown.")
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON line of counts.")
 @with_library
 def index(lib: Library, paths: tuple[bytes, ...], batch_size: int | None, workers: int | None, reindex: bool,
           allow_empty: bool, captions: bool, prompt: str, beams: int, max_length: int, min_length: int,
-          labels_file: Path | None, template: str, tags_k: int, as_json: bool) -> None:
+          labels_file: Path | None, template: str, tags_k: int, thumbnails: bool, as_json: bool) -> None:
     """Index the images in PATHS (folders, walked recursively, or files).
 
     New and changed images are embedded; unchanged ones are skipped; moved or
@@ -342,7 +361,7 @@ def index(lib: Library, paths: tuple[bytes, ...], batch_size: int | None, worker
     if captions:
         lib.captioner.check(settings)  # load (or fail) before a long run, never halfway through
     report = lib.index(list(paths), batch_size=batch_size, workers=workers, reindex=reindex,
-                       allow_empty=allow_empty, progress=_progress)
+                       allow_empty=allow_empty, thumbnails=thumbnails, progress=_progress)
     for path, reason in report.errors[:10]:
         click.echo(f"skipped {_display(os.fsdecode(path))}: {reason}", err=True)
     if len(report.errors) > 10:
@@ -377,10 +396,11 @@ def index(lib: Library, paths: tuple[bytes, ...], batch_size: int | None, worker
               help="With --ask: keep only the hits whose answer is VALUE (e.g. --ask 'is there a dog?' --answer yes).")
 @click.option("--examine", type=PositiveInt(), default=None,
               help="With --answer: how many top hits to ask. Default: max(k, --rerank-depth).")
+@_filter_options
 @with_existing_library
 def search(lib: Library, text: str, k: int, as_json: bool, paths_only: str | None, rerank_depth: int,
            no_rerank: bool, hybrid: bool, tag: str | None, with_caption: bool, question: str | None, expected: str | None,
-           examine: int | None) -> None:
+           examine: int | None, folders: tuple[bytes, ...], after: str | None, before: str | None) -> None:
     """Find the images that best match TEXT.
 
     Candidates come from the vector index by cosine similarity (ITC); the best
@@ -395,12 +415,14 @@ def search(lib: Library, text: str, k: int, as_json: bool, paths_only: str | Non
       blipsearch search "a dog in the park" --caption
       blipsearch search "birthday cake" --hybrid
       blipsearch search "a street at night" --ask "is it raining?" --answer yes
+      blipsearch search "the beach" --folder ~/Pictures/Trips --after 2024-06 --before 2024-09
     """
     if expected is not None and question is None:
         raise click.UsageError("--answer needs --ask QUESTION.")
     depth = 0 if no_rerank else rerank_depth
     wanted = (examine or max(k, depth)) if expected is not None else k
-    hits = lib.search(text, wanted, rerank_depth=depth, rerank_hits=depth > 0, hybrid=hybrid, tag=tag)
+    hits = lib.search(text, wanted, rerank_depth=depth, rerank_hits=depth > 0, hybrid=hybrid,
+                      filters=_filters(folders, after, before, tag))
     settings = CaptionSettings() if with_caption else None
     if expected is not None:
         hits = lib.describe(hits, question=question)
@@ -491,15 +513,19 @@ def _print_described(results: list[Any], field: str, as_json: bool, question: st
 @main.command()
 @click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=bytes))
 @_output_flags
+@click.option("--tag", metavar="LABEL", help="Only images tagged LABEL (see `index --tags`).")
+@_filter_options
 @with_existing_library
-def similar(lib: Library, image: bytes, k: int, as_json: bool, paths_only: str | None) -> None:
+def similar(lib: Library, image: bytes, k: int, as_json: bool, paths_only: str | None, tag: str | None,
+            folders: tuple[bytes, ...], after: str | None, before: str | None) -> None:
     """Find the images that look most like IMAGE (any image file, indexed or not).
 
     \b
     Examples:
       blipsearch similar ~/Pictures/beach/IMG_0042.jpg -k 5
-      blipsearch similar download.png --paths0 | xargs -0 ls -l"""
-    _print_hits(lib.similar(image, k), as_json, paths_only)
+      blipsearch similar download.png --paths0 | xargs -0 ls -l
+      blipsearch similar cat.jpg --folder ~/Pictures/2023"""
+    _print_hits(lib.similar(image, k, filters=_filters(folders, after, before, tag)), as_json, paths_only)
     _warn_unsearchable(lib)
 
 
@@ -707,6 +733,98 @@ def failures(lib: Library, as_json: bool) -> None:
             _json_line({"path": failure.path, "reason": failure.reason})
         else:
             click.echo(f"{_display(failure.path)}: {failure.reason}")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on. Anything but loopback (127.0.0.1, ::1, localhost) exposes the "
+                   "library to the network and needs --token (one is made up and printed if not given).")
+@click.option("--port", type=PositiveInt(0, 65535), default=8000, show_default=True,
+              help="Port to listen on (0: any free port).")
+@click.option("--token", envvar="BLIPSEARCH_TOKEN", metavar="TOKEN",
+              help="Every request must carry it (the page asks once, at the printed address). "
+                   "Env: BLIPSEARCH_TOKEN.")
+@click.option("--allow-host", "allowed_hosts", multiple=True, metavar="NAME",
+              help="Another host name the server may be reached by (a reverse proxy's, say); repeatable. "
+                   "Requests naming any other host are refused.")
+@click.option("--rerank-depth", type=PositiveInt(0), default=32, show_default=True,
+              help="Default number of ITC candidates rescored by ITM for each text search.")
+@click.option("--max-upload-mb", type=Amount(0, strict=True), default=25.0, show_default=True,
+              help="Largest image accepted for searching by image.")
+@click.option("--max-upload-megapixels", type=Amount(0, strict=True), default=50.0, show_default=True,
+              help="Most pixels an uploaded image may have (decompression bombs are refused).")
+@click.option("--open", "open_browser", is_flag=True, help="Open the page in a web browser once serving.")
+@with_existing_library
+def serve(lib: Library, host: str, port: int, token: str | None, allowed_hosts: tuple[str, ...],
+          rerank_depth: int, max_upload_mb: float, max_upload_megapixels: float, open_browser: bool) -> None:
+    """Serve the library as a web page and an HTTP API (OpenAPI at /docs).
+
+    The page searches by text, by example and by a photo dropped onto it,
+    shows the hits as thumbnails, and each photo with its caption, a box to
+    ask it questions and the photos like it. New photos that `blipsearch index`
+    adds meanwhile show up without a restart. Ctrl-C stops it, after the
+    requests under way.
+
+    \b
+    Examples:
+      blipsearch serve                                  # http://127.0.0.1:8000/
+      blipsearch serve --library demo-library --open
+      blipsearch serve --host 0.0.0.0 --port 8080       # reachable from the network, with a token
+      curl 'http://127.0.0.1:8000/api/search?q=a+dog+on+the+beach&k=5'
+    """
+    from .web import ServeSettings
+    from .web.server import address, prepare
+    from .web.server import serve as run
+
+    settings, made_up = prepare(ServeSettings(
+        host=host, port=port, token=token or None, allowed_hosts=allowed_hosts, rerank_depth=rerank_depth,
+        max_upload_bytes=int(max_upload_mb * 2**20), max_upload_pixels=int(max_upload_megapixels * 1e6)))
+
+    def announce(bound: int) -> None:
+        url = address(settings, bound)
+        info = lib.status()
+        click.echo(f"Serving {info['images']:,} photos from {info['library']} at {url}", err=True)
+        if made_up:
+            click.echo("Reachable from other machines: every request needs the token in that address "
+                       "(or give your own with --token).", err=True)
+        click.echo("Press Ctrl-C to stop.", err=True)
+        if open_browser:
+            import webbrowser
+
+            webbrowser.open(url)
+
+    run(lib, settings, announce)
+    click.echo("Stopped.", err=True)
+
+
+@main.command()
+@click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=bytes))
+@click.argument("text", callback=_nonempty)
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, writable=True, path_type=Path),
+              help="Where to write the picture (PNG): the image with the heat map over it.")
+@click.option("--size", type=PositiveInt(16, 4096), default=768, show_default=True,
+              help="Longest side of the picture written, in pixels.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Also print the map itself: one JSON object with the grid of weights (summing to 1).")
+@with_library
+def explain(lib: Library, image: bytes, text: str, out: Path, size: int, as_json: bool) -> None:
+    """Show where in IMAGE the image-text matching head finds TEXT (Grad-CAM on its cross-attention).
+
+    \b
+    Example:
+      blipsearch explain beach.jpg "a dog running on the beach" --out heat.png
+    """
+    result = lib.explain(image, text)
+    picture = result.overlay(size)
+    try:
+        picture.save(out, "PNG")
+    except OSError as exc:
+        raise click.ClickException(f"Can't write {out}: {exc.strerror or exc}") from None
+    if as_json:
+        _json_line({"path": os.fsdecode(image), "text": text, "out": str(out), "itm": result.itm,
+                    "heat": [[round(float(v), 6) for v in row] for row in result.heat]})
+    else:
+        click.echo(f"{out}: where the match for {text!r} lies (match probability {result.itm * 100:.1f}%)")
 
 
 @main.command("eval")

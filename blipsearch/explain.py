@@ -45,7 +45,14 @@ def default_layer(depth: int) -> int:
 def heat_map(
     model: RetrievalModel, text: str, pixels: npt.NDArray[np.float32], layer: int | None = None
 ) -> npt.NDArray[np.float32]:
-    """Grad-CAM of the ITM match between ``text`` and one preprocessed image (3, H, W).
+    """The map of :func:`explain_match` alone."""
+    return explain_match(model, text, pixels, layer)[0]
+
+
+def explain_match(
+    model: RetrievalModel, text: str, pixels: npt.NDArray[np.float32], layer: int | None = None
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """(heat map, the pair's two ITM logits). Grad-CAM of the ITM match between ``text`` and one preprocessed image (3, H, W).
 
     Returns the ViT patch grid (grid_h, grid_w) as a float32 distribution: non-negative,
     summing to 1, so maps of different photos and texts compare on one scale. Where no
@@ -82,9 +89,10 @@ def heat_map(
                 raise InputPathError("The text to explain is empty once tokenized.")
             hidden = model._text_encoder_layers(batch["input_ids"], batch["attention_mask"],
                                                 _keeping_probabilities(image, target, kept))
-            logit = model.net.itm_head(hidden[:, 0])[0, 1]
+            logits = model.net.itm_head(hidden[:, 0])[0]
             # Only the kept probabilities: no parameter gradient is computed or accumulated.
-            (grad,) = torch.autograd.grad(logit, kept[0])
+            (grad,) = torch.autograd.grad(logits[1], kept[0])
+    pair = logits.detach().float().cpu().numpy()
     probs = kept[0].detach()
 
     # (heads, L, S): text positions 1 .. L-2 are the words; image position 0 is its CLS token.
@@ -94,8 +102,8 @@ def heat_map(
     heat = cam.mean(dim=0).mean(dim=0).reshape(grid).cpu().numpy().astype(np.float32)
     total = float(heat.sum())
     if not math.isfinite(total) or total <= 0:
-        return np.full(grid, 1.0 / (grid[0] * grid[1]), np.float32)
-    return heat / np.float32(total)
+        return np.full(grid, 1.0 / (grid[0] * grid[1]), np.float32), pair
+    return heat / np.float32(total), pair
 
 
 def _keeping_probabilities(image: torch.Tensor, target: Any, kept: list[torch.Tensor]) -> CrossAttention:
@@ -145,7 +153,8 @@ def overlay(image: Image.Image, heat: npt.NDArray[np.floating], alpha: float = 0
     The model sees the photo squashed to a square, so the patch grid is stretched
     back over the whole photo, whatever its aspect ratio. Bicubic upsampling keeps
     the patch grid's blocks from reading as edges in the photo; the heat is scaled
-    by its maximum so that the hottest patch always gets the hottest colour.
+    from its minimum to its maximum so that the hottest patch always gets the hottest
+    colour, and a uniform map (nothing to point at) leaves the photo as it is.
     """
     heat = np.asarray(heat, np.float32)
     if heat.ndim != 2 or heat.size == 0 or not np.isfinite(heat).all():
@@ -155,8 +164,10 @@ def overlay(image: Image.Image, heat: npt.NDArray[np.floating], alpha: float = 0
     rgb = image.convert("RGB")
     smooth = np.asarray(Image.fromarray(heat).resize(rgb.size, Image.Resampling.BICUBIC))
     smooth = np.clip(smooth, 0.0, None)  # bicubic overshoots below zero next to hot patches
-    peak = float(smooth.max())
-    levels = (smooth / peak * 255).round().astype(np.uint8) if peak > 0 else np.zeros(smooth.shape, np.uint8)
+    if float(heat.max() - heat.min()) <= 1e-6 * max(float(heat.max()), 1e-12):
+        return rgb.copy()
+    low, span = float(smooth.min()), float(smooth.max() - smooth.min())
+    levels = (np.clip((smooth - low) / span, 0.0, 1.0) * 255).round().astype(np.uint8)
     colour = COLORMAP[levels].astype(np.float32)
     blended = (1 - alpha) * np.asarray(rgb, np.float32) + alpha * colour
     return Image.fromarray(blended.round().clip(0, 255).astype(np.uint8))

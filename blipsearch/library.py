@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any, Union
 import numpy as np
 import platformdirs
 from filelock import FileLock, Timeout
+from PIL import Image
+from PIL.Image import Image as PILImage
 from sqlalchemy import URL
 
 from .describe import (
@@ -51,7 +53,7 @@ from .index.indexer import Indexer, IndexReport, ProgressFactory, no_progress
 from .index.vectors import IndexHeader, VectorIndex
 from .loading import BUILTIN_PREFIX, DEFAULT_MODEL, ModelIdentity
 from .rerank.cache import TokenCache
-from .rerank.itm import rerank
+from .rerank.itm import match_scores, rerank
 from .store.database import Database, bytes_to_vectors
 from .store.fulltext import TextIndex, reciprocal_rank_fusion
 from .store.schema import ImageRow, TextRow
@@ -143,6 +145,31 @@ class ImageData:
 
 # What a query image can be: a file (path), an indexed image (its id), or bytes.
 ImageQuery = Union[str, "os.PathLike[str]", bytes, int, ImageData]
+
+
+# The photo an explanation is drawn over is decoded to at least this size (JPEG drafts).
+EXPLAIN_SIZE = 1024
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Where the ITM head found a text in a photo: ``heat`` over the ViT's patch grid (summing
+    to 1), the pair's match probability ``itm``, and the upright photo it was computed for."""
+
+    heat: np.ndarray
+    itm: float
+    image: PILImage
+
+    def overlay(self, size: int | None = None) -> PILImage:
+        """The photo (longest side ``size``, when given) with the heat map over it."""
+        from .explain import overlay
+
+        photo = self.image
+        if size is not None and max(photo.size) != size:
+            scale = size / max(photo.size)
+            photo = photo.resize((max(1, round(photo.width * scale)), max(1, round(photo.height * scale))),
+                                 Image.Resampling.LANCZOS)
+        return overlay(photo, self.heat)
 
 
 @dataclass(frozen=True)
@@ -636,6 +663,47 @@ class Library:
             raise LibraryError(f"Can't write a thumbnail in {self.thumbnails.folder} (is the disk full?).")
         return made, row.content_hash
 
+    def recent(self, k: int = 40, *, filters: Filters = NO_FILTERS, offset: int = 0) -> list[tuple[int, str]]:
+        """(id, path) of the searchable images that pass ``filters``, the most recently added first."""
+        fp = self.db.library().model_fingerprint
+        if not fp:
+            return []
+        ids = self.db.filtered_ids(fp, filters)[::-1][offset : offset + k].tolist()
+        rows = self.db.images_by_id(ids)
+        return [(i, os.fsdecode(rows[i].path)) for i in ids if i in rows]
+
+    def content_hashes(self, ids: list[int]) -> dict[int, str]:
+        """{id: content hash} of indexed images: what names their renditions (and their versions)."""
+        return {i: row.content_hash for i, row in self.db.images_by_id(ids).items()}
+
+    def warm(self) -> None:
+        """Load the model and the vector index now, so that the first query does not wait for them."""
+        self._searchable()
+
+    def explain(self, image: ImageQuery, text: str, *, layer: int | None = None) -> Explanation:
+        """Where in ``image`` the ITM head finds ``text``: a Grad-CAM heat map over its patch
+        grid (see :mod:`blipsearch.explain`), with the pair's match probability."""
+        from .explain import explain_match
+
+        if not text.strip():
+            raise InputPathError("The text to explain is empty.")
+        model = self.model
+        data = self._image_bytes(image)
+        try:
+            pixels = pixels_from_bytes(data, model.image_spec)
+            photo, _ = open_image(data, (EXPLAIN_SIZE, EXPLAIN_SIZE))
+        except Exception as exc:
+            raise InputPathError(f"Can't read this image: {exc}") from None
+        heat, logits = explain_match(model, text, pixels, layer)
+        _, probability = match_scores(logits[None])
+        return Explanation(heat, float(probability[0]), photo)
+
+    def _image_bytes(self, image: ImageQuery) -> bytes:
+        if isinstance(image, ImageData):
+            return image.data
+        path = self.image_file(image) if isinstance(image, int) else _root(image)
+        return read_file(path)
+
     def labels(self) -> list[tuple[str, int]]:
         """The tag labels of the library's images (``index --tags``) with their image counts."""
         fp = self.db.library().model_fingerprint
@@ -811,14 +879,15 @@ class Library:
         images, stored_vectors, failures = self.db.counts(record.model_fingerprint)
         searchable = 0
         if record.model_fingerprint:  # read-only: a stale file is rebuilt by the next search or index run
-            loaded = VectorIndex.load(self.vectors_path)
-            fresh = loaded is not None and self._mirrors(loaded[1], record.generation, record.model_fingerprint)
-            searchable = len(loaded[0]) if fresh and loaded else stored_vectors
+            header = VectorIndex.read_header(self.vectors_path)
+            fresh = header is not None and self._mirrors(header, record.generation, record.model_fingerprint)
+            searchable = header.count if fresh and header else stored_vectors
         return {
             "images": images,
             "vectors": searchable,
             "failures": failures,
             "stale": images - stored_vectors,
+            "texts": TextStore(self.db).count(),
             "model": record.model,
             "model_fingerprint": record.model_fingerprint,
             "dim": record.dim,
@@ -896,4 +965,4 @@ def _root(path: str | os.PathLike[str] | bytes) -> bytes:
     return absolute
 
 
-__all__ = ["Failure", "Hit", "ImageData", "ImageInfo", "ImageQuery", "IndexReport", "Library", "default_location"]
+__all__ = ["Explanation", "Failure", "Hit", "ImageData", "ImageInfo", "ImageQuery", "IndexReport", "Library", "default_location"]

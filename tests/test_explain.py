@@ -153,6 +153,8 @@ def test_overlay_keeps_the_pictures_size_and_colours_the_hottest_patch() -> None
     # Patch (row 1, column 2) of a 4x4 grid covers pixels 24..47 down and 48..71 across.
     np.testing.assert_array_equal(colours[35, 59], COLORMAP[255])
     np.testing.assert_array_equal(colours[90, 5], COLORMAP[0])
+    uniform = np.full((GRID, GRID), 1 / GRID**2, np.float32)  # nothing to point at: the photo as it is
+    assert overlay(photo, uniform, alpha=1.0).tobytes() == photo.tobytes()
     with pytest.raises(ValueError):
         overlay(photo, heat, alpha=1.5)
     with pytest.raises(ValueError):

@@ -196,21 +196,43 @@ class VectorIndex:
         atomic_write(path, write, fsync=True)
         _fsync_dir(path.parent)
 
+    @staticmethod
+    def _header(data: bytes) -> tuple[IndexHeader, int] | None:
+        """The header at the start of a vector file, and where the FAISS index begins."""
+        if data[:8] != _MAGIC:
+            return None
+        (length,) = struct.unpack("<I", data[8:12])
+        meta = json.loads(data[12 : 12 + length])
+        if meta.get("version") != _VERSION:
+            return None
+        header = IndexHeader(int(meta["generation"]), str(meta["model"]), int(meta["dim"]), int(meta["count"]),
+                             str(meta.get("kind", "flat")), int(meta.get("trained_on", 0)),
+                             str(meta.get("library", "")))
+        return header, 12 + length
+
+    @classmethod
+    def read_header(cls, path: Path) -> IndexHeader | None:
+        """Only the header of a vector file (what ``status`` needs), without reading the index."""
+        try:
+            with open(path, "rb") as fh:
+                start = fh.read(12)
+                if len(start) < 12 or start[:8] != _MAGIC:
+                    return None
+                found = cls._header(start + fh.read(struct.unpack("<I", start[8:12])[0]))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, struct.error):
+            return None
+        return found[0] if found else None
+
     @classmethod
     def load(cls, path: Path) -> tuple[VectorIndex, IndexHeader] | None:
         """The saved index and its header, or ``None`` if the file is missing or unreadable."""
         try:
             data = path.read_bytes()
-            if data[:8] != _MAGIC:
+            found = cls._header(data)
+            if found is None:
                 return None
-            (length,) = struct.unpack("<I", data[8:12])
-            meta = json.loads(data[12 : 12 + length])
-            if meta.get("version") != _VERSION:
-                return None
-            index = faiss.deserialize_index(np.frombuffer(data, np.uint8, offset=12 + length))
-            header = IndexHeader(int(meta["generation"]), str(meta["model"]), int(meta["dim"]), int(meta["count"]),
-                                 str(meta.get("kind", "flat")), int(meta.get("trained_on", 0)),
-                                 str(meta.get("library", "")))
+            header, offset = found
+            index = faiss.deserialize_index(np.frombuffer(data, np.uint8, offset=offset))
         except (OSError, ValueError, KeyError, TypeError, AttributeError, struct.error, RuntimeError):
             return None  # missing, damaged or foreign: rebuilt from the database
         if index.ntotal != header.count or index.d != header.dim:

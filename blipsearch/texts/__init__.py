@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import delete, or_, select
+from sqlalchemy import delete, func, or_, select
 
 from ..errors import InputPathError
 from ..rerank.itm import match_scores
@@ -163,6 +163,10 @@ class TextStore:
             captions = list(dict.fromkeys(session.scalars(select(CaptionRow.caption))))
         added, _ = self.add([TextEntry(c) for c in captions], model, CAPTIONS)
         return added
+
+    def count(self, source: str = USER) -> int:
+        with self.db.reader() as session:
+            return int(session.scalar(select(func.count()).select_from(TextRow).where(TextRow.source == source)) or 0)
 
     def list(self, source: str = USER) -> list[TextRow]:
         with self.db.reader() as session:

@@ -1,0 +1,423 @@
+"""The HTTP API and the web page: thin routes over :class:`blipsearch.Library`, as the CLI is.
+
+Each route parses its request, makes the same ``Library`` call the matching
+CLI command makes, and returns what the CLI's ``--json`` prints (plus the
+addresses of an image's thumbnail and preview). Images are addressed by their
+database id only: no path from a request is ever opened.
+
+Routes are plain functions, run by the server's thread pool: requests run side
+by side, and those that need a model queue on it call by call (a caption does
+not hold up a text search, which uses another model).
+"""
+
+from __future__ import annotations
+
+import io
+import mimetypes
+import os
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Body, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from starlette.concurrency import run_in_threadpool
+
+from .. import __version__
+from ..errors import (
+    BlipsearchError,
+    ImageChangedError,
+    ImageError,
+    InputPathError,
+    ModelLoadError,
+    ModelMismatchError,
+    ModelUnavailableError,
+    SettingsError,
+    UnknownImageError,
+)
+from ..filters import Filters
+from ..library import Hit, ImageData, Library
+from .security import Guard, SecurityMiddleware
+
+HERE = Path(__file__).parent
+LOOKUP_SOURCES = ("texts", "captions")
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """How ``blipsearch serve`` runs; see the command's ``--help``."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    token: str | None = None
+    allowed_hosts: tuple[str, ...] = ()
+    max_upload_bytes: int = 25 * 2**20
+    max_upload_pixels: int = 50_000_000
+    rerank_depth: int = 32
+    warm: bool = True  # load the model and vector index when the server starts
+
+
+class _Warmth:
+    """The model's loading at start-up, in the background: its error, if any, is shown on the page."""
+
+    def __init__(self) -> None:
+        self.error: str | None = None
+        self.done = threading.Event()
+
+    def run(self, lib: Library) -> None:
+        try:
+            lib.warm()
+        except BlipsearchError as exc:
+            self.error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - shown to the user; the server keeps serving files
+            self.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            self.done.set()
+
+
+# Query parameters shared by the search routes (module level: routes' annotations are resolved here).
+K = Annotated[int, Query(ge=1, le=500, description="Number of results.")]
+Offset = Annotated[int, Query(ge=0, le=100_000, description="Skip this many of the best (paging).")]
+Folder = Annotated[list[str], Query(description="Only images below this folder (repeatable).")]
+After = Annotated[str | None, Query(description="Taken on or after: 2024, 2024-07, 2024-07-14.")]
+Before = Annotated[str | None, Query(description="Taken before: 2025, 2024-08, 2024-07-15.")]
+Tag = Annotated[str | None, Query(description="Only images tagged with this label (index --tags).")]
+
+
+# -- errors -------------------------------------------------------------------------------------
+_STATUS: list[tuple[type[BaseException], int]] = [
+    (UnknownImageError, 404),
+    (ImageChangedError, 409),
+    (ImageError, 422),
+    (SettingsError, 400),
+    (InputPathError, 400),
+    (ModelUnavailableError, 503),
+    (ModelLoadError, 503),
+    (ModelMismatchError, 409),
+    (BlipsearchError, 409),  # the library's state: empty, no texts, no captions yet
+]
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _blipsearch_error(request: Request, exc: Exception) -> JSONResponse:
+    status = next(code for kind, code in _STATUS if isinstance(exc, kind))
+    return _error(status, str(exc))
+
+
+def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    parts = []
+    for err in errors:
+        where = ".".join(str(p) for p in err.get("loc", ())[1:]) or "request"
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    return _error(422, "; ".join(parts) or "Invalid request.")
+
+
+def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    return _error(500, f"Database error: {getattr(exc, 'orig', None) or exc}")
+
+
+# -- the app ----------------------------------------------------------------------------------------
+def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastAPI:
+    """The web app over ``lib``, which it uses from many threads and closes on shutdown."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    warmth = _Warmth()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.warm:
+            threading.Thread(target=warmth.run, args=(lib,), name="blipsearch-warm", daemon=True).start()
+        try:
+            yield
+        finally:
+            lib.close()
+
+    app = FastAPI(
+        title="blipsearch",
+        version=__version__,
+        summary="Search a photo library by text and by image with BLIP.",
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.add_exception_handler(BlipsearchError, _blipsearch_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(SQLAlchemyError, _database_error)
+    app.add_middleware(SecurityMiddleware, guard=Guard.for_binding(settings.host, settings.token,
+                                                                   settings.allowed_hosts))
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    templates = Jinja2Templates(directory=HERE / "templates")
+    _docs(app)
+
+    def hit_dicts(hits: list[Hit]) -> list[dict[str, Any]]:
+        versions = lib.content_hashes([h.id for h in hits])
+        return [{**h.to_dict(), "thumbnail": _rendition_url(h.id, "thumbnail", versions.get(h.id))} for h in hits]
+
+    def filters_of(folder: list[str], after: str | None, before: str | None, tag: str | None) -> Filters:
+        return Filters.make(folders=folder, after=after, before=before, tag=tag)
+
+    # -- search ------------------------------------------------------------------------------
+    @app.get("/api/search", tags=["search"])
+    def search(
+        q: Annotated[str, Query(min_length=1, max_length=2000, description="What to look for.")],
+        k: K = 20,
+        offset: Offset = 0,
+        rerank_depth: Annotated[int | None, Query(ge=0, le=1000, description="ITC candidates rescored by ITM.")] = None,
+        no_rerank: Annotated[bool, Query(description="Rank by ITC cosine only (fast).")] = False,
+        hybrid: Annotated[bool, Query(description="Also match words against captions and file names.")] = False,
+        tag: Tag = None,
+        folder: Folder = [],  # noqa: B006 - FastAPI copies defaults
+        after: After = None,
+        before: Before = None,
+    ) -> dict[str, Any]:
+        """Text to image: the CLI's `search --json` hits (`rank`, `id`, `path`, `score`, `itc`, `itm`)."""
+        depth = 0 if no_rerank else (settings.rerank_depth if rerank_depth is None else rerank_depth)
+        filters = filters_of(folder, after, before, tag)
+        hits = lib.search(q, k, rerank_depth=depth, rerank_hits=depth > 0, hybrid=hybrid, filters=filters,
+                          offset=offset)
+        return {"query": q, "k": k, "offset": offset, "reranked": depth > 0, "filters": filters.to_dict(),
+                "hits": hit_dicts(hits)}
+
+    @app.post("/api/search/image", tags=["search"],
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "image/*": {"schema": {"type": "string", "format": "binary"}}}}})
+    async def search_by_image(
+        request: Request,
+        k: K = 20,
+        offset: Offset = 0,
+        tag: Tag = None,
+        folder: Folder = [],  # noqa: B006
+        after: After = None,
+        before: Before = None,
+    ) -> Response:
+        """Image to image for an uploaded image: the request body is the image file's bytes (any
+        format the library indexes). The image is used for this search only and never stored."""
+        data = await _read_capped(request, settings.max_upload_bytes)
+        if isinstance(data, Response):
+            return data
+        refused = _check_pixels(data, settings.max_upload_pixels)
+        if refused is not None:
+            return refused
+        filters = filters_of(folder, after, before, tag)
+        hits = await run_in_threadpool(lib.similar, ImageData(data), k, filters=filters, offset=offset)
+        return JSONResponse({"k": k, "offset": offset, "filters": filters.to_dict(),
+                             "hits": await run_in_threadpool(hit_dicts, hits)})
+
+    @app.get("/api/images", tags=["images"])
+    def images(
+        k: K = 40,
+        offset: Offset = 0,
+        tag: Tag = None,
+        folder: Folder = [],  # noqa: B006
+        after: After = None,
+        before: Before = None,
+    ) -> dict[str, Any]:
+        """Browse: the images that pass the filters, the most recently added first."""
+        filters = filters_of(folder, after, before, tag)
+        found = lib.recent(k, filters=filters, offset=offset)
+        versions = lib.content_hashes([i for i, _ in found])
+        return {"k": k, "offset": offset, "filters": filters.to_dict(), "images": [
+            {"id": i, "path": path, "thumbnail": _rendition_url(i, "thumbnail", versions.get(i))}
+            for i, path in found]}
+
+    # -- one image ------------------------------------------------------------------------------
+    @app.get("/api/images/{image_id}", tags=["images"])
+    def image(image_id: int) -> dict[str, Any]:
+        """What the library knows of an image: path, size, dimensions, capture time, camera, EXIF, tags."""
+        info = lib.image(image_id)
+        return {**info.to_dict(),
+                "thumbnail": _rendition_url(image_id, "thumbnail", info.content_hash),
+                "preview": _rendition_url(image_id, "preview", info.content_hash),
+                "original": f"/api/images/{image_id}/original"}
+
+    @app.get("/api/images/{image_id}/similar", tags=["search"])
+    def similar(
+        image_id: int,
+        k: K = 20,
+        offset: Offset = 0,
+        tag: Tag = None,
+        folder: Folder = [],  # noqa: B006
+        after: After = None,
+        before: Before = None,
+    ) -> dict[str, Any]:
+        """The images that look most like this one (ITC cosine), itself left out."""
+        filters = filters_of(folder, after, before, tag)
+        hits = lib.similar(image_id, k, filters=filters, offset=offset)
+        return {"id": image_id, "k": k, "offset": offset, "filters": filters.to_dict(), "hits": hit_dicts(hits)}
+
+    def rendition(request: Request, image_id: int, kind: str) -> Response:
+        path, content_hash = lib.rendition(image_id, kind)
+        return _cached_file(request, path, "image/webp", content_hash, versioned=request.query_params.get("v"))
+
+    @app.get("/api/images/{image_id}/thumbnail", tags=["images"], response_class=Response)
+    def thumbnail(request: Request, image_id: int) -> Response:
+        """A small WebP (320 px), made once per content. With `?v=` (the address search results
+        give), cacheable for a year."""
+        return rendition(request, image_id, "thumb")
+
+    @app.get("/api/images/{image_id}/preview", tags=["images"], response_class=Response)
+    def preview(request: Request, image_id: int) -> Response:
+        """A screen-sized WebP (1600 px), made on first request."""
+        return rendition(request, image_id, "preview")
+
+    @app.get("/api/images/{image_id}/original", tags=["images"], response_class=Response)
+    def original(request: Request, image_id: int) -> Response:
+        """The indexed file itself, as long as it is still the file that was indexed."""
+        path = lib.image_file(image_id)
+        content_hash = lib.content_hashes([image_id])[image_id]
+        kind = mimetypes.guess_type(os.fsdecode(path))[0] or "application/octet-stream"
+        if not kind.startswith("image/"):
+            kind = "application/octet-stream"
+        return _cached_file(request, Path(os.fsdecode(path)), kind, content_hash, versioned=None)
+
+    @app.post("/api/images/{image_id}/caption", tags=["describe"])
+    def caption(image_id: int) -> dict[str, Any]:
+        """The image's caption (BLIP captioning, the paper's decoding), generated once and cached."""
+        done = lib.caption([lib.image_file(image_id)])[0]
+        if done.text is None:
+            raise ImageError(done.error or "can't caption this image")
+        return {"id": image_id, "caption": done.text}
+
+    @app.post("/api/images/{image_id}/ask", tags=["describe"])
+    def ask(image_id: int,
+            question: Annotated[str, Body(embed=True, min_length=1, max_length=500)]) -> dict[str, Any]:
+        """Ask a question about the image (BLIP visual question answering). Body: `{"question": "..."}`."""
+        done = lib.ask([lib.image_file(image_id)], question)[0]
+        if done.text is None:
+            raise ImageError(done.error or "can't read this image")
+        return {"id": image_id, "question": question, "answer": done.text}
+
+    @app.get("/api/images/{image_id}/lookup", tags=["describe"])
+    def lookup(
+        image_id: int,
+        k: Annotated[int, Query(ge=1, le=100)] = 5,
+        source: Annotated[str, Query(pattern="^(texts|captions)$",
+                                     description="The text collection, or the library's captions.")] = "texts",
+        no_rerank: bool = False,
+    ) -> dict[str, Any]:
+        """The library's texts (`blipsearch texts add`) that best describe the image."""
+        hits = lib.lookup(image_id, k, rerank_depth=settings.rerank_depth, rerank_hits=not no_rerank, source=source)
+        return {"id": image_id, "source": source, "texts": [h.to_dict() for h in hits]}
+
+    @app.get("/api/images/{image_id}/explain", tags=["describe"], response_class=Response)
+    def explain(image_id: int,
+                q: Annotated[str, Query(min_length=1, max_length=2000, description="The text to explain.")]) -> Response:
+        """A heat map over the image of where the ITM head found the text (Grad-CAM), as a PNG."""
+        picture = lib.explain(image_id, q).overlay()
+        out = io.BytesIO()
+        picture.save(out, "PNG")
+        return Response(out.getvalue(), media_type="image/png", headers={"cache-control": "private, max-age=3600"})
+
+    # -- the library -------------------------------------------------------------------------------
+    @app.get("/api/status", tags=["library"])
+    def status() -> dict[str, Any]:
+        """The CLI's `status --json`: counts, model, where the library lives."""
+        return lib.status()
+
+    @app.get("/api/failures", tags=["library"])
+    def failures() -> dict[str, Any]:
+        """The files that could not be indexed, with the reason."""
+        return {"failures": [{"path": f.path, "reason": f.reason} for f in lib.failures()]}
+
+    @app.get("/api/tags", tags=["library"])
+    def tags() -> dict[str, Any]:
+        """The tag labels of the library's images (`index --tags`), most used first."""
+        return {"tags": [{"label": label, "images": n} for label, n in lib.labels()]}
+
+    # -- pages ---------------------------------------------------------------------------------------
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page(request: Request) -> Response:
+        info = lib.status()
+        notice = _notice(info, warmth)
+        return templates.TemplateResponse(request, "index.html", {
+            "status": info, "notice": notice, "labels": [label for label, _ in lib.labels()],
+            "params": request.query_params, "folders": request.query_params.getlist("folder"),
+            "rerank_depth": settings.rerank_depth,
+        })
+
+    @app.get("/failures", response_class=HTMLResponse, include_in_schema=False)
+    def failures_page(request: Request) -> Response:
+        return templates.TemplateResponse(request, "failures.html", {
+            "status": lib.status(), "failures": lib.failures()})
+
+    return app
+
+
+def _notice(info: dict[str, Any], warmth: _Warmth) -> str | None:
+    """The one sentence that says what to do, when the page can't search yet."""
+    if not info["images"]:
+        return (f"This library has no photos yet. Index a folder with "
+                f"`blipsearch index ~/Pictures --library {info['library']}`, then reload this page.")
+    if warmth.error:
+        return warmth.error
+    return None
+
+
+def _rendition_url(image_id: int, kind: str, content_hash: str | None) -> str:
+    return f"/api/images/{image_id}/{kind}" + (f"?v={content_hash[:16]}" if content_hash else "")
+
+
+def _cached_file(request: Request, path: Path, media_type: str, content_hash: str, versioned: str | None) -> Response:
+    """A file named by its content: revalidated by ETag, or cached for a year when the address
+    carries the content's version (a changed photo gets a new address)."""
+    etag = f'"{content_hash[:32]}"'
+    forever = versioned is not None and content_hash.startswith(versioned) and len(versioned) >= 8
+    headers = {"etag": etag, "cache-control": "private, max-age=31536000, immutable" if forever else "private, no-cache"}
+    if etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
+        return Response(status_code=304, headers=headers)
+    return FileResponse(path, media_type=media_type, headers=headers)
+
+
+async def _read_capped(request: Request, limit: int) -> bytes | Response:
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind and not (kind.startswith("image/") or kind == "application/octet-stream"):
+        return _error(415, "Send the image file's bytes as the request body (Content-Type image/...).")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return _error(413, f"The image is larger than this server takes ({limit / 2**20:.0f} MB).")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return _error(413, f"The image is larger than this server takes ({limit / 2**20:.0f} MB).")
+        chunks.append(chunk)
+    if not size:
+        return _error(400, "The request has no image: send the image file's bytes as its body.")
+    return b"".join(chunks)
+
+
+def _check_pixels(data: bytes, limit: int) -> Response | None:
+    """Refuse an image whose header promises more pixels than ``limit`` before decoding any (a
+    decompression bomb is a small file that decodes to gigabytes)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return _error(422, "This is not an image, or a format blipsearch can't read.")
+    if width * height > limit:
+        return _error(413, f"The image has {width * height / 1e6:.0f} megapixels; this server takes at most "
+                           f"{limit / 1e6:.0f}.")
+    return None
+
+
+def _docs(app: FastAPI) -> None:
+    """Swagger UI at /docs from the files of the swagger-ui-bundle package: nothing from the internet."""
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/docs/assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return HTMLResponse((HERE / "templates" / "docs.html").read_text())
