@@ -147,6 +147,9 @@ COLORMAP: npt.NDArray[np.uint8] = np.stack(
 """256 RGB entries indexed by heat 0..255."""
 
 
+COLD_SHARE = 0.2  # of ``alpha``, where the map is coldest
+
+
 def overlay(image: Image.Image, heat: npt.NDArray[np.floating], alpha: float = 0.5) -> Image.Image:
     """``heat`` (a :func:`heat_map`) coloured and blended over ``image``; RGB, the image's size.
 
@@ -169,5 +172,8 @@ def overlay(image: Image.Image, heat: npt.NDArray[np.floating], alpha: float = 0
     low, span = float(smooth.min()), float(smooth.max() - smooth.min())
     levels = (np.clip((smooth - low) / span, 0.0, 1.0) * 255).round().astype(np.uint8)
     colour = COLORMAP[levels].astype(np.float32)
-    blended = (1 - alpha) * np.asarray(rgb, np.float32) + alpha * colour
+    # Cold areas keep most of the photo (a fifth of the colour), hot ones take ``alpha`` of it: the
+    # photo stays readable around the places the map points at.
+    weight = alpha * (COLD_SHARE + (1 - COLD_SHARE) * levels[..., None].astype(np.float32) / 255)
+    blended = (1 - weight) * np.asarray(rgb, np.float32) + weight * colour
     return Image.fromarray(blended.round().clip(0, 255).astype(np.uint8))

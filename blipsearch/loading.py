@@ -85,7 +85,8 @@ def resolve_model_dir(spec: str, role: str = "retrieval") -> Path:
     if local.exists():
         raise InputPathError(f"{spec} is a file: a model is a folder (config.json, weights, tokenizer files).")
     if _looks_like_path(spec):
-        raise InputPathError(f"Model folder {spec} does not exist.")
+        raise ModelUnavailableError(f"Model folder {spec} does not exist: check {_OPTION.get(role, '--model')} "
+                                    "(a folder, a hub id such as Salesforce/blip-itm-base-coco, or builtin:shapes).")
     return _hub_snapshot(spec, role)
 
 

@@ -100,3 +100,50 @@ class StopAfterFirstBatch:
 
     def close(self) -> None:
         pass
+
+
+class LiveServer:
+    """``blipsearch serve``'s app run by uvicorn in a thread of the test process, on a free port."""
+
+    def __init__(self, lib, settings) -> None:  # type: ignore[no-untyped-def]
+        import threading
+
+        import uvicorn
+
+        from blipsearch.web import create_app
+        from blipsearch.web.server import bind
+
+        self.sock = bind(settings.host, 0)
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(create_app(lib, settings), log_level="warning", access_log=False, lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self.thread.start()
+        import time
+
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+        self.sock.close()
+
+
+@pytest.fixture
+def live_server():  # type: ignore[no-untyped-def]
+    """Start servers with ``live_server(lib, settings)``; all are stopped after the test."""
+    started: list[LiveServer] = []
+
+    def start(lib, settings) -> LiveServer:  # type: ignore[no-untyped-def]
+        server = LiveServer(lib, settings)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

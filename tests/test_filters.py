@@ -87,6 +87,10 @@ def test_capture_time_wins_over_file_time(lib: Library, tmp_path: Path) -> None:
     lib.index([folder])
     in_2019 = lib.search(QUERY, k=50, rerank_hits=False, filters=Filters.make(after="2019", before="2020"))
     assert [os.path.basename(h.path) for h in in_2019] == ["old.jpg"]
+    # Dates beyond what file times hold are no error: everything is after year 1 and before 9999.
+    for after, before, count in (("0001", None, 13), (None, "0001", 0), ("9999-12-31", None, 0), (None, "9999", 13)):
+        found = lib.search(QUERY, k=50, rerank_hits=False, filters=Filters.make(after=after, before=before))
+        assert len(found) == count, (after, before)
     this_year = Filters.make(after=str(datetime.now().year))
     assert "old.jpg" not in [os.path.basename(h.path) for h in lib.search(QUERY, k=50, rerank_hits=False,
                                                                           filters=this_year)]

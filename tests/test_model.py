@@ -223,7 +223,7 @@ def test_offline_hub_id_fails_fast_with_advice() -> None:
 
 
 def test_bad_model_paths(tmp_path: Path) -> None:
-    with pytest.raises(InputPathError, match="does not exist"):
+    with pytest.raises(ModelUnavailableError, match="does not exist: check --model"):
         resolve_model_dir("./no/such/model")
     (tmp_path / "model.safetensors").write_bytes(b"")
     with pytest.raises(InputPathError, match="is a file: a model is a folder"):

@@ -270,7 +270,12 @@ class Database:
         for bound, keep in ((filters.after, True), (filters.before, False)):
             if bound is None:
                 continue
-            ns = int(bound.timestamp() * 1e9)  # a naive datetime is local time, as file times are shown
+            # A naive datetime is local time, as file times are shown; kept within a 64-bit column's range.
+            try:
+                seconds = bound.timestamp()
+            except (ValueError, OverflowError):  # before year 1 in some time zone: earlier than any file
+                seconds = -1e12
+            ns = min(max(int(seconds * 1e9), -(2**63)), 2**63 - 1)
             taken = ImageRow.taken_at >= bound if keep else ImageRow.taken_at < bound
             modified = ImageRow.mtime_ns >= ns if keep else ImageRow.mtime_ns < ns
             where.append(or_(and_(ImageRow.taken_at.is_not(None), taken), and_(ImageRow.taken_at.is_(None), modified)))

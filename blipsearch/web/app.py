@@ -16,6 +16,7 @@ import io
 import mimetypes
 import os
 import threading
+import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Body, FastAPI, Query, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -81,7 +83,8 @@ class _Warmth:
             self.done.set()
 
 
-# Query parameters shared by the search routes (module level: routes' annotations are resolved here).
+# Parameters shared by the routes (module level: routes' annotations are resolved here).
+ImageId = Annotated[int, PathParam(ge=1, le=2**63 - 1, description="The image's id (search results give it).")]
 K = Annotated[int, Query(ge=1, le=500, description="Number of results.")]
 Offset = Annotated[int, Query(ge=0, le=100_000, description="Skip this many of the best (paging).")]
 Folder = Annotated[list[str], Query(description="Only images below this folder (repeatable).")]
@@ -150,6 +153,7 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
         redoc_url=None,
         lifespan=lifespan,
     )
+    app.state.warmth = warmth
     app.add_exception_handler(BlipsearchError, _blipsearch_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(SQLAlchemyError, _database_error)
@@ -232,7 +236,7 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
 
     # -- one image ------------------------------------------------------------------------------
     @app.get("/api/images/{image_id}", tags=["images"])
-    def image(image_id: int) -> dict[str, Any]:
+    def image(image_id: ImageId) -> dict[str, Any]:
         """What the library knows of an image: path, size, dimensions, capture time, camera, EXIF, tags."""
         info = lib.image(image_id)
         return {**info.to_dict(),
@@ -242,7 +246,7 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
 
     @app.get("/api/images/{image_id}/similar", tags=["search"])
     def similar(
-        image_id: int,
+        image_id: ImageId,
         k: K = 20,
         offset: Offset = 0,
         tag: Tag = None,
@@ -255,23 +259,23 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
         hits = lib.similar(image_id, k, filters=filters, offset=offset)
         return {"id": image_id, "k": k, "offset": offset, "filters": filters.to_dict(), "hits": hit_dicts(hits)}
 
-    def rendition(request: Request, image_id: int, kind: str) -> Response:
+    def rendition(request: Request, image_id: ImageId, kind: str) -> Response:
         path, content_hash = lib.rendition(image_id, kind)
         return _cached_file(request, path, "image/webp", content_hash, versioned=request.query_params.get("v"))
 
     @app.get("/api/images/{image_id}/thumbnail", tags=["images"], response_class=Response)
-    def thumbnail(request: Request, image_id: int) -> Response:
+    def thumbnail(request: Request, image_id: ImageId) -> Response:
         """A small WebP (320 px), made once per content. With `?v=` (the address search results
         give), cacheable for a year."""
         return rendition(request, image_id, "thumb")
 
     @app.get("/api/images/{image_id}/preview", tags=["images"], response_class=Response)
-    def preview(request: Request, image_id: int) -> Response:
+    def preview(request: Request, image_id: ImageId) -> Response:
         """A screen-sized WebP (1600 px), made on first request."""
         return rendition(request, image_id, "preview")
 
     @app.get("/api/images/{image_id}/original", tags=["images"], response_class=Response)
-    def original(request: Request, image_id: int) -> Response:
+    def original(request: Request, image_id: ImageId) -> Response:
         """The indexed file itself, as long as it is still the file that was indexed."""
         path = lib.image_file(image_id)
         content_hash = lib.content_hashes([image_id])[image_id]
@@ -281,7 +285,7 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
         return _cached_file(request, Path(os.fsdecode(path)), kind, content_hash, versioned=None)
 
     @app.post("/api/images/{image_id}/caption", tags=["describe"])
-    def caption(image_id: int) -> dict[str, Any]:
+    def caption(image_id: ImageId) -> dict[str, Any]:
         """The image's caption (BLIP captioning, the paper's decoding), generated once and cached."""
         done = lib.caption([lib.image_file(image_id)])[0]
         if done.text is None:
@@ -289,7 +293,7 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
         return {"id": image_id, "caption": done.text}
 
     @app.post("/api/images/{image_id}/ask", tags=["describe"])
-    def ask(image_id: int,
+    def ask(image_id: ImageId,
             question: Annotated[str, Body(embed=True, min_length=1, max_length=500)]) -> dict[str, Any]:
         """Ask a question about the image (BLIP visual question answering). Body: `{"question": "..."}`."""
         done = lib.ask([lib.image_file(image_id)], question)[0]
@@ -299,7 +303,7 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
 
     @app.get("/api/images/{image_id}/lookup", tags=["describe"])
     def lookup(
-        image_id: int,
+        image_id: ImageId,
         k: Annotated[int, Query(ge=1, le=100)] = 5,
         source: Annotated[str, Query(pattern="^(texts|captions)$",
                                      description="The text collection, or the library's captions.")] = "texts",
@@ -310,7 +314,7 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
         return {"id": image_id, "source": source, "texts": [h.to_dict() for h in hits]}
 
     @app.get("/api/images/{image_id}/explain", tags=["describe"], response_class=Response)
-    def explain(image_id: int,
+    def explain(image_id: ImageId,
                 q: Annotated[str, Query(min_length=1, max_length=2000, description="The text to explain.")]) -> Response:
         """A heat map over the image of where the ITM head found the text (Grad-CAM), as a PNG."""
         picture = lib.explain(image_id, q).overlay()
@@ -363,7 +367,7 @@ def _notice(info: dict[str, Any], warmth: _Warmth) -> str | None:
     return None
 
 
-def _rendition_url(image_id: int, kind: str, content_hash: str | None) -> str:
+def _rendition_url(image_id: ImageId, kind: str, content_hash: str | None) -> str:
     return f"/api/images/{image_id}/{kind}" + (f"?v={content_hash[:16]}" if content_hash else "")
 
 
@@ -401,10 +405,15 @@ def _check_pixels(data: bytes, limit: int) -> Response | None:
     decompression bomb is a small file that decodes to gigabytes)."""
     from PIL import Image, UnidentifiedImageError
 
+    too_many = f"The image has too many megapixels; this server takes at most {limit / 1e6:.0f}."
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # judged by the limit below
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+    except Image.DecompressionBombError:
+        return _error(413, too_many)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         return _error(422, "This is not an image, or a format blipsearch can't read.")
     if width * height > limit:
         return _error(413, f"The image has {width * height / 1e6:.0f} megapixels; this server takes at most "

@@ -4,7 +4,9 @@ under way and close the library."""
 from __future__ import annotations
 
 import secrets
+import signal
 import socket
+import threading
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -65,8 +67,20 @@ def serve(lib: Library, settings: ServeSettings, announce: Callable[[int], None]
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
                             timeout_graceful_shutdown=GRACE_S, server_header=False)
     server = uvicorn.Server(config)
+    # uvicorn stops gracefully on SIGINT and SIGTERM, then raises the signal again for the handler it
+    # found: Ctrl-C arrives as KeyboardInterrupt, and SIGTERM must too, not as the default sudden exit.
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _stopped) if main else None
     announce(port)
     try:
         server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass  # already stopped, gracefully
     finally:
         sock.close()
+        if main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _stopped(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

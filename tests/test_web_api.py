@@ -1,0 +1,199 @@
+"""The HTTP API: the same answers as the Library calls behind it, and clear errors."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import draw_image
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from blipsearch import Library
+from blipsearch.filters import Filters
+from blipsearch.library import ImageData
+from blipsearch.web import ServeSettings, create_app
+
+QUERY = "a red circle left of a blue square"
+
+
+@pytest.fixture
+def lib(library_dir: Path, tiny_model: Path, tiny_captioner: Path, tiny_vqa: Path, photos: Path) -> Library:
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    library = Library(library_dir, model=str(tiny_model), caption_model=str(tiny_captioner),
+                      vqa_model=str(tiny_vqa), device="cpu")
+    library.index([photos])
+    yield library
+    library.close()
+
+
+@pytest.fixture
+def client(lib: Library):  # type: ignore[no-untyped-def]
+    with TestClient(create_app(lib, ServeSettings(warm=False)), base_url="http://127.0.0.1:8000") as test_client:
+        yield test_client
+
+
+def _id(lib: Library, path: Path) -> int:
+    row = lib.db.image_by_path(os.fsencode(path))
+    assert row is not None
+    return row.id
+
+
+def _same(api_hits: list[dict], hits) -> None:  # type: ignore[no-untyped-def]
+    fields = ("rank", "id", "path", "score", "itc", "itm")
+    assert [{f: h[f] for f in fields} for h in api_hits] == [{f: getattr(h, f) for f in fields} for h in hits]
+
+
+def test_search_answers_as_the_library_does(client: TestClient, lib: Library, photos: Path) -> None:
+    for params, kwargs in [
+        ({"k": 5, "no_rerank": "true"}, {"rerank_hits": False}),
+        ({"k": 6, "rerank_depth": 4}, {"rerank_depth": 4}),
+        ({"k": 4, "offset": 3, "rerank_depth": 8}, {"rerank_depth": 8, "offset": 3}),
+        ({"k": 12, "hybrid": "true", "rerank_depth": 3}, {"rerank_depth": 3, "hybrid": True}),
+        ({"k": 12, "no_rerank": "true", "folder": str(photos / "garden"), "after": "2000"},
+         {"rerank_hits": False, "filters": Filters.make(folders=[photos / "garden"], after="2000")}),
+    ]:
+        k = params["k"]
+        body = client.get("/api/search", params={"q": QUERY, **params}).json()
+        expected = lib.search(QUERY, k, **kwargs)  # type: ignore[arg-type]
+        assert expected
+        _same(body["hits"], expected)
+        for hit in body["hits"]:
+            assert hit["thumbnail"].startswith(f"/api/images/{hit['id']}/thumbnail?v=")
+    garden = client.get("/api/search", params={"q": QUERY, "k": 50, "folder": str(photos / "garden")}).json()
+    assert len(garden["hits"]) == 6 and garden["filters"] == {"folders": [str(photos / "garden")]}
+    assert client.get("/api/search", params={"q": QUERY, "before": "2000"}).json()["hits"] == []
+
+
+def test_similar_and_search_by_uploaded_image(client: TestClient, lib: Library, photos: Path) -> None:
+    target = photos / "holiday" / "img03.png"
+    image_id = _id(lib, target)
+    body = client.get(f"/api/images/{image_id}/similar", params={"k": 4}).json()
+    _same(body["hits"], lib.similar(image_id, 4))
+    assert image_id not in [h["id"] for h in body["hits"]]
+    jpeg = io.BytesIO()
+    draw_image(3).save(jpeg, "JPEG", quality=92)
+    uploaded = client.post("/api/search/image", params={"k": 5}, content=jpeg.getvalue(),
+                           headers={"content-type": "image/jpeg"})
+    assert uploaded.status_code == 200
+    _same(uploaded.json()["hits"], lib.similar(ImageData(jpeg.getvalue()), 5))
+    assert uploaded.json()["hits"][0]["id"] == image_id  # the same picture, recompressed
+
+
+def test_image_details_and_files(client: TestClient, lib: Library, photos: Path) -> None:
+    path = photos / "garden" / "img08.png"
+    image_id = _id(lib, path)
+    info = client.get(f"/api/images/{image_id}").json()
+    assert info == {**lib.image(image_id).to_dict(), "thumbnail": info["thumbnail"], "preview": info["preview"],
+                    "original": f"/api/images/{image_id}/original"}
+    original = client.get(info["original"])
+    assert original.status_code == 200 and original.content == path.read_bytes()
+    assert original.headers["content-type"] == "image/png"
+    thumb = client.get(info["thumbnail"])
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/webp"
+    assert "immutable" in thumb.headers["cache-control"]  # its address names its content
+    assert Image.open(io.BytesIO(thumb.content)).size == (32, 32)
+    again = client.get(info["thumbnail"], headers={"if-none-match": thumb.headers["etag"]})
+    assert again.status_code == 304 and not again.content
+    unversioned = client.get(f"/api/images/{image_id}/thumbnail")
+    assert unversioned.headers["cache-control"] == "private, no-cache"
+    preview = client.get(info["preview"])
+    assert preview.status_code == 200 and Image.open(io.BytesIO(preview.content)).format == "WEBP"
+    # A photo changed since it was indexed is not served (it is not the file that was indexed).
+    draw_image(200).save(path)
+    refused = client.get(info["original"])
+    assert refused.status_code == 409 and "index" in refused.json()["error"]
+
+
+def test_caption_ask_lookup_explain(client: TestClient, lib: Library, photos: Path) -> None:
+    path = photos / "holiday" / "img01.png"
+    image_id = _id(lib, path)
+    caption = client.post(f"/api/images/{image_id}/caption")
+    assert caption.status_code == 200
+    assert caption.json() == {"id": image_id, "caption": lib.caption([path])[0].text}
+    answer = client.post(f"/api/images/{image_id}/ask", json={"question": "what color is the square?"})
+    assert answer.json()["answer"] == lib.ask([path], "what color is the square?")[0].text
+    assert client.post(f"/api/images/{image_id}/ask", json={"question": ""}).status_code == 422
+    no_texts = client.get(f"/api/images/{image_id}/lookup")
+    assert no_texts.status_code == 409 and "texts add" in no_texts.json()["error"]
+    from blipsearch.texts import TextEntry
+
+    lib.add_texts([TextEntry(t) for t in ("a dog on the beach", "a red car", "two people in the snow")])
+    texts = client.get(f"/api/images/{image_id}/lookup", params={"k": 2}).json()["texts"]
+    assert texts == [t.to_dict() for t in lib.lookup(image_id, 2)]
+    heat = client.get(f"/api/images/{image_id}/explain", params={"q": QUERY})
+    assert heat.status_code == 200 and heat.headers["content-type"] == "image/png"
+    picture = Image.open(io.BytesIO(heat.content))
+    expected = lib.explain(image_id, QUERY)
+    assert picture.size == expected.image.size
+    np.testing.assert_array_equal(np.asarray(picture), np.asarray(expected.overlay()))
+
+
+def test_status_failures_tags_and_browsing(client: TestClient, lib: Library, photos: Path) -> None:
+    assert client.get("/api/status").json() == lib.status()
+    failures = client.get("/api/failures").json()["failures"]
+    assert [f["path"] for f in failures] == [str(photos / "broken.jpg")]
+    assert client.get("/api/tags").json() == {"tags": []}
+    lib.tag_library(["circle", "square", "star"], k=1)
+    tags = client.get("/api/tags").json()["tags"]
+    assert sum(t["images"] for t in tags) == 12
+    first = tags[0]["label"]
+    tagged = client.get("/api/search", params={"q": QUERY, "k": 50, "tag": first, "no_rerank": "1"}).json()["hits"]
+    assert len(tagged) == tags[0]["images"]
+    recent = client.get("/api/images", params={"k": 5}).json()["images"]
+    assert [r["id"] for r in recent] == sorted((r["id"] for r in recent), reverse=True)
+    assert [(r["id"], r["path"]) for r in recent] == lib.recent(5)
+    page2 = client.get("/api/images", params={"k": 5, "offset": 5}).json()["images"]
+    assert recent[-1]["id"] > page2[0]["id"]
+
+
+def test_errors_are_one_sentence_with_a_status(client: TestClient, lib: Library) -> None:
+    cases = [
+        (client.get("/api/images/999999"), 404, "No indexed image has the id 999999"),
+        (client.get("/api/images/999999/thumbnail"), 404, "999999"),
+        (client.get("/api/search", params={"q": QUERY, "after": "yesterday"}), 400, "not a date"),
+        (client.get("/api/search", params={"q": QUERY, "after": "2024", "before": "2023"}), 400, "empty"),
+        (client.get("/api/search", params={"q": "   "}), 400, "empty"),
+        (client.get("/api/search", params={"q": QUERY, "k": 0}), 422, "k:"),
+        (client.get("/api/search"), 422, "q:"),
+        (client.get("/api/images/abc"), 422, "image_id"),
+    ]
+    for response, status, words in cases:
+        assert response.status_code == status, response.text
+        assert words in response.json()["error"]
+
+
+def test_an_empty_library_and_a_missing_model_say_what_to_do(tmp_path: Path, tiny_model: Path, photos: Path) -> None:
+    with Library(tmp_path / "empty", device="cpu") as empty:
+        with TestClient(create_app(empty, ServeSettings()), base_url="http://127.0.0.1") as client:
+            page = client.get("/")
+            assert page.status_code == 200 and "no photos yet" in page.text and "blipsearch index" in page.text
+            assert client.get("/api/search", params={"q": "a dog"}).status_code == 409
+    folder = tmp_path / "model-copy"
+    shutil.copytree(tiny_model, folder)
+    with Library(tmp_path / "lib", model=str(folder), device="cpu") as lib:
+        lib.index([photos / "garden"])
+    shutil.rmtree(folder)  # the library's model is gone
+    with Library(tmp_path / "lib", device="cpu") as lib:
+        with TestClient(create_app(lib, ServeSettings()), base_url="http://127.0.0.1") as client:
+            missing = client.get("/api/search", params={"q": "a dog"})
+            assert missing.status_code == 503 and "--model" in missing.json()["error"]
+            assert client.app.state.warmth.done.wait(30)  # type: ignore[attr-defined]
+            page = client.get("/")
+            assert "--model" in page.text  # the start-up load failed: the page says why
+            assert client.get("/api/images", params={"k": 2}).status_code == 200  # browsing needs no model
+
+
+def test_openapi_and_docs_are_served_from_here(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    for route in ("/api/search", "/api/search/image", "/api/images/{image_id}", "/api/images/{image_id}/thumbnail",
+                  "/api/images/{image_id}/similar", "/api/images/{image_id}/caption", "/api/images/{image_id}/ask",
+                  "/api/images/{image_id}/lookup", "/api/images/{image_id}/explain", "/api/status", "/api/failures"):
+        assert route in spec["paths"]
+    docs = client.get("/docs").text
+    assert "/docs/assets/swagger-ui-bundle.js" in docs and "http" not in docs.replace("http-equiv", "")
+    assert client.get("/docs/assets/swagger-ui-bundle.js").status_code == 200

@@ -1,0 +1,235 @@
+"""The page in a real browser (Debian's chromium, driven by Playwright) over a shapes-world library.
+
+Skipped when chromium or Playwright is missing, unless BLIPSEARCH_REQUIRE_BROWSER=1 (as in CI),
+which makes that a failure. Screenshots of the run go to BLIPSEARCH_SCREENSHOTS (default:
+test-screenshots/ in the repository).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlencode
+
+import pytest
+
+from blipsearch import Library
+from blipsearch.web import ServeSettings
+
+CHROMIUM = os.environ.get("BLIPSEARCH_CHROMIUM", "/usr/bin/chromium")
+REQUIRED = os.environ.get("BLIPSEARCH_REQUIRE_BROWSER") == "1"
+SHOTS = Path(os.environ.get("BLIPSEARCH_SCREENSHOTS", Path(__file__).parent.parent / "test-screenshots"))
+QUERY = "a red circle left of a blue square"
+
+try:
+    from playwright.sync_api import expect, sync_playwright
+except ImportError:  # pragma: no cover - the test extra installs it
+    sync_playwright = None
+
+if not REQUIRED and (sync_playwright is None or not os.path.exists(CHROMIUM)):
+    pytest.skip(f"needs Playwright and chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def shapes_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """48 shapes-world scenes in two trips, indexed, tagged by shape."""
+    from blipsearch.shapes.world import generate
+
+    root = tmp_path_factory.mktemp("shapes")
+    photos = root / "photos"
+    for n, scene in enumerate(generate("test", 48, seed=5)):
+        folder = photos / ("trip-a" if n % 2 else "trip-b")
+        folder.mkdir(parents=True, exist_ok=True)
+        scene.image.save(folder / f"scene-{n:03d}.png")
+    with Library(root / "library", model="builtin:shapes", device="cpu") as lib:
+        lib.index([photos])
+        lib.tag_library(["circle", "square", "triangle", "star"], k=1)
+    return root
+
+
+@pytest.fixture(scope="module")
+def browser():  # type: ignore[no-untyped-def]
+    assert sync_playwright is not None, "pip install playwright (the test extra)"
+    assert os.path.exists(CHROMIUM), f"no chromium at {CHROMIUM}: apt-get install chromium"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+            "--disable-background-networking", "--disable-component-update"])
+        yield browser
+        browser.close()
+
+
+def _get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=60) as response:
+        return json.loads(response.read())
+
+
+def _post(url: str, body: bytes, kind: str) -> dict:
+    request = urllib.request.Request(url, body, {"Content-Type": kind}, method="POST")
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())
+
+
+def _grid(page) -> list[int]:  # type: ignore[no-untyped-def]
+    tiles = page.locator("a.hit")
+    return [int(tiles.nth(i).get_attribute("data-id")) for i in range(tiles.count())]
+
+
+def _shot(page, name: str) -> None:  # type: ignore[no-untyped-def]
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"))
+
+
+def _images_loaded(page) -> None:  # type: ignore[no-untyped-def]
+    page.wait_for_load_state("networkidle")
+
+
+def test_searching_looking_asking_and_filtering_in_a_browser(browser, shapes_library: Path,  # type: ignore[no-untyped-def]
+                                                             live_server) -> None:
+    lib = Library(shapes_library / "library", device="cpu")
+    server = live_server(lib, ServeSettings(warm=True))
+    base = server.url
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+
+    # The page opens on the most recently added photos.
+    page.goto(base + "/")
+    expect(page.locator("a.hit")).to_have_count(40)
+    assert _grid(page) == [i["id"] for i in _get(f"{base}/api/images?k=40")["images"]]
+    _images_loaded(page)
+    _shot(page, "01-home")
+
+    # Enter searches; the grid ends in the reranked order, the same as the API's.
+    page.fill("#q", QUERY)
+    page.press("#q", "Enter")
+    expect(page.locator("#state")).to_contain_text("reranked by image-text matching")
+    api = _get(f"{base}/api/search?" + urlencode({"q": QUERY, "k": 40}))["hits"]
+    assert _grid(page) == [h["id"] for h in api]
+    assert page.url == f"{base}/?" + urlencode({"q": QUERY})
+    _images_loaded(page)
+    _shot(page, "02-results")
+
+    # Arrow keys move between photos, Enter opens one, Escape closes it.
+    page.locator("a.hit").first.focus()
+    page.keyboard.press("ArrowRight")
+    expect(page.locator("a.hit").nth(1)).to_be_focused()
+    second = _grid(page)[1]
+    page.keyboard.press("Enter")
+    dialog = page.locator("#detail")
+    expect(dialog).to_be_visible()
+    assert f"image={second}" in page.url
+    caption = _post(f"{base}/api/images/{second}/caption", b"", "application/json")["caption"]
+    expect(page.locator("#caption")).to_have_text(caption)
+    info = _get(f"{base}/api/images/{second}")
+    expect(page.locator("#detail-name")).to_have_text(os.path.basename(info["path"]))
+    expect(page.locator("#meta")).to_contain_text(info["path"])
+
+    page.fill("#question", "what color is the left shape?")
+    page.press("#question", "Enter")
+    answer = _post(f"{base}/api/images/{second}/ask", json.dumps({"question": "what color is the left shape?"}).encode(),
+                   "application/json")["answer"]
+    expect(page.locator("#answer")).to_have_text(answer)
+    _images_loaded(page)
+    _shot(page, "03-detail")
+
+    page.check("#heat")
+    expect(page.locator("#detail-img")).to_have_attribute("src", re.compile(r"/explain\?q="))
+    expect(page.locator("#detail-img")).not_to_have_class(re.compile("busy"))
+    _shot(page, "04-detail-heat-map")
+
+    page.keyboard.press("Escape")
+    expect(dialog).to_be_hidden()
+    assert "image=" not in page.url
+    expect(page.locator("a.hit").nth(1)).to_be_focused()
+
+    # "Similar photos" from the detail view.
+    page.locator("a.hit").first.click()
+    expect(dialog).to_be_visible()
+    first = _grid(page)[0]
+    page.click("#similar")
+    expect(page.locator("#query-image")).to_be_visible()
+    expect(page.locator("#state")).to_contain_text("look like this photo")
+    assert _grid(page) == [h["id"] for h in _get(f"{base}/api/images/{first}/similar?k=40")["hits"]]
+    assert page.url.endswith(f"/?like={first}")
+
+    # A photo dropped onto the page.
+    from blipsearch.shapes.world import generate
+
+    dropped = io.BytesIO()
+    generate("test", 1, seed=99)[0].image.save(dropped, "PNG")
+    transfer = page.evaluate_handle(
+        """(data) => {
+            const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([bytes], "dropped.png", {type: "image/png"}));
+            return transfer;
+        }""", base64.b64encode(dropped.getvalue()).decode())
+    page.dispatch_event("main", "dragenter", {"dataTransfer": transfer})
+    expect(page.locator("#dropzone")).to_be_visible()
+    page.dispatch_event("main", "drop", {"dataTransfer": transfer})
+    expect(page.locator("#query-image")).to_contain_text("dropped.png")
+    expect(page.locator("#state")).to_contain_text("look like this photo")
+    by_upload = _post(f"{base}/api/search/image?k=40", dropped.getvalue(), "image/png")["hits"]
+    assert _grid(page) == [h["id"] for h in by_upload]
+    _images_loaded(page)
+    _shot(page, "05-dropped-image")
+
+    # Filters: a folder, then a tag; the address holds them.
+    trip = str(shapes_library / "photos" / "trip-b")
+    page.fill("#q", QUERY)
+    page.locator("#filters summary").click()
+    page.fill("#folder", trip)
+    page.press("#folder", "Enter")
+    expect(page.locator("#state")).to_contain_text("reranked")
+    filtered = _get(f"{base}/api/search?" + urlencode({"q": QUERY, "k": 40, "folder": trip}))["hits"]
+    assert _grid(page) == [h["id"] for h in filtered] and len(filtered) == 24
+    assert all(h["path"].startswith(trip + "/") for h in filtered)
+    page.select_option("#tag", "star")
+    expect(page.locator("#state")).to_contain_text("reranked")
+    starred = _get(f"{base}/api/search?" + urlencode({"q": QUERY, "k": 40, "folder": trip, "tag": "star"}))["hits"]
+    expect(page.locator("a.hit")).to_have_count(len(starred))
+    assert _grid(page) == [h["id"] for h in starred] and 0 < len(starred) < 24
+    _images_loaded(page)
+    _shot(page, "06-filtered")
+
+    # The address opens the same search directly, at phone width too.
+    phone = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    phone.goto(page.url)
+    expect(phone.locator("#state")).to_contain_text("reranked")
+    assert _grid(phone) == [h["id"] for h in starred]
+    expect(phone.locator("#folder")).to_have_value(trip)
+    _images_loaded(phone)
+    _shot(phone, "07-phone-results")
+    phone.locator("a.hit").first.click()
+    expect(phone.locator("#caption")).not_to_have_text(re.compile(r"^$|captioning"))
+    _images_loaded(phone)
+    _shot(phone, "08-phone-detail")
+    phone.close()
+
+    # No results, and the failures page.
+    page.goto(base + "/?" + urlencode({"q": QUERY, "after": "2999-01-01"}))
+    expect(page.locator("#notice")).to_contain_text("No photo matches these filters")
+    page.goto(base + "/failures")
+    expect(page.locator("h1")).to_have_text("Files that could not be indexed")
+    _shot(page, "09-failures")
+    page.close()
+    assert problems == []
+
+
+def test_an_empty_library_says_what_to_do(browser, tmp_path: Path, live_server) -> None:  # type: ignore[no-untyped-def]
+    lib = Library(tmp_path / "empty", device="cpu")
+    page = browser.new_page()
+    page.goto(live_server(lib, ServeSettings(warm=False)).url + "/")
+    expect(page.locator("#notice")).to_contain_text("This library has no photos yet")
+    expect(page.locator("#notice")).to_contain_text("blipsearch index")
+    _shot(page, "10-empty-library")
+    page.close()
+    shutil.rmtree(tmp_path / "empty")
