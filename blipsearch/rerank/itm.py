@@ -73,8 +73,11 @@ def rerank(
             to_encode.append((image_id, load_pixels(os.fsdecode(row.path), model.image_spec)))  # type: ignore[attr-defined]
         except Exception:  # noqa: BLE001 - a vanished file must not fail the query
             unreadable.append(Reranked(image_id, itc, itc, None, None))
-    for start in range(0, len(to_encode), batch_size):
-        chunk = to_encode[start : start + batch_size]
+    # The vision encoder in the model's own batch size (2 on a CPU, where small batches run fastest):
+    # each call holds the model, and a server's other requests wait at most one call.
+    vision_batch = min(batch_size, model.batch_size)
+    for start in range(0, len(to_encode), vision_batch):
+        chunk = to_encode[start : start + vision_batch]
         encoded = model.image_tokens(np.stack([p for _, p in chunk]))
         for (image_id, _), tok in zip(chunk, encoded):
             tokens[image_id] = tok

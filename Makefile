@@ -1,0 +1,41 @@
+# Two commands for a newcomer on a fresh machine:
+#   make demo   set up, index the bundled offline demo, and serve it at http://127.0.0.1:8000/
+#   make test   set up and run the test suite (what CI runs)
+# Both create the virtualenv .venv with the CPU build of torch on first use.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO ?= demo
+PORT ?= 8000
+
+.PHONY: demo test setup clean-demo
+
+# torch==2.13.0 first: an unpinned torch would pull a multi-GB CUDA build.
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@ $(VENV)/.installed
+
+setup: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	@test -d $(DEMO)/photos || $(BIN)/blipsearch demo-photos $(DEMO)/photos
+	@printf 'circle\nsquare\ntriangle\nstar\n' > $(DEMO)/labels.txt
+	$(BIN)/blipsearch index $(DEMO)/photos --model builtin:shapes --library $(DEMO)/library \
+		--captions --tags $(DEMO)/labels.txt --tags-k 1
+	$(BIN)/blipsearch serve --library $(DEMO)/library --port $(PORT)
+
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest
+
+clean-demo:
+	rm -rf $(DEMO)
