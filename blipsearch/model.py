@@ -32,7 +32,7 @@ from .loading import (
     resolve_model_dir,
     route_fingerprint,
 )
-from .system import available_cores
+from .system import Coalescer, available_cores
 from .text import MAX_TOKENS, pre_caption
 
 ItmToken = Literal["enc", "cls"]
@@ -110,6 +110,10 @@ class RetrievalModel(Checkpoint):
     """A loaded ``BlipForImageTextRetrieval``: ITC embeddings for both modalities and the ITM head."""
 
     itm_token: ItmToken = "enc"
+    text_batches: Coalescer[list[str], npt.NDArray[np.float32]] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "text_batches", Coalescer(self.lock, self._embed_batches))
 
     @property
     def dim(self) -> int:
@@ -139,14 +143,27 @@ class RetrievalModel(Checkpoint):
             ids[:, 0] = self.enc_token_id
         return {"input_ids": ids.to(self.device), "attention_mask": batch["attention_mask"].to(self.device)}
 
-    @torch.inference_mode()
     def embed_texts(self, texts: list[str]) -> npt.NDArray[np.float32]:
-        """256-d L2-normalized ITC vectors for texts (BLIP text preprocessing applied)."""
+        """256-d L2-normalized ITC vectors for texts (BLIP text preprocessing applied).
+
+        Threads calling at once share forward passes: whoever gets the model next embeds
+        every text waiting by then in one batch. A few query texts cost about as much as
+        one (the encoder's weights are read once either way), so a server under load
+        answers several searches for the price of one. Padding is masked: a text's vector
+        does not depend on what it was batched with (up to float rounding).
+        """
         if not texts:
             return np.zeros((0, self.dim), np.float32)
-        batch = self.tokenize(texts)
-        with self.lock:
-            hidden = self.net.text_encoder(**batch).last_hidden_state
+        return self.text_batches(list(texts))
+
+    def _embed_batches(self, requests: list[list[str]]) -> list[npt.NDArray[np.float32]]:
+        vectors = self._embed_now([text for texts in requests for text in texts])
+        ends = np.cumsum([len(texts) for texts in requests])
+        return np.split(vectors, ends[:-1])
+
+    @torch.inference_mode()
+    def _embed_now(self, texts: list[str]) -> npt.NDArray[np.float32]:
+        hidden = self.net.text_encoder(**self.tokenize(texts)).last_hidden_state
         vectors = torch.nn.functional.normalize(self.net.text_proj(hidden[:, 0]).float(), dim=-1)
         return vectors.cpu().numpy()
 

@@ -1,12 +1,17 @@
-"""Small helpers over the operating system: usable cores, atomic file writes."""
+"""Small helpers over the operating system: usable cores, atomic file writes, batching across threads."""
 
 from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, Generic, TypeVar
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
 
 
 def available_cores() -> int:
@@ -28,3 +33,54 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object], *, fsync: bool
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class Coalescer(Generic[Item, Result]):
+    """Work handed in by many threads at once, done in batches.
+
+    Each caller queues its item and waits for ``lock`` (the resource the work needs, a
+    model say); whoever gets it next does every item queued by then in one call of
+    ``batch`` (items -> their results, in order), and the others find theirs done. Nothing
+    waits for a batch to fill: a lone caller is served at once, callers that arrive while
+    the resource is busy are served together when it is free.
+    """
+
+    def __init__(self, lock: AbstractContextManager[Any], batch: Callable[[list[Item]], list[Result]]) -> None:
+        self.lock = lock
+        self.batch = batch
+        self._queued: list[_Slot[Item, Result]] = []
+        self._guard = threading.Lock()
+
+    @property
+    def queued(self) -> int:
+        return len(self._queued)
+
+    def __call__(self, item: Item) -> Result:
+        slot: _Slot[Item, Result] = _Slot(item)
+        with self._guard:
+            self._queued.append(slot)
+        with self.lock:
+            if not slot.done:
+                with self._guard:
+                    taken, self._queued = self._queued, []
+                try:
+                    results = self.batch([s.item for s in taken])
+                except BaseException as exc:
+                    for other in taken:
+                        other.error, other.done = exc, True
+                    raise
+                for other, result in zip(taken, results):
+                    other.result, other.done = result, True
+        if slot.error is not None:
+            raise slot.error
+        return slot.result  # type: ignore[return-value]
+
+
+class _Slot(Generic[Item, Result]):
+    __slots__ = ("item", "result", "error", "done")
+
+    def __init__(self, item: Item) -> None:
+        self.item = item
+        self.result: Result | None = None
+        self.error: BaseException | None = None
+        self.done = False

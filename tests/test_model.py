@@ -147,6 +147,32 @@ def _direct_itm(net, tokenizer, text: str | list[str], pixels: torch.Tensor, fir
         return net.itm_head(out.last_hidden_state[:, 0]).numpy()
 
 
+def test_texts_embedded_at_once_by_several_threads_share_one_pass(model, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    import time
+
+    texts = [["a dog"], ["two people in the snow", "a red car"], ["a cat on a sofa at night with a lamp"],
+             ["a boat"], ["a big river", "a small river", "a tree"], ["sky"]]
+    alone = [model.embed_texts(t) for t in texts]
+    passes: list[int] = []
+    real = type(model)._embed_now
+    monkeypatch.setattr(type(model), "_embed_now", lambda self, batch: passes.append(len(batch)) or real(self, batch))
+    results: dict[int, np.ndarray] = {}
+    with model.lock:  # the model is busy: every caller waits for it, and then one pass serves all
+        threads = [threading.Thread(target=lambda n=n: results.__setitem__(n, model.embed_texts(texts[n])))
+                   for n in range(len(texts))]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 30
+        while model.text_batches.queued < len(texts) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    for thread in threads:
+        thread.join(30)
+    assert passes == [sum(len(t) for t in texts)]
+    for n, vectors in enumerate(alone):
+        np.testing.assert_allclose(results[n], vectors, atol=1e-5)  # padding to the longest is masked
+
+
 def test_itm_uses_the_enc_token_and_matches_transformers(model, reference) -> None:
     net, tokenizer, processor = reference
     images = [draw_image(i) for i in range(4)]

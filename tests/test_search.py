@@ -212,3 +212,33 @@ def test_token_cache_shared_by_two_writers_never_fails(tmp_path: Path) -> None:
         t.join()
     assert errors == []
     assert len(list((tmp_path / "tokens").glob("*.npy"))) <= 2 * 20
+
+
+def test_searches_arriving_together_share_one_vector_search(lib: Library, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    import time
+
+    from blipsearch.index.vectors import VectorIndex
+
+    texts = ["a dog", "a red circle", "two people in the snow", "a boat on a lake", "a cat"]
+    alone = {t: [(h.id, round(h.itc, 5)) for h in lib.search(t, k=3 + n, rerank_hits=False)]
+             for n, t in enumerate(texts)}
+    calls: list[int] = []
+    real = VectorIndex.search
+    monkeypatch.setattr(VectorIndex, "search", lambda self, q, *a, **kw: calls.append(len(q)) or real(self, q, *a, **kw))
+    together: dict[str, list[tuple[int, float]]] = {}
+
+    def run(n: int, text: str) -> None:
+        together[text] = [(h.id, round(h.itc, 5)) for h in lib.search(text, k=3 + n, rerank_hits=False)]
+
+    with lib._vectors_lock:  # the index is busy: the searches queue, then go as one
+        threads = [threading.Thread(target=run, args=(n, t)) for n, t in enumerate(texts)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 30
+        while lib._searches.queued < len(texts) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    for thread in threads:
+        thread.join(30)
+    assert calls == [len(texts)]
+    assert together == alone
