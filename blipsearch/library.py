@@ -54,7 +54,7 @@ from .index.vectors import IndexHeader, VectorIndex
 from .loading import BUILTIN_PREFIX, DEFAULT_MODEL, ModelIdentity
 from .rerank.cache import TokenCache
 from .rerank.itm import match_scores, rerank
-from .store.database import Database, bytes_to_vectors
+from .store.database import Database, ImageRef, bytes_to_vectors
 from .store.fulltext import TextIndex, reciprocal_rank_fusion
 from .store.schema import ImageRow, TextRow
 from .store.thumbnails import ThumbnailStore
@@ -591,7 +591,7 @@ class Library:
         else:
             base = itc
         order = sorted(base, key=lambda i: -base[i])
-        rows = self.db.images_by_id(order)
+        rows = self.db.refs_by_id(order)
         order = [i for i in order if i in rows]
         ranked = rerank(model, text, [(i, itc[i]) for i in order[:depth]], rows, cache=self.token_cache) if depth else []
         reranked = {r.id: r for r in ranked if r.itm is not None}
@@ -614,7 +614,7 @@ class Library:
         vector, _ = self._query_image(model, image, need_tokens=False)
         itself = self._indexed_id(image)
         found = self._nearest(model, vector[None, :], offset + k + 1, self._allowed(model, filters))
-        rows = self.db.images_by_id(list(found))
+        rows = self.db.refs_by_id(list(found))
         hits = [(i, s) for i, s in found.items() if i in rows and i != itself]
         return [
             Hit(rank=offset + n + 1, id=i, path=os.fsdecode(rows[i].path), score=s, itc=s)
@@ -627,6 +627,12 @@ class Library:
         if row is None:
             raise UnknownImageError(f"No indexed image has the id {image_id}.")
         return row
+
+    def _ref(self, image_id: int) -> ImageRef:
+        ref = self.db.refs_by_id([image_id]).get(image_id)
+        if ref is None:
+            raise UnknownImageError(f"No indexed image has the id {image_id}.")
+        return ref
 
     def _indexed_id(self, image: ImageQuery) -> int | None:
         if isinstance(image, int):
@@ -654,7 +660,7 @@ class Library:
         """The path of indexed image ``image_id``, once the file there is still the one indexed
         (same size and modification time, following links): a file replaced since, by
         anything, a link to another file included, is refused rather than read."""
-        row = self._row(image_id)
+        row = self._ref(image_id)
         try:
             st = os.stat(row.path)
         except OSError:
@@ -668,7 +674,7 @@ class Library:
     def rendition(self, image_id: int, kind: str = "thumb") -> tuple[Path, str]:
         """A small WebP of indexed image ``image_id`` (``"thumb"`` for grids, ``"preview"`` for
         a screen) and its content hash; made from the file on first request."""
-        row = self._row(image_id)
+        row = self._ref(image_id)
         found = self.thumbnails.get(row.content_hash, kind)
         if found is not None:
             return found, row.content_hash
@@ -687,12 +693,12 @@ class Library:
         if not fp:
             return []
         ids = self.db.filtered_ids(fp, filters)[::-1][offset : offset + k].tolist()
-        rows = self.db.images_by_id(ids)
+        rows = self.db.refs_by_id(ids)
         return [(i, os.fsdecode(rows[i].path)) for i in ids if i in rows]
 
     def content_hashes(self, ids: list[int]) -> dict[int, str]:
         """{id: content hash} of indexed images: what names their renditions (and their versions)."""
-        return {i: row.content_hash for i, row in self.db.images_by_id(ids).items()}
+        return {i: ref.content_hash for i, ref in self.db.refs_by_id(ids).items()}
 
     def warm(self) -> None:
         """Load the model and the vector index now, so that the first query does not wait for them."""

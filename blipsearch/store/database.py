@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -74,6 +75,14 @@ class StoredRow:
     mtime_ns: int
     content_hash: str
     model: str | None
+
+
+class ImageRef(NamedTuple):
+    id: int
+    path: bytes
+    content_hash: str
+    size: int
+    mtime_ns: int
 
 
 def path_range(root: bytes) -> tuple[bytes, bytes]:
@@ -298,6 +307,16 @@ class Database:
             return list(session.scalars(select(TagRow).where(TagRow.content_hash == content_hash, TagRow.model == fp)
                                         .order_by(TagRow.rank, TagRow.label)))
 
+    def refs_by_id(self, ids: list[int]) -> dict[int, ImageRef]:
+        """What results need of each image (path, content, file stat), without its vector and EXIF."""
+        found: dict[int, ImageRef] = {}
+        cols = (ImageRow.id, ImageRow.path, ImageRow.content_hash, ImageRow.size, ImageRow.mtime_ns)
+        with self.reader() as session:
+            for start in range(0, len(ids), 500):
+                found.update((r[0], ImageRef(*r)) for r in
+                             session.execute(select(*cols).where(ImageRow.id.in_(ids[start : start + 500]))))
+        return found
+
     def images_by_id(self, ids: list[int]) -> dict[int, ImageRow]:
         with self.reader() as session:
             rows = session.scalars(select(ImageRow).where(ImageRow.id.in_(ids))).all()
@@ -388,6 +407,7 @@ class Database:
 
 __all__ = [
     "Database",
+    "ImageRef",
     "StoredRow",
     "SQLAlchemyError",
     "bytes_to_vectors",

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Body, FastAPI, Query, Request
+from fastapi import Body, Depends, FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
@@ -43,7 +43,7 @@ from ..errors import (
     SettingsError,
     UnknownImageError,
 )
-from ..filters import Filters
+from ..filters import NO_FILTERS, Filters
 from ..library import Hit, ImageData, Library
 from .security import Guard, SecurityMiddleware
 
@@ -91,6 +91,15 @@ Folder = Annotated[list[str], Query(description="Only images below this folder (
 After = Annotated[str | None, Query(description="Taken on or after: 2024, 2024-07, 2024-07-14.")]
 Before = Annotated[str | None, Query(description="Taken before: 2025, 2024-08, 2024-07-15.")]
 Tag = Annotated[str | None, Query(description="Only images tagged with this label (index --tags).")]
+
+
+def _filters(tag: Tag = None, folder: Folder = [], after: After = None,  # noqa: B006 - FastAPI copies defaults
+             before: Before = None) -> Filters:
+    """The filters of a search or a browse, from its query parameters."""
+    return Filters.make(folders=folder, after=after, before=before, tag=tag)
+
+
+Narrowed = Annotated[Filters, Depends(_filters)]
 
 
 # -- errors -------------------------------------------------------------------------------------
@@ -167,9 +176,6 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
         versions = lib.content_hashes([h.id for h in hits])
         return [{**h.to_dict(), "thumbnail": _rendition_url(h.id, "thumbnail", versions.get(h.id))} for h in hits]
 
-    def filters_of(folder: list[str], after: str | None, before: str | None, tag: str | None) -> Filters:
-        return Filters.make(folders=folder, after=after, before=before, tag=tag)
-
     # -- search ------------------------------------------------------------------------------
     @app.get("/api/search", tags=["search"])
     def search(
@@ -179,14 +185,10 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
         rerank_depth: Annotated[int | None, Query(ge=0, le=1000, description="ITC candidates rescored by ITM.")] = None,
         no_rerank: Annotated[bool, Query(description="Rank by ITC cosine only (fast).")] = False,
         hybrid: Annotated[bool, Query(description="Also match words against captions and file names.")] = False,
-        tag: Tag = None,
-        folder: Folder = [],  # noqa: B006 - FastAPI copies defaults
-        after: After = None,
-        before: Before = None,
+        filters: Narrowed = NO_FILTERS,
     ) -> dict[str, Any]:
         """Text to image: the CLI's `search --json` hits (`rank`, `id`, `path`, `score`, `itc`, `itm`)."""
         depth = 0 if no_rerank else (settings.rerank_depth if rerank_depth is None else rerank_depth)
-        filters = filters_of(folder, after, before, tag)
         hits = lib.search(q, k, rerank_depth=depth, rerank_hits=depth > 0, hybrid=hybrid, filters=filters,
                           offset=offset)
         return {"query": q, "k": k, "offset": offset, "reranked": depth > 0, "filters": filters.to_dict(),
@@ -199,10 +201,7 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
         request: Request,
         k: K = 20,
         offset: Offset = 0,
-        tag: Tag = None,
-        folder: Folder = [],  # noqa: B006
-        after: After = None,
-        before: Before = None,
+        filters: Narrowed = NO_FILTERS,
     ) -> Response:
         """Image to image for an uploaded image: the request body is the image file's bytes (any
         format the library indexes). The image is used for this search only and never stored."""
@@ -212,22 +211,13 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
         refused = _check_pixels(data, settings.max_upload_pixels)
         if refused is not None:
             return refused
-        filters = filters_of(folder, after, before, tag)
         hits = await run_in_threadpool(lib.similar, ImageData(data), k, filters=filters, offset=offset)
         return JSONResponse({"k": k, "offset": offset, "filters": filters.to_dict(),
                              "hits": await run_in_threadpool(hit_dicts, hits)})
 
     @app.get("/api/images", tags=["images"])
-    def images(
-        k: K = 40,
-        offset: Offset = 0,
-        tag: Tag = None,
-        folder: Folder = [],  # noqa: B006
-        after: After = None,
-        before: Before = None,
-    ) -> dict[str, Any]:
+    def images(k: K = 40, offset: Offset = 0, filters: Narrowed = NO_FILTERS) -> dict[str, Any]:
         """Browse: the images that pass the filters, the most recently added first."""
-        filters = filters_of(folder, after, before, tag)
         found = lib.recent(k, filters=filters, offset=offset)
         versions = lib.content_hashes([i for i, _ in found])
         return {"k": k, "offset": offset, "filters": filters.to_dict(), "images": [
@@ -245,17 +235,8 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
                 "original": f"/api/images/{image_id}/original"}
 
     @app.get("/api/images/{image_id}/similar", tags=["search"])
-    def similar(
-        image_id: ImageId,
-        k: K = 20,
-        offset: Offset = 0,
-        tag: Tag = None,
-        folder: Folder = [],  # noqa: B006
-        after: After = None,
-        before: Before = None,
-    ) -> dict[str, Any]:
+    def similar(image_id: ImageId, k: K = 20, offset: Offset = 0, filters: Narrowed = NO_FILTERS) -> dict[str, Any]:
         """The images that look most like this one (ITC cosine), itself left out."""
-        filters = filters_of(folder, after, before, tag)
         hits = lib.similar(image_id, k, filters=filters, offset=offset)
         return {"id": image_id, "k": k, "offset": offset, "filters": filters.to_dict(), "hits": hit_dicts(hits)}
 
