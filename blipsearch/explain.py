@@ -70,7 +70,8 @@ def explain_match(
     index = default_layer(len(layers)) if layer is None else layer
     if not 0 <= index < len(layers):
         raise SettingsError(f"Layer {layer} does not exist: the text encoder has layers 0 to {len(layers) - 1}.")
-    patch = int(model.net.config.vision_config.patch_size)
+    net: Any = model.net
+    patch = int(net.config.vision_config.patch_size)
     grid = (pixels.shape[1] // patch, pixels.shape[2] // patch)
 
     target = layers[index].crossattention.self
@@ -89,7 +90,7 @@ def explain_match(
                 raise InputPathError("The text to explain is empty once tokenized.")
             hidden = model._text_encoder_layers(batch["input_ids"], batch["attention_mask"],
                                                 _keeping_probabilities(image, target, kept))
-            logits = model.net.itm_head(hidden[:, 0])[0]
+            logits = net.itm_head(hidden[:, 0])[0]
             # Only the kept probabilities: no parameter gradient is computed or accumulated.
             (grad,) = torch.autograd.grad(logits[1], kept[0])
     pair = logits.detach().float().cpu().numpy()

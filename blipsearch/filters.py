@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 
@@ -61,7 +62,7 @@ class Filters:
     @classmethod
     def make(
         cls,
-        folders: list[str | os.PathLike[str] | bytes] | tuple[str | os.PathLike[str] | bytes, ...] = (),
+        folders: Sequence[str | os.PathLike[str] | bytes] = (),
         after: str | date | datetime | None = None,
         before: str | date | datetime | None = None,
         tag: str | None = None,

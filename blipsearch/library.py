@@ -41,6 +41,7 @@ from .describe import (
 from .describe.batch import Described, answer_paths, caption_paths
 from .errors import (
     ImageChangedError,
+    ImageError,
     InputPathError,
     LibraryError,
     ModelLoadError,
@@ -716,7 +717,7 @@ class Library:
         try:
             pixels = pixels_from_bytes(data, model.image_spec)
             photo, _ = open_image(data, (EXPLAIN_SIZE, EXPLAIN_SIZE))
-        except Exception as exc:
+        except ImageError as exc:
             raise InputPathError(f"Can't read this image: {exc}") from None
         heat, logits = explain_match(model, text, pixels, layer)
         _, probability = match_scores(logits[None])
@@ -741,7 +742,7 @@ class Library:
         if isinstance(image, ImageData):
             try:
                 pixels = pixels_from_bytes(image.data, model.image_spec)
-            except Exception as exc:
+            except ImageError as exc:
                 raise InputPathError(f"Can't use this image as a query: {exc}") from None
         else:
             if isinstance(image, int):  # an indexed image: its stored vector, or its file when checked

@@ -77,7 +77,7 @@ class Coalescer(Generic[Item, Result]):
 
 
 class _Slot(Generic[Item, Result]):
-    __slots__ = ("item", "result", "error", "done")
+    __slots__ = ("done", "error", "item", "result")
 
     def __init__(self, item: Item) -> None:
         self.item = item

@@ -11,7 +11,13 @@ import pytest
 import torch
 from conftest import draw_image
 from PIL import Image
-from tiny_blip import IMAGE_SIZE, tiny_config, widen, write_image_processor, write_tokenizer
+from tiny_blip import (
+    IMAGE_SIZE,
+    tiny_config,
+    widen,
+    write_image_processor,
+    write_tokenizer,
+)
 from transformers import AutoTokenizer, BlipForImageTextRetrieval
 
 from blipsearch.errors import InputPathError, SettingsError

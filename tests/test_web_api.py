@@ -168,24 +168,24 @@ def test_errors_are_one_sentence_with_a_status(client: TestClient, lib: Library)
 
 
 def test_an_empty_library_and_a_missing_model_say_what_to_do(tmp_path: Path, tiny_model: Path, photos: Path) -> None:
-    with Library(tmp_path / "empty", device="cpu") as empty:
-        with TestClient(create_app(empty, ServeSettings()), base_url="http://127.0.0.1") as client:
-            page = client.get("/")
-            assert page.status_code == 200 and "no photos yet" in page.text and "blipsearch index" in page.text
-            assert client.get("/api/search", params={"q": "a dog"}).status_code == 409
+    with Library(tmp_path / "empty", device="cpu") as empty, \
+            TestClient(create_app(empty, ServeSettings()), base_url="http://127.0.0.1") as client:
+        page = client.get("/")
+        assert page.status_code == 200 and "no photos yet" in page.text and "blipsearch index" in page.text
+        assert client.get("/api/search", params={"q": "a dog"}).status_code == 409
     folder = tmp_path / "model-copy"
     shutil.copytree(tiny_model, folder)
     with Library(tmp_path / "lib", model=str(folder), device="cpu") as lib:
         lib.index([photos / "garden"])
     shutil.rmtree(folder)  # the library's model is gone
-    with Library(tmp_path / "lib", device="cpu") as lib:
-        with TestClient(create_app(lib, ServeSettings()), base_url="http://127.0.0.1") as client:
-            missing = client.get("/api/search", params={"q": "a dog"})
-            assert missing.status_code == 503 and "--model" in missing.json()["error"]
-            assert client.app.state.warmth.done.wait(30)  # type: ignore[attr-defined]
-            page = client.get("/")
-            assert "--model" in page.text  # the start-up load failed: the page says why
-            assert client.get("/api/images", params={"k": 2}).status_code == 200  # browsing needs no model
+    with Library(tmp_path / "lib", device="cpu") as lib, \
+            TestClient(create_app(lib, ServeSettings()), base_url="http://127.0.0.1") as client:
+        missing = client.get("/api/search", params={"q": "a dog"})
+        assert missing.status_code == 503 and "--model" in missing.json()["error"]
+        assert client.app.state.warmth.done.wait(30)  # type: ignore[attr-defined]
+        page = client.get("/")
+        assert "--model" in page.text  # the start-up load failed: the page says why
+        assert client.get("/api/images", params={"k": 2}).status_code == 200  # browsing needs no model
 
 
 def test_openapi_and_docs_are_served_from_here(client: TestClient) -> None:

@@ -120,7 +120,7 @@ class Indexer:
         on_commit: Callable[[int], None] | None = None,
         token_cache: TokenCache | None = None,
         thumbnails: ThumbnailStore | None = None,
-        vectors_lock: AbstractContextManager[object] = nullcontext(),
+        vectors_lock: AbstractContextManager[object] | None = None,
     ) -> None:
         self.db = db
         self.vectors = vectors
@@ -133,7 +133,8 @@ class Indexer:
         self.report = IndexReport()
         self.token_cache = token_cache
         self.thumbnails = thumbnails
-        self.vectors_lock = vectors_lock  # held while the in-memory index changes: searches may run beside
+        # Held while the in-memory index changes: searches may run beside the run, in other threads.
+        self.vectors_lock = vectors_lock or nullcontext()
 
     @property
     def batch_size(self) -> int:

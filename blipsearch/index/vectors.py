@@ -14,7 +14,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import faiss
 import numpy as np
@@ -125,9 +125,9 @@ class VectorIndex:
     def ids(self) -> npt.NDArray[np.int64]:
         """Every id in the index, in no particular order."""
         if self.kind == "flat":
-            return faiss.vector_to_array(self.index.id_map).astype(np.int64)
+            return faiss.vector_to_array(self.index.id_map).astype(np.int64)  # type: ignore[attr-defined]
         ivf = faiss.extract_index_ivf(self.index)
-        lists = ivf.invlists
+        lists: Any = ivf.invlists
         parts = [faiss.rev_swig_ptr(lists.get_ids(n), size).copy()
                  for n in range(ivf.nlist) if (size := lists.list_size(n))]
         return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
@@ -172,8 +172,10 @@ class VectorIndex:
         params = None
         if among is not None:
             selector = faiss.IDSelectorBatch(np.ascontiguousarray(among, np.int64))
-            params = (faiss.SearchParameters(sel=selector) if self.kind == "flat"
-                      else faiss.SearchParametersIVF(sel=selector, nprobe=faiss.extract_index_ivf(self.index).nprobe))
+            # (faiss's stubs do not know these keyword arguments; its SWIG classes take them)
+            params = (faiss.SearchParameters(sel=selector) if self.kind == "flat"  # type: ignore[call-arg]
+                      else faiss.SearchParametersIVF(sel=selector,  # type: ignore[call-arg]
+                                                     nprobe=faiss.extract_index_ivf(self.index).nprobe))
         if self.kind != "ivf-pq" or exact is None:
             return self.index.search(queries, k, params=params)
         _, shortlist = self.index.search(queries, min(REFINE_FACTOR * k, len(self)), params=params)

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -127,7 +127,7 @@ class Database:
                     )
                 elif version is not None and version < SCHEMA_VERSION:
                     self.bump_generation(session, by=0)  # the write lock, then look again
-                    current = int(session.scalar(select(LibraryRow.schema_version).where(LibraryRow.id == 1)))
+                    current = int(session.scalar(select(LibraryRow.schema_version).where(LibraryRow.id == 1)) or 0)
                     if current < SCHEMA_VERSION:
                         upgrade(session.connection(), current, SCHEMA_VERSION)
                         session.execute(update(LibraryRow).where(LibraryRow.id == 1)
@@ -261,7 +261,7 @@ class Database:
         with self.reader() as session:
             rows = session.execute(select(ImageRow.id, ImageRow.vector).where(
                 ImageRow.generation > generation, ImageRow.model == fp, ImageRow.vector.is_not(None))).all()
-        return np.fromiter((r[0] for r in rows), np.int64, len(rows)), [r[1] for r in rows]
+        return np.fromiter((r[0] for r in rows), np.int64, len(rows)), [cast(bytes, r[1]) for r in rows]
 
     def vector_ids(self, fp: str) -> npt.NDArray[np.int64]:
         """Ids of every searchable image of model ``fp``, ascending."""
