@@ -17,16 +17,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import platformdirs
 from filelock import FileLock, Timeout
-from PIL import Image
-from PIL.Image import Image as PILImage
 from sqlalchemy import URL
 
 from .describe import (
@@ -51,15 +49,16 @@ from .errors import (
 from .filters import NO_FILTERS, Filters
 from .index.images import load_pixels, open_image, pixels_from_bytes, read_file
 from .index.indexer import Indexer, IndexReport, ProgressFactory, no_progress
-from .index.vectors import IndexHeader, VectorIndex
+from .index.mirror import VectorMirror
+from .index.vectors import VectorIndex
 from .loading import BUILTIN_PREFIX, DEFAULT_MODEL, ModelIdentity
 from .rerank.cache import TokenCache
 from .rerank.itm import match_scores, rerank
-from .store.database import Database, ImageRef, bytes_to_vectors
+from .results import Explanation, Failure, Hit, ImageData, ImageInfo, ImageQuery
+from .store.database import Database, ImageRef
 from .store.fulltext import TextIndex, reciprocal_rank_fusion
 from .store.schema import ImageRow, TextRow
 from .store.thumbnails import ThumbnailStore
-from .system import Coalescer
 from .texts import CAPTIONS, USER, TextEntry, TextHit, TextStore, rank_texts
 from .texts.tags import DEFAULT_TEMPLATE, TagResult, Vocabulary
 
@@ -74,6 +73,8 @@ LIBRARY_ENV = "BLIPSEARCH_LIBRARY"
 DB_FILE = "library.db"
 VECTORS_FILE = "vectors.faiss"
 THUMBNAILS_DIR = "thumbnails"
+# The photo an explanation is drawn over is decoded to at least this size (JPEG drafts).
+EXPLAIN_SIZE = 1024
 
 
 def _url_key(db_url: str) -> str:
@@ -105,97 +106,6 @@ def _normalize_spec(spec: str) -> str:
         return spec
     local = Path(spec).expanduser()
     return str(local.resolve()) if local.is_dir() else spec
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One search result. ``score`` is what the ranking used: ITM logit + ITC cosine when
-    reranked (the BLIP paper's score), else the ITC cosine; in hybrid search, the reciprocal
-    rank fusion of that ranking with the full-text one."""
-
-    rank: int
-    id: int
-    path: str
-    score: float
-    itc: float
-    itm: float | None = None  # match probability, softmax of the ITM logits
-    keyword: float | None = None  # full-text relevance, in hybrid search
-    caption: str | None = None
-    answer: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """Ranking fields always; ``caption`` and ``answer`` when they were asked for."""
-        out = asdict(self)
-        for key in ("caption", "answer"):
-            if out[key] is None:
-                del out[key]
-        return out
-
-
-@dataclass(frozen=True)
-class Failure:
-    path: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class ImageData:
-    """An image given by its bytes (an upload) rather than by a file: used as a query, never stored."""
-
-    data: bytes
-
-
-# What a query image can be: a file (path), an indexed image (its id), or bytes.
-ImageQuery = Union[str, "os.PathLike[str]", bytes, int, ImageData]
-
-
-# The photo an explanation is drawn over is decoded to at least this size (JPEG drafts).
-EXPLAIN_SIZE = 1024
-
-
-@dataclass(frozen=True)
-class Explanation:
-    """Where the ITM head found a text in a photo: ``heat`` over the ViT's patch grid (summing
-    to 1), the pair's match probability ``itm``, and the upright photo it was computed for."""
-
-    heat: np.ndarray
-    itm: float
-    image: PILImage
-
-    def overlay(self, size: int | None = None) -> PILImage:
-        """The photo (longest side ``size``, when given) with the heat map over it."""
-        from .explain import overlay
-
-        photo = self.image
-        if size is not None and max(photo.size) != size:
-            scale = size / max(photo.size)
-            photo = photo.resize((max(1, round(photo.width * scale)), max(1, round(photo.height * scale))),
-                                 Image.Resampling.LANCZOS)
-        return overlay(photo, self.heat)
-
-
-@dataclass(frozen=True)
-class ImageInfo:
-    """What the library knows of one indexed image."""
-
-    id: int
-    path: str
-    size: int
-    width: int | None
-    height: int | None
-    taken_at: datetime | None  # the camera's capture time (its local time), when recorded
-    modified: datetime  # the file's modification time, local
-    camera: str | None
-    exif: dict[str, Any] | None
-    content_hash: str
-    indexed_at: datetime
-    tags: list[dict[str, Any]]
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        for key in ("taken_at", "modified", "indexed_at"):
-            out[key] = out[key].isoformat() if out[key] is not None else None
-        return out
 
 
 class Library:
@@ -239,10 +149,9 @@ class Library:
             raise LibraryError(f"Can't create the library folder {self.location}: {exc.strerror}") from None
         # A URL object: a folder name may hold "?", "%" or "#", which a URL string would parse.
         self.db = Database(db_url or URL.create("sqlite", database=str(self.location / DB_FILE)))
-        self.vectors_path = self.location / VECTORS_FILE
         # The vector file names the database it mirrors by the library row's creation time (to the
         # microsecond): two databases sharing a folder (--db without --library) never use each other's file.
-        self._library_id = self.db.library().created_at.isoformat()
+        self.vectors = VectorMirror(self.db, self.location / VECTORS_FILE, self.db.library().created_at.isoformat())
         self.requested_model = model
         self.device = device
         self.itm_token: ItmToken = itm_token
@@ -255,16 +164,8 @@ class Library:
         self._model: RetrievalModel | None = None
         self._captioner: Captioner | None = None
         self._answerer: Answerer | None = None
-        self._vectors: VectorIndex | None = None
-        self._vectors_fp: str | None = None  # the model whose vectors ``_vectors`` holds
-        self._synced_generation = -1
-        # A library may serve several threads (the web server): models load once, and the in-memory
-        # vector index changes (catching up with other processes' writes) while no search reads it.
+        # A library may serve several threads (the web server): each model loads once.
         self._load_lock = threading.Lock()
-        self._vectors_lock = threading.RLock()
-        # Unfiltered vector searches of threads arriving together run as one FAISS search.
-        self._searches: Coalescer[tuple[RetrievalModel, np.ndarray, int], dict[int, float]] = Coalescer(
-            self._vectors_lock, self._nearest_together)
 
     # -- model --------------------------------------------------------------------------
     @property
@@ -338,95 +239,9 @@ class Library:
             )
 
     # -- the vector index -----------------------------------------------------------------
-    # The in-memory index and the generation it mirrors change together, under the vectors lock.
-    def _load_vectors(self, fp: str) -> VectorIndex:
-        """From the vector file when it mirrors the database now, else rebuilt from the database."""
-        generation = self.db.library().generation
-        loaded = VectorIndex.load(self.vectors_path)
-        if loaded is not None:
-            index, header = loaded
-            if self._mirrors(header, generation, fp) and not index.needs_rebuild():
-                self._set_vectors(index, fp, generation)
-                return index
-        return self.rebuild_vectors(fp)
-
-    def _set_vectors(self, index: VectorIndex, fp: str | None, generation: int) -> None:
-        with self._vectors_lock:
-            self._vectors, self._vectors_fp, self._synced_generation = index, fp, generation
-
-    def _mirrors(self, header: IndexHeader, generation: int, fp: str | None) -> bool:
-        """Whether a vector file holds this database's vectors of ``fp`` as of ``generation``."""
-        return header.library == self._library_id and header.generation == generation and header.model == fp
-
     def rebuild_vectors(self, fp: str | None = None) -> VectorIndex:
         """Rebuild the FAISS file from the vectors stored in the database."""
-        record = self.db.library()
-        fp = fp or record.model_fingerprint
-        dim = record.dim or 256
-        # Read the generation before the vectors: the file may then be labelled
-        # older than its content (rebuilt again later), never newer.
-        generation = record.generation
-        id_parts, vector_parts = [], []
-        if fp:
-            for ids, blobs in self.db.iter_vectors(fp):
-                id_parts.append(ids)
-                vector_parts.append(bytes_to_vectors(blobs, dim))
-        all_ids = np.concatenate(id_parts) if id_parts else np.zeros(0, np.int64)
-        all_vectors = np.concatenate(vector_parts) if vector_parts else np.zeros((0, dim), np.float32)
-        index = VectorIndex.build(dim, all_ids, all_vectors)
-        self._set_vectors(index, fp, generation)
-        self._save_vectors(index, fp or "")
-        return index
-
-    def _save_vectors(self, index: VectorIndex, fp: str) -> None:
-        try:
-            index.save(self.vectors_path, self._synced_generation, fp, self._library_id)
-        except OSError:
-            pass  # A read-only library still searches; the file is rebuilt in memory next time.
-
-    def _vector_index(self, fp: str) -> VectorIndex:
-        """The in-memory index of ``fp``'s vectors, loaded on first use."""
-        with self._vectors_lock:
-            if self._vectors is None or self._vectors_fp != fp:
-                return self._load_vectors(fp)
-            return self._vectors
-
-    def _current_vectors(self, fp: str) -> VectorIndex:
-        """The in-memory index, caught up with what other processes committed since it was loaded."""
-        with self._vectors_lock:
-            vectors = self._vector_index(fp)
-            generation = self.db.library().generation
-            if generation == self._synced_generation:
-                return vectors
-            if self._synced_generation < 0:
-                return self._load_vectors(fp)
-            return self._catch_up(vectors, fp, generation)
-
-    def _catch_up(self, vectors: VectorIndex, fp: str, generation: int) -> VectorIndex:
-        """Apply the database's changes since the synced generation to the in-memory index:
-        vectors set since then (by their rows' generation), rows gone, rows it lacks. A running
-        server follows an index run in another process this way, without rebuilding."""
-        changed, blobs = self.db.vectors_since(fp, self._synced_generation)
-        present = self.db.vector_ids(fp)
-        held = vectors.ids()
-        vectors.remove(np.setdiff1d(held, present, assume_unique=True))
-        dim = vectors.dim
-        vectors.replace(changed, bytes_to_vectors(blobs, dim))
-        lacking = np.setdiff1d(present, np.union1d(held, changed), assume_unique=True)
-        if len(lacking):
-            vectors.add(lacking, self.db.vectors_by_ids(lacking.tolist(), fp, dim))
-        if vectors.needs_rebuild():
-            return self.rebuild_vectors(fp)
-        self._synced_generation = generation
-        return vectors
-
-    def _exact(self, model: RetrievalModel):  # type: ignore[no-untyped-def]
-        """Full vectors by id from the database, to re-score a compressed index's shortlist."""
-        return lambda ids: self.db.vectors_by_ids(ids, model.fingerprint, model.dim)
-
-    def _on_commit(self, generation: int) -> None:
-        # Another process wrote in between: our in-memory index may miss its changes.
-        self._synced_generation = generation if generation == self._synced_generation + 1 else -1
+        return self.vectors.rebuild(fp)
 
     # -- indexing -------------------------------------------------------------------------------
     def index(
@@ -497,8 +312,8 @@ class Library:
                 self._check_model(identity)  # refused before any weights load
             model = self.model  # a new or changed model: load (or fail) before the library records it
             self.db.set_model(_normalize_spec(model.spec), model.fingerprint, model.dim)
-        vectors = self._current_vectors(model.fingerprint)
-        generation = self._synced_generation
+        vectors = self.vectors.current(model.fingerprint)
+        generation = self.vectors.generation
         indexer = Indexer(
             self.db,
             vectors,
@@ -506,18 +321,18 @@ class Library:
             batch_size=batch_size,
             workers=workers,
             progress=progress,
-            on_commit=self._on_commit,
+            on_commit=self.vectors.on_commit,
             token_cache=self.token_cache,
             thumbnails=self.thumbnails if thumbnails else None,
-            vectors_lock=self._vectors_lock,
+            vectors_lock=self.vectors.lock,
         )
         try:
             return indexer.run(roots, reindex_all=reindex, allow_empty=allow_empty)
         finally:
-            if self._synced_generation < 0 or vectors.needs_rebuild():
-                self.rebuild_vectors(model.fingerprint)
-            elif self._synced_generation != generation or not self.vectors_path.exists():
-                self._save_vectors(vectors, model.fingerprint)
+            if self.vectors.generation < 0 or vectors.needs_rebuild():
+                self.vectors.rebuild(model.fingerprint)
+            elif self.vectors.generation != generation or not self.vectors.path.exists():
+                self.vectors.save(vectors, model.fingerprint)
 
     # -- queries ------------------------------------------------------------------------------------
     def _searchable(self) -> RetrievalModel:
@@ -526,30 +341,14 @@ class Library:
         model = self.model
         self._check_model(model)
         # A loaded index of images is caught up by the search itself, under the vectors lock.
-        loaded = self._vectors if self._vectors_fp == model.fingerprint else None
-        if not loaded and len(self._current_vectors(model.fingerprint)) == 0:
+        if not self.vectors.loaded(model.fingerprint) and len(self.vectors.current(model.fingerprint)) == 0:
             raise LibraryError(f"The library at {self.location} has no images yet: run `blipsearch index PATH`.")
         return model
 
     def _nearest(self, model: RetrievalModel, query: np.ndarray, width: int,
                  among: np.ndarray | None) -> dict[int, float]:
         """{id: cosine} of the ``width`` nearest stored vectors (only ``among`` those ids, if given), best first."""
-        if among is None:
-            return self._searches((model, query, width))
-        with self._vectors_lock:
-            vectors = self._current_vectors(model.fingerprint)
-            scores, ids = vectors.search(query, width, exact=self._exact(model), among=among)
-        return {int(i): float(s) for s, i in zip(scores[0], ids[0]) if i >= 0}
-
-    def _nearest_together(self, requests: list[tuple[RetrievalModel, np.ndarray, int]]) -> list[dict[int, float]]:
-        """Several threads' unfiltered searches as one (a batch of queries costs far less than each
-        alone: 16 queries over 100k vectors take 103 ms together, 283 ms one by one)."""
-        model = requests[0][0]
-        vectors = self._current_vectors(model.fingerprint)
-        queries = np.concatenate([query for _, query, _ in requests])
-        scores, ids = vectors.search(queries, max(width for _, _, width in requests), exact=self._exact(model))
-        return [{int(i): float(s) for s, i in zip(scores[n][:width], ids[n][:width]) if i >= 0}
-                for n, (_, _, width) in enumerate(requests)]
+        return self.vectors.search(model.fingerprint, model.dim, query, width, among)
 
     def _allowed(self, model: RetrievalModel, filters: Filters) -> np.ndarray | None:
         return self.db.filtered_ids(model.fingerprint, filters) if filters else None
@@ -904,8 +703,8 @@ class Library:
         images, stored_vectors, failures = self.db.counts(record.model_fingerprint)
         searchable = 0
         if record.model_fingerprint:  # read-only: a stale file is rebuilt by the next search or index run
-            header = VectorIndex.read_header(self.vectors_path)
-            fresh = header is not None and self._mirrors(header, record.generation, record.model_fingerprint)
+            header = VectorIndex.read_header(self.vectors.path)
+            fresh = header is not None and self.vectors.mirrors(header, record.generation, record.model_fingerprint)
             searchable = header.count if fresh and header else stored_vectors
         return {
             "images": images,

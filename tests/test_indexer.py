@@ -69,12 +69,12 @@ def test_touched_but_identical_file_is_not_reembedded(lib: Library, photos: Path
     lib.index([photos])
     target = photos / "holiday" / "img00.png"
     os.utime(target, ns=(1, 1))
-    generation, saved = lib.db.library().generation, lib.vectors_path.stat().st_mtime_ns
+    generation, saved = lib.db.library().generation, lib.vectors.path.stat().st_mtime_ns
     report = lib.index([photos])
     assert report.embedded == 0 and report.counts()["unchanged"] == 12
     assert stored(lib)[fs(target)].mtime_ns == 1
     # No vector changed: searches elsewhere keep their index, and the file is not written again.
-    assert lib.db.library().generation == generation and lib.vectors_path.stat().st_mtime_ns == saved
+    assert lib.db.library().generation == generation and lib.vectors.path.stat().st_mtime_ns == saved
 
 
 def test_rerun_loads_the_model_only_when_an_image_needs_embedding(lib: Library, photos: Path,
@@ -128,7 +128,7 @@ def test_changed_file_is_reembedded(lib: Library, photos: Path) -> None:
     np.testing.assert_allclose(new, alone(lib, target), atol=1e-6)
     # The vector index follows: the new content is found, by its own vector, as the best hit.
     assert lib.similar(photos / "garden" / "img06.png", k=12)  # still searchable
-    scores, ids = lib._vector_index(lib.model.fingerprint).search(new[None], 1)
+    scores, ids = lib.vectors.get(lib.model.fingerprint).search(new[None], 1)
     assert ids[0][0] == old_id and scores[0][0] == pytest.approx(1.0, abs=1e-5)
 
 

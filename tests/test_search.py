@@ -231,12 +231,12 @@ def test_searches_arriving_together_share_one_vector_search(lib: Library, monkey
     def run(n: int, text: str) -> None:
         together[text] = [(h.id, round(h.itc, 5)) for h in lib.search(text, k=3 + n, rerank_hits=False)]
 
-    with lib._vectors_lock:  # the index is busy: the searches queue, then go as one
+    with lib.vectors.lock:  # the index is busy: the searches queue, then go as one
         threads = [threading.Thread(target=run, args=(n, t)) for n, t in enumerate(texts)]
         for thread in threads:
             thread.start()
         deadline = time.monotonic() + 30
-        while lib._searches.queued < len(texts) and time.monotonic() < deadline:
+        while lib.vectors._searches.queued < len(texts) and time.monotonic() < deadline:
             time.sleep(0.01)
     for thread in threads:
         thread.join(30)

@@ -57,8 +57,9 @@ def test_a_reader_catches_up_without_rebuilding(library_dir: Path, tiny_model: P
             assert seen == _order(fresh)
         assert len(seen) == 11 and str(photos / "holiday" / "img00.png") not in [p for p, _ in seen]
         changed = lib_vector(reader, photos / "holiday" / "img01.png")
-        assert reader._vectors is not None
-        ids = reader._vectors.ids()
+        held = reader.vectors.loaded(reader.model.fingerprint)
+        assert held is not None
+        ids = held.ids()
         assert len(ids) == 11 and len(set(ids.tolist())) == 11
         query = reader.model.embed_texts([QUERY])[0]
         assert dict(seen)[str(photos / "holiday" / "img01.png")] == pytest.approx(float(changed @ query), abs=1e-5)

@@ -64,11 +64,11 @@ def test_library_switches_to_ivf_when_it_grows(monkeypatch: pytest.MonkeyPatch, 
                                                tiny_model: Path, photos: Path) -> None:
     with Library(library_dir, model=str(tiny_model), device="cpu") as lib:
         lib.index([photos / "holiday"])
-        assert lib._vector_index(lib.model.fingerprint).kind == "flat"
+        assert lib.vectors.get(lib.model.fingerprint).kind == "flat"
         expected = [h.id for h in lib.search("a dog", k=12, rerank_hits=False)]
         monkeypatch.setattr(vectors_module, "FLAT_LIMIT", 4)
         lib.index([photos / "garden"])
-        assert lib._vector_index(lib.model.fingerprint).kind == "ivf-flat"
+        assert lib.vectors.get(lib.model.fingerprint).kind == "ivf-flat"
         hits = lib.search("a dog", k=12, rerank_hits=False)
         assert len(hits) == 12 and set(expected) <= {h.id for h in hits}
         assert VectorIndex.load(library_dir / "vectors.faiss")[1].kind == "ivf-flat"

@@ -1,0 +1,100 @@
+"""What the library answers with: search hits, failures, image details, explanations, and the
+kinds of image a query can be."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any, Union
+
+import numpy as np
+from PIL import Image
+from PIL.Image import Image as PILImage
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result. ``score`` is what the ranking used: ITM logit + ITC cosine when
+    reranked (the BLIP paper's score), else the ITC cosine; in hybrid search, the reciprocal
+    rank fusion of that ranking with the full-text one."""
+
+    rank: int
+    id: int
+    path: str
+    score: float
+    itc: float
+    itm: float | None = None  # match probability, softmax of the ITM logits
+    keyword: float | None = None  # full-text relevance, in hybrid search
+    caption: str | None = None
+    answer: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Ranking fields always; ``caption`` and ``answer`` when they were asked for."""
+        out = asdict(self)
+        for key in ("caption", "answer"):
+            if out[key] is None:
+                del out[key]
+        return out
+
+
+@dataclass(frozen=True)
+class Failure:
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ImageData:
+    """An image given by its bytes (an upload) rather than by a file: used as a query, never stored."""
+
+    data: bytes
+
+
+# What a query image can be: a file (path), an indexed image (its id), or bytes.
+ImageQuery = Union[str, "os.PathLike[str]", bytes, int, ImageData]
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Where the ITM head found a text in a photo: ``heat`` over the ViT's patch grid (summing
+    to 1), the pair's match probability ``itm``, and the upright photo it was computed for."""
+
+    heat: np.ndarray
+    itm: float
+    image: PILImage
+
+    def overlay(self, size: int | None = None) -> PILImage:
+        """The photo (longest side ``size``, when given) with the heat map over it."""
+        from .explain import overlay
+
+        photo = self.image
+        if size is not None and max(photo.size) != size:
+            scale = size / max(photo.size)
+            photo = photo.resize((max(1, round(photo.width * scale)), max(1, round(photo.height * scale))),
+                                 Image.Resampling.LANCZOS)
+        return overlay(photo, self.heat)
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the library knows of one indexed image."""
+
+    id: int
+    path: str
+    size: int
+    width: int | None
+    height: int | None
+    taken_at: datetime | None  # the camera's capture time (its local time), when recorded
+    modified: datetime  # the file's modification time, local
+    camera: str | None
+    exif: dict[str, Any] | None
+    content_hash: str
+    indexed_at: datetime
+    tags: list[dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        for key in ("taken_at", "modified", "indexed_at"):
+            out[key] = out[key].isoformat() if out[key] is not None else None
+        return out
