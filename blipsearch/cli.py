@@ -23,6 +23,7 @@ from .describe import (
 from .errors import BlipsearchError
 from .filters import Filters
 from .library import LIBRARY_ENV, Hit, Library
+from .text import checked
 from .loading import DEFAULT_MODEL
 from .texts import read_text_file
 
@@ -64,6 +65,21 @@ class Amount(click.ParamType):
             self.fail(f"{value} must be a number {'above' if self.strict else 'of at least'} {self.minimum:g}.",
                       param, ctx)
         return number
+
+
+class Text(click.ParamType):
+    """Text, refused with one sentence when it is not valid UTF-8 (see :func:`blipsearch.text.checked`)."""
+
+    name = "TEXT"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            return checked(str(value), "It")
+        except BlipsearchError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+TEXT = Text()
 
 
 def library_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -303,7 +319,7 @@ def caption_options(func: Callable[..., Any]) -> Callable[..., Any]:
                         help="Maximum caption length in tokens, prompt included.")(func)
     func = click.option("--beams", type=PositiveInt(), default=3, show_default=True,
                         help="Beam-search width.")(func)
-    return click.option("--prompt", default="a picture of ", show_default=True,
+    return click.option("--prompt", type=TEXT, default="a picture of ", show_default=True,
                         help="Text the caption starts from (not part of the result).")(func)
 
 
@@ -331,7 +347,8 @@ def _caption_settings(prompt: str, beams: int, max_length: int, min_length: int)
 @click.option("--tags", "--labels", "labels_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Also store each image's top labels from FILE (one per line; see `blipsearch tag`), "
                    "for `search --tag`.")
-@click.option("--template", default="a photo of a {}", show_default=True, help="With --tags: how a label is said.")
+@click.option("--template", type=TEXT, default="a photo of a {}", show_default=True,
+              help="With --tags: how a label is said.")
 @click.option("--tags-k", type=PositiveInt(), default=5, show_default=True, help="With --tags: labels kept per image.")
 @click.option("--thumbnails/--no-thumbnails", default=True, show_default=True,
               help="Make a small thumbnail of each new image while it is decoded anyway (for `blipsearch "
@@ -380,7 +397,7 @@ def index(lib: Library, paths: tuple[bytes, ...], batch_size: int | None, worker
 
 
 @main.command()
-@click.argument("text", callback=_nonempty)
+@click.argument("text", type=TEXT, callback=_nonempty)
 @_output_flags
 @click.option("--rerank-depth", type=PositiveInt(0), default=32, show_default=True,
               help="Rerank this many of the best ITC candidates with the ITM head "
@@ -389,10 +406,10 @@ def index(lib: Library, paths: tuple[bytes, ...], batch_size: int | None, worker
 @click.option("--hybrid", is_flag=True,
               help="Also match the words of TEXT against captions, file and folder names "
                    "(full text), fused with the vector ranking before reranking.")
-@click.option("--tag", metavar="LABEL", help="Only images tagged LABEL (see `index --tags`).")
+@click.option("--tag", type=TEXT, metavar="LABEL", help="Only images tagged LABEL (see `index --tags`).")
 @click.option("--caption", "with_caption", is_flag=True, help="Add a generated caption to each hit (cached).")
-@click.option("--ask", "question", metavar="QUESTION", help="Ask each hit a question; adds `answer`.")
-@click.option("--answer", "expected", metavar="VALUE",
+@click.option("--ask", "question", type=TEXT, metavar="QUESTION", help="Ask each hit a question; adds `answer`.")
+@click.option("--answer", "expected", type=TEXT, metavar="VALUE",
               help="With --ask: keep only the hits whose answer is VALUE (e.g. --ask 'is there a dog?' --answer yes).")
 @click.option("--examine", type=PositiveInt(), default=None,
               help="With --answer: how many top hits to ask. Default: max(k, --rerank-depth).")
@@ -473,7 +490,7 @@ def caption(lib: Library, images: tuple[bytes, ...], prompt: str, beams: int, ma
 
 @main.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=bytes))
-@click.argument("question")
+@click.argument("question", type=TEXT)
 @click.option("--beams", type=PositiveInt(), default=3, show_default=True, help="Beam-search width.")
 @click.option("--max-length", type=PositiveInt(), default=10, show_default=True,
               help="Maximum answer length in tokens.")
@@ -513,7 +530,7 @@ def _print_described(results: list[Any], field: str, as_json: bool, question: st
 @main.command()
 @click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=bytes))
 @_output_flags
-@click.option("--tag", metavar="LABEL", help="Only images tagged LABEL (see `index --tags`).")
+@click.option("--tag", type=TEXT, metavar="LABEL", help="Only images tagged LABEL (see `index --tags`).")
 @_filter_options
 @with_existing_library
 def similar(lib: Library, image: bytes, k: int, as_json: bool, paths_only: str | None, tag: str | None,
@@ -630,7 +647,8 @@ def lookup(lib: Library, image: bytes, k: int, rerank_depth: int, no_rerank: boo
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=bytes))
 @click.option("--labels", "labels_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A file of labels, one per line.")
-@click.option("--template", default="a photo of a {}", show_default=True, help="How a label is said; {} is the label.")
+@click.option("--template", type=TEXT, default="a photo of a {}", show_default=True,
+              help="How a label is said; {} is the label.")
 @click.option("-k", "--top-k", "k", type=PositiveInt(), default=5, show_default=True, help="Labels per image.")
 @click.option("--rerank-depth", type=PositiveInt(0), default=16, show_default=True,
               help="Rescore this many of the best labels by ITC with the ITM head.")
@@ -799,7 +817,7 @@ def serve(lib: Library, host: str, port: int, token: str | None, allowed_hosts: 
 
 @main.command()
 @click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=bytes))
-@click.argument("text", callback=_nonempty)
+@click.argument("text", type=TEXT, callback=_nonempty)
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False, writable=True, path_type=Path),
               help="Where to write the picture (PNG): the image with the heat map over it.")
 @click.option("--size", type=PositiveInt(16, 4096), default=768, show_default=True,

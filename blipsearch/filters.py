@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 
 from .errors import InputPathError
+from .text import checked
 
 _DATE = re.compile(r"^(\d{4})(?:-(\d{1,2})(?:-(\d{1,2}))?)?$")
 
@@ -77,7 +78,7 @@ class Filters:
         start, end = _as_datetime(after), _as_datetime(before)
         if start is not None and end is not None and start >= end:
             raise InputPathError("The date range is empty: `after` must be earlier than `before`.")
-        return cls(tuple(dict.fromkeys(roots)), start, end, (tag or "").strip() or None)
+        return cls(tuple(dict.fromkeys(roots)), start, end, checked(tag or "", "The tag").strip() or None)
 
     def __bool__(self) -> bool:
         return bool(self.folders or self.after or self.before or self.tag)

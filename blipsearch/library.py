@@ -59,6 +59,7 @@ from .store.database import Database, ImageRef
 from .store.fulltext import TextIndex, reciprocal_rank_fusion
 from .store.schema import ImageRow, TextRow
 from .store.thumbnails import ThumbnailStore
+from .text import checked
 from .texts import CAPTIONS, USER, TextEntry, TextHit, TextStore, rank_texts
 from .texts.tags import DEFAULT_TEMPLATE, TagResult, Vocabulary
 
@@ -369,7 +370,7 @@ class Library:
         if not text.strip():
             raise InputPathError("The search text is empty.")
         if tag is not None:
-            filters = replace(filters, tag=tag.strip() or None)
+            filters = replace(filters, tag=checked(tag, "The tag").strip() or None)
         model = self._searchable()
         depth = rerank_depth if rerank_hits else 0
         query = model.embed_texts([text])

@@ -219,3 +219,37 @@ def test_demo_photos_makes_one_consistent_set(tmp_path: Path) -> None:
     result = runner.invoke(main, ["demo-photos", str(tmp_path / "demo"), "--count", "3"])
     assert result.exit_code == 1 and "not empty" in result.output
     assert (tmp_path / "demo" / "captions.jsonl").read_text().splitlines() == lines
+
+
+BAD = "dog \udcff cat"  # what Python makes of the bytes b"dog \xff cat" in argv
+
+
+@pytest.mark.parametrize("args", [
+    ("search", BAD), ("search", BAD, "--hybrid"), ("search", "a dog", "--ask", BAD), ("search", "a dog", "--tag", BAD),
+    ("search", "a dog", "--ask", "is it red?", "--answer", BAD), ("similar", "{image}", "--tag", BAD),
+    ("ask", "{image}", BAD), ("caption", "{image}", "--prompt", BAD), ("explain", "{image}", BAD, "--out", "x.png"),
+    ("tag", "{image}", "--labels", "{labels}", "--template", BAD),
+])
+def test_text_that_is_not_utf8_is_refused_in_one_sentence(run, photos: Path, tmp_path: Path, args) -> None:
+    image = str(photos / "garden" / "img06.png")
+    (tmp_path / "labels.txt").write_text("dog\ncat\n")
+    assert run("index", str(photos)).exit_code == 0
+    result = run(*(a.format(image=image, labels=tmp_path / "labels.txt") for a in args))
+    assert result.exit_code == 2 and "is not valid UTF-8 (0xff at character 5)" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_the_library_refuses_such_text_too(library_dir: Path, tiny_model: Path, photos: Path) -> None:
+    from blipsearch import Library
+    from blipsearch.describe import CaptionSettings
+    from blipsearch.errors import InputPathError
+    from blipsearch.filters import Filters
+
+    with Library(library_dir, model=str(tiny_model), device="cpu") as lib:
+        lib.index([photos])
+        for attempt in (lambda: lib.search(BAD), lambda: lib.search(BAD, hybrid=True),
+                        lambda: lib.search("a dog", tag=BAD), lambda: Filters.make(tag=BAD),
+                        lambda: CaptionSettings(prompt=BAD), lambda: lib.explain(photos / "garden" / "img06.png", BAD),
+                        lambda: lib.tag([photos / "garden" / "img06.png"], ["dog", BAD])):
+            with pytest.raises(InputPathError, match="not valid UTF-8"):
+                attempt()

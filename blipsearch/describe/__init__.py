@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import SettingsError
-from ..text import MAX_TOKENS, pre_question
+from ..text import MAX_TOKENS, checked, pre_question
 
 if TYPE_CHECKING:
     import torch
@@ -37,6 +37,9 @@ class CaptionSettings:
     num_beams: int = 3
     max_length: int = 20
     min_length: int = 5
+
+    def __post_init__(self) -> None:
+        checked(self.prompt, "The prompt")
 
     @property
     def cache_key(self) -> str:
