@@ -22,6 +22,7 @@ from .describe import (
 )
 from .errors import BlipsearchError
 from .filters import Filters
+from .index.images import FORMAT_NAMES
 from .library import LIBRARY_ENV, Hit, Library
 from .text import checked
 from .loading import DEFAULT_MODEL
@@ -350,6 +351,9 @@ def _caption_settings(prompt: str, beams: int, max_length: int, min_length: int)
 @click.option("--template", type=TEXT, default="a photo of a {}", show_default=True,
               help="With --tags: how a label is said.")
 @click.option("--tags-k", type=PositiveInt(), default=5, show_default=True, help="With --tags: labels kept per image.")
+@click.option("--retry-failed", is_flag=True,
+              help="Read again the files that failed to decode although they did not change since (after "
+                   "installing a decoder, say); without it they wait until they change.")
 @click.option("--thumbnails/--no-thumbnails", default=True, show_default=True,
               help="Make a small thumbnail of each new image while it is decoded anyway (for `blipsearch "
                    "serve`; about 10-20 KB each). Without, they are made when first shown.")
@@ -357,14 +361,17 @@ def _caption_settings(prompt: str, beams: int, max_length: int, min_length: int)
 @with_library
 def index(lib: Library, paths: tuple[bytes, ...], batch_size: int | None, workers: int | None, reindex: bool,
           allow_empty: bool, captions: bool, prompt: str, beams: int, max_length: int, min_length: int,
-          labels_file: Path | None, template: str, tags_k: int, thumbnails: bool, as_json: bool) -> None:
+          labels_file: Path | None, template: str, tags_k: int, retry_failed: bool, thumbnails: bool,
+          as_json: bool) -> None:
     """Index the images in PATHS (folders, walked recursively, or files).
 
+    Folders are searched for {formats} files, by their extensions; a file named
+    in PATHS is taken whatever its name, and stays indexed until it is deleted.
     New and changed images are embedded; unchanged ones are skipped; moved or
     renamed ones keep their vectors; deleted ones are removed. Files outside
     PATHS are left alone. Broken files are recorded (see `blipsearch failures`)
-    and never stop the run. Ctrl-C keeps every finished batch: run the same
-    command again to resume.
+    and never stop the run; they are read again once they change. Ctrl-C keeps
+    every finished batch: run the same command again to resume.
 
     \b
     Examples:
@@ -378,11 +385,14 @@ def index(lib: Library, paths: tuple[bytes, ...], batch_size: int | None, worker
     if captions:
         lib.captioner.check(settings)  # load (or fail) before a long run, never halfway through
     report = lib.index(list(paths), batch_size=batch_size, workers=workers, reindex=reindex,
-                       allow_empty=allow_empty, thumbnails=thumbnails, progress=_progress)
+                       allow_empty=allow_empty, thumbnails=thumbnails, retry_failed=retry_failed, progress=_progress)
     for path, reason in report.errors[:10]:
         click.echo(f"skipped {_display(os.fsdecode(path))}: {reason}", err=True)
     if len(report.errors) > 10:
         click.echo(f"... and {len(report.errors) - 10} more (see `blipsearch failures`)", err=True)
+    if report.failed_before:
+        click.echo(f"{report.failed_before} files that failed before are unchanged and were not read again "
+                   "(`blipsearch failures` lists them; --retry-failed reads them anyway).", err=True)
     counts: dict[str, int] = report.counts()
     if captions:
         counts["captioned"] = lib.caption_library(list(paths), settings, batch_size=batch_size or 8,
@@ -394,6 +404,9 @@ def index(lib: Library, paths: tuple[bytes, ...], batch_size: int | None, worker
         _json_line(counts)
     else:
         click.echo(", ".join(f"{v} {k}" for k, v in counts.items()))
+
+
+index.help = (index.help or "").replace("{formats}", FORMAT_NAMES)  # one list of formats, here and in the walk
 
 
 @main.command()

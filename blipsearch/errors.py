@@ -35,6 +35,10 @@ class SchemaError(LibraryError):
 class ImageError(BlipsearchError):
     """One image could not be read or decoded; indexing records it and goes on."""
 
+    def __init__(self, message: str, *, by_settings: bool = False) -> None:
+        super().__init__(message)
+        self.by_settings = by_settings  # it might decode with other settings (a higher size limit, say)
+
 
 class InputPathError(BlipsearchError):
     """A path given on the command line does not exist or cannot be used."""

@@ -254,6 +254,7 @@ class Library:
         reindex: bool = False,
         allow_empty: bool = False,
         thumbnails: bool = True,
+        retry_failed: bool = False,
         progress: ProgressFactory = no_progress,
     ) -> IndexReport:
         """Index photo folders (or files) incrementally. See :mod:`blipsearch.index.indexer`.
@@ -261,14 +262,16 @@ class Library:
         ``batch_size`` defaults to 2 on a CPU (the ViT at 384 px runs fastest
         there in small batches: benchmarks/indexing.py) and 16 on a GPU. With
         ``thumbnails``, each newly decoded image also gets its thumbnail (for
-        ``blipsearch serve``), made from the pixels decoded for the model.
+        ``blipsearch serve``), made from the pixels decoded for the model. A file that
+        failed to decode is read again once it changes, or with ``retry_failed``.
         """
         roots = [_root(p) for p in paths]
         if not roots:
             raise InputPathError("Give at least one folder or image to index.")
         with self._index_lock():
             self._remove_leftovers()
-            report = self._index(roots, batch_size, workers, reindex, allow_empty, thumbnails, progress)
+            report = self._index(roots, batch_size, workers, reindex, allow_empty, thumbnails, retry_failed,
+                                 progress)
             if report.removed or report.updated:
                 self.thumbnails.prune(self.db.content_hashes())
             return report
@@ -301,7 +304,7 @@ class Library:
             lock.release()
 
     def _index(self, roots: list[bytes], batch_size: int | None, workers: int | None, reindex: bool,
-               allow_empty: bool, thumbnails: bool, progress: ProgressFactory) -> IndexReport:
+               allow_empty: bool, thumbnails: bool, retry_failed: bool, progress: ProgressFactory) -> IndexReport:
         identity = self._model or ModelIdentity.of(self.model_spec, self.quantize)
         recorded = self.db.library().model_fingerprint
         model: RetrievalModel | _Deferred
@@ -328,7 +331,7 @@ class Library:
             vectors_lock=self.vectors.lock,
         )
         try:
-            return indexer.run(roots, reindex_all=reindex, allow_empty=allow_empty)
+            return indexer.run(roots, reindex_all=reindex, allow_empty=allow_empty, retry_failed=retry_failed)
         finally:
             if self.vectors.generation < 0 or vectors.needs_rebuild():
                 self.vectors.rebuild(model.fingerprint)

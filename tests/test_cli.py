@@ -17,7 +17,7 @@ from conftest import StopAfterFirstBatch, draw_image
 
 from blipsearch.cli import main
 
-COUNT_KEYS = {"added", "updated", "moved", "removed", "unchanged", "failed"}
+COUNT_KEYS = {"added", "updated", "moved", "removed", "unchanged", "failed", "skipped"}
 
 
 @pytest.fixture
@@ -34,7 +34,7 @@ def test_index_search_status_failures(run, photos: Path) -> None:
     result = run("index", str(photos), "--json")
     assert result.exit_code == 0, result.output
     counts = json.loads(result.stdout.strip().splitlines()[-1])
-    assert counts == {"added": 12, "updated": 0, "moved": 0, "removed": 0, "unchanged": 0, "failed": 1}
+    assert counts == {"added": 12, "updated": 0, "moved": 0, "removed": 0, "unchanged": 0, "failed": 1, "skipped": 0}
 
     result = run("search", "a red circle", "-k", "3", "--json")
     assert result.exit_code == 0, result.output

@@ -45,7 +45,7 @@ def lib(library_dir: Path, tiny_model: Path) -> Library:
 
 def test_first_run_indexes_everything_with_the_right_vectors(lib: Library, photos: Path) -> None:
     report = lib.index([photos], batch_size=5)
-    assert report.counts() == {"added": 12, "updated": 0, "moved": 0, "removed": 0, "unchanged": 0, "failed": 0}
+    assert report.counts() == {"added": 12, "updated": 0, "moved": 0, "removed": 0, "unchanged": 0, "failed": 0, "skipped": 0}
     assert report.embedded == 12
     rows = stored(lib)
     assert len(rows) == 12
@@ -637,3 +637,72 @@ def test_a_database_url_without_a_folder_gets_a_folder_of_its_own(tmp_path: Path
         assert one.location.parent == two.location.parent == tmp_path / "data" / "blipsearch" / "databases"
     with Library(db_url=urls[0], model=str(tiny_model), device="cpu") as again:
         assert again.location == one.location
+
+
+def _psd(pixels: np.ndarray) -> bytes:
+    """A flattened Photoshop file (no layers) holding RGB ``pixels`` (h, w, 3)."""
+    import struct
+
+    h, w, _ = pixels.shape
+    header = b"8BPS" + struct.pack(">H", 1) + b"\0" * 6 + struct.pack(">HIIHH", 3, h, w, 8, 3)
+    return header + struct.pack(">III", 0, 0, 0) + struct.pack(">H", 0) + pixels.transpose(2, 0, 1).tobytes()
+
+
+def test_more_formats_and_files_named_on_their_own(lib: Library, tmp_path: Path) -> None:
+    folder = tmp_path / "formats"
+    folder.mkdir()
+    base = draw_image(21, 64)
+    base.save(folder / "pic.avif", quality=95)
+    base.save(folder / "pic.jp2")
+    second = draw_image(22, 64)
+    base.save(folder / "pair.mpo", save_all=True, append_images=[second])
+    (folder / "merged.psd").write_bytes(_psd(np.asarray(base)))
+    Image.fromarray(np.asarray(base.convert("L"), np.float32), "F").save(folder / "scan.spi", format="SPIDER")
+    (folder / "notes.txt").write_text("not a picture")
+
+    report = lib.index([folder])
+    names = {os.path.basename(p).decode() for p in stored(lib)}
+    assert names == {"pic.avif", "pic.jp2", "pair.mpo", "merged.psd"} and report.counts()["failed"] == 0
+    assert report.counts()["skipped"] == 2  # scan.spi and notes.txt: not image extensions
+    def embed(image: Image.Image) -> np.ndarray:
+        return lib.model.embed_images(lib.model.image_spec.to_pixels(image.convert("RGB"))[None])[0]
+
+    np.testing.assert_allclose(vector_of(lib, folder / "merged.psd"), embed(base), atol=1e-5)  # lossless
+    with Image.open(folder / "pair.mpo") as mpo:
+        first = embed(mpo)
+        mpo.seek(1)
+        other = embed(mpo)
+    np.testing.assert_allclose(vector_of(lib, folder / "pair.mpo"), first, atol=1e-5)  # the first picture
+    assert float(first @ other) < 0.99
+
+    # A file named on its own is taken whatever its name, and walking its folder keeps it.
+    assert lib.index([folder / "scan.spi"]).counts()["added"] == 1
+    again = lib.index([folder]).counts()
+    assert again["removed"] == 0 and again["unchanged"] == 5 and again["skipped"] == 1
+    assert "scan.spi" in {os.path.basename(p).decode() for p in stored(lib)}
+
+
+def test_a_file_that_failed_is_not_read_again_until_it_changes(lib: Library, photos: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    broken = photos / "garden" / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not really")
+    first = lib.index([photos])
+    assert first.failed == 1 and [os.path.basename(p) for p, _ in first.errors] == [b"broken.jpg"]
+    failed_at = lib.failures()[0]
+    rerun = lib.index([photos])
+    assert rerun.failed == rerun.failed_before == 1 and rerun.errors == []  # no warning printed again
+    with lib.db.reader() as session:
+        from blipsearch.store.schema import FailureRow
+
+        assert session.get(FailureRow, fs(broken)).failed_at == lib.db.failures()[0].failed_at
+    assert lib.failures() == [failed_at]
+    assert lib.index([photos], retry_failed=True).errors  # asked for: read again
+    os.utime(broken, ns=(1, 10**18))  # changed (its time): read again
+    assert lib.index([photos]).errors
+    # A picture refused for the size limit goes as soon as the limit is raised: that is no file's fault.
+    big = photos / "garden" / "big.png"
+    draw_image(5, 300).save(big)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100 * 100)
+    assert any(b"big.png" in p for p, _ in lib.index([photos]).errors)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10**8)
+    assert lib.index([photos]).added == 1

@@ -33,9 +33,14 @@ try:  # HEIC/HEIF from phones; optional at import so a broken wheel can't stop t
 except ImportError:  # pragma: no cover - pillow-heif is a declared dependency
     pass
 
+# What a folder walk takes (a file named on the command line is taken whatever its name).
 IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp", ".heic", ".heif"}
+    {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp", ".heic", ".heif",
+     ".avif", ".avifs", ".mpo", ".jp2", ".j2k", ".j2c", ".jpc", ".jpf", ".jpx", ".psd"}
 )
+# For --help and the README: the formats above, by name.
+FORMAT_NAMES = ("JPEG, PNG, WebP, GIF (first frame), TIFF, BMP, HEIC/HEIF, AVIF, MPO (first picture), "
+                "JPEG 2000, PSD (the merged picture)")
 
 # Decode JPEGs (DCT scaling) to at least this multiple of the model's input
 # size before the bicubic resize: a 12 MP 4:3 photo decodes at 1/4 scale
@@ -188,8 +193,9 @@ def open_image(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # An opened file is at its first frame (an animation's, a multi-picture file's) or, for a
+            # layered Photoshop file, at its merged picture: seeking "to frame 0" is wrong for some formats.
             with Image.open(source) as image:
-                image.seek(0)
                 width, height = image.size
                 if image.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8):
                     width, height = height, width
@@ -202,7 +208,7 @@ def open_image(
         limit = Image.MAX_IMAGE_PIXELS or 0  # a bomb error means a limit is set
         raise ImageError(
             f"image too large to decode safely ({exc}); the limit is {limit / 1e6:.1f} megapixels"
-            " (raise it with --max-megapixels)"
+            " (raise it with --max-megapixels)", by_settings=True,
         ) from None
     except UnidentifiedImageError:
         raise ImageError("not an image, or a format Pillow can't read") from None

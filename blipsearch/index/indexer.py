@@ -73,12 +73,14 @@ class IndexReport:
     removed: int = 0
     unchanged: int = 0
     failed: int = 0
+    skipped: int = 0  # files in the folders whose names are not of an image format
+    failed_before: int = 0  # of ``failed``: files that failed before, unchanged since, not read again
     embedded: int = 0
     interrupted: bool = False
     errors: list[tuple[bytes, str]] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
-        keys = ("added", "updated", "moved", "removed", "unchanged", "failed")
+        keys = ("added", "updated", "moved", "removed", "unchanged", "failed", "skipped")
         return {k: getattr(self, k) for k in keys}
 
 
@@ -89,6 +91,7 @@ class _Job:
     data: DecodedImage | None = None
     error: str | None = None
     unreadable: bool = False  # the file could not be read (permissions, I/O), as opposed to decoded
+    retry: bool = False  # its failure may go with other settings or another run: not remembered
 
 
 class Embedder(Protocol):
@@ -148,18 +151,25 @@ class Indexer:
         return self._batch_size or 2
 
     # -- planning ---------------------------------------------------------------------
-    def run(self, roots: list[bytes], *, reindex_all: bool = False, allow_empty: bool = False) -> IndexReport:
-        found = walk(roots)
+    def run(self, roots: list[bytes], *, reindex_all: bool = False, allow_empty: bool = False,
+            retry_failed: bool = False) -> IndexReport:
         stored = self.db.rows_under(roots)
+        found = walk(roots, stored)
+        self.report.skipped = found.skipped
         seen = {f.path: f for f in found.files}
         if not allow_empty:
             _refuse_emptied_roots(roots, found, stored)
+        # Files that failed to decode, unchanged since: failing again is all they would do.
+        failed = {} if retry_failed else self.db.failed_files_under(roots)
 
         jobs: list[_Job] = []
         for entry in found.files:
             row = stored.get(entry.path)
             if row is not None and row.model == self.fp and (row.size, row.mtime_ns) == (entry.size, entry.mtime_ns):
                 self.report.unchanged += 1
+            elif row is None and failed.get(entry.path) == (entry.size, entry.mtime_ns):
+                self.report.failed += 1
+                self.report.failed_before += 1
             else:
                 jobs.append(_Job(entry, row))
         if reindex_all:
@@ -220,8 +230,10 @@ class Indexer:
                                   self.thumbnails.put_decoded if self.thumbnails is not None else None)
         except ImageError as exc:
             job.error = str(exc)
+            job.retry = job.unreadable or exc.by_settings
         except Exception as exc:  # noqa: BLE001 - one bad file must never stop a run
             job.error = f"unexpected error while reading: {type(exc).__name__}: {exc}"
+            job.retry = True
         return job
 
     def _prepared(self, jobs: list[_Job]) -> Iterator[_Job]:
@@ -304,7 +316,10 @@ class Indexer:
             for job in batch:
                 path = job.entry.path
                 if job.error is not None or job.data is None:
-                    self._fail(session, job, job.error or "unknown error", now)
+                    # A file that could not be decoded is tried again once it changed; one that could not
+                    # be read (its permissions may change without its size or time), or that failed for a
+                    # setting (the size limit), next run.
+                    self._fail(session, job, job.error or "unknown error", now, remember=not job.retry)
                     report.failed += 1
                     # A file that can't be read keeps its image, like a folder that can't be listed;
                     # one whose content turned bad leaves the index.
@@ -361,7 +376,7 @@ class Indexer:
                     values.update({k: v for k, v in twin.items() if k != "content_hash"})
                 else:
                     # Its only twin vanished during the run: it is decoded next run.
-                    self._fail(session, job, "content changed while indexing; run again", now)
+                    self._fail(session, job, "content changed while indexing; run again", now, remember=False)
                     report.failed += 1
                     continue
                 if row is None:
@@ -407,10 +422,11 @@ class Indexer:
         return row
 
     @staticmethod
-    def _fail(session, job: _Job, reason: str, now) -> None:  # type: ignore[no-untyped-def]
-        session.merge(
-            FailureRow(path=job.entry.path, reason=reason, size=job.entry.size, mtime_ns=job.entry.mtime_ns, failed_at=now)
-        )
+    def _fail(session, job: _Job, reason: str, now, remember: bool) -> None:  # type: ignore[no-untyped-def]
+        """Record a failure; ``remember`` keeps the file's size and time, so that an unchanged file
+        is not read again (see :meth:`run`)."""
+        size, mtime_ns = (job.entry.size, job.entry.mtime_ns) if remember else (None, None)
+        session.merge(FailureRow(path=job.entry.path, reason=reason, size=size, mtime_ns=mtime_ns, failed_at=now))
 
     @staticmethod
     def _clear_failure(session, path: bytes) -> None:  # type: ignore[no-untyped-def]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass, field
 
 from .images import IMAGE_EXTENSIONS
@@ -31,6 +31,8 @@ class WalkResult:
     errors: list[tuple[bytes, str]] = field(default_factory=list)
     # Folders whose contents are unknown this run; nothing below them may be deleted.
     unreadable_dirs: list[bytes] = field(default_factory=list)
+    # Files left out for their names (not an image extension).
+    skipped: int = 0
 
 
 def is_image_name(name: bytes) -> bool:
@@ -41,8 +43,13 @@ def _reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
-def walk(roots: Iterable[bytes]) -> WalkResult:
-    """Every image file below ``roots`` (absolute byte paths of folders or files)."""
+def walk(roots: Iterable[bytes], indexed: Container[bytes] = frozenset()) -> WalkResult:
+    """Every image file below ``roots`` (absolute byte paths of folders or files).
+
+    A file named as a root is taken whatever its extension; so is one found in a folder
+    that is already ``indexed`` (named once before), so that walking its folder again
+    does not take it for gone.
+    """
     result = WalkResult()
     seen_dirs: set[tuple[int, int]] = set()
     seen_files: set[bytes] = set()
@@ -87,8 +94,11 @@ def walk(roots: Iterable[bytes]) -> WalkResult:
                     continue
                 if stat.S_ISDIR(entry_st.st_mode):
                     subdirs.append((entry.path, entry_st))
-                elif stat.S_ISREG(entry_st.st_mode) and is_image_name(entry.name):
-                    add_file(entry.path, entry_st)
+                elif stat.S_ISREG(entry_st.st_mode):
+                    if is_image_name(entry.name) or entry.path in indexed:
+                        add_file(entry.path, entry_st)
+                    else:
+                        result.skipped += 1
             # Sorted, reversed onto the stack: folders are visited in name order.
             stack.extend(sorted(subdirs, reverse=True))
     result.files.sort(key=lambda f: f.path)

@@ -344,6 +344,16 @@ class Database:
             failures = session.scalar(select(func.count()).select_from(FailureRow)) or 0
         return images, vectors, failures
 
+    def failed_files_under(self, roots: list[bytes]) -> dict[bytes, tuple[int, int]]:
+        """{path: (size, mtime)} of the recorded failures at or below ``roots`` that kept the file's stat."""
+        where = [FailureRow.path.in_([r for r in roots if not os.path.isdir(r)])]
+        where += [(FailureRow.path >= lo) & (FailureRow.path < hi)
+                  for lo, hi in (path_range(r) for r in roots if os.path.isdir(r))]
+        with self.reader() as session:
+            rows = session.execute(select(FailureRow.path, FailureRow.size, FailureRow.mtime_ns).where(
+                or_(*where), FailureRow.size.is_not(None), FailureRow.mtime_ns.is_not(None)))
+            return {path: (size, mtime) for path, size, mtime in rows}
+
     def failures(self) -> list[FailureRow]:
         with self.reader() as session:
             return list(session.scalars(select(FailureRow).order_by(FailureRow.path)).all())
