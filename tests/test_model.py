@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import json
 import logging
 import os
@@ -74,6 +76,15 @@ def test_transparent_and_deep_grey_images_are_shown_as_a_viewer_shows_them(refer
                  Image.fromarray((levels * 257).round().astype(np.int32)),
                  Image.fromarray((levels / 255).astype(np.float32))):
         np.testing.assert_allclose(spec.to_pixels(deep), eight, atol=0.02, err_msg=deep.mode)
+    # Fewer bits in a 16-bit file (a 12-bit sensor: 0..4095), and floats in any range, reach white too.
+    for deep in (Image.fromarray((levels * 4095 / 255).round().astype(np.uint16)),
+                 Image.fromarray((levels * 1023 / 255).round().astype(np.uint16)),
+                 Image.fromarray((levels * 2 * np.pi / 255 - np.pi).astype(np.float32)),
+                 Image.fromarray((levels * 4000).astype(np.float32))):
+        np.testing.assert_allclose(spec.to_pixels(deep), eight, atol=0.02, err_msg=f"{deep.mode} {deep.getextrema()}")
+    png = io.BytesIO()
+    Image.fromarray((levels * 4095 / 255).round().astype(np.uint16)).save(png, "PNG")  # 16 bits in the file
+    np.testing.assert_allclose(spec.to_pixels(Image.open(png)), eight, atol=0.02)
 
 
 def test_fused_vision_attention_equals_transformers_eager(model, reference) -> None:

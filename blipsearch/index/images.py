@@ -157,22 +157,36 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
     Transparent pixels go over white, as transformers' ``BlipImageProcessor``
     does (plain conversion would turn a logo's transparent background black).
-    Greys of more than 8 bits (16-bit PNG and TIFF, ``I;16``/``I``/``F``) are
-    scaled down rather than clipped at 255, which would make them almost white.
+    Greys of more than 8 bits (16-bit PNG and TIFF, ``I;16``/``I``) are scaled
+    from the bit depth their sensor had: the smallest of 10, 12, 14 and 16 bits
+    that holds the image's brightest value (a 12-bit camera's data in a 16-bit
+    file reaches 4095, and scaled as 16 bits it would be nearly black). Float
+    greys (``F``) in 0..1 are scaled by 255; floats outside 0..255 (negative
+    values, or scientific data in any range) are stretched from their minimum
+    to their maximum. Greys already in 0..255 are kept as they are.
     """
     if image.mode == "RGB" and "transparency" not in image.info:
         return image
     if image.mode.startswith("I") or image.mode == "F":
-        grey = np.nan_to_num(np.asarray(image, dtype=np.float64))
-        if image.mode == "F" and grey.size and float(grey.max()) <= 1.0:
-            grey = grey * 255.0  # floats in 0..1
-        elif image.mode != "F" and grey.size and float(grey.max()) > 255.0:
-            grey = grey / 257.0  # 16-bit levels, 65535 -> 255
-        image = Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8), "L")
+        image = Image.fromarray(_grey_levels(np.nan_to_num(np.asarray(image, dtype=np.float64)), image.mode), "L")
     if image.has_transparency_data:
         rgba = image.convert("RGBA")
         return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
     return image.convert("RGB")
+
+
+def _grey_levels(grey: npt.NDArray[np.float64], mode: str) -> npt.NDArray[np.uint8]:
+    """8-bit levels of deep or float greys (see :func:`to_rgb`)."""
+    if grey.size:
+        low, high = float(grey.min()), float(grey.max())
+        if mode == "F" and low >= 0.0 and high <= 1.0:
+            grey = grey * 255.0  # floats in 0..1
+        elif mode == "F" and (low < 0.0 or high > 255.0):
+            grey = (grey - low) * (255.0 / (high - low)) if high > low else np.zeros_like(grey)
+        elif mode != "F" and high > 255.0:
+            bits = next((b for b in (10, 12, 14, 16) if high <= 2**b - 1), 32)
+            grey = grey * (255.0 / (2**bits - 1))
+    return np.clip(np.rint(grey), 0, 255).astype(np.uint8)
 
 
 def open_image(
