@@ -29,9 +29,7 @@ setup: $(VENV)/.installed
 
 demo: $(VENV)/.installed
 	@test -d $(DEMO)/photos || $(BIN)/blipsearch demo-photos $(DEMO)/photos
-	@printf 'circle\nsquare\ntriangle\nstar\n' > $(DEMO)/labels.txt
-	$(BIN)/blipsearch index $(DEMO)/photos --model builtin:shapes --library $(DEMO)/library \
-		--captions --tags $(DEMO)/labels.txt --tags-k 1
+	$(BIN)/blipsearch index $(DEMO)/photos --model builtin:shapes --library $(DEMO)/library --captions
 	$(BIN)/blipsearch serve --library $(DEMO)/library --port $(PORT)
 
 test: $(VENV)/.installed-test

@@ -21,7 +21,7 @@ from .describe import (
     CaptionSettings,
 )
 from .errors import BlipsearchError
-from .filters import Filters
+from .filters import DEFAULT_MIN_PROBABILITY, Filters
 from .index.images import FORMAT_NAMES
 from .library import LIBRARY_ENV, Hit, Library
 from .text import checked
@@ -266,6 +266,9 @@ def _nonempty(ctx: click.Context, param: click.Parameter, value: str) -> str:
 
 def _filter_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """Narrow the images before ranking: -k N gives the N best of those that match."""
+    func = click.option("--min-probability", type=Amount(0), default=DEFAULT_MIN_PROBABILITY, show_default=True,
+                        help="With --tag: a stored label counts as an image's tag when ITM's match probability "
+                             "for it is at least this.")(func)
     func = click.option("--before", metavar="DATE",
                         help="Only images taken before DATE (EXIF capture time, else file time): 2024, "
                              "2024-07, 2024-07-14.")(func)
@@ -275,8 +278,9 @@ def _filter_options(func: Callable[..., Any]) -> Callable[..., Any]:
                         help="Only images below this folder (repeatable).")(func)
 
 
-def _filters(folders: tuple[bytes, ...], after: str | None, before: str | None, tag: str | None = None) -> Filters:
-    return Filters.make(folders=list(folders), after=after, before=before, tag=tag)
+def _filters(folders: tuple[bytes, ...], after: str | None, before: str | None, tag: str | None,
+             min_probability: float) -> Filters:
+    return Filters.make(folders=list(folders), after=after, before=before, tag=tag, min_probability=min_probability)
 
 
 def _output_flags(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -430,7 +434,8 @@ index.help = (index.help or "").replace("{formats}", FORMAT_NAMES)  # one list o
 @with_existing_library
 def search(lib: Library, text: str, k: int, as_json: bool, paths_only: str | None, rerank_depth: int,
            no_rerank: bool, hybrid: bool, tag: str | None, with_caption: bool, question: str | None, expected: str | None,
-           examine: int | None, folders: tuple[bytes, ...], after: str | None, before: str | None) -> None:
+           examine: int | None, folders: tuple[bytes, ...], after: str | None, before: str | None,
+           min_probability: float) -> None:
     """Find the images that best match TEXT.
 
     Candidates come from the vector index by cosine similarity (ITC); the best
@@ -452,7 +457,7 @@ def search(lib: Library, text: str, k: int, as_json: bool, paths_only: str | Non
     depth = 0 if no_rerank else rerank_depth
     wanted = (examine or max(k, depth)) if expected is not None else k
     hits = lib.search(text, wanted, rerank_depth=depth, rerank_hits=depth > 0, hybrid=hybrid,
-                      filters=_filters(folders, after, before, tag))
+                      filters=_filters(folders, after, before, tag, min_probability))
     settings = CaptionSettings() if with_caption else None
     if expected is not None:
         hits = lib.describe(hits, question=question)
@@ -547,7 +552,7 @@ def _print_described(results: list[Any], field: str, as_json: bool, question: st
 @_filter_options
 @with_existing_library
 def similar(lib: Library, image: bytes, k: int, as_json: bool, paths_only: str | None, tag: str | None,
-            folders: tuple[bytes, ...], after: str | None, before: str | None) -> None:
+            folders: tuple[bytes, ...], after: str | None, before: str | None, min_probability: float) -> None:
     """Find the images that look most like IMAGE (any image file, indexed or not).
 
     \b
@@ -555,7 +560,8 @@ def similar(lib: Library, image: bytes, k: int, as_json: bool, paths_only: str |
       blipsearch similar ~/Pictures/beach/IMG_0042.jpg -k 5
       blipsearch similar download.png --paths0 | xargs -0 ls -l
       blipsearch similar cat.jpg --folder ~/Pictures/2023"""
-    _print_hits(lib.similar(image, k, filters=_filters(folders, after, before, tag)), as_json, paths_only)
+    _print_hits(lib.similar(image, k, filters=_filters(folders, after, before, tag, min_probability)), as_json,
+                paths_only)
     _warn_unsearchable(lib)
 
 

@@ -1,5 +1,11 @@
 """Filters that narrow a search before ranking: folder, capture date, tag.
 
+Tags: ``index --tags`` stores each image's top labels with the ITM match
+probability of each; a label counts as the image's tag when that probability
+is at least ``min_probability`` (50 % by default: ITM finds the label in the
+picture more likely than not). A label stored without a probability (tagged by
+cosine alone, ``--rerank-depth 0``) counts whatever its rank.
+
 A filtered search ranks only the matching images, so ``k=10`` returns the ten
 best matching photos, not the matching ones among the ten best of all.
 
@@ -21,6 +27,7 @@ from datetime import date, datetime
 from .errors import InputPathError
 from .text import checked
 
+DEFAULT_MIN_PROBABILITY = 0.5
 _DATE = re.compile(r"^(\d{4})(?:-(\d{1,2})(?:-(\d{1,2}))?)?$")
 
 
@@ -59,6 +66,7 @@ class Filters:
     after: datetime | None = None
     before: datetime | None = None
     tag: str | None = None
+    min_probability: float = DEFAULT_MIN_PROBABILITY
 
     @classmethod
     def make(
@@ -67,6 +75,7 @@ class Filters:
         after: str | date | datetime | None = None,
         before: str | date | datetime | None = None,
         tag: str | None = None,
+        min_probability: float | None = None,
     ) -> Filters:
         """Filters from what a user typed: folders expanded (``~``) and made absolute, dates parsed."""
         roots = []
@@ -78,7 +87,11 @@ class Filters:
         start, end = _as_datetime(after), _as_datetime(before)
         if start is not None and end is not None and start >= end:
             raise InputPathError("The date range is empty: `after` must be earlier than `before`.")
-        return cls(tuple(dict.fromkeys(roots)), start, end, checked(tag or "", "The tag").strip() or None)
+        probability = DEFAULT_MIN_PROBABILITY if min_probability is None else float(min_probability)
+        if not 0.0 <= probability <= 1.0:
+            raise InputPathError(f"The tag's least match probability must lie in 0..1, not {min_probability}.")
+        return cls(tuple(dict.fromkeys(roots)), start, end, checked(tag or "", "The tag").strip() or None,
+                   probability)
 
     def __bool__(self) -> bool:
         return bool(self.folders or self.after or self.before or self.tag)
@@ -93,6 +106,7 @@ class Filters:
             out["before"] = self.before.isoformat()
         if self.tag:
             out["tag"] = self.tag
+            out["min_probability"] = self.min_probability
         return out
 
 

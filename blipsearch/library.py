@@ -46,7 +46,7 @@ from .errors import (
     ModelMismatchError,
     UnknownImageError,
 )
-from .filters import NO_FILTERS, Filters
+from .filters import DEFAULT_MIN_PROBABILITY, NO_FILTERS, Filters
 from .index.images import load_pixels, open_image, pixels_from_bytes, read_file
 from .index.indexer import Indexer, IndexReport, ProgressFactory, no_progress
 from .index.mirror import VectorMirror
@@ -452,7 +452,9 @@ class Library:
         exif = row.exif or {}
         camera = " ".join(str(exif[k]) for k in ("Make", "Model") if exif.get(k)) or None
         fp = self.db.library().model_fingerprint
-        tags = [{"label": t.label, "rank": t.rank, "score": t.score, "itm": t.probability}
+        # Why each label is (or is not) one of the image's tags: its rank and match probability.
+        tags = [{"label": t.label, "rank": t.rank, "score": t.score, "itm": t.probability,
+                 "kept": t.probability is None or t.probability >= DEFAULT_MIN_PROBABILITY}
                 for t in self.db.tags_of(row.content_hash, fp)] if fp else []
         return ImageInfo(
             id=row.id, path=os.fsdecode(row.path), size=row.size, width=row.width, height=row.height,
@@ -532,10 +534,11 @@ class Library:
         path = self.image_file(image) if isinstance(image, int) else _root(image)
         return read_file(path)
 
-    def labels(self) -> list[tuple[str, int]]:
-        """The tag labels of the library's images (``index --tags``) with their image counts."""
+    def labels(self, min_probability: float = DEFAULT_MIN_PROBABILITY) -> list[tuple[str, int]]:
+        """The tag labels of the library's images (``index --tags``) with the number of images
+        they are a tag of (see :mod:`blipsearch.filters`)."""
         fp = self.db.library().model_fingerprint
-        return self.db.labels(fp) if fp else []
+        return self.db.labels(fp, min_probability) if fp else []
 
     # -- image to text ------------------------------------------------------------------------------
     def _query_image(self, model: RetrievalModel, image: ImageQuery,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -171,3 +172,28 @@ def test_cli_texts_lookup_tag(library_dir: Path, tiny_model: Path, photos: Path,
     assert json.loads(out.stdout.splitlines()[-1])["tagged"] == 12
     out = runner.invoke(main, ["search", "x", "--tag", row["tags"][0]["label"], "--paths", "--no-rerank", *base])
     assert str(photos / "garden" / "img06.png") in out.stdout.splitlines()
+
+
+def test_a_label_is_a_tag_only_above_its_match_probability(lib: Library, photos: Path) -> None:
+    from blipsearch.filters import Filters
+
+    labels = ["dog", "cat", "car", "tree", "beach", "snow"]
+    lib.index([photos])
+    lib.tag_library(labels, k=3)
+    results = {r.path: r.tags for r in lib.tag(sorted(photos.rglob("*.png")), labels, k=3)}
+    probabilities = sorted(t.itm for tags in results.values() for t in tags)
+    middle = probabilities[len(probabilities) // 2]  # random weights: a threshold that splits this set
+    assert probabilities[0] < middle < probabilities[-1]
+    for label in labels:
+        for threshold in (0.0, middle, 1.0):
+            expected = sorted(p for p, tags in results.items()
+                              if any(t.label == label and t.itm >= threshold for t in tags))
+            found = lib.search("a photo", k=50, rerank_hits=False,
+                               filters=Filters.make(tag=label, min_probability=threshold))
+            assert sorted(h.path for h in found) == expected, (label, threshold)
+    counts = dict(lib.labels(middle))
+    assert sum(counts.values()) == sum(t.itm >= middle for tags in results.values() for t in tags)
+    row = lib.db.image_by_path(os.fsencode(sorted(results)[0]))
+    assert row is not None
+    shown = lib.image(row.id).tags
+    assert [(t["label"], t["kept"]) for t in shown] == [(t.label, t.itm >= 0.5) for t in results[sorted(results)[0]]]

@@ -38,18 +38,21 @@ if not REQUIRED and (sync_playwright is None or not os.path.exists(CHROMIUM)):
 
 @pytest.fixture(scope="module")
 def shapes_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """48 shapes-world scenes in two trips, indexed, tagged by shape."""
+    """48 shapes-world scenes in two trips, indexed, tagged with their own descriptions (the
+    built-in model matches whole scene descriptions, not single shapes, with confidence)."""
     from blipsearch.shapes.world import generate
 
     root = tmp_path_factory.mktemp("shapes")
     photos = root / "photos"
-    for n, scene in enumerate(generate("test", 48, seed=5)):
+    scenes = generate("test", 48, seed=5)
+    for n, scene in enumerate(scenes):
         folder = photos / ("trip-a" if n % 2 else "trip-b")
         folder.mkdir(parents=True, exist_ok=True)
         scene.image.save(folder / f"scene-{n:03d}.png")
     with Library(root / "library", model="builtin:shapes", device="cpu") as lib:
         lib.index([photos])
-        lib.tag_library(["circle", "square", "triangle", "star"], k=1)
+        lib.tag_library(sorted({s.captions[0] for s in scenes}), template="{}", k=1)
+    (root / "tag.txt").write_text(scenes[0].captions[0])  # a scene of trip-b
     return root
 
 
@@ -192,9 +195,10 @@ def test_searching_looking_asking_and_filtering_in_a_browser(browser, shapes_lib
     filtered = _get(f"{base}/api/search?" + urlencode({"q": QUERY, "k": 40, "folder": trip}))["hits"]
     assert _grid(page) == [h["id"] for h in filtered] and len(filtered) == 24
     assert all(h["path"].startswith(trip + "/") for h in filtered)
-    page.select_option("#tag", "star")
+    label = (shapes_library / "tag.txt").read_text()
+    page.select_option("#tag", label)
     expect(page.locator("#state")).to_contain_text("reranked")
-    starred = _get(f"{base}/api/search?" + urlencode({"q": QUERY, "k": 40, "folder": trip, "tag": "star"}))["hits"]
+    starred = _get(f"{base}/api/search?" + urlencode({"q": QUERY, "k": 40, "folder": trip, "tag": label}))["hits"]
     expect(page.locator("a.hit")).to_have_count(len(starred))
     assert _grid(page) == [h["id"] for h in starred] and 0 < len(starred) < 24
     _images_loaded(page)

@@ -77,6 +77,11 @@ class StoredRow:
     model: str | None
 
 
+def _kept(min_probability: float):  # type: ignore[no-untyped-def]
+    """Stored labels that count as tags (see :mod:`blipsearch.filters`)."""
+    return or_(TagRow.probability.is_(None), TagRow.probability >= min_probability)
+
+
 class ImageRef(NamedTuple):
     id: int
     path: bytes
@@ -291,15 +296,17 @@ class Database:
         stmt = select(ImageRow.id).where(*where)
         if filters.tag:
             stmt = stmt.where(ImageRow.content_hash.in_(
-                select(TagRow.content_hash).where(func.lower(TagRow.label) == filters.tag.lower(), TagRow.model == fp)))
+                select(TagRow.content_hash).where(func.lower(TagRow.label) == filters.tag.lower(), TagRow.model == fp,
+                                                  _kept(filters.min_probability))))
         with self.reader() as session:
             return np.asarray(session.scalars(stmt.order_by(ImageRow.id)).all(), np.int64)
 
-    def labels(self, fp: str) -> list[tuple[str, int]]:
-        """(tag label, number of images) of model ``fp``, most used first."""
+    def labels(self, fp: str, min_probability: float) -> list[tuple[str, int]]:
+        """(tag label, number of images it is a tag of) of model ``fp``, most used first."""
         with self.reader() as session:
             stmt = (select(TagRow.label, func.count(func.distinct(TagRow.content_hash)).label("n"))
-                    .where(TagRow.model == fp).group_by(TagRow.label).order_by(text("n DESC"), TagRow.label))
+                    .where(TagRow.model == fp, _kept(min_probability)).group_by(TagRow.label)
+                    .order_by(text("n DESC"), TagRow.label))
             return [(label, int(n)) for label, n in session.execute(stmt)]
 
     def tags_of(self, content_hash: str, fp: str) -> list[TagRow]:

@@ -43,7 +43,7 @@ from ..errors import (
     SettingsError,
     UnknownImageError,
 )
-from ..filters import NO_FILTERS, Filters
+from ..filters import DEFAULT_MIN_PROBABILITY, NO_FILTERS, Filters
 from ..library import Hit, ImageData, Library
 from .security import Guard, SecurityMiddleware
 
@@ -93,10 +93,14 @@ Before = Annotated[str | None, Query(description="Taken before: 2025, 2024-08, 2
 Tag = Annotated[str | None, Query(description="Only images tagged with this label (index --tags).")]
 
 
+MinProbability = Annotated[float, Query(ge=0, le=1, description="With tag: the least ITM match probability of "
+                                                                 "a stored label for it to count.")]
+
+
 def _filters(tag: Tag = None, folder: Folder = [], after: After = None,  # noqa: B006 - FastAPI copies defaults
-             before: Before = None) -> Filters:
+             before: Before = None, min_probability: MinProbability = DEFAULT_MIN_PROBABILITY) -> Filters:
     """The filters of a search or a browse, from its query parameters."""
-    return Filters.make(folders=folder, after=after, before=before, tag=tag)
+    return Filters.make(folders=folder, after=after, before=before, tag=tag, min_probability=min_probability)
 
 
 Narrowed = Annotated[Filters, Depends(_filters)]
