@@ -207,7 +207,7 @@ def with_library(func: Callable[..., Any], create: bool = True) -> Callable[...,
             try:
                 return func(lib, **kwargs)
             finally:
-                lib.close()
+                lib.discard_if_unused()  # a first command that failed, or stored nothing, leaves no library
 
     return wrapper
 
@@ -244,7 +244,13 @@ def _json_line(obj: dict[str, Any]) -> None:
     click.echo(json.dumps(obj, ensure_ascii=True))
 
 
+# Above the human-readable hits (scripts read --json or --paths).
+HEADER = f"{'#':>3}  {'score':>7}  {'match':>6}  "
+
+
 def _print_hits(hits: list[Hit], as_json: bool, paths_only: str | None) -> None:
+    if hits and not as_json and not paths_only:
+        click.echo(HEADER + "path")
     for hit in hits:
         if paths_only:  # the character that ends each path
             _echo_path(hit.path, paths_only)
@@ -304,8 +310,10 @@ def main() -> None:
     Then search it:
       blipsearch search "a dog running on the beach"
       blipsearch similar ~/Pictures/beach.jpg
-    Offline demo with the bundled model:
-      blipsearch index --model builtin:shapes DEMO_FOLDER
+    Offline demo with the bundled model, in a library of its own:
+      blipsearch demo-photos demo
+      blipsearch index demo --model builtin:shapes --library demo-library
+      blipsearch serve --library demo-library
     """
 
 
@@ -388,6 +396,12 @@ def index(lib: Library, paths: tuple[bytes, ...], batch_size: int | None, worker
         raise click.UsageError("--template needs {} where the label goes.")
     if captions:
         lib.captioner.check(settings)  # load (or fail) before a long run, never halfway through
+    recorded = lib.db.library().model or ""
+    if lib.requested_model is None and recorded.startswith("builtin:"):
+        click.echo(f"Note: this library's model is {recorded}, a toy model for the demo pictures, which finds "
+                   "little in real photos. Give your photos a library of their own (--library DIR), or re-embed "
+                   "this one with `blipsearch index --reindex --model Salesforce/blip-itm-base-coco PATH`.",
+                   err=True)
     report = lib.index(list(paths), batch_size=batch_size, workers=workers, reindex=reindex,
                        allow_empty=allow_empty, thumbnails=thumbnails, retry_failed=retry_failed, progress=_progress)
     for path, reason in report.errors[:10]:
@@ -419,7 +433,9 @@ index.help = (index.help or "").replace("{formats}", FORMAT_NAMES)  # one list o
 @click.option("--rerank-depth", type=PositiveInt(0), default=32, show_default=True,
               help="Rerank this many of the best ITC candidates with the ITM head "
                    "(each costs one vision-encoder pass plus one cross-attention pass).")
-@click.option("--no-rerank", is_flag=True, help="Rank by ITC cosine only (fast).")
+@click.option("--no-rerank", is_flag=True,
+              help="Rank by ITC cosine only: no image is read or matched again (the command still loads the "
+                   "model to embed TEXT).")
 @click.option("--hybrid", is_flag=True,
               help="Also match the words of TEXT against captions, file and folder names "
                    "(full text), fused with the vector ranking before reranking.")
@@ -440,8 +456,10 @@ def search(lib: Library, text: str, k: int, as_json: bool, paths_only: str | Non
 
     Candidates come from the vector index by cosine similarity (ITC); the best
     --rerank-depth are rescored by BLIP's image-text matching head, and ranked
-    by ITM logit + cosine as in the BLIP paper. Output: rank, score, match
-    probability, path.
+    by ITM logit + cosine as in the BLIP paper. Output: rank; score (for
+    reranked hits ITM logit + cosine, higher is better and often below 0; for
+    the others the cosine); match (ITM's probability that the photo matches
+    TEXT, a dash when not reranked); path.
 
     \b
     Examples:
@@ -655,6 +673,8 @@ def lookup(lib: Library, image: bytes, k: int, rerank_depth: int, no_rerank: boo
       blipsearch lookup photo.jpg --source captions --json
     """
     hits = lib.lookup(image, k, rerank_depth=rerank_depth, rerank_hits=not no_rerank, source=source)
+    if hits and not as_json:
+        click.echo(HEADER + "text")
     for hit in hits:
         if as_json:
             _json_line(hit.to_dict())
@@ -695,6 +715,7 @@ def tag(lib: Library, images: tuple[bytes, ...], labels_file: Path, template: st
             _json_line({"path": result.path, "tags": [t.to_dict() for t in result.tags]})
         else:
             click.echo(_display(result.path))
+            click.echo(f"  {'#':>2}  {'score':>7}  {'match':>6}  label")
             for t in result.tags:
                 click.echo(f"  {t.rank:2d}  {t.score:7.3f}  {_percent(t.itm)}  {t.label}")
     if failed:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -133,7 +134,7 @@ class Library:
         create: bool = True,
     ) -> None:
         if location is not None:
-            self.location = Path(location).expanduser()
+            self.location = Path(location).expanduser().absolute()
         elif db_url is not None and not os.environ.get(LIBRARY_ENV):
             # Its own folder for the files derived from that database: never the default library's.
             self.location = _data_dir() / "databases" / _url_key(db_url)
@@ -144,6 +145,9 @@ class Library:
         if not create and db_url is None and not (self.location / DB_FILE).is_file():
             raise LibraryError(f"There is no library at {self.location}: check --library, or make one with "
                                f"`blipsearch index PATH --library {self.location}`.")
+        # What this object makes (see discard_if_unused): a mistyped first command leaves nothing behind.
+        self._made_folder = not self.location.exists()
+        self._made_db = db_url is None and not (self.location / DB_FILE).exists()
         try:
             self.location.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -341,12 +345,14 @@ class Library:
     # -- queries ------------------------------------------------------------------------------------
     def _searchable(self) -> RetrievalModel:
         if self.db.library().model_fingerprint is None:
-            raise LibraryError(f"The library at {self.location} is empty: run `blipsearch index PATH` first.")
+            raise LibraryError(f"The library at {self.location} is empty: run {self._hint('blipsearch index PATH')} "
+                               "first.")
         model = self.model
         self._check_model(model)
         # A loaded index of images is caught up by the search itself, under the vectors lock.
         if not self.vectors.loaded(model.fingerprint) and len(self.vectors.current(model.fingerprint)) == 0:
-            raise LibraryError(f"The library at {self.location} has no images yet: run `blipsearch index PATH`.")
+            raise LibraryError(f"The library at {self.location} has no images yet: run "
+                               f"{self._hint('blipsearch index PATH')}.")
         return model
 
     def _nearest(self, model: RetrievalModel, query: np.ndarray, width: int,
@@ -606,8 +612,9 @@ class Library:
         rows, text_vectors = store.vectors(model.fingerprint, model.dim, kind)
         if not rows:
             raise LibraryError(
-                "The library has no generated captions yet: run `blipsearch index --captions PATH`."
-                if kind == CAPTIONS else "The library has no texts yet: add some with `blipsearch texts add FILE`."
+                f"The library has no generated captions yet: run {self._hint('blipsearch index --captions PATH')}."
+                if kind == CAPTIONS else
+                f"The library has no texts yet: add some with {self._hint('blipsearch texts add FILE')}."
             )
         depth = rerank_depth if rerank_hits else 0
         vector, tokens = self._query_image(model, image, need_tokens=depth > 0)
@@ -627,13 +634,13 @@ class Library:
         vocabulary = Vocabulary.make(model, labels, template)
         results = []
         for image in images:
+            shown = os.fsdecode(os.path.abspath(os.fsencode(image)))  # as every command prints paths
             try:
                 vector, tokens = self._query_image(model, image, need_tokens=rerank_depth > 0)
             except InputPathError as exc:
-                results.append(TagResult(os.fsdecode(image), None, str(exc)))
+                results.append(TagResult(shown, None, str(exc)))
                 continue
-            results.append(TagResult(os.fsdecode(image), vocabulary.rank(vector, tokens, k,
-                                                                                         rerank_depth)))
+            results.append(TagResult(shown, vocabulary.rank(vector, tokens, k, rerank_depth)))
         return results
 
     def tag_library(self, labels: list[str], paths: list[str | os.PathLike[str] | bytes] | None = None, *,
@@ -733,6 +740,31 @@ class Library:
     def close(self) -> None:
         """Release the database connections (``with Library(...)`` does it on leaving)."""
         self.db.dispose()
+
+    def discard_if_unused(self) -> bool:
+        """Remove the library files this object made, if nothing was ever stored in them (a first
+        command that failed, or needed no library); returns whether it did. Closes the library."""
+        self.close()
+        if not self._made_db or not self.db.unused():
+            return False
+        self.db.dispose()
+        for name in (DB_FILE, DB_FILE + "-wal", DB_FILE + "-shm", VECTORS_FILE, ".index.lock"):
+            (self.location / name).unlink(missing_ok=True)
+        for folder in (self.thumbnails.folder, self.location / "tokens"):
+            if folder.is_dir() and not any(p.is_file() for p in folder.rglob("*")):
+                shutil.rmtree(folder, ignore_errors=True)
+        if self._made_folder:
+            try:
+                self.location.rmdir()
+            except OSError:
+                pass  # something else was put there meanwhile: it stays
+        return True
+
+    def _hint(self, command: str) -> str:
+        """A command to suggest, naming this library unless it is the default one."""
+        if self.location != default_location().absolute():
+            command += f" --library {self.location}"
+        return f"`{command}`"
 
     def __enter__(self) -> Library:
         return self

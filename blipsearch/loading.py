@@ -46,16 +46,23 @@ def _looks_like_path(spec: str) -> bool:
 
 
 _OPTION = {"retrieval": "--model", "caption": "--caption-model", "vqa": "--vqa-model"}
+_ARGUMENT = {"retrieval": "model", "caption": "caption_model", "vqa": "vqa_model"}
+
+
+def _setting(role: str) -> str:
+    """How the model of ``role`` is chosen, on the command line and in Python."""
+    return f"{_OPTION.get(role, '--model')} (Library's {_ARGUMENT.get(role, 'model')}= in Python)"
 
 
 def _unavailable(spec: str, reason: str, role: str) -> ModelUnavailableError:
     option = _OPTION.get(role, "--model")
+    argument = _ARGUMENT.get(role, "model")
     never = "" if _offline() else " (set HF_HUB_OFFLINE=1 to never try the network)"
     return ModelUnavailableError(
         f"Model {spec!r} is not on this machine and can't be downloaded ({reason}). "
         f"Connect to the network and run again (the files are cached for later offline use); "
         f"or, on a connected machine, run `hf download {spec}` and copy the folder here, "
-        f"then pass {option} PATH{never}; "
+        f"then pass {option} PATH ({argument}=PATH in Python){never}; "
         f"or try the bundled demo model with {option} builtin:shapes."
     )
 
@@ -85,8 +92,8 @@ def resolve_model_dir(spec: str, role: str = "retrieval") -> Path:
     if local.exists():
         raise InputPathError(f"{spec} is a file: a model is a folder (config.json, weights, tokenizer files).")
     if _looks_like_path(spec):
-        raise ModelUnavailableError(f"Model folder {spec} does not exist: check {_OPTION.get(role, '--model')} "
-                                    "(a folder, a hub id such as Salesforce/blip-itm-base-coco, or builtin:shapes).")
+        raise ModelUnavailableError(f"Model folder {spec} does not exist: check {_setting(role)}: a folder, a hub "
+                                    "id such as Salesforce/blip-itm-base-coco, or builtin:shapes.")
     return _hub_snapshot(spec, role)
 
 

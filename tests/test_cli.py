@@ -53,7 +53,8 @@ def test_index_search_status_failures(run, photos: Path) -> None:
         line.encode() for line in result.stdout.splitlines()] + [b""]
 
     result = run("search", "a red circle", "-k", "2")
-    assert len(result.stdout.splitlines()) == 2 and "%" in result.stdout
+    header, *rows = result.stdout.splitlines()
+    assert header.split() == ["#", "score", "match", "path"] and len(rows) == 2 and "%" in rows[0]
 
     result = run("similar", str(photos / "garden" / "img06.png"), "-k", "3", "--json")
     paths = [json.loads(line)["path"] for line in result.stdout.splitlines()]
@@ -104,7 +105,41 @@ def test_empty_library_says_to_index(run, library_dir: Path, tiny_model: Path) -
 
     Library(library_dir, model=str(tiny_model)).close()  # made, nothing indexed yet
     result = run("search", "a dog")
-    assert result.exit_code == 1 and "run `blipsearch index PATH` first" in result.output
+    # The advice names the library the user gave: run as it is, it indexes into that one.
+    assert result.exit_code == 1
+    assert f"run `blipsearch index PATH --library {library_dir}` first" in result.output
+
+
+def test_a_failed_first_command_leaves_no_library(run, library_dir: Path, photos: Path, tmp_path: Path) -> None:
+    for args in (("index", str(tmp_path / "no-such-folder")), ("tag", str(photos / "garden" / "img06.png"),
+                                                              "--labels", str(tmp_path / "nothing.txt"))):
+        (tmp_path / "nothing.txt").write_text("\n")  # no labels: an error once the library is open
+        result = run(*args)
+        assert result.exit_code == 1, result.output
+        assert not library_dir.exists(), args
+    assert run("index", str(photos)).exit_code == 0 and (library_dir / "library.db").exists()
+    assert run("index", str(tmp_path / "no-such-folder")).exit_code == 1
+    assert (library_dir / "library.db").exists()  # a library with images is never removed
+
+
+def test_tag_and_status_print_absolute_paths(run, photos: Path, library_dir: Path, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "labels.txt").write_text("dog\ncat\n")
+    assert run("index", str(photos)).exit_code == 0
+    monkeypatch.chdir(photos)
+    result = run("tag", "garden/img06.png", "--labels", str(tmp_path / "labels.txt"))
+    assert result.stdout.splitlines()[0] == str(photos / "garden" / "img06.png")
+    monkeypatch.chdir(library_dir.parent)
+    out = CliRunner().invoke(main, ["status", "--json", "--library", library_dir.name])
+    assert json.loads(out.stdout)["library"] == str(library_dir)
+
+
+def test_a_demo_model_library_says_so_when_more_is_indexed(run, library_dir: Path, photos: Path) -> None:
+    first = CliRunner().invoke(main, ["index", str(photos / "garden"), "--library", str(library_dir),
+                                      "--model", "builtin:shapes"])
+    assert first.exit_code == 0 and "toy model" not in first.output
+    again = CliRunner().invoke(main, ["index", str(photos), "--library", str(library_dir)])
+    assert again.exit_code == 0 and "is builtin:shapes, a toy model" in again.stderr
 
 
 def test_model_mismatch_is_explained(run, photos: Path, library_dir: Path, other_model: Path) -> None:

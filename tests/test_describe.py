@@ -182,7 +182,7 @@ def test_answer_filter_counts_every_examined_hit(library_dir: Path, tmp_path: Pa
     out = runner.invoke(main, ["search", "a red circle", "-k", "1", "--ask", question, "--answer", common,
                                "--examine", "14", *base])
     assert f"of the top 14 hits: {count} answered {common!r} (showing 1)." in out.stderr
-    assert len(out.stdout.splitlines()) == 2  # the hit, and its answer under it
+    assert len(out.stdout.splitlines()) == 3  # the header, the hit, and its answer under it
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")

@@ -252,11 +252,13 @@ def test_offline_hub_id_fails_fast_with_advice() -> None:
     assert time.monotonic() - start < 5
     message = str(info.value)
     assert "--model PATH" in message and "HF_HUB_OFFLINE" in message and "hf download" in message
+    assert "model=PATH in Python" in message  # the README's Python users are told their argument too
     # The advice names the option of the model that is missing.
     for role, option in (("caption", "--caption-model"), ("vqa", "--vqa-model")):
         with pytest.raises(ModelUnavailableError) as info:
             resolve_model_dir("Salesforce/blip-vqa-base", role)
         assert f"{option} PATH" in str(info.value) and "--model PATH" not in str(info.value)
+        assert f"{option[2:].replace('-', '_')}=PATH in Python" in str(info.value)
 
 
 def test_bad_model_paths(tmp_path: Path) -> None:

@@ -38,6 +38,7 @@ from .schema import (
     ImageRow,
     LibraryRow,
     TagRow,
+    TextRow,
 )
 
 VECTOR_DTYPE = np.float32
@@ -360,6 +361,12 @@ class Database:
             rows = session.execute(select(FailureRow.path, FailureRow.size, FailureRow.mtime_ns).where(
                 or_(*where), FailureRow.size.is_not(None), FailureRow.mtime_ns.is_not(None)))
             return {path: (size, mtime) for path, size, mtime in rows}
+
+    def unused(self) -> bool:
+        """Whether nothing was ever stored: no image, failure, caption, text or tag."""
+        with self.reader() as session:
+            return not any(session.scalar(select(table).limit(1)) is not None
+                           for table in (ImageRow, FailureRow, CaptionRow, TextRow, TagRow))
 
     def failures(self) -> list[FailureRow]:
         with self.reader() as session:
