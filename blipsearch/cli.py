@@ -24,8 +24,8 @@ from .errors import BlipsearchError
 from .filters import DEFAULT_MIN_PROBABILITY, Filters
 from .index.images import FORMAT_NAMES
 from .library import LIBRARY_ENV, Hit, Library
-from .text import checked
 from .loading import DEFAULT_MODEL
+from .text import checked
 from .texts import read_text_file
 
 EXIT_INTERRUPTED = 130

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import NamedTuple, cast
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -354,13 +354,13 @@ class Database:
 
     def failed_files_under(self, roots: list[bytes]) -> dict[bytes, tuple[int, int]]:
         """{path: (size, mtime)} of the recorded failures at or below ``roots`` that kept the file's stat."""
-        where = [FailureRow.path.in_([r for r in roots if not os.path.isdir(r)])]
+        where: list[Any] = [FailureRow.path.in_([r for r in roots if not os.path.isdir(r)])]
         where += [(FailureRow.path >= lo) & (FailureRow.path < hi)
                   for lo, hi in (path_range(r) for r in roots if os.path.isdir(r))]
         with self.reader() as session:
             rows = session.execute(select(FailureRow.path, FailureRow.size, FailureRow.mtime_ns).where(
                 or_(*where), FailureRow.size.is_not(None), FailureRow.mtime_ns.is_not(None)))
-            return {path: (size, mtime) for path, size, mtime in rows}
+            return {path: (int(size or 0), int(mtime or 0)) for path, size, mtime in rows}
 
     def unused(self) -> bool:
         """Whether nothing was ever stored: no image, failure, caption, text or tag."""
