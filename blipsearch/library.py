@@ -59,7 +59,7 @@ from .results import Explanation, Failure, Hit, ImageData, ImageInfo, ImageQuery
 from .store.database import Database, ImageRef
 from .store.fulltext import TextIndex, reciprocal_rank_fusion
 from .store.schema import ImageRow, TextRow
-from .store.thumbnails import ThumbnailStore
+from .store.thumbnails import SIZES, ThumbnailStore
 from .text import checked
 from .texts import CAPTIONS, USER, TextEntry, TextHit, TextStore, rank_texts
 from .texts.tags import DEFAULT_TEMPLATE, TagResult, Vocabulary
@@ -490,8 +490,6 @@ class Library:
         found = self.thumbnails.get(row.content_hash, kind)
         if found is not None:
             return found, row.content_hash
-        from .store.thumbnails import SIZES
-
         data = read_file(self.image_file(image_id))
         image, _ = open_image(data, (SIZES[kind], SIZES[kind]))
         made = self.thumbnails.put(row.content_hash, image, kind)
@@ -551,30 +549,24 @@ class Library:
                      need_tokens: bool) -> tuple[np.ndarray, torch.Tensor | None]:
         """The ITC vector of a query image (the stored one when it is indexed and unchanged),
         and its vision tokens when ``need_tokens``."""
-        if isinstance(image, ImageData):
-            try:
-                pixels = pixels_from_bytes(image.data, model.image_spec)
-            except ImageError as exc:
-                raise InputPathError(f"Can't use this image as a query: {exc}") from None
-        else:
-            if isinstance(image, int):  # an indexed image: its stored vector, or its file when checked
-                row = self._row(image)
-                if not need_tokens and row.model == model.fingerprint and row.vector is not None:
-                    return np.frombuffer(row.vector, np.float32), None
-                path = self.image_file(image)
-            else:
-                path = _root(image)
-                if not os.path.isfile(path):
-                    raise InputPathError(f"{os.fsdecode(path)} is not a file.")
-                stored = self.db.image_by_path(path) if not need_tokens else None
-                if stored is not None and stored.model == model.fingerprint and stored.vector is not None:
-                    st = os.stat(path)
-                    if (stored.size, stored.mtime_ns) == (st.st_size, st.st_mtime_ns):
-                        return np.frombuffer(stored.vector, np.float32), None
-            try:
-                pixels = load_pixels(path, model.image_spec)
-            except Exception as exc:
-                raise InputPathError(f"Can't use {os.fsdecode(path)} as a query image: {exc}") from None
+        if isinstance(image, int):  # an indexed image: its stored vector, or its file once checked
+            row = self._row(image)
+            if not need_tokens and row.model == model.fingerprint and row.vector is not None:
+                return np.frombuffer(row.vector, np.float32), None
+        elif not isinstance(image, ImageData):
+            path = _root(image)
+            if not os.path.isfile(path):
+                raise InputPathError(f"{os.fsdecode(path)} is not a file.")
+            stored = self.db.image_by_path(path) if not need_tokens else None
+            if stored is not None and stored.model == model.fingerprint and stored.vector is not None:
+                st = os.stat(path)
+                if (stored.size, stored.mtime_ns) == (st.st_size, st.st_mtime_ns):
+                    return np.frombuffer(stored.vector, np.float32), None
+        shown = "this image" if isinstance(image, (int, ImageData)) else os.fsdecode(_root(image))
+        try:
+            pixels = pixels_from_bytes(self._image_bytes(image), model.image_spec)
+        except ImageError as exc:
+            raise InputPathError(f"Can't use {shown} as a query image: {exc}") from None
         tokens = model.image_tokens(pixels[None])
         return model.project_images(tokens)[0], tokens
 
@@ -744,10 +736,12 @@ class Library:
     def discard_if_unused(self) -> bool:
         """Remove the library files this object made, if nothing was ever stored in them (a first
         command that failed, or needed no library); returns whether it did. Closes the library."""
-        self.close()
-        if not self._made_db or not self.db.unused():
+        try:
+            unused = self._made_db and self.db.unused()
+        finally:
+            self.close()
+        if not unused:
             return False
-        self.db.dispose()
         for name in (DB_FILE, DB_FILE + "-wal", DB_FILE + "-shm", VECTORS_FILE, ".index.lock"):
             (self.location / name).unlink(missing_ok=True)
         for folder in (self.thumbnails.folder, self.location / "tokens"):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..index.images import open_image
 from ..system import atomic_write
 
 # Longest side in pixels. A grid tile is ~160-240 CSS pixels; a preview fills a screen.
@@ -68,8 +69,6 @@ class ThumbnailStore:
             return
         size = SIZES["thumb"]
         if max(image.size) < min(size, max(full_size)):
-            from ..index.images import open_image
-
             image = open_image(data, (size, size))[0]
         self.put(content_hash, image)
 

@@ -352,7 +352,7 @@ def _notice(info: dict[str, Any], warmth: _Warmth) -> str | None:
     return None
 
 
-def _rendition_url(image_id: ImageId, kind: str, content_hash: str | None) -> str:
+def _rendition_url(image_id: int, kind: str, content_hash: str | None) -> str:
     return f"/api/images/{image_id}/{kind}" + (f"?v={content_hash[:16]}" if content_hash else "")
 
 
