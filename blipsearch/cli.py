@@ -10,23 +10,27 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from .describe import (
+# Only light modules here: `--help`, and a command a running `blipsearch serve` answers, never
+# import numpy, torch, SQLAlchemy or FAISS (the library and its models load inside the commands).
+from .errors import BlipsearchError
+from .filters import DEFAULT_MIN_PROBABILITY, Filters
+from .index.formats import FORMAT_NAMES
+from .options import (
     DEFAULT_CAPTION_MODEL,
+    DEFAULT_MODEL,
     DEFAULT_VQA_MODEL,
     AnswerSettings,
     CaptionSettings,
 )
-from .errors import BlipsearchError
-from .filters import DEFAULT_MIN_PROBABILITY, Filters
-from .index.images import FORMAT_NAMES
-from .library import LIBRARY_ENV, Hit, Library
-from .loading import DEFAULT_MODEL
+from .store.location import LIBRARY_ENV
 from .text import checked
-from .texts import read_text_file
+
+if TYPE_CHECKING:
+    from .library import Hit, Library
 
 EXIT_INTERRUPTED = 130
 
@@ -172,6 +176,8 @@ def _open(library: str | None, db_url: str | None, model: str | None, device: st
         from PIL import Image
 
         Image.MAX_IMAGE_PIXELS = int(max_megapixels * 1_000_000)
+    from .library import Library
+
     return Library(library, db_url=db_url, model=model, device=device, itm_token=itm_token,  # type: ignore[arg-type]
                    caption_model=caption_model, vqa_model=vqa_model, quantize=quantize,
                    token_cache_gb=token_cache_gb, create=create)
@@ -180,14 +186,15 @@ def _open(library: str | None, db_url: str | None, model: str | None, device: st
 @contextmanager
 def _errors() -> Iterator[None]:
     """Turn the errors a user can cause into one sentence and a non-zero exit, never a traceback."""
-    from sqlalchemy.exc import SQLAlchemyError
-
     try:
         yield
     except BlipsearchError as exc:
         raise click.ClickException(str(exc)) from None
-    except SQLAlchemyError as exc:
-        raise click.ClickException(f"Database error: {getattr(exc, 'orig', None) or exc}") from None
+    except Exception as exc:
+        database = sys.modules.get("sqlalchemy.exc")  # never imported: not a database error
+        if database is not None and isinstance(exc, database.SQLAlchemyError):
+            raise click.ClickException(f"Database error: {getattr(exc, 'orig', None) or exc}") from None
+        raise
     except KeyboardInterrupt:
         click.echo("\nInterrupted: everything finished so far is saved; run the same command again to resume.",
                    err=True)
@@ -391,6 +398,8 @@ def index(lib: Library, paths: tuple[bytes, ...], batch_size: int | None, worker
       blipsearch index --captions ~/Pictures
       blipsearch index --model Salesforce/blip-itm-large-coco --reindex ~/Pictures
     """
+    from .texts import read_text_file
+
     settings = _caption_settings(prompt, beams, max_length, min_length)
     if labels_file is not None and "{}" not in template:
         raise click.UsageError("--template needs {} where the label goes.")
@@ -611,6 +620,8 @@ def texts_add(lib: Library, file: Path, fmt: str, as_json: bool) -> None:
       blipsearch texts add products.csv      # columns: id,text[,more metadata...]
       blipsearch texts add captions.jsonl    # {"id": ..., "text": ..., ...} per line
       blipsearch texts add labels.txt        # one text per line"""
+    from .texts import read_text_file
+
     added, present = lib.add_texts(read_text_file(file, fmt))
     if as_json:
         _json_line({"added": added, "already_present": present})
@@ -705,6 +716,8 @@ def tag(lib: Library, images: tuple[bytes, ...], labels_file: Path, template: st
       blipsearch tag holiday/*.jpg --labels labels.txt
       blipsearch tag photo.jpg --labels animals.txt --template "a photo of a {}, a type of animal" --json
     """
+    from .texts import read_text_file
+
     labels = [e.text for e in read_text_file(labels_file, "lines")]
     failed = 0
     for result in lib.tag(list(images), labels, template=template, k=k, rerank_depth=rerank_depth):

@@ -11,7 +11,6 @@ SQLAlchemy URL) and the FAISS file derived from it.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import threading
@@ -24,7 +23,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import platformdirs
 from filelock import FileLock, Timeout
 from sqlalchemy import URL
 
@@ -52,12 +50,14 @@ from .index.images import load_pixels, open_image, pixels_from_bytes, read_file
 from .index.indexer import Indexer, IndexReport, ProgressFactory, no_progress
 from .index.mirror import VectorMirror
 from .index.vectors import VectorIndex
-from .loading import BUILTIN_PREFIX, DEFAULT_MODEL, ModelIdentity
+from .loading import BUILTIN_PREFIX, ModelIdentity
+from .options import DEFAULT_MODEL
 from .rerank.cache import TokenCache
 from .rerank.itm import match_scores, rerank
 from .results import Explanation, Failure, Hit, ImageData, ImageInfo, ImageQuery
 from .store.database import Database, ImageRef
 from .store.fulltext import TextIndex, reciprocal_rank_fusion
+from .store.location import DB_FILE, default_location, library_location
 from .store.schema import ImageRow, TextRow
 from .store.thumbnails import SIZES, ThumbnailStore
 from .text import checked
@@ -71,35 +71,10 @@ if TYPE_CHECKING:
 
     from .model import ItmToken, RetrievalModel
 
-LIBRARY_ENV = "BLIPSEARCH_LIBRARY"
-DB_FILE = "library.db"
 VECTORS_FILE = "vectors.faiss"
 THUMBNAILS_DIR = "thumbnails"
 # The photo an explanation is drawn over is decoded to at least this size (JPEG drafts).
 EXPLAIN_SIZE = 1024
-
-
-def _url_key(db_url: str) -> str:
-    """A folder name for a database URL (its password left out, so changing it moves nothing)."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        shown = make_url(db_url).render_as_string(hide_password=True)
-    except ArgumentError:
-        shown = db_url  # refused with a clear message when the database opens
-    return hashlib.sha256(shown.encode("utf-8", "surrogateescape")).hexdigest()[:16]
-
-
-def _data_dir() -> Path:
-    return platformdirs.user_data_path("blipsearch", appauthor=False)
-
-
-def default_location() -> Path:
-    env = os.environ.get(LIBRARY_ENV)
-    if env:
-        return Path(env).expanduser()
-    return _data_dir() / "library"
 
 
 def _normalize_spec(spec: str) -> str:
@@ -133,13 +108,7 @@ class Library:
         token_cache_gb: float = 0.0,
         create: bool = True,
     ) -> None:
-        if location is not None:
-            self.location = Path(location).expanduser().absolute()
-        elif db_url is not None and not os.environ.get(LIBRARY_ENV):
-            # Its own folder for the files derived from that database: never the default library's.
-            self.location = _data_dir() / "databases" / _url_key(db_url)
-        else:
-            self.location = default_location()
+        self.location = library_location(location, db_url)
         if self.location.exists() and not self.location.is_dir():
             raise LibraryError(f"Library location {self.location} exists but is not a folder.")
         if not create and db_url is None and not (self.location / DB_FILE).is_file():

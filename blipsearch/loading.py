@@ -26,7 +26,6 @@ from .errors import InputPathError, ModelLoadError, ModelUnavailableError
 from .index.images import ImageSpec
 from .system import atomic_write
 
-DEFAULT_MODEL = "Salesforce/blip-itm-base-coco"
 QUANTIZE_ROUTES = ("none", "int8")
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_DIR = Path(__file__).parent / "builtin"

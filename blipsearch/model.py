@@ -26,12 +26,12 @@ import torch
 from .errors import ModelLoadError
 from .index.images import ImageSpec
 from .loading import (
-    DEFAULT_MODEL,
     check_route,
     fingerprint,
     resolve_model_dir,
     route_fingerprint,
 )
+from .options import DEFAULT_MODEL
 from .system import Coalescer, available_cores
 from .text import MAX_TOKENS, pre_caption
 

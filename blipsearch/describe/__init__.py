@@ -10,55 +10,25 @@ gradients by itself.)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
 from ..errors import SettingsError
-from ..text import MAX_TOKENS, checked, pre_question
+from ..options import (
+    DEFAULT_CAPTION_MODEL,
+    DEFAULT_PROMPT,
+    DEFAULT_VQA_MODEL,
+    AnswerSettings,
+    CaptionSettings,
+)
+from ..text import MAX_TOKENS, pre_question
 
 if TYPE_CHECKING:
     import torch
 
     from ..model import Checkpoint
-
-DEFAULT_CAPTION_MODEL = "Salesforce/blip-image-captioning-base"
-DEFAULT_VQA_MODEL = "Salesforce/blip-vqa-base"
-DEFAULT_PROMPT = "a picture of "
-
-
-@dataclass(frozen=True)
-class CaptionSettings:
-    """The paper's captioning decoder: beam search 3, 5 to 20 tokens (prompt included)."""
-
-    prompt: str = DEFAULT_PROMPT
-    num_beams: int = 3
-    max_length: int = 20
-    min_length: int = 5
-
-    def __post_init__(self) -> None:
-        checked(self.prompt, "The prompt")
-
-    @property
-    def cache_key(self) -> str:
-        """What a library stores this decoder's captions under (with image content and model):
-        the prompt, and the decoding settings too when they are not the paper's."""
-        if self == CaptionSettings(prompt=self.prompt):
-            return self.prompt
-        return f"{self.prompt}|beams={self.num_beams},min={self.min_length},max={self.max_length}"
-
-
-@dataclass(frozen=True)
-class AnswerSettings:
-    """The paper's VQA decoder: beam search 3, at most 10 tokens."""
-
-    num_beams: int = 3
-    max_length: int = 10
-    min_length: int = 1
-    first_token: str = "enc"  # the question's first token: BLIP's [ENC], or "cls"
-
 
 def _check_length(ckpt: Checkpoint, max_length: int) -> None:
     positions = int(ckpt.net.config.text_config.max_position_embeddings)  # type: ignore[union-attr,arg-type]
@@ -169,12 +139,12 @@ def same_answer(answer: str, expected: str) -> bool:
 
 
 __all__ = [
+    "DEFAULT_CAPTION_MODEL",
+    "DEFAULT_PROMPT",
+    "DEFAULT_VQA_MODEL",
     "AnswerSettings",
     "Answerer",
     "CaptionSettings",
     "Captioner",
-    "DEFAULT_CAPTION_MODEL",
-    "DEFAULT_PROMPT",
-    "DEFAULT_VQA_MODEL",
     "same_answer",
 ]

@@ -33,15 +33,6 @@ try:  # HEIC/HEIF from phones; optional at import so a broken wheel can't stop t
 except ImportError:  # pragma: no cover - pillow-heif is a declared dependency
     pass
 
-# What a folder walk takes (a file named on the command line is taken whatever its name).
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp", ".heic", ".heif",
-     ".avif", ".avifs", ".mpo", ".jp2", ".j2k", ".j2c", ".jpc", ".jpf", ".jpx", ".psd"}
-)
-# For --help and the README: the formats above, by name.
-FORMAT_NAMES = ("JPEG, PNG, WebP, GIF (first frame), TIFF, BMP, HEIC/HEIF, AVIF, MPO (first picture), "
-                "JPEG 2000, PSD (the merged picture)")
-
 # Decode JPEGs (DCT scaling) to at least this multiple of the model's input
 # size before the bicubic resize: a 12 MP 4:3 photo decodes at 1/4 scale
 # (1000 x 750, 1.95-2.6x a 384 px input) in 46 ms instead of 1/2 scale in

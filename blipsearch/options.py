@@ -1,0 +1,48 @@
+"""Defaults and settings shared by the command line, the Python API and the server.
+
+Importable without numpy, torch or a database driver: the command line reads them to
+build its options and, when a `blipsearch serve` answers for the library, hands them
+over without loading any of those.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .text import checked
+
+DEFAULT_MODEL = "Salesforce/blip-itm-base-coco"
+DEFAULT_CAPTION_MODEL = "Salesforce/blip-image-captioning-base"
+DEFAULT_VQA_MODEL = "Salesforce/blip-vqa-base"
+DEFAULT_PROMPT = "a picture of "
+
+
+@dataclass(frozen=True)
+class CaptionSettings:
+    """The paper's captioning decoder: beam search 3, 5 to 20 tokens (prompt included)."""
+
+    prompt: str = DEFAULT_PROMPT
+    num_beams: int = 3
+    max_length: int = 20
+    min_length: int = 5
+
+    def __post_init__(self) -> None:
+        checked(self.prompt, "The prompt")
+
+    @property
+    def cache_key(self) -> str:
+        """What a library stores this decoder's captions under (with image content and model):
+        the prompt, and the decoding settings too when they are not the paper's."""
+        if self == CaptionSettings(prompt=self.prompt):
+            return self.prompt
+        return f"{self.prompt}|beams={self.num_beams},min={self.min_length},max={self.max_length}"
+
+
+@dataclass(frozen=True)
+class AnswerSettings:
+    """The paper's VQA decoder: beam search 3, at most 10 tokens."""
+
+    num_beams: int = 3
+    max_length: int = 10
+    min_length: int = 1
+    first_token: str = "enc"  # the question's first token: BLIP's [ENC], or "cls"
