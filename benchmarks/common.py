@@ -126,3 +126,37 @@ def photo_like_jpegs(folder: Path, count: int, size: tuple[int, int] = (4000, 30
         pixels = np.clip(np.asarray(image, np.float32) + noise, 0, 255).astype(np.uint8)
         Image.fromarray(pixels).save(path, quality=90)
     return paths
+
+
+def synthetic_library(workdir: Path, images: int, checkpoint: Path, name: str = "serve-library") -> Path:
+    """A library of ``images`` rows with clustered synthetic vectors from ``checkpoint``'s fingerprint,
+    its files hard links to 16 camera-sized JPEGs (so that reranking decodes real photos)."""
+    import shutil
+
+    from vector_index import clustered
+
+    from blipsearch import Library
+    from blipsearch.store.database import utcnow, vector_to_bytes
+    from blipsearch.store.schema import ImageRow
+
+    photos = photo_like_jpegs(workdir / "photos", 16)
+    library = workdir / name
+    shutil.rmtree(library, ignore_errors=True)
+    links = library / "files"
+    links.mkdir(parents=True)
+    vectors = clustered(images)
+    with Library(library, model=str(checkpoint), device="cpu") as lib:
+        model = lib.model
+        lib.db.set_model(str(checkpoint), model.fingerprint, model.dim)
+        now = utcnow()
+        for start in range(0, images, 10_000):
+            with lib.db.transaction() as session:
+                for i in range(start, min(images, start + 10_000)):
+                    path = links / f"{i:06d}.jpg"
+                    os.link(photos[i % len(photos)], path)
+                    st = path.stat()
+                    session.add(ImageRow(path=os.fsencode(path), size=st.st_size, mtime_ns=st.st_mtime_ns,
+                                         content_hash=f"{i:064x}", model=model.fingerprint,
+                                         vector=vector_to_bytes(vectors[i]), indexed_at=now))
+        lib.rebuild_vectors()
+    return library

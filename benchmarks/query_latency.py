@@ -12,7 +12,6 @@ and with the vision-token cache holding the candidates.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import sys
@@ -21,8 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import make_base_checkpoint, photo_like_jpegs, save  # noqa: E402
-from vector_index import clustered  # noqa: E402
+from common import make_base_checkpoint, save, synthetic_library  # noqa: E402
 
 QUERIES = ["a dog running on the beach", "two people in the snow", "a red car in the street at night",
            "a birthday cake with candles", "a sailing boat on a lake", "a cat sleeping on a sofa"]
@@ -37,26 +35,10 @@ def main() -> None:
     args = parser.parse_args()
 
     from blipsearch import Library
-    from blipsearch.store.database import utcnow, vector_to_bytes
-    from blipsearch.store.schema import ImageRow
 
     checkpoint = make_base_checkpoint(args.workdir / "blip-base-random")
-    photos = photo_like_jpegs(args.workdir / "photos", 16)
-    library = args.workdir / "latency-library"
-    shutil.rmtree(library, ignore_errors=True)
-    links = library / "files"
-    links.mkdir(parents=True)
-    vectors = clustered(args.images)
+    library = synthetic_library(args.workdir, args.images, checkpoint, "latency-library")
     with Library(library, model=str(checkpoint), device="cpu", token_cache_gb=1.0) as lib:
-        model = lib.model
-        lib.db.set_model(str(checkpoint), model.fingerprint, model.dim)
-        now = utcnow()
-        with lib.db.transaction() as session:
-            for i in range(args.images):
-                path = links / f"{i:06d}.jpg"
-                os.link(photos[i % len(photos)], path)
-                session.add(ImageRow(path=os.fsencode(path), size=1, mtime_ns=1, content_hash=f"{i:064d}",
-                                     model=model.fingerprint, vector=vector_to_bytes(vectors[i]), indexed_at=now))
         lib.search("warm up", k=10, rerank_hits=False)  # builds the vector index once
 
         def measure(n: int, **kwargs) -> list[float]:  # type: ignore[no-untyped-def]

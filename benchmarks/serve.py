@@ -36,8 +36,7 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import make_base_checkpoint, photo_like_jpegs, save  # noqa: E402
-from vector_index import clustered  # noqa: E402
+from common import make_base_checkpoint, photo_like_jpegs, save, synthetic_library  # noqa: E402
 
 QUERIES = ["a dog running on the beach", "two people in the snow", "a red car in the street at night",
            "a birthday cake with candles", "a sailing boat on a lake", "a cat sleeping on a sofa",
@@ -72,34 +71,6 @@ def search_target(n: int) -> str:
 def ms(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return 1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def build_library(workdir: Path, images: int, checkpoint: Path) -> Path:
-    from blipsearch import Library
-    from blipsearch.store.database import utcnow, vector_to_bytes
-    from blipsearch.store.schema import ImageRow
-
-    photos = photo_like_jpegs(workdir / "photos", 16)
-    library = workdir / "serve-library"
-    shutil.rmtree(library, ignore_errors=True)
-    links = library / "files"
-    links.mkdir(parents=True)
-    vectors = clustered(images)
-    with Library(library, model=str(checkpoint), device="cpu") as lib:
-        model = lib.model
-        lib.db.set_model(str(checkpoint), model.fingerprint, model.dim)
-        now = utcnow()
-        for start in range(0, images, 10_000):
-            with lib.db.transaction() as session:
-                for i in range(start, min(images, start + 10_000)):
-                    path = links / f"{i:06d}.jpg"
-                    os.link(photos[i % len(photos)], path)
-                    st = path.stat()
-                    session.add(ImageRow(path=os.fsencode(path), size=st.st_size, mtime_ns=st.st_mtime_ns,
-                                         content_hash=f"{i:064x}", model=model.fingerprint,
-                                         vector=vector_to_bytes(vectors[i]), indexed_at=now))
-        lib.rebuild_vectors()
-    return library
 
 
 def load(port: int, clients: int, seconds: float) -> dict[str, float]:
@@ -161,7 +132,7 @@ def main() -> None:
 
     checkpoint = make_base_checkpoint(args.workdir / "blip-base-random")
     started = time.perf_counter()
-    library = build_library(args.workdir, args.images, checkpoint)
+    library = synthetic_library(args.workdir, args.images, checkpoint)
     print(f"library of {args.images} images built in {time.perf_counter() - started:.0f} s", flush=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     server = subprocess.Popen([sys.executable, "-m", "blipsearch.cli", "serve", "--library", str(library),

@@ -25,6 +25,7 @@ from .options import (
     DEFAULT_VQA_MODEL,
     AnswerSettings,
     CaptionSettings,
+    open_settings,
 )
 from .store.location import LIBRARY_ENV
 from .text import checked
@@ -201,7 +202,11 @@ def _errors() -> Iterator[None]:
         sys.exit(EXIT_INTERRUPTED)
 
 
-def with_library(func: Callable[..., Any], create: bool = True) -> Callable[..., Any]:
+def with_library(func: Callable[..., Any], create: bool = True, served: bool = False) -> Callable[..., Any]:
+    """Open the library for ``func``. ``served``: when a `blipsearch serve` of this library runs
+    with the same options, ``func`` gets a stand-in that has the server answer its calls
+    (see :mod:`blipsearch.engine`): no model to load here."""
+
     @library_options
     @functools.wraps(func)
     def wrapper(library, db_url, model, device, quantize, token_cache_gb, itm_token, caption_model,  # type: ignore[no-untyped-def]
@@ -209,6 +214,19 @@ def with_library(func: Callable[..., Any], create: bool = True) -> Callable[...,
         if kwargs.get("as_json") and kwargs.get("paths_only"):  # usage errors before opening anything
             raise click.UsageError("--json and --paths (or --paths0) can't be used together.")
         with _errors():
+            if served and max_megapixels is None:
+                from .engine import Engine
+                from .store.location import library_location
+
+                settings = open_settings(db_url=db_url, model=model, device=device, itm_token=itm_token,
+                                         caption_model=caption_model, vqa_model=vqa_model, quantize=quantize,
+                                         token_cache_gb=token_cache_gb)
+                engine = Engine.find(library_location(library, db_url), settings)
+                if engine is not None:
+                    try:
+                        return func(engine, **kwargs)
+                    finally:
+                        engine.close()
             lib = _open(library, db_url, model, device, itm_token, max_megapixels, caption_model, vqa_model,
                         quantize, token_cache_gb, create)
             try:
@@ -222,6 +240,11 @@ def with_library(func: Callable[..., Any], create: bool = True) -> Callable[...,
 def with_existing_library(func: Callable[..., Any]) -> Callable[..., Any]:
     """For commands that only read a library: a mistyped --library is an error, not a new library."""
     return with_library(func, create=False)
+
+
+def with_served_library(func: Callable[..., Any]) -> Callable[..., Any]:
+    """An existing library, or the `blipsearch serve` that runs for it."""
+    return with_library(func, create=False, served=True)
 
 
 def _echo_path(path: str, end: str = "\n") -> None:
@@ -456,7 +479,7 @@ index.help = (index.help or "").replace("{formats}", FORMAT_NAMES)  # one list o
 @click.option("--examine", type=PositiveInt(), default=None,
               help="With --answer: how many top hits to ask. Default: max(k, --rerank-depth).")
 @_filter_options
-@with_existing_library
+@with_served_library
 def search(lib: Library, text: str, k: int, as_json: bool, paths_only: str | None, rerank_depth: int,
            no_rerank: bool, hybrid: bool, tag: str | None, with_caption: bool, question: str | None, expected: str | None,
            examine: int | None, folders: tuple[bytes, ...], after: str | None, before: str | None,
@@ -505,9 +528,9 @@ def search(lib: Library, text: str, k: int, as_json: bool, paths_only: str | Non
 
 
 def _warn_unsearchable(lib: Library) -> None:
-    images, searchable, _ = lib.db.counts(lib.db.library().model_fingerprint)
-    if searchable < images:
-        click.echo(f"Note: {images - searchable} of {images} indexed images have no vector from this model yet "
+    missing, images = lib.unsearchable()
+    if missing:
+        click.echo(f"Note: {missing} of {images} indexed images have no vector from this model yet "
                    "and can't be found (an interrupted `index --reindex`?): run that index command again "
                    "to finish.", err=True)
 
@@ -516,7 +539,7 @@ def _warn_unsearchable(lib: Library) -> None:
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=bytes))
 @caption_options
 @click.option("--json", "as_json", is_flag=True, help='One {"path", "caption"} object per line.')
-@with_library
+@functools.partial(with_library, served=True)
 def caption(lib: Library, images: tuple[bytes, ...], prompt: str, beams: int, max_length: int, min_length: int,
             as_json: bool) -> None:
     """Caption IMAGES (any image files, indexed or not).
@@ -540,7 +563,7 @@ def caption(lib: Library, images: tuple[bytes, ...], prompt: str, beams: int, ma
 @click.option("--max-length", type=PositiveInt(), default=10, show_default=True,
               help="Maximum answer length in tokens.")
 @click.option("--json", "as_json", is_flag=True, help='One {"path", "question", "answer"} object per line.')
-@with_library
+@functools.partial(with_library, served=True)
 def ask(lib: Library, images: tuple[bytes, ...], question: str, beams: int, max_length: int, as_json: bool) -> None:
     """Ask QUESTION about each of IMAGES (visual question answering).
 
@@ -577,7 +600,7 @@ def _print_described(results: list[Any], field: str, as_json: bool, question: st
 @_output_flags
 @click.option("--tag", type=TEXT, metavar="LABEL", help="Only images tagged LABEL (see `index --tags`).")
 @_filter_options
-@with_existing_library
+@with_served_library
 def similar(lib: Library, image: bytes, k: int, as_json: bool, paths_only: str | None, tag: str | None,
             folders: tuple[bytes, ...], after: str | None, before: str | None, min_probability: float) -> None:
     """Find the images that look most like IMAGE (any image file, indexed or not).
@@ -672,7 +695,7 @@ def texts_remove(lib: Library, ids: tuple[str, ...]) -> None:
 @click.option("--source", type=click.Choice(["texts", "captions"]), default="texts", show_default=True,
               help="Match against the text collection, or the library's generated captions.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per text per line.")
-@with_existing_library
+@with_served_library
 def lookup(lib: Library, image: bytes, k: int, rerank_depth: int, no_rerank: bool, source: str,
            as_json: bool) -> None:
     """Find the texts that best describe IMAGE.

@@ -51,7 +51,7 @@ from .index.indexer import Indexer, IndexReport, ProgressFactory, no_progress
 from .index.mirror import VectorMirror
 from .index.vectors import VectorIndex
 from .loading import BUILTIN_PREFIX, ModelIdentity
-from .options import DEFAULT_MODEL
+from .options import DEFAULT_MODEL, open_settings
 from .rerank.cache import TokenCache
 from .rerank.itm import match_scores, rerank
 from .results import Explanation, Failure, Hit, ImageData, ImageInfo, ImageQuery
@@ -127,6 +127,11 @@ class Library:
         # microsecond): two databases sharing a folder (--db without --library) never use each other's file.
         self.vectors = VectorMirror(self.db, self.location / VECTORS_FILE, self.db.library().created_at.isoformat())
         self.requested_model = model
+        # The options it was opened with (None: the library's own): a running server answers the
+        # command line only for the same ones (see blipsearch.engine).
+        self.settings = open_settings(db_url=db_url, model=model, device=device, itm_token=itm_token,
+                                      caption_model=caption_model, vqa_model=vqa_model, quantize=quantize,
+                                      token_cache_gb=token_cache_gb)
         self.device = device
         self.itm_token: ItmToken = itm_token
         self.requested_quantize = quantize
@@ -671,6 +676,11 @@ class Library:
         return [replace(h, rank=n + 1) for n, h in enumerate(kept)]
 
     # -- state -----------------------------------------------------------------------------------------
+    def unsearchable(self) -> tuple[int, int]:
+        """(indexed images without a vector from the library's model, indexed images)."""
+        images, searchable, _ = self.db.counts(self.db.library().model_fingerprint)
+        return images - searchable, images
+
     def status(self) -> dict[str, Any]:
         """Counts (images, searchable vectors, failures, images still to embed with the library's
         model as ``stale``), the model, and where the library and its database are."""

@@ -8,6 +8,7 @@ over without loading any of those.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from .text import checked
 
@@ -46,3 +47,12 @@ class AnswerSettings:
     max_length: int = 10
     min_length: int = 1
     first_token: str = "enc"  # the question's first token: BLIP's [ENC], or "cls"
+
+
+def open_settings(*, db_url: str | None = None, model: str | None = None, device: str = "auto",
+                  itm_token: str = "enc", caption_model: str | None = None, vqa_model: str | None = None,
+                  quantize: str | None = None, token_cache_gb: float = 0.0) -> dict[str, Any]:
+    """The options a library is opened with, as plain values (``None``: the library's own)."""
+    return {"db_url": db_url, "model": model, "device": device, "itm_token": itm_token,
+            "caption_model": caption_model, "vqa_model": vqa_model, "quantize": quantize,
+            "token_cache_gb": float(token_cache_gb)}

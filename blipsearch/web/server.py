@@ -9,11 +9,14 @@ import socket
 import threading
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 from ..errors import BlipsearchError
 from ..library import Library
 from .app import ServeSettings, create_app
 from .security import is_loopback, is_wildcard
+from .terminal import BySocket, TerminalApp, terminal_socket
 
 # Requests still running when a stop is asked for get this long to finish.
 GRACE_S = 10
@@ -66,23 +69,28 @@ def serve(lib: Library, settings: ServeSettings, announce: Callable[[int], None]
 
     sock = bind(settings.host, settings.port)
     port = sock.getsockname()[1]
-    app = create_app(lib, settings)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=GRACE_S, server_header=False)
-    server = uvicorn.Server(config)
-    # uvicorn stops gracefully on SIGINT and SIGTERM, then raises the signal again for the handler it
-    # found: Ctrl-C arrives as KeyboardInterrupt, and SIGTERM must too, not as the default sudden exit.
-    main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _stopped) if main else None
-    announce(port)
-    try:
-        server.run(sockets=[sock])
-    except KeyboardInterrupt:
-        pass  # already stopped, gracefully
-    finally:
-        sock.close()
-        if main:
-            signal.signal(signal.SIGTERM, previous)
+    app: Any = create_app(lib, settings)
+    with terminal_socket(lib.location) as terminal:
+        sockets = [sock]
+        if terminal is not None:  # the command line's warm engine (blipsearch.engine)
+            app = BySocket(app, TerminalApp(lib), Path(terminal.getsockname()))
+            sockets.append(terminal)
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
+                                timeout_graceful_shutdown=GRACE_S, server_header=False)
+        server = uvicorn.Server(config)
+        # uvicorn stops gracefully on SIGINT and SIGTERM, then raises the signal again for the handler it
+        # found: Ctrl-C arrives as KeyboardInterrupt, and SIGTERM must too, not as the default sudden exit.
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _stopped) if main else None
+        announce(port)
+        try:
+            server.run(sockets=sockets)
+        except KeyboardInterrupt:
+            pass  # already stopped, gracefully
+        finally:
+            sock.close()
+            if main:
+                signal.signal(signal.SIGTERM, previous)
 
 
 def _stopped(signum: int, frame: object) -> None:

@@ -1,0 +1,270 @@
+"""The terminal's warm engine: a running ``blipsearch serve`` answers the command line.
+
+A search from a fresh process pays for importing torch and transformers and for
+loading the model, seconds before the first vector is compared. While ``blipsearch
+serve`` runs for a library it already has all of that in memory, so it also listens
+on a Unix socket of its own, and ``search``, ``similar``, ``lookup``, ``caption`` and
+``ask`` hand their :class:`~blipsearch.Library` calls to it there: the same calls, on
+the same library, printed by the same code, in a process that imports neither
+(:class:`Engine` stands in for the library).
+
+Only the user who started the server can reach it: the socket lies in the user's
+private runtime folder (mode 0700, e.g. ``$XDG_RUNTIME_DIR/blipsearch``), is itself
+mode 0600, and both are checked to belong to the user before a command connects. It
+is never reachable over the network: the server's TCP address does not answer these
+calls. A command uses the server only when both were given the same library options
+(model, device, ...); otherwise, when none runs, or with ``BLIPSEARCH_IN_PROCESS=1``,
+it works in-process as before, without a word.
+
+This module imports nothing heavy: the command line loads it at start.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import http.client
+import json
+import os
+import socket
+import stat
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from . import errors
+from .errors import BlipsearchError
+
+IN_PROCESS_ENV = "BLIPSEARCH_IN_PROCESS"
+# The Library calls the command line makes that a server may answer.
+CALLS = frozenset({"search", "similar", "lookup", "caption", "ask", "describe", "keep_answer", "unsearchable"})
+CONNECT_TIMEOUT_S = 2.0
+
+
+def runtime_dir() -> Path | None:
+    """The user's private folder for the sockets, or ``None`` where there are no Unix sockets."""
+    if not hasattr(socket, "AF_UNIX") or not hasattr(os, "getuid"):
+        return None
+    import warnings
+
+    import platformdirs
+
+    with warnings.catch_warnings():  # an unset XDG_RUNTIME_DIR has a private fallback: nothing to say
+        warnings.simplefilter("ignore")
+        return platformdirs.user_runtime_path("blipsearch")
+
+
+def socket_path(location: Path) -> Path | None:
+    """Where the server of the library at ``location`` listens (short enough for any system)."""
+    folder = runtime_dir()
+    if folder is None:
+        return None
+    key = hashlib.sha256(os.fsencode(location)).hexdigest()[:24]
+    return folder / f"{key}.sock"
+
+
+def _private(path: Path, kind: int) -> bool:
+    """``path`` is of ``kind`` (a stat type), belongs to this user, and nobody else may use it."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_IFMT(info.st_mode) == kind and info.st_uid == os.getuid() and info.st_mode & 0o077 == 0
+
+
+def private_folder(path: Path) -> bool:
+    return _private(path, stat.S_IFDIR)
+
+
+def private_socket(path: Path) -> bool:
+    return private_folder(path.parent) and _private(path, stat.S_IFSOCK)
+
+
+# -- the wire: JSON with tagged bytes, tuples, times and the result types --------------------------------
+def encode(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, bytes):
+        return {"$bytes": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, tuple):
+        return {"$tuple": [encode(v) for v in value]}
+    if isinstance(value, list):
+        return [encode(v) for v in value]
+    if isinstance(value, datetime):
+        return {"$datetime": value.isoformat()}
+    if isinstance(value, Remote):
+        return {"$type": value.kind, "fields": encode(value.fields)}
+    if isinstance(value, dict):
+        return {"$dict": {str(k): encode(v) for k, v in value.items()}}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        out = {"$type": type(value).__name__, "fields": encode(fields)}
+        if hasattr(value, "to_dict"):
+            out["dict"] = encode(value.to_dict())
+        return out
+    raise TypeError(f"can't send a {type(value).__name__}")
+
+
+def decode(value: Any, types: dict[str, type]) -> Any:
+    """The value :func:`encode` sent; objects of ``types`` rebuilt as such, others as :class:`Remote`."""
+    if isinstance(value, list):
+        return [decode(v, types) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if "$bytes" in value:
+        return base64.b64decode(value["$bytes"])
+    if "$tuple" in value:
+        return tuple(decode(v, types) for v in value["$tuple"])
+    if "$datetime" in value:
+        return datetime.fromisoformat(value["$datetime"])
+    if "$dict" in value:
+        return {k: decode(v, types) for k, v in value["$dict"].items()}
+    if "$type" in value:
+        fields = decode(value["fields"], types)
+        kind = types.get(value["$type"])
+        if kind is not None:
+            return kind(**fields)
+        return Remote(value["$type"], fields, decode(value.get("dict"), types))
+    raise ValueError("not a value this protocol sends")
+
+
+class Remote:
+    """A result object of the server's (a search hit, a caption, ...) as the command line sees
+    it: its fields as attributes, and its ``to_dict()`` exactly as the server made it."""
+
+    def __init__(self, kind: str, fields: dict[str, Any], as_dict: dict[str, Any] | None = None) -> None:
+        self.kind, self.fields, self._dict = kind, fields, as_dict
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["fields"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self._dict if self._dict is not None else self.fields)
+
+    def __repr__(self) -> str:
+        return f"Remote({self.kind}, {self.fields!r})"
+
+
+def _light_types() -> dict[str, type]:
+    """The argument types the command line builds itself (all importable without numpy)."""
+    from .filters import Filters
+    from .options import AnswerSettings, CaptionSettings
+
+    return {t.__name__: t for t in (Filters, CaptionSettings, AnswerSettings)}
+
+
+# -- the command line's side ---------------------------------------------------------------------------
+class EngineGone(BlipsearchError):
+    """The server stopped (or broke the connection) in the middle of an answer."""
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path) -> None:
+        super().__init__("localhost", timeout=CONNECT_TIMEOUT_S)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(CONNECT_TIMEOUT_S)
+            sock.connect(str(self.socket_path))
+            sock.settimeout(None)  # an answer may take minutes (captions of many photos)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class Engine:
+    """Stands in for a :class:`~blipsearch.Library` in the commands the server answers: each call
+    goes to the server's library, the answer comes back as plain values and :class:`Remote` results."""
+
+    def __init__(self, path: Path, settings: dict[str, Any]) -> None:
+        self.path = path
+        self.settings = settings
+        self._connection = _UnixConnection(path)
+        self._types = _light_types()
+
+    @classmethod
+    def find(cls, location: Path, settings: dict[str, Any]) -> Engine | None:
+        """The server of the library at ``location``, if one runs, is this user's, and was
+        started with the same ``settings``; else ``None``."""
+        if os.environ.get(IN_PROCESS_ENV, "").strip().lower() in {"1", "true", "yes", "on"}:
+            return None
+        path = socket_path(location)
+        if path is None or not private_socket(path):
+            return None
+        engine = cls(path, settings)
+        try:
+            status, _ = engine._exchange({"call": "hello", "settings": settings})
+        except (OSError, http.client.HTTPException, ValueError):
+            engine.close()
+            return None  # a socket left by a server that was killed, or not a server at all
+        if status != 200:
+            engine.close()
+            return None  # another model, device, ...: in-process then
+        return engine
+
+    def _exchange(self, request: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        body = json.dumps(request, ensure_ascii=True).encode()
+        self._connection.request("POST", "/call", body, {"Content-Type": "application/json"})
+        response = self._connection.getresponse()
+        answer = json.loads(response.read() or b"{}")
+        return response.status, answer if isinstance(answer, dict) else {}
+
+    def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        request = {"call": name, "settings": self.settings, "args": encode(list(args)), "kwargs": encode(kwargs)}
+        try:
+            status, answer = self._exchange(request)
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            raise EngineGone(f"The `blipsearch serve` answering for this library stopped during the command "
+                             f"({exc.__class__.__name__}): run it again.") from None
+        if "error" in answer:
+            kind = getattr(errors, str(answer.get("kind")), BlipsearchError)
+            if not (isinstance(kind, type) and issubclass(kind, BlipsearchError)) or kind is errors.ImageError:
+                kind = BlipsearchError
+            raise kind(str(answer["error"]))
+        if status != 200 or "result" not in answer:
+            raise EngineGone(f"The `blipsearch serve` answering for this library failed (HTTP {status}).")
+        return decode(answer["result"], self._types)
+
+    def close(self) -> None:
+        self._connection.close()
+
+    # -- the Library calls of the commands, paths made absolute here (the server has its own cwd) -----
+    def search(self, text: str, k: int = 10, **kwargs: Any) -> Any:
+        return self.call("search", text, k, **kwargs)
+
+    def similar(self, image: Any, k: int = 10, **kwargs: Any) -> Any:
+        return self.call("similar", _absolute(image), k, **kwargs)
+
+    def lookup(self, image: Any, k: int = 10, **kwargs: Any) -> Any:
+        return self.call("lookup", _absolute(image), k, **kwargs)
+
+    def caption(self, images: list[Any], *args: Any, progress: Any = None, **kwargs: Any) -> Any:
+        return self.call("caption", [_absolute(i) for i in images], *args, **kwargs)
+
+    def ask(self, images: list[Any], *args: Any, **kwargs: Any) -> Any:
+        return self.call("ask", [_absolute(i) for i in images], *args, **kwargs)
+
+    def describe(self, hits: list[Any], **kwargs: Any) -> Any:
+        return self.call("describe", hits, **kwargs)
+
+    def keep_answer(self, hits: list[Any], expected: str) -> Any:
+        return self.call("keep_answer", hits, expected)
+
+    def unsearchable(self) -> tuple[int, int]:
+        return tuple(self.call("unsearchable"))  # type: ignore[return-value]
+
+    def discard_if_unused(self) -> bool:
+        return False  # the server's library is in use
+
+
+def _absolute(path: Any) -> Any:
+    if isinstance(path, (str, bytes, os.PathLike)):
+        return os.path.abspath(os.fsencode(path))
+    return path
