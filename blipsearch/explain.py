@@ -77,7 +77,7 @@ def explain_match(
     target = layers[index].crossattention.self
     kept: list[torch.Tensor] = []
 
-    with model.lock:
+    with model.computing():
         image = model.image_tokens(pixels[None])
         # Inference tensors (the vision encoder's output, or anything made under a caller's
         # inference_mode) can't be saved for backward: the image tokens are copied and the text

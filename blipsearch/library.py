@@ -141,6 +141,7 @@ class Library:
         self.requested_vqa_model = vqa_model
         self.thumbnails = ThumbnailStore(self.location / THUMBNAILS_DIR)
         self._model: RetrievalModel | None = None
+        self._text_query: tuple[str, Any] | None = None  # (fingerprint, TextQueryEncoder or None)
         self._captioner: Captioner | None = None
         self._answerer: Answerer | None = None
         # A library may serve several threads (the web server): each model loads once.
@@ -317,11 +318,13 @@ class Library:
                 self.vectors.save(vectors, model.fingerprint)
 
     # -- queries ------------------------------------------------------------------------------------
-    def _searchable(self) -> RetrievalModel:
+    def _searchable(self, load: bool = True) -> RetrievalModel | ModelIdentity:
+        """The model to search with. Unless ``load``, and while no model is loaded, only its identity
+        (fingerprint, vector size, image settings), read from its files: enough to search by vectors."""
         if self.db.library().model_fingerprint is None:
             raise LibraryError(f"The library at {self.location} is empty: run {self._hint('blipsearch index PATH')} "
                                "first.")
-        model = self.model
+        model = self.model if load or self._model is not None else ModelIdentity.of(self.model_spec, self.quantize)
         self._check_model(model)
         # A loaded index of images is caught up by the search itself, under the vectors lock.
         if not self.vectors.loaded(model.fingerprint) and len(self.vectors.current(model.fingerprint)) == 0:
@@ -329,12 +332,29 @@ class Library:
                                f"{self._hint('blipsearch index PATH')}.")
         return model
 
-    def _nearest(self, model: RetrievalModel, query: np.ndarray, width: int,
+    def _embed_query(self, model: RetrievalModel | ModelIdentity, text: str) -> np.ndarray:
+        """A query text's ITC vector: from the loaded model, else without torch (:mod:`blipsearch.textquery`)."""
+        if self._model is not None:
+            self._text_query = None  # the model does it now; its copy of the weights is enough
+            return self._model.embed_texts([text])
+        with self._load_lock:
+            if self._text_query is None or self._text_query[0] != model.fingerprint:
+                from .textquery import TextQueryEncoder, Unsupported
+
+                assert isinstance(model, ModelIdentity)
+                try:
+                    self._text_query = (model.fingerprint, TextQueryEncoder(model.path))
+                except Unsupported:
+                    self._text_query = (model.fingerprint, None)
+            encoder = self._text_query[1]
+        return encoder.embed_texts([text]) if encoder is not None else self.model.embed_texts([text])
+
+    def _nearest(self, model: RetrievalModel | ModelIdentity, query: np.ndarray, width: int,
                  among: np.ndarray | None) -> dict[int, float]:
         """{id: cosine} of the ``width`` nearest stored vectors (only ``among`` those ids, if given), best first."""
         return self.vectors.search(model.fingerprint, model.dim, query, width, among)
 
-    def _allowed(self, model: RetrievalModel, filters: Filters) -> np.ndarray | None:
+    def _allowed(self, model: RetrievalModel | ModelIdentity, filters: Filters) -> np.ndarray | None:
         return self.db.filtered_ids(model.fingerprint, filters) if filters else None
 
     def search(self, text: str, k: int = 10, *, rerank_depth: int = 32, rerank_hits: bool = True,
@@ -354,9 +374,9 @@ class Library:
             raise InputPathError("The search text is empty.")
         if tag is not None:
             filters = replace(filters, tag=checked(tag, "The tag").strip() or None)
-        model = self._searchable()
         depth = rerank_depth if rerank_hits else 0
-        query = model.embed_texts([text])
+        model = self._searchable(load=depth > 0)
+        query = self._embed_query(model, text)
         wanted = offset + k
         width = max(wanted, depth) if not hybrid else max(4 * wanted, depth, 50)
         among = self._allowed(model, filters)
@@ -377,7 +397,7 @@ class Library:
         order = sorted(base, key=lambda i: -base[i])
         rows = self.db.refs_by_id(order)
         order = [i for i in order if i in rows]
-        ranked = rerank(model, text, [(i, itc[i]) for i in order[:depth]], rows, cache=self.token_cache) if depth else []
+        ranked = rerank(self.model, text, [(i, itc[i]) for i in order[:depth]], rows, cache=self.token_cache) if depth else []
         reranked = {r.id: r for r in ranked if r.itm is not None}
         results = [(r.id, r.score, r.itm) for r in ranked if r.itm is not None]
         if hybrid and results:
@@ -394,7 +414,7 @@ class Library:
                 offset: int = 0) -> list[Hit]:
         """Image to image by ITC cosine. ``image`` is a file, an indexed image's id or
         :class:`ImageData`; the query itself, when indexed, is left out."""
-        model = self._searchable()
+        model = self._searchable(load=False)
         vector, _ = self._query_image(model, image, need_tokens=False)
         itself = self._indexed_id(image)
         found = self._nearest(model, vector[None, :], offset + k + 1, self._allowed(model, filters))
@@ -519,7 +539,7 @@ class Library:
         return self.db.labels(fp, min_probability) if fp else []
 
     # -- image to text ------------------------------------------------------------------------------
-    def _query_image(self, model: RetrievalModel, image: ImageQuery,
+    def _query_image(self, model: RetrievalModel | ModelIdentity, image: ImageQuery,
                      need_tokens: bool) -> tuple[np.ndarray, torch.Tensor | None]:
         """The ITC vector of a query image (the stored one when it is indexed and unchanged),
         and its vision tokens when ``need_tokens``."""
@@ -541,8 +561,9 @@ class Library:
             pixels = pixels_from_bytes(self._image_bytes(image), model.image_spec)
         except ImageError as exc:
             raise InputPathError(f"Can't use {shown} as a query image: {exc}") from None
-        tokens = model.image_tokens(pixels[None])
-        return model.project_images(tokens)[0], tokens
+        loaded = self.model  # an image to embed: the model is needed now
+        tokens = loaded.image_tokens(pixels[None])
+        return loaded.project_images(tokens)[0], tokens
 
     def _texts_model(self) -> RetrievalModel:
         """The library's model, recorded now if the library has none yet."""

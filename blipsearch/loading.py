@@ -224,8 +224,14 @@ class ModelIdentity:
     spec: str
     fingerprint: str
     image_spec: ImageSpec
+    path: Path
+    dim: int  # of the ITC vectors
 
     @classmethod
     def of(cls, spec: str, quantize: str = "none") -> ModelIdentity:
         path = resolve_model_dir(spec, "retrieval")
-        return cls(spec, route_fingerprint(fingerprint(path), quantize), ImageSpec.from_model_dir(path))
+        try:
+            dim = int(json.loads((path / "config.json").read_text(encoding="utf-8")).get("image_text_hidden_size", 256))
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            raise ModelLoadError(f"Can't read the model config in {path}: {exc}") from None
+        return cls(spec, route_fingerprint(fingerprint(path), quantize), ImageSpec.from_model_dir(path), path, dim)

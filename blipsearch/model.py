@@ -14,7 +14,8 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -32,7 +33,7 @@ from .loading import (
     route_fingerprint,
 )
 from .options import DEFAULT_MODEL
-from .system import Coalescer, available_cores
+from .system import Coalescer, available_cores, use_compute_threads
 from .text import MAX_TOKENS, pre_caption
 
 ItmToken = Literal["enc", "cls"]
@@ -104,6 +105,15 @@ class Checkpoint:
         """Preprocessed images (N, 3, H, W) as the model's input, on its device and in its dtype."""
         return torch.as_tensor(pixels).to(self.device, self.dtype)
 
+    @contextmanager
+    def computing(self) -> Iterator[None]:
+        """The model for a forward pass: its lock, and on a CPU as many threads as cores are idle
+        now (see :func:`blipsearch.system.compute_threads`)."""
+        with self.lock:
+            if self.device.type == "cpu":
+                use_compute_threads()
+            yield
+
 
 @dataclass(frozen=True, eq=False)
 class RetrievalModel(Checkpoint):
@@ -163,7 +173,9 @@ class RetrievalModel(Checkpoint):
 
     @torch.inference_mode()
     def _embed_now(self, texts: list[str]) -> npt.NDArray[np.float32]:
-        hidden = self.net.text_encoder(**self.tokenize(texts)).last_hidden_state
+        batch = self.tokenize(texts)
+        with self.computing():  # the coalescer holds the lock already; this takes the threads
+            hidden = self.net.text_encoder(**batch).last_hidden_state
         vectors = torch.nn.functional.normalize(self.net.text_proj(hidden[:, 0]).float(), dim=-1)
         return vectors.cpu().numpy()
 
@@ -172,7 +184,7 @@ class RetrievalModel(Checkpoint):
     def image_tokens(self, pixels: npt.NDArray[np.float32] | torch.Tensor) -> torch.Tensor:
         """The vision encoder's full output (batch, tokens, hidden), on the model's device."""
         values = self.pixel_values(pixels)
-        with self.lock:
+        with self.computing():
             return self.net.vision_model(pixel_values=values).last_hidden_state
 
     @torch.inference_mode()
@@ -204,7 +216,7 @@ class RetrievalModel(Checkpoint):
         ids, mask = batch["input_ids"], batch["attention_mask"]
         config: Any = self.net.text_encoder.config  # type: ignore[union-attr]
         head_size = config.hidden_size // config.num_attention_heads
-        with self.lock:
+        with self.computing():
             if tokens.shape[0] == 1 and len(texts) > 1:
                 hidden = self._text_encoder_layers(ids, mask, _shared_image_attention(tokens[0]))
             elif ids.shape[1] < head_size:

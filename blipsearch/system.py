@@ -1,4 +1,5 @@
-"""Small helpers over the operating system: usable cores, atomic file writes, batching across threads."""
+"""Small helpers over the operating system: usable and idle cores, atomic file writes, batching across
+threads."""
 
 from __future__ import annotations
 
@@ -17,6 +18,64 @@ Result = TypeVar("Result")
 def available_cores() -> int:
     """Cores this process may run on (its CPU affinity where the OS has one)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+THREADS_ENV = "BLIPSEARCH_THREADS"
+_ceiling: int | None = None
+
+
+def others_running() -> float:
+    """How many of this process's cores other processes are using right now: the threads running or
+    ready to run on the machine that are not this process's (Linux's ``/proc/loadavg``), scaled to
+    the share of the machine's cores this process may use. 0 where the system does not say."""
+    try:
+        with open("/proc/loadavg", "rb") as fh:
+            running = int(fh.read().split()[3].split(b"/")[0])
+        tasks = os.listdir("/proc/self/task")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    mine = 0
+    for task in tasks:
+        try:
+            with open(f"/proc/self/task/{task}/stat", "rb") as fh:
+                line = fh.read()
+        except OSError:
+            continue  # a thread that just ended
+        end = line.rfind(b")")  # the state follows the name, which may hold anything
+        mine += line[end + 2 : end + 3] == b"R"
+    others = max(0, running - max(mine, 1))
+    return others * available_cores() / (os.cpu_count() or available_cores())
+
+
+def compute_threads() -> int:
+    """Threads for the next forward pass on the CPU: the cores that are idle now, at least one.
+
+    OpenMP's threads wait for each other at the end of every operation, so one thread that
+    another process keeps off its core holds up all of them: with torch's default (a thread
+    per core) a rerank on a two-core laptop with one other busy process took 40 times as long
+    as alone (benchmarks/contention.py). Counting the busy cores before each pass costs a few
+    microseconds. ``BLIPSEARCH_THREADS=N`` fixes the number; ``OMP_NUM_THREADS`` (or a
+    ``torch.set_num_threads`` before the first pass) caps it.
+    """
+    global _ceiling
+    fixed = os.environ.get(THREADS_ENV, "").strip()
+    if fixed.isdigit() and int(fixed) > 0:
+        return int(fixed)
+    if _ceiling is None:
+        import torch
+
+        _ceiling = max(1, min(available_cores(), torch.get_num_threads()))
+    return max(1, min(_ceiling, round(_ceiling - others_running())))
+
+
+def use_compute_threads() -> int:
+    """Set torch's threads for a pass about to run in this thread (OpenMP's setting is per thread)."""
+    import torch
+
+    threads = compute_threads()
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], object], *, fsync: bool = False) -> None:

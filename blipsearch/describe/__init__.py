@@ -71,7 +71,7 @@ class Captioner:
             return []
         prompt = self.check(settings)
         ids = prompt.repeat(len(pixels), 1).to(ckpt.device)
-        with ckpt.lock:
+        with ckpt.computing():
             out = ckpt.net.generate(  # type: ignore[operator]
                 pixel_values=ckpt.pixel_values(pixels),
                 input_ids=ids,
@@ -117,7 +117,7 @@ class Answerer:
             ids[:, 0] = ckpt.enc_token_id
         _check_length(ckpt, settings.max_length)
         n = len(pixels)
-        with ckpt.lock:
+        with ckpt.computing():
             out = ckpt.net.generate(  # type: ignore[operator]
                 input_ids=ids.repeat(n, 1).to(ckpt.device),
                 attention_mask=batch["attention_mask"].repeat(n, 1).to(ckpt.device),

@@ -1,0 +1,202 @@
+"""A text query's ITC vector without torch: BLIP's unimodal text encoder in numpy.
+
+A search that reranks nothing needs one thing from the model: the query's 256-d
+vector, ``text_proj(text_encoder(ids, mask)[:, 0])`` L2-normalized (the text
+encoder without its cross-attention: no image attached). Importing torch and
+transformers and loading the whole checkpoint takes most of the seconds a fresh
+``blipsearch search --no-rerank`` spends; this reads only the text encoder's
+self-attention and feed-forward weights straight from the safetensors file
+(about a third of BLIP-base's), tokenizes with the checkpoint's own
+``tokenizer.json`` (the ``tokenizers`` library, no transformers), and runs the
+same layers in float32. Tests hold it to the transformers model's vectors.
+
+It is used when a process has not loaded the model anyway (a reranked search
+loads it to rerank, and then embeds the text with it). Checkpoints it can't read
+(no ``tokenizer.json``, pickled weights, another architecture) take the torch
+path, unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from .text import MAX_TOKENS, pre_caption
+
+_PREFIX = "text_encoder."
+
+
+class Unsupported(Exception):
+    """The checkpoint is not one this encoder reads; the torch model will embed the text."""
+
+
+@dataclass(frozen=True)
+class _Layer:
+    # Weights as stored, (out, in): products take their transposes as views, copying nothing.
+    query: npt.NDArray[np.float32]
+    query_bias: npt.NDArray[np.float32]
+    key: npt.NDArray[np.float32]
+    key_bias: npt.NDArray[np.float32]
+    value: npt.NDArray[np.float32]
+    value_bias: npt.NDArray[np.float32]
+    out: npt.NDArray[np.float32]
+    out_bias: npt.NDArray[np.float32]
+    norm1: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]
+    up: npt.NDArray[np.float32]
+    up_bias: npt.NDArray[np.float32]
+    down: npt.NDArray[np.float32]
+    down_bias: npt.NDArray[np.float32]
+    norm2: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]
+
+
+class TextQueryEncoder:
+    """ITC vectors of texts from a BLIP retrieval checkpoint folder, in numpy."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+            text = config["text_config"]
+            self.heads = int(text["num_attention_heads"])
+            self.eps = float(text.get("layer_norm_eps", 1e-12))
+            activation = text.get("hidden_act", "gelu")
+            layers = int(text["num_hidden_layers"])
+            self.dim = int(config.get("image_text_hidden_size", 256))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise Unsupported(f"config: {exc}") from None
+        if activation != "gelu" or text.get("position_embedding_type", "absolute") != "absolute":
+            raise Unsupported(f"activation {activation!r}")
+        weights, tokenizer = path / "model.safetensors", path / "tokenizer.json"
+        if not weights.is_file() or not tokenizer.is_file():
+            raise Unsupported("no model.safetensors or tokenizer.json")
+
+        from safetensors import safe_open
+        from tokenizers import Tokenizer
+
+        self.tokenizer = Tokenizer.from_file(str(tokenizer))
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(MAX_TOKENS)
+        with safe_open(str(weights), framework="numpy") as f:
+            names = set(f.keys())
+
+            def get(name: str) -> npt.NDArray[np.float32]:
+                if name not in names:
+                    raise Unsupported(f"no tensor {name}")
+                return np.ascontiguousarray(f.get_tensor(name), dtype=np.float32)
+
+            def linear(name: str) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+                return get(name + ".weight"), get(name + ".bias")
+
+            def norm(name: str) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+                return get(name + ".weight"), get(name + ".bias")
+
+            self.words = get(_PREFIX + "embeddings.word_embeddings.weight")
+            self.positions = get(_PREFIX + "embeddings.position_embeddings.weight")
+            self.embed_norm = norm(_PREFIX + "embeddings.LayerNorm")
+            self.layers = []
+            for n in range(layers):
+                at = f"{_PREFIX}encoder.layer.{n}."
+                self.layers.append(_Layer(
+                    *linear(at + "attention.self.query"), *linear(at + "attention.self.key"),
+                    *linear(at + "attention.self.value"), *linear(at + "attention.output.dense"), norm(at + "attention.output.LayerNorm"),
+                    *linear(at + "intermediate.dense"), *linear(at + "output.dense"), norm(at + "output.LayerNorm"),
+                ))
+            self.proj, self.proj_bias = linear("text_proj")
+        if self.proj.shape[0] != self.dim:
+            raise Unsupported("text_proj does not give image_text_hidden_size")
+        self.lock = threading.Lock()  # the tokenizer's settings are shared
+
+    def tokenize(self, texts: list[str]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+        """Ids and mask (texts, longest), exactly as the model's tokenizer pads and truncates them."""
+        with self.lock:
+            encoded = self.tokenizer.encode_batch([pre_caption(t) for t in texts])
+        longest = max(len(e.ids) for e in encoded)
+        ids = np.zeros((len(texts), longest), np.int64)
+        mask = np.zeros((len(texts), longest), bool)
+        for row, e in enumerate(encoded):
+            ids[row, : len(e.ids)] = e.ids
+            mask[row, : len(e.ids)] = True
+        return ids, mask
+
+    def embed_texts(self, texts: list[str]) -> npt.NDArray[np.float32]:
+        """256-d L2-normalized ITC vectors, as :meth:`blipsearch.model.RetrievalModel.embed_texts`."""
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        ids, mask = self.tokenize(texts)
+        x = _layer_norm(self.words[ids] + self.positions[: ids.shape[1]], self.embed_norm, self.eps)
+        # Padding is never attended to; a padded position's own output is never read.
+        blocked = np.where(mask, 0.0, np.finfo(np.float32).min).astype(np.float32)[:, None, None, :]
+        batch, length, hidden = x.shape
+        size = hidden // self.heads
+        for layer in self.layers:
+            q, k, v = ((x @ w.T + b).reshape(batch, length, self.heads, size).transpose(0, 2, 1, 3)
+                       for w, b in ((layer.query, layer.query_bias), (layer.key, layer.key_bias),
+                                    (layer.value, layer.value_bias)))
+            scores = (q @ k.transpose(0, 1, 3, 2)) / np.float32(math.sqrt(size)) + blocked
+            scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
+            attended = (scores / scores.sum(axis=-1, keepdims=True)) @ v
+            context = attended.transpose(0, 2, 1, 3).reshape(batch, length, hidden)
+            x = _layer_norm(context @ layer.out.T + layer.out_bias + x, layer.norm1, self.eps)
+            up = _gelu(x @ layer.up.T + layer.up_bias)
+            x = _layer_norm(up @ layer.down.T + layer.down_bias + x, layer.norm2, self.eps)
+        vectors = x[:, 0] @ self.proj.T + self.proj_bias
+        return (vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def _layer_norm(x: npt.NDArray[np.float32], params: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]],
+                eps: float) -> npt.NDArray[np.float32]:
+    mean = x.mean(axis=-1, keepdims=True)
+    centered = x - mean
+    variance = (centered * centered).mean(axis=-1, keepdims=True)
+    return centered / np.sqrt(variance + np.float32(eps)) * params[0] + params[1]  # type: ignore[no-any-return]
+
+
+def _erf(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """The error function to float32 precision (W. J. Cody's rational approximations, as in
+    ``math.erf`` and the C library), elementwise, in float64."""
+    z = np.abs(x.astype(np.float64))
+    out = np.empty_like(z)
+    small = z < 0.46875
+    t = z[small] ** 2
+    out[small] = z[small] * np.polyval(_ERF_P, t) / np.polyval(_ERF_Q, t)
+    rest = ~small
+    out[rest] = 1.0 - _erfc_large(z[rest])
+    return np.copysign(out, x).astype(np.float32)  # type: ignore[no-any-return]
+
+
+def _erfc_large(z: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    out = np.empty_like(z)
+    mid = z < 4.0
+    zm = z[mid]
+    out[mid] = np.exp(-zm * zm) * np.polyval(_ERFC_P, zm) / np.polyval(_ERFC_Q, zm)
+    zl = z[~mid]
+    inv = 1.0 / (zl * zl)
+    out[~mid] = np.exp(-zl * zl) / zl * (1 / math.sqrt(math.pi) + inv * np.polyval(_ERFC_R, inv) /
+                                          np.polyval(_ERFC_S, inv))
+    return out
+
+
+# Cody (1969), "Rational Chebyshev approximations for the error function", highest degree first.
+_ERF_P = [1.857777061846031526730e-1, 3.161123743870565596947e0, 1.138641541510501556495e2,
+          3.774852376853020208137e2, 3.209377589138469472562e3]
+_ERF_Q = [1.0, 2.360129095234412093499e1, 2.440246379344441733056e2, 1.282616526077372275645e3,
+          2.844236833439170622273e3]
+_ERFC_P = [2.15311535474403846343e-8, 5.64188496988670089180e-1, 8.88314979438837594118e0,
+           6.61191906371416294775e1, 2.98635138197400131132e2, 8.81952221241769090411e2,
+           1.71204761263407058314e3, 2.05107837782607146532e3, 1.23033935479799725272e3]
+_ERFC_Q = [1.0, 1.57449261107098347253e1, 1.17693950891312499305e2, 5.37181101862009857509e2,
+           1.62138957456669018874e3, 3.29079923573345962678e3, 4.36261909014324715820e3,
+           3.43936767414372163696e3, 1.23033935480374942043e3]
+_ERFC_R = [-1.63153871373020978498e-2, -3.05326634961232344035e-1, -3.60344899949804439429e-1,
+           -1.25781726111229246204e-1, -1.60837851487422766278e-2, -6.58749161529837803157e-4]
+_ERFC_S = [1.0, 2.56852019228982242072e0, 1.87295284992346725209e0, 5.27905102951428412248e-1,
+           6.05183413124413191178e-2, 2.33520497626869185443e-3]
+
+
+def _gelu(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    return x * np.float32(0.5) * (np.float32(1.0) + _erf(x / np.float32(math.sqrt(2.0))))  # type: ignore[no-any-return]
