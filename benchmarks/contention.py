@@ -2,7 +2,7 @@
 
     python benchmarks/contention.py [--workdir DIR] [--competitors 0,1,2]
 
-Base-size BLIP (random weights: the real cost) on the CPU. Three pieces of work:
+Base-size BLIP (random weights: the real cost), or ``--model``, on the CPU. Three pieces of work:
 a text query's embedding, an ITM rerank of 16 candidates whose vision tokens
 are cached (what a reranked search costs beyond the vision encoder), and
 indexing (the vision encoder on batches of 2 preprocessed images, images/s).
@@ -41,6 +41,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "blipsearch-bench")
     parser.add_argument("--competitors", default="0,1,2")
+    parser.add_argument("--model", default=None, help="Another model (builtin:shapes, say); default base size.")
     parser.add_argument("--budget-s", type=float, default=20.0,
                         help="Stop repeating one measurement after this long (the slow cases are very slow).")
     args = parser.parse_args()
@@ -48,11 +49,11 @@ def main() -> None:
     from blipsearch.model import load_retrieval_model
     from blipsearch.system import THREADS_ENV, available_cores
 
-    checkpoint = make_base_checkpoint(args.workdir / "blip-base-random")
-    model = load_retrieval_model(str(checkpoint), "cpu")
+    spec = args.model or str(make_base_checkpoint(args.workdir / "blip-base-random"))
+    model = load_retrieval_model(spec, "cpu")
     rng = np.random.default_rng(0)
-    side = model.image_spec.size
-    pixels = rng.standard_normal((16, 3, side, side)).astype(np.float32)
+    spec = model.image_spec
+    pixels = rng.standard_normal((16, 3, spec.height, spec.width)).astype(np.float32)
     tokens = model.image_tokens(pixels[:2])
     tokens = tokens.repeat(8, 1, 1)  # 16 candidates' vision tokens, as read from the cache
     cores = available_cores()
@@ -67,7 +68,9 @@ def main() -> None:
         fn()  # warm: the thread count settles
         times: list[float] = []
         started = time.perf_counter()
-        while len(times) < repeat and (not times or time.perf_counter() - started < args.budget_s):
+        # At least ``repeat`` runs and two seconds of them (short work varies most), at most the budget.
+        while (len(times) < repeat or time.perf_counter() - started < 2.0) and (
+                not times or time.perf_counter() - started < args.budget_s):
             t = time.perf_counter()
             fn()
             times.append(time.perf_counter() - t)
@@ -94,12 +97,13 @@ def main() -> None:
 
     ratios = {policy: {n: {k: v / by_n["0"][k] for k, v in row.items()} for n, row in by_n.items()}
               for policy, by_n in results.items()}
-    path = save("contention", {"cores": cores, "results": results, "ratios_to_alone": ratios})
+    name = "contention" if args.model is None else "contention_" + args.model.replace("builtin:", "")
+    path = save(name, {"model": args.model or "base size, random weights", "cores": cores, "results": results, "ratios_to_alone": ratios})
     print("| work | competing | threads fixed | ratio | idle cores | ratio |\n|---|---|---|---|---|---|")
     for name in work:
         for n in results["fixed"]:
             fixed, idle = results["fixed"][n][name], results["idle_cores"][n][name]
-            print(f"| {name} | {n} | {fixed:.1f} | {ratios['fixed'][n][name]:.1f}x | {idle:.1f} | "
+            print(f"| {name} | {n} | {fixed:.3g} | {ratios['fixed'][n][name]:.1f}x | {idle:.3g} | "
                   f"{ratios['idle_cores'][n][name]:.1f}x |")
     print(f"written to {path}")
 

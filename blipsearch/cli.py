@@ -22,6 +22,7 @@ from .index.formats import FORMAT_NAMES
 from .options import (
     DEFAULT_CAPTION_MODEL,
     DEFAULT_MODEL,
+    DEFAULT_RERANK_DEPTH,
     DEFAULT_VQA_MODEL,
     AnswerSettings,
     CaptionSettings,
@@ -462,7 +463,7 @@ index.help = (index.help or "").replace("{formats}", FORMAT_NAMES)  # one list o
 @main.command()
 @click.argument("text", type=TEXT, callback=_nonempty)
 @_output_flags
-@click.option("--rerank-depth", type=PositiveInt(0), default=32, show_default=True,
+@click.option("--rerank-depth", type=PositiveInt(0), default=DEFAULT_RERANK_DEPTH, show_default=True,
               help="Rerank this many of the best ITC candidates with the ITM head "
                    "(each costs one vision-encoder pass plus one cross-attention pass).")
 @click.option("--no-rerank", is_flag=True,
@@ -689,7 +690,7 @@ def texts_remove(lib: Library, ids: tuple[str, ...]) -> None:
 @main.command()
 @click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=bytes))
 @click.option("-k", "--top-k", "k", type=PositiveInt(), default=10, show_default=True, help="Number of results.")
-@click.option("--rerank-depth", type=PositiveInt(0), default=32, show_default=True,
+@click.option("--rerank-depth", type=PositiveInt(0), default=DEFAULT_RERANK_DEPTH, show_default=True,
               help="Rerank this many of the best ITC texts with the ITM head (the image is encoded once).")
 @click.option("--no-rerank", is_flag=True, help="Rank by ITC cosine only.")
 @click.option("--source", type=click.Choice(["texts", "captions"]), default="texts", show_default=True,
@@ -723,7 +724,7 @@ def lookup(lib: Library, image: bytes, k: int, rerank_depth: int, no_rerank: boo
 @click.option("--template", type=TEXT, default="a photo of a {}", show_default=True,
               help="How a label is said; {} is the label.")
 @click.option("-k", "--top-k", "k", type=PositiveInt(), default=5, show_default=True, help="Labels per image.")
-@click.option("--rerank-depth", type=PositiveInt(0), default=16, show_default=True,
+@click.option("--rerank-depth", type=PositiveInt(0), default=DEFAULT_RERANK_DEPTH, show_default=True,
               help="Rescore this many of the best labels by ITC with the ITM head.")
 @click.option("--json", "as_json", is_flag=True, help='One {"path", "tags": [...]} object per image per line.')
 @with_library
@@ -841,7 +842,7 @@ def failures(lib: Library, as_json: bool) -> None:
 @click.option("--allow-host", "allowed_hosts", multiple=True, metavar="NAME",
               help="Another host name the server may be reached by (a reverse proxy's, say); repeatable. "
                    "Requests naming any other host are refused.")
-@click.option("--rerank-depth", type=PositiveInt(0), default=32, show_default=True,
+@click.option("--rerank-depth", type=PositiveInt(0), default=DEFAULT_RERANK_DEPTH, show_default=True,
               help="Default number of ITC candidates rescored by ITM for each text search.")
 @click.option("--max-upload-mb", type=Amount(0, strict=True), default=25.0, show_default=True,
               help="Largest image accepted for searching by image.")
@@ -925,7 +926,7 @@ def explain(lib: Library, image: bytes, text: str, out: Path, size: int, as_json
 @click.argument("images_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("captions", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--split", default="test", show_default=True, help="Split to use from a Karpathy-split JSON.")
-@click.option("--rerank-depth", type=PositiveInt(1), default=16, show_default=True,
+@click.option("--rerank-depth", type=PositiveInt(1), default=DEFAULT_RERANK_DEPTH, show_default=True,
               help="ITC candidates rescored by ITM per query (the BLIP paper: 256 on COCO, 128 on Flickr30k).")
 @click.option("--batch-size", type=PositiveInt(), default=None,
               help="Images per model call. Default: 2 on a CPU, 16 on a GPU.")

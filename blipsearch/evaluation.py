@@ -28,6 +28,7 @@ from .errors import InputPathError
 from .index.indexer import ProgressFactory, no_progress
 from .library import Library
 from .model import RetrievalModel
+from .options import DEFAULT_RERANK_DEPTH
 from .rerank.itm import match_scores
 from .store.database import bytes_to_vectors
 
@@ -135,7 +136,7 @@ def evaluate(
     captions_file: str | os.PathLike[str],
     *,
     split: str = "test",
-    rerank_depth: int = 16,
+    rerank_depth: int = DEFAULT_RERANK_DEPTH,
     batch_size: int | None = None,
     progress: ProgressFactory = no_progress,
 ) -> dict[str, Any]:

@@ -51,7 +51,7 @@ from .index.indexer import Indexer, IndexReport, ProgressFactory, no_progress
 from .index.mirror import VectorMirror
 from .index.vectors import VectorIndex
 from .loading import BUILTIN_PREFIX, ModelIdentity
-from .options import DEFAULT_MODEL, open_settings
+from .options import DEFAULT_MODEL, DEFAULT_RERANK_DEPTH, open_settings
 from .rerank.cache import TokenCache
 from .rerank.itm import match_scores, rerank
 from .results import Explanation, Failure, Hit, ImageData, ImageInfo, ImageQuery
@@ -357,7 +357,7 @@ class Library:
     def _allowed(self, model: RetrievalModel | ModelIdentity, filters: Filters) -> np.ndarray | None:
         return self.db.filtered_ids(model.fingerprint, filters) if filters else None
 
-    def search(self, text: str, k: int = 10, *, rerank_depth: int = 32, rerank_hits: bool = True,
+    def search(self, text: str, k: int = 10, *, rerank_depth: int = DEFAULT_RERANK_DEPTH, rerank_hits: bool = True,
                hybrid: bool = False, tag: str | None = None, filters: Filters = NO_FILTERS,
                offset: int = 0) -> list[Hit]:
         """Text to image: ITC cosine shortlist, the top ``rerank_depth`` reranked with ITM.
@@ -585,7 +585,7 @@ class Library:
         """Remove texts by id, or by the id they had in their file; returns how many went."""
         return TextStore(self.db).remove(keys)
 
-    def lookup(self, image: ImageQuery, k: int = 10, *, rerank_depth: int = 32,
+    def lookup(self, image: ImageQuery, k: int = 10, *, rerank_depth: int = DEFAULT_RERANK_DEPTH,
                rerank_hits: bool = True, source: str = "texts") -> list[TextHit]:
         """Image to text: the texts (or, with ``source="captions"``, the library's generated
         captions) that best match ``image``."""
@@ -615,7 +615,7 @@ class Library:
         ]
 
     def tag(self, images: list[str | os.PathLike[str] | bytes], labels: list[str], *,
-            template: str = DEFAULT_TEMPLATE, k: int = 5, rerank_depth: int = 16) -> list[TagResult]:
+            template: str = DEFAULT_TEMPLATE, k: int = 5, rerank_depth: int = DEFAULT_RERANK_DEPTH) -> list[TagResult]:
         """Zero-shot tagging: rank ``labels`` for each image (written into ``template``)."""
         model = self.model
         vocabulary = Vocabulary.make(model, labels, template)
@@ -631,7 +631,7 @@ class Library:
         return results
 
     def tag_library(self, labels: list[str], paths: list[str | os.PathLike[str] | bytes] | None = None, *,
-                    template: str = DEFAULT_TEMPLATE, k: int = 5, rerank_depth: int = 16,
+                    template: str = DEFAULT_TEMPLATE, k: int = 5, rerank_depth: int = DEFAULT_RERANK_DEPTH,
                     progress: ProgressFactory = no_progress) -> int:
         """Store the top ``k`` labels of every indexed image (below ``paths``) not tagged yet
         with this vocabulary; `search(tag=...)` filters by them."""

@@ -33,7 +33,7 @@ from .loading import (
     route_fingerprint,
 )
 from .options import DEFAULT_MODEL
-from .system import Coalescer, available_cores, use_compute_threads
+from .system import LONG_OPERATION, Coalescer, available_cores, use_compute_threads
 from .text import MAX_TOKENS, pre_caption
 
 ItmToken = Literal["enc", "cls"]
@@ -106,12 +106,12 @@ class Checkpoint:
         return torch.as_tensor(pixels).to(self.device, self.dtype)
 
     @contextmanager
-    def computing(self) -> Iterator[None]:
+    def computing(self, long_operations: bool = False) -> Iterator[None]:
         """The model for a forward pass: its lock, and on a CPU as many threads as cores are idle
-        now (see :func:`blipsearch.system.compute_threads`)."""
+        now, or every core for the vision encoder (see :func:`blipsearch.system.compute_threads`)."""
         with self.lock:
             if self.device.type == "cpu":
-                use_compute_threads()
+                use_compute_threads(long_operations)
             yield
 
 
@@ -184,7 +184,9 @@ class RetrievalModel(Checkpoint):
     def image_tokens(self, pixels: npt.NDArray[np.float32] | torch.Tensor) -> torch.Tensor:
         """The vision encoder's full output (batch, tokens, hidden), on the model's device."""
         values = self.pixel_values(pixels)
-        with self.computing():
+        vision: Any = self.net.config.vision_config
+        tokens = (values.shape[-2] // vision.patch_size) * (values.shape[-1] // vision.patch_size) + 1
+        with self.computing(long_operations=values.shape[0] * tokens * vision.hidden_size**2 >= LONG_OPERATION):
             return self.net.vision_model(pixel_values=values).last_hidden_state
 
     @torch.inference_mode()

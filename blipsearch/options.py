@@ -13,6 +13,10 @@ from typing import Any
 from .text import checked
 
 DEFAULT_MODEL = "Salesforce/blip-itm-base-coco"
+# ITC candidates rescored by ITM, everywhere a depth is not given: on the shapes world's test scenes
+# recall does not move from 8 to 64, and each candidate costs a cross-attention pass (plus a vision
+# encoder pass when its tokens are not cached); see benchmarks/rerank_depth.py and BENCHMARKS.md.
+DEFAULT_RERANK_DEPTH = 16
 DEFAULT_CAPTION_MODEL = "Salesforce/blip-image-captioning-base"
 DEFAULT_VQA_MODEL = "Salesforce/blip-vqa-base"
 DEFAULT_PROMPT = "a picture of "

@@ -21,6 +21,9 @@ def available_cores() -> int:
 
 
 THREADS_ENV = "BLIPSEARCH_THREADS"
+# Multiply-adds of one linear layer from which an operation is long (milliseconds) next to the
+# wait for a thread the scheduler kept off its core: BLIP-base's vision encoder, batch of 2, is 680M.
+LONG_OPERATION = 50_000_000
 _ceiling: int | None = None
 
 
@@ -47,14 +50,18 @@ def others_running() -> float:
     return others * available_cores() / (os.cpu_count() or available_cores())
 
 
-def compute_threads() -> int:
-    """Threads for the next forward pass on the CPU: the cores that are idle now, at least one.
+def compute_threads(long_operations: bool = False) -> int:
+    """Threads for the next forward pass on the CPU: the cores idle now, at least one.
 
     OpenMP's threads wait for each other at the end of every operation, so one thread that
-    another process keeps off its core holds up all of them: with torch's default (a thread
-    per core) a rerank on a two-core laptop with one other busy process took 40 times as long
-    as alone (benchmarks/contention.py). Counting the busy cores before each pass costs a few
-    microseconds. ``BLIPSEARCH_THREADS=N`` fixes the number; ``OMP_NUM_THREADS`` (or a
+    another process keeps off its core holds up the others until the scheduler lets it run
+    again. For passes made of many short operations (a text's embedding, ITM reranking)
+    that wait dominates: beside one busy process on two cores, torch's default of a thread
+    per core made a base-size rerank of 16 cached candidates 3.1x slower than alone, against
+    1.9x with the idle cores (benchmarks/contention.py). The vision encoder's operations
+    are long enough that the wait costs little, and a thread per core gets it the larger
+    share of a crowded machine: ``long_operations`` passes (see ``LONG_OPERATION``) take every core.
+    ``BLIPSEARCH_THREADS=N`` fixes the number; ``OMP_NUM_THREADS`` (or a
     ``torch.set_num_threads`` before the first pass) caps it.
     """
     global _ceiling
@@ -65,14 +72,16 @@ def compute_threads() -> int:
         import torch
 
         _ceiling = max(1, min(available_cores(), torch.get_num_threads()))
+    if long_operations:
+        return _ceiling
     return max(1, min(_ceiling, round(_ceiling - others_running())))
 
 
-def use_compute_threads() -> int:
+def use_compute_threads(long_operations: bool = False) -> int:
     """Set torch's threads for a pass about to run in this thread (OpenMP's setting is per thread)."""
     import torch
 
-    threads = compute_threads()
+    threads = compute_threads(long_operations)
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     return threads

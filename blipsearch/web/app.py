@@ -45,6 +45,7 @@ from ..errors import (
 )
 from ..filters import DEFAULT_MIN_PROBABILITY, NO_FILTERS, Filters
 from ..library import Hit, ImageData, Library
+from ..options import DEFAULT_RERANK_DEPTH
 from .security import Guard, SecurityMiddleware
 
 HERE = Path(__file__).parent
@@ -61,7 +62,7 @@ class ServeSettings:
     allowed_hosts: tuple[str, ...] = ()
     max_upload_bytes: int = 25 * 2**20
     max_upload_pixels: int = 50_000_000
-    rerank_depth: int = 32
+    rerank_depth: int = DEFAULT_RERANK_DEPTH
     warm: bool = True  # load the model and vector index when the server starts
 
 

@@ -11,7 +11,7 @@
   let current = null;        // {kind: "text"|"like"|"upload", ...} the search on screen
   let controller = null;     // aborts the requests of a search that was replaced
   let shown = [];            // hits on screen
-  const rerankDepth = Number(document.querySelector("main").dataset.rerankDepth || 32);
+  const rerankDepth = Number(document.querySelector("main").dataset.rerankDepth || 16);
   const hasTexts = Number(document.querySelector("main").dataset.texts || 0) > 0;
   const BROWSE = {kind: "browse"};  // no query: the photos most recently added (that pass the filters)
 

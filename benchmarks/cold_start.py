@@ -1,0 +1,123 @@
+"""Whole-process latency of `blipsearch` commands, as a user at a terminal waits for them.
+
+    python benchmarks/cold_start.py [--workdir DIR] [--runs 3]
+
+Each command runs as its own process, start to exit (`blipsearch ...` from the
+virtualenv), median of ``--runs``:
+
+- on a base-size library (BLIP-base architecture with random weights: the real
+  cost; 5,000 synthetic rows whose files are 12 MP JPEGs), in-process
+  (``BLIPSEARCH_IN_PROCESS=1``) and with a `blipsearch serve` of the library
+  running (the warm engine); reranking at the default depth with the
+  vision-token cache holding the candidates (one search fills it first);
+- on the offline demo (200 shapes-world pictures, the built-in model), the
+  same two ways.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import make_base_checkpoint, save, synthetic_library
+
+BIN = Path(sys.executable).parent / "blipsearch"
+
+
+def timed(args: list[str], env: dict[str, str], runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run([str(BIN), *args], env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+class Serving:
+    def __init__(self, options: list[str], env: dict[str, str]) -> None:
+        self.process = subprocess.Popen([str(BIN), "serve", "--port", "0", *options], env=env,
+                                        stderr=subprocess.PIPE, text=True)
+        assert self.process.stderr is not None
+        while "Serving" not in (line := self.process.stderr.readline()):
+            if not line:
+                raise RuntimeError("blipsearch serve did not start")
+
+    def __enter__(self) -> Serving:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.process.terminate()
+        self.process.wait(60)
+
+
+def commands(query_image: Path) -> dict[str, list[str]]:
+    return {
+        "--help": ["--help"],
+        "status": ["status"],
+        "search --no-rerank": ["search", "a red circle left of a blue square", "--no-rerank"],
+        "search (rerank, default depth)": ["search", "a red circle left of a blue square"],
+        "similar (indexed image)": ["similar", str(query_image)],
+    }
+
+
+def measure(options: list[str], query_image: Path, runs: int) -> dict[str, dict[str, float]]:
+    env = {**os.environ, "BLIPSEARCH_IN_PROCESS": "1"}
+    found = commands(query_image)
+    cold = {name: timed(args if name == "--help" else [*args, *options], env, runs) for name, args in found.items()}
+    warm: dict[str, float] = {}
+    env = {k: v for k, v in os.environ.items() if k != "BLIPSEARCH_IN_PROCESS"}
+    with Serving(options, env):
+        timed([*found["search (rerank, default depth)"], *options], env, 1)  # the server loads its model
+        for name, args in found.items():
+            if name not in ("--help", "status"):
+                warm[name] = timed([*args, *options], env, runs)
+    return {"in_process": cold, "with_serve": warm}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "blipsearch-bench")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--images", type=int, default=5000)
+    args = parser.parse_args()
+
+    checkpoint = make_base_checkpoint(args.workdir / "blip-base-random")
+    library = synthetic_library(args.workdir, args.images, checkpoint, "cold-library")
+    base = ["--library", str(library), "--token-cache-gb", "1"]
+    photo = library / "files" / "000001.jpg"
+    env = {**os.environ, "BLIPSEARCH_IN_PROCESS": "1"}
+    timed(["search", "a red circle left of a blue square", *base], env, 1)  # fills the token cache
+    result: dict[str, object] = {"base": measure(base, photo, args.runs)}
+
+    demo = args.workdir / "cold-demo"
+    shutil.rmtree(demo, ignore_errors=True)
+    subprocess.run([str(BIN), "demo-photos", str(demo / "photos")], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([str(BIN), "index", str(demo / "photos"), "--model", "builtin:shapes", "--library",
+                    str(demo / "library")], check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    result["demo"] = measure(["--library", str(demo / "library")], demo / "photos" / "images" / "00001.png",
+                             args.runs)
+    path = save("cold_start", result)
+    print("| command | base, in-process | base, serve running | demo, in-process | demo, serve running |")
+    print("|---|---|---|---|---|")
+    for name in commands(photo):
+        cells = []
+        for where in ("base", "demo"):
+            runs = result[where]  # type: ignore[index]
+            cells += [f"{runs['in_process'][name]:.2f} s",
+                      f"{runs['with_serve'][name]:.2f} s" if name in runs["with_serve"] else "-"]
+        print(f"| `{name}` | " + " | ".join(cells) + " |")
+    print(f"written to {path}")
+    shutil.rmtree(library, ignore_errors=True)
+    shutil.rmtree(demo, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
