@@ -24,7 +24,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
-import http.client
 import json
 import os
 import socket
@@ -162,21 +161,53 @@ class EngineGone(BlipsearchError):
     """The server stopped (or broke the connection) in the middle of an answer."""
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: Path) -> None:
-        super().__init__("localhost", timeout=CONNECT_TIMEOUT_S)
-        self.socket_path = path
+class _Connection:
+    """One kept-alive HTTP/1.1 connection over the server's Unix socket. The server is ours and
+    always answers with a Content-Length, so this is all the HTTP needed (``http.client`` alone
+    would add a third to the command's start-up)."""
 
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(CONNECT_TIMEOUT_S)
-            sock.connect(str(self.socket_path))
-            sock.settimeout(None)  # an answer may take minutes (captions of many photos)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock: socket.socket | None = None
+        self.buffer = b""
+
+    def exchange(self, body: bytes) -> tuple[int, bytes]:
+        if self.sock is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(CONNECT_TIMEOUT_S)
+                sock.connect(str(self.path))
+                sock.settimeout(None)  # an answer may take minutes (captions of many photos)
+            except BaseException:
+                sock.close()
+                raise
+            self.sock = sock
+        head = (f"POST /call HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode("ascii")
+        self.sock.sendall(head + body)
+        while b"\r\n\r\n" not in self.buffer:
+            self._receive()
+        header, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+        lines = header.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        fields = dict(line.split(":", 1) for line in lines[1:] if ":" in line)
+        length = int({k.strip().lower(): v.strip() for k, v in fields.items()}["content-length"])
+        while len(self.buffer) < length:
+            self._receive()
+        answer, self.buffer = self.buffer[:length], self.buffer[length:]
+        return status, answer
+
+    def _receive(self) -> None:
+        assert self.sock is not None
+        chunk = self.sock.recv(1 << 16)
+        if not chunk:
+            raise ConnectionError("the server closed the connection")
+        self.buffer += chunk
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
 
 
 class Engine:
@@ -186,7 +217,7 @@ class Engine:
     def __init__(self, path: Path, settings: dict[str, Any]) -> None:
         self.path = path
         self.settings = settings
-        self._connection = _UnixConnection(path)
+        self._connection = _Connection(path)
         self._types = _light_types()
 
     @classmethod
@@ -201,7 +232,7 @@ class Engine:
         engine = cls(path, settings)
         try:
             status, _ = engine._exchange({"call": "hello", "settings": settings})
-        except (OSError, http.client.HTTPException, ValueError):
+        except (OSError, ValueError, KeyError, IndexError):
             engine.close()
             return None  # a socket left by a server that was killed, or not a server at all
         if status != 200:
@@ -210,17 +241,15 @@ class Engine:
         return engine
 
     def _exchange(self, request: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        body = json.dumps(request, ensure_ascii=True).encode()
-        self._connection.request("POST", "/call", body, {"Content-Type": "application/json"})
-        response = self._connection.getresponse()
-        answer = json.loads(response.read() or b"{}")
-        return response.status, answer if isinstance(answer, dict) else {}
+        status, body = self._connection.exchange(json.dumps(request, ensure_ascii=True).encode())
+        answer = json.loads(body or b"{}")
+        return status, answer if isinstance(answer, dict) else {}
 
     def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         request = {"call": name, "settings": self.settings, "args": encode(list(args)), "kwargs": encode(kwargs)}
         try:
             status, answer = self._exchange(request)
-        except (OSError, http.client.HTTPException, ValueError) as exc:
+        except (OSError, ValueError, KeyError, IndexError) as exc:
             raise EngineGone(f"The `blipsearch serve` answering for this library stopped during the command "
                              f"({exc.__class__.__name__}): run it again.") from None
         if "error" in answer:

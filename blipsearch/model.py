@@ -131,9 +131,19 @@ class RetrievalModel(Checkpoint):
 
     @property
     def batch_size(self) -> int:
-        """Images per vision-encoder call when indexing: the ViT at 384 px runs fastest
-        in small batches on a CPU (benchmarks/indexing.py), larger ones keep a GPU busy."""
-        return 2 if self.device.type == "cpu" else 16
+        """Images per vision-encoder call when indexing and reranking: the ViT at 384 px runs
+        fastest in small batches on a CPU (benchmarks/indexing.py), larger ones keep a GPU busy,
+        and small models (the built-in one) are dominated by per-call costs, so they batch more."""
+        if self.device.type != "cpu":
+            return 16
+        return 2 if self.vision_work(1) >= LONG_OPERATION // 2 else 16
+
+    def vision_work(self, images: int, height: int | None = None, width: int | None = None) -> int:
+        """Multiply-adds of one of the vision encoder's linear layers for ``images`` images."""
+        vision: Any = self.net.config.vision_config
+        h, w = height or self.image_spec.height, width or self.image_spec.width
+        tokens = (h // vision.patch_size) * (w // vision.patch_size) + 1
+        return int(images * tokens * vision.hidden_size**2)
 
     @property
     def decode_workers(self) -> int:
@@ -184,9 +194,8 @@ class RetrievalModel(Checkpoint):
     def image_tokens(self, pixels: npt.NDArray[np.float32] | torch.Tensor) -> torch.Tensor:
         """The vision encoder's full output (batch, tokens, hidden), on the model's device."""
         values = self.pixel_values(pixels)
-        vision: Any = self.net.config.vision_config
-        tokens = (values.shape[-2] // vision.patch_size) * (values.shape[-1] // vision.patch_size) + 1
-        with self.computing(long_operations=values.shape[0] * tokens * vision.hidden_size**2 >= LONG_OPERATION):
+        work = self.vision_work(values.shape[0], values.shape[-2], values.shape[-1])
+        with self.computing(long_operations=work >= LONG_OPERATION):
             return self.net.vision_model(pixel_values=values).last_hidden_state
 
     @torch.inference_mode()
