@@ -28,6 +28,7 @@ from .options import (
     CaptionSettings,
     open_settings,
 )
+from .query import image_term, text_term
 from .store.location import LIBRARY_ENV
 from .text import checked
 
@@ -302,22 +303,40 @@ def _nonempty(ctx: click.Context, param: click.Parameter, value: str) -> str:
 
 
 def _filter_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Narrow the images before ranking: -k N gives the N best of those that match."""
-    func = click.option("--min-probability", type=Amount(0), default=DEFAULT_MIN_PROBABILITY, show_default=True,
-                        help="With --tag: a stored label counts as an image's tag when ITM's match probability "
-                             "for it is at least this.")(func)
-    func = click.option("--before", metavar="DATE",
-                        help="Only images taken before DATE (EXIF capture time, else file time): 2024, "
-                             "2024-07, 2024-07-14.")(func)
-    func = click.option("--after", metavar="DATE",
-                        help="Only images taken on or after DATE (EXIF capture time, else file time).")(func)
-    return click.option("--folder", "folders", multiple=True, type=click.Path(path_type=bytes),
-                        help="Only images below this folder (repeatable).")(func)
+    """Narrow the images before ranking: -k N gives the N best of those that match. The command gets
+    them as one ``filters`` argument (its ``--tag`` as well); a bad value is a usage error."""
 
+    @functools.wraps(func)
+    def wrapper(*args: Any, folders: tuple[bytes, ...], after: str | None, before: str | None, camera: str | None,
+                min_size: str | None, formats: tuple[str, ...], min_probability: float, **kwargs: Any) -> Any:
+        try:
+            filters = Filters.make(folders=list(folders), after=after, before=before, tag=kwargs.get("tag"),
+                                   min_probability=min_probability, camera=camera, min_size=min_size,
+                                   formats=[f for value in formats for f in value.split(",")])
+        except BlipsearchError as exc:
+            raise click.UsageError(str(exc)) from None
+        return func(*args, filters=filters, **kwargs)
 
-def _filters(folders: tuple[bytes, ...], after: str | None, before: str | None, tag: str | None,
-             min_probability: float) -> Filters:
-    return Filters.make(folders=list(folders), after=after, before=before, tag=tag, min_probability=min_probability)
+    options = [
+        click.option("--folder", "folders", multiple=True, type=click.Path(path_type=bytes),
+                     help="Only images below this folder (repeatable)."),
+        click.option("--after", metavar="DATE",
+                     help="Only images taken on or after DATE (EXIF capture time, else file time): 2024, "
+                          "2024-07, 2024-07-14."),
+        click.option("--before", metavar="DATE", help="Only images taken before DATE."),
+        click.option("--camera", type=TEXT, metavar="TEXT",
+                     help="Only images whose EXIF camera (make and model) contains TEXT, any case: canon, 'iphone 13'."),
+        click.option("--min-size", metavar="WxH", help="Only images at least W pixels wide and H high: 1920x1080."),
+        click.option("--format", "formats", multiple=True, metavar="NAME",
+                     help="Only images of this format, by file extension: jpeg, png, heic, webp, ... "
+                          "(repeatable, or comma-separated)."),
+        click.option("--min-probability", type=Amount(0), default=DEFAULT_MIN_PROBABILITY, show_default=True,
+                     help="With --tag: a stored label counts as an image's tag when ITM's match probability "
+                          "for it is at least this."),
+    ]
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper
 
 
 def _output_flags(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -472,6 +491,13 @@ index.help = (index.help or "").replace("{formats}", FORMAT_NAMES)  # one list o
 @click.option("--hybrid", is_flag=True,
               help="Also match the words of TEXT against captions, file and folder names "
                    "(full text), fused with the vector ranking before reranking.")
+@click.option("--and", "also", multiple=True, type=TEXT, metavar="TEXT",
+              help="Also look for TEXT (repeatable; `2*TEXT` weighs it twice). See 'Composite queries' below.")
+@click.option("--not", "without", multiple=True, type=TEXT, metavar="TEXT",
+              help="Look away from TEXT: its vector is subtracted and its ITM match lowers the score.")
+@click.option("--like", "like", multiple=True, type=TEXT, metavar="IMAGE",
+              help="Also look like IMAGE (a file, or an indexed image's id; ITC only; repeatable).")
+@click.option("--unlike", "unlike", multiple=True, type=TEXT, metavar="IMAGE", help="Look unlike IMAGE (ITC only).")
 @click.option("--tag", type=TEXT, metavar="LABEL", help="Only images tagged LABEL (see `index --tags`).")
 @click.option("--caption", "with_caption", is_flag=True, help="Add a generated caption to each hit (cached).")
 @click.option("--ask", "question", type=TEXT, metavar="QUESTION", help="Ask each hit a question; adds `answer`.")
@@ -483,8 +509,8 @@ index.help = (index.help or "").replace("{formats}", FORMAT_NAMES)  # one list o
 @with_served_library
 def search(lib: Library, text: str, k: int, as_json: bool, paths_only: str | None, rerank_depth: int,
            no_rerank: bool, hybrid: bool, tag: str | None, with_caption: bool, question: str | None, expected: str | None,
-           examine: int | None, folders: tuple[bytes, ...], after: str | None, before: str | None,
-           min_probability: float) -> None:
+           examine: int | None, filters: Filters, also: tuple[str, ...], without: tuple[str, ...],
+           like: tuple[str, ...], unlike: tuple[str, ...]) -> None:
     """Find the images that best match TEXT.
 
     Candidates come from the vector index by cosine similarity (ITC); the best
@@ -502,13 +528,26 @@ def search(lib: Library, text: str, k: int, as_json: bool, paths_only: str | Non
       blipsearch search "birthday cake" --hybrid
       blipsearch search "a street at night" --ask "is it raining?" --answer yes
       blipsearch search "the beach" --folder ~/Pictures/Trips --after 2024-06 --before 2024-09
+      blipsearch search "a beach" --and "2*sunset" --not "people"
+      blipsearch search "at night" --like ~/Pictures/street.jpg
+
+    \b
+    Composite queries: ITC ranks by the normalized weighted sum of the vectors
+    of TEXT (weight 1) and of each --and/--like term, minus each --not/--unlike
+    term; ITM reranking adds the weighted ITM logits of the texts (--not ones
+    subtracted) over the sum of the positive weights. `match` stays TEXT's.
     """
     if expected is not None and question is None:
         raise click.UsageError("--answer needs --ask QUESTION.")
     depth = 0 if no_rerank else rerank_depth
     wanted = (examine or max(k, depth)) if expected is not None else k
-    hits = lib.search(text, wanted, rerank_depth=depth, rerank_hits=depth > 0, hybrid=hybrid,
-                      filters=_filters(folders, after, before, tag, min_probability))
+    try:
+        terms = ([text_term(t) for t in also] + [text_term(t, -1) for t in without]
+                 + [image_term(i) for i in like] + [image_term(i, -1) for i in unlike])
+    except BlipsearchError as exc:
+        raise click.UsageError(str(exc)) from None
+    hits = lib.search(text, wanted, rerank_depth=depth, rerank_hits=depth > 0, hybrid=hybrid, filters=filters,
+                      terms=terms)
     settings = CaptionSettings() if with_caption else None
     if expected is not None:
         hits = lib.describe(hits, question=question)
@@ -603,7 +642,7 @@ def _print_described(results: list[Any], field: str, as_json: bool, question: st
 @_filter_options
 @with_served_library
 def similar(lib: Library, image: bytes, k: int, as_json: bool, paths_only: str | None, tag: str | None,
-            folders: tuple[bytes, ...], after: str | None, before: str | None, min_probability: float) -> None:
+            filters: Filters) -> None:
     """Find the images that look most like IMAGE (any image file, indexed or not).
 
     \b
@@ -611,9 +650,60 @@ def similar(lib: Library, image: bytes, k: int, as_json: bool, paths_only: str |
       blipsearch similar ~/Pictures/beach/IMG_0042.jpg -k 5
       blipsearch similar download.png --paths0 | xargs -0 ls -l
       blipsearch similar cat.jpg --folder ~/Pictures/2023"""
-    _print_hits(lib.similar(image, k, filters=_filters(folders, after, before, tag, min_probability)), as_json,
-                paths_only)
+    _print_hits(lib.similar(image, k, filters=filters), as_json, paths_only)
     _warn_unsearchable(lib)
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:6.1f} MB"
+
+
+@main.command()
+@click.option("--threshold", type=Amount(0, strict=True), default=0.95, show_default=True,
+              help="Least ITC cosine between two photos for them to count as copies (1.0: only identical "
+                   "vectors; lower finds edits and crops, and sooner photos of the same scene).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per group per line.")
+@click.option("--paths", "paths_only", flag_value="\n",
+              help="Print only the copies after each group's best, one path per line (what you might move away).")
+@click.option("-0", "--paths0", "paths_only", flag_value="\0", help="The same, each path ended by a NUL byte.")
+@click.option("--tag", type=TEXT, metavar="LABEL", help="Only images tagged LABEL (see `index --tags`).")
+@_filter_options
+@with_existing_library
+def duplicates(lib: Library, threshold: float, as_json: bool, paths_only: str | None, tag: str | None,
+               filters: Filters) -> None:
+    """Find photos that are copies of each other: the same shot resized, re-encoded, lightly cropped
+    or byte for byte.
+
+    Every pair of indexed photos whose ITC vectors reach --threshold joins a
+    group; the best copy (most pixels, then largest file) comes first, byte-identical
+    files are marked `same`. Nothing is changed or deleted. Output: per group, the
+    best copy, then each other copy with its cosine to the best.
+
+    \b
+    Examples:
+      blipsearch duplicates
+      blipsearch duplicates --folder ~/Pictures/2024 --threshold 0.97
+      blipsearch duplicates --paths0 | xargs -0 mv -t ~/possible-duplicates/
+    """
+    if threshold > 1:
+        raise click.BadParameter("it is a cosine: at most 1.", param_hint="--threshold")
+    groups = lib.duplicates(threshold, filters=filters)
+    for group in groups:
+        if paths_only:
+            for copy in group.copies[1:]:
+                _echo_path(copy.path, paths_only)
+        elif as_json:
+            _json_line(group.to_dict())
+        else:
+            click.echo(f"group {group.rank}: {len(group.copies)} photos")
+            for n, copy in enumerate(group.copies):
+                mark = "best" if n == 0 else "same" if copy.exact else f"{copy.similarity:.3f}"
+                dims = f"{copy.width}x{copy.height}" if copy.width and copy.height else "?"
+                click.echo(f"  {mark:>6}  {dims:>11}  {_megabytes(copy.size)}  {_display(copy.path)}")
+    if not paths_only and not as_json:
+        photos = sum(len(g.copies) for g in groups)
+        click.echo(f"{len(groups)} groups, {photos} photos, at cosine >= {threshold:g}" if groups else
+                   f"No two photos reach cosine {threshold:g}.", err=True)
 
 
 @main.group()

@@ -152,8 +152,9 @@ def _light_types() -> dict[str, type]:
     """The argument types the command line builds itself (all importable without numpy)."""
     from .filters import Filters
     from .options import AnswerSettings, CaptionSettings
+    from .query import Term
 
-    return {t.__name__: t for t in (Filters, CaptionSettings, AnswerSettings)}
+    return {t.__name__: t for t in (Filters, CaptionSettings, AnswerSettings, Term)}
 
 
 # -- the command line's side ---------------------------------------------------------------------------

@@ -1,10 +1,16 @@
-"""Filters that narrow a search before ranking: folder, capture date, tag.
+"""Filters that narrow a search before ranking: folder, capture date, camera, size, format, tag.
 
 Tags: ``index --tags`` stores each image's top labels with the ITM match
 probability of each; a label counts as the image's tag when that probability
 is at least ``min_probability`` (50 % by default: ITM finds the label in the
 picture more likely than not). A label stored without a probability (tagged by
 cosine alone, ``--rerank-depth 0``) counts whatever its rank.
+
+Camera: the EXIF make and model ("Canon EOS R6"), matched as a case-insensitive
+part (``camera="canon"``, ``camera="iphone 13"``). Size: at least so many pixels
+wide and high (``min_size="1920x1080"``; a portrait photo must then be 1920 wide
+too). Format: by file name extension, a format's name or one of its extensions
+(``jpeg`` takes .jpg, .jpeg and .jpe; ``heic`` takes .heif too); several are or-ed.
 
 A filtered search ranks only the matching images, so ``k=10`` returns the ten
 best matching photos, not the matching ones among the ten best of all.
@@ -25,10 +31,34 @@ from dataclasses import dataclass
 from datetime import date, datetime
 
 from .errors import InputPathError
+from .index.formats import FORMAT_EXTENSIONS, format_extensions
 from .text import checked
 
 DEFAULT_MIN_PROBABILITY = 0.5
 _DATE = re.compile(r"^(\d{4})(?:-(\d{1,2})(?:-(\d{1,2}))?)?$")
+_SIZE = re.compile(r"^\s*(\d{1,6})\s*[xX×]\s*(\d{1,6})\s*$")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``WxH`` (``1920x1080``) as (width, height), both at least 1."""
+    match = _SIZE.match(text)
+    if not match or min(int(match[1]), int(match[2])) < 1:
+        raise InputPathError(f"{text!r} is not a size: use WIDTHxHEIGHT in pixels, both at least 1, e.g. 1920x1080.")
+    return int(match[1]), int(match[2])
+
+
+def parse_formats(names: Sequence[str]) -> tuple[str, ...]:
+    """The file extensions of the formats ``names``, in a stable order."""
+    found: list[str] = []
+    for name in names:
+        if not name.strip():
+            continue
+        exts = format_extensions(name)
+        if exts is None:
+            raise InputPathError(f"{name!r} is not an image format blipsearch knows: use one of "
+                                 f"{', '.join(FORMAT_EXTENSIONS)} (or an extension such as jpg).")
+        found += exts
+    return tuple(dict.fromkeys(found))
 
 
 def parse_date(text: str) -> datetime:
@@ -67,6 +97,10 @@ class Filters:
     before: datetime | None = None
     tag: str | None = None
     min_probability: float = DEFAULT_MIN_PROBABILITY
+    camera: str | None = None  # a part of the EXIF make and model, lower case
+    min_width: int = 0
+    min_height: int = 0
+    extensions: tuple[str, ...] = ()  # lower case, with the dot
 
     @classmethod
     def make(
@@ -76,6 +110,9 @@ class Filters:
         before: str | date | datetime | None = None,
         tag: str | None = None,
         min_probability: float | None = None,
+        camera: str | None = None,
+        min_size: str | tuple[int, int] | None = None,
+        formats: Sequence[str] = (),
     ) -> Filters:
         """Filters from what a user typed: folders expanded (``~``) and made absolute, dates parsed."""
         roots = []
@@ -90,11 +127,19 @@ class Filters:
         probability = DEFAULT_MIN_PROBABILITY if min_probability is None else float(min_probability)
         if not 0.0 <= probability <= 1.0:
             raise InputPathError(f"The tag's least match probability must lie in 0..1, not {min_probability}.")
+        if isinstance(min_size, tuple):
+            width, height = min_size
+            if min(width, height) < 0:
+                raise InputPathError(f"A least size can't be negative: {width}x{height}.")
+        else:
+            width, height = parse_size(min_size) if min_size else (0, 0)
         return cls(tuple(dict.fromkeys(roots)), start, end, checked(tag or "", "The tag").strip() or None,
-                   probability)
+                   probability, checked(camera or "", "The camera").strip().lower() or None, width, height,
+                   parse_formats(formats))
 
     def __bool__(self) -> bool:
-        return bool(self.folders or self.after or self.before or self.tag)
+        return bool(self.folders or self.after or self.before or self.tag or self.camera or self.min_width
+                    or self.min_height or self.extensions)
 
     def to_dict(self) -> dict[str, object]:
         out: dict[str, object] = {}
@@ -107,6 +152,12 @@ class Filters:
         if self.tag:
             out["tag"] = self.tag
             out["min_probability"] = self.min_probability
+        if self.camera:
+            out["camera"] = self.camera
+        if self.min_width or self.min_height:
+            out["min_size"] = f"{self.min_width}x{self.min_height}"
+        if self.extensions:
+            out["extensions"] = list(self.extensions)
         return out
 
 

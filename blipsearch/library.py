@@ -15,7 +15,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
@@ -36,6 +36,7 @@ from .describe import (
     same_answer,
 )
 from .describe.batch import Described, answer_paths, caption_paths
+from .duplicates import DEFAULT_THRESHOLD, DuplicateGroup, group_copies
 from .errors import (
     ImageChangedError,
     ImageError,
@@ -52,10 +53,11 @@ from .index.mirror import VectorMirror
 from .index.vectors import VectorIndex
 from .loading import BUILTIN_PREFIX, ModelIdentity
 from .options import DEFAULT_MODEL, DEFAULT_RERANK_DEPTH, open_settings
+from .query import Term
 from .rerank.cache import TokenCache
 from .rerank.itm import match_scores, rerank
 from .results import Explanation, Failure, Hit, ImageData, ImageInfo, ImageQuery
-from .store.database import Database, ImageRef
+from .store.database import Database, ImageRef, bytes_to_vectors
 from .store.fulltext import TextIndex, reciprocal_rank_fusion
 from .store.location import DB_FILE, default_location, library_location
 from .store.schema import ImageRow, TextRow
@@ -349,6 +351,22 @@ class Library:
             encoder = self._text_query[1]
         return encoder.embed_texts([text]) if encoder is not None else self.model.embed_texts([text])
 
+    def _composite(self, model: RetrievalModel | ModelIdentity, first: np.ndarray,
+                   terms: Sequence[Term]) -> np.ndarray:
+        """The normalized weighted sum of the search text's vector (weight 1) and the terms'."""
+        total = first[0].astype(np.float64)
+        for term in terms:
+            if term.text is not None:
+                vector = self._embed_query(model, term.text)[0]
+            else:
+                assert term.image is not None
+                vector, _ = self._query_image(model, term.image, need_tokens=False)
+            total = total + term.weight * vector.astype(np.float64)
+        norm = float(np.linalg.norm(total))
+        if norm < 1e-6:
+            raise InputPathError("The query's terms cancel each other out: nothing is left to search for.")
+        return (total / norm).astype(np.float32)[None, :]
+
     def _nearest(self, model: RetrievalModel | ModelIdentity, query: np.ndarray, width: int,
                  among: np.ndarray | None) -> dict[int, float]:
         """{id: cosine} of the ``width`` nearest stored vectors (only ``among`` those ids, if given), best first."""
@@ -359,8 +377,11 @@ class Library:
 
     def search(self, text: str, k: int = 10, *, rerank_depth: int = DEFAULT_RERANK_DEPTH, rerank_hits: bool = True,
                hybrid: bool = False, tag: str | None = None, filters: Filters = NO_FILTERS,
-               offset: int = 0) -> list[Hit]:
+               offset: int = 0, terms: Sequence[Term] = ()) -> list[Hit]:
         """Text to image: ITC cosine shortlist, the top ``rerank_depth`` reranked with ITM.
+
+        ``terms`` make it a composite query: more texts and images, weighted, negative ones
+        subtracted (see :mod:`blipsearch.query` for how they rank and rerank).
 
         With ``hybrid``, the shortlist fuses the vector ranking with a full-text
         ranking of captions, file and folder names (reciprocal rank fusion),
@@ -377,6 +398,8 @@ class Library:
         depth = rerank_depth if rerank_hits else 0
         model = self._searchable(load=depth > 0)
         query = self._embed_query(model, text)
+        if terms:
+            query = self._composite(model, query, terms)
         wanted = offset + k
         width = max(wanted, depth) if not hybrid else max(4 * wanted, depth, 50)
         among = self._allowed(model, filters)
@@ -397,7 +420,9 @@ class Library:
         order = sorted(base, key=lambda i: -base[i])
         rows = self.db.refs_by_id(order)
         order = [i for i in order if i in rows]
-        ranked = rerank(self.model, text, [(i, itc[i]) for i in order[:depth]], rows, cache=self.token_cache) if depth else []
+        more = [(t.text, t.weight) for t in terms if t.text is not None]
+        ranked = (rerank(self.model, text, [(i, itc[i]) for i in order[:depth]], rows, cache=self.token_cache,
+                         more=more) if depth else [])
         reranked = {r.id: r for r in ranked if r.itm is not None}
         results = [(r.id, r.score, r.itm) for r in ranked if r.itm is not None]
         if hybrid and results:
@@ -503,6 +528,22 @@ class Library:
     def content_hashes(self, ids: list[int]) -> dict[int, str]:
         """{id: content hash} of indexed images: what names their renditions (and their versions)."""
         return {i: ref.content_hash for i, ref in self.db.refs_by_id(ids).items()}
+
+    def duplicates(self, threshold: float = DEFAULT_THRESHOLD, *, filters: Filters = NO_FILTERS) -> list[DuplicateGroup]:
+        """Groups of near-duplicate photos (ITC cosine >= ``threshold``) among the indexed ones that
+        pass ``filters``, best copy first (see :mod:`blipsearch.duplicates`). Loads no model."""
+        if not 0.0 < threshold <= 1.0:
+            raise InputPathError(f"The similarity threshold must lie in (0, 1], not {threshold}.")
+        model = self._searchable(load=False)
+        allowed = set(self._allowed(model, filters).tolist()) if filters else None
+        ids, blobs = [], []
+        for chunk_ids, chunk_blobs in self.db.iter_vectors(model.fingerprint):
+            for i, blob in zip(chunk_ids.tolist(), chunk_blobs):
+                if allowed is None or i in allowed:
+                    ids.append(i)
+                    blobs.append(blob)
+        vectors = bytes_to_vectors(blobs, model.dim) if blobs else np.zeros((0, model.dim), np.float32)
+        return group_copies(np.asarray(ids, np.int64), vectors, self.db.images_by_id, threshold)
 
     def warm(self) -> None:
         """Load the model and the vector index now, so that the first query does not wait for them."""

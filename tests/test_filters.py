@@ -172,3 +172,59 @@ def test_file_checks_refuse_a_file_replaced_since_indexing(lib: Library, photos:
         lib.image_file(row.id)
     time.sleep(0)  # the vector is still there: similar-by-id needs no file
     assert lib.similar(row.id, k=3)
+
+
+def test_camera_size_and_format_filters_equal_brute_force(lib: Library, photos: Path, tmp_path: Path) -> None:
+    extra = photos / "camera"
+    extra.mkdir()
+    for i, (name, size, camera) in enumerate([("a.jpg", (64, 48), ("Canon", "Canon EOS R6")),
+                                              ("b.JPG", (40, 90), ("Apple", "iPhone 13 mini")),
+                                              ("c.webp", (120, 100), None), ("d.png", (100, 100), None)]):
+        image = draw_image(60 + i).resize(size)
+        exif = Image.Exif()
+        if camera:
+            exif[0x010F], exif[0x0110] = camera  # Make, Model
+        image.save(extra / name, exif=exif) if camera else image.save(extra / name)
+    lib.index([photos])
+    query = lib.model.embed_texts([QUERY])[0]
+
+    def ext(r: ImageRow) -> str:
+        return os.path.splitext(os.fsdecode(r.path))[1].lower()
+
+    def camera(r: ImageRow) -> str:
+        exif = r.exif or {}
+        return f"{exif.get('Make', '')} {exif.get('Model', '')}".lower()
+
+    cases = [
+        (Filters.make(camera="EOS r6"), lambda r: "eos r6" in camera(r)),
+        (Filters.make(camera="iphone"), lambda r: "iphone" in camera(r)),
+        (Filters.make(min_size="90x90"), lambda r: (r.width or 0) >= 90 and (r.height or 0) >= 90),
+        (Filters.make(min_size="41x41"), lambda r: (r.width or 0) >= 41 and (r.height or 0) >= 41),
+        (Filters.make(formats=["jpeg"]), lambda r: ext(r) in (".jpg", ".jpeg", ".jpe")),
+        (Filters.make(formats=["webp", "jpg"]), lambda r: ext(r) in (".webp", ".jpg", ".jpeg", ".jpe")),
+        (Filters.make(formats=["png"], min_size="100x100", folders=[extra]), lambda r: r.path.endswith(b"/d.png")),
+    ]
+    for filters, keep in cases:
+        expected = _brute_force(lib, keep, query)
+        assert 0 < len(expected) < 16, filters
+        hits = lib.search(QUERY, k=50, rerank_hits=False, filters=filters)
+        assert [h.path for h in hits] == [p for p, _ in expected], filters
+    assert lib.search(QUERY, k=5, rerank_hits=False, filters=Filters.make(camera="nikon")) == []
+
+
+@pytest.mark.parametrize("kwargs", [{"min_size": "0x-3"}, {"min_size": "big"}, {"min_size": "0x100"},
+                                    {"formats": ["raw-ish"]}, {"after": "yesterdayish"}])
+def test_bad_filter_values_are_one_sentence(kwargs: dict) -> None:  # type: ignore[type-arg]
+    with pytest.raises(InputPathError):
+        Filters.make(**kwargs)
+
+
+@pytest.mark.parametrize("args", [["--min-size", "0x-3"], ["--after", "yesterdayish"], ["--format", "raw-ish"]])
+def test_bad_filter_values_are_usage_errors(args: list[str], lib: Library) -> None:
+    from click.testing import CliRunner
+
+    from blipsearch.cli import main
+
+    result = CliRunner().invoke(main, ["search", "a dog", *args, "--library", str(lib.location)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()[-1]) > 20  # a sentence that says what is wrong

@@ -16,6 +16,7 @@ from PIL import Image
 from blipsearch import Library
 from blipsearch.filters import Filters
 from blipsearch.library import ImageData
+from blipsearch.query import Term
 from blipsearch.web import ServeSettings, create_app
 
 QUERY = "a red circle left of a blue square"
@@ -56,6 +57,11 @@ def test_search_answers_as_the_library_does(client: TestClient, lib: Library, ph
         ({"k": 12, "hybrid": "true", "rerank_depth": 3}, {"rerank_depth": 3, "hybrid": True}),
         ({"k": 12, "no_rerank": "true", "folder": str(photos / "garden"), "after": "2000"},
          {"rerank_hits": False, "filters": Filters.make(folders=[photos / "garden"], after="2000")}),
+        ({"k": 12, "no_rerank": "true", "format": "png", "min_size": "8x8", "camera": ""},
+         {"rerank_hits": False, "filters": Filters.make(formats=["png"], min_size="8x8")}),
+        ({"k": 5, "rerank_depth": 4, "and": "2*a blue square", "not": "a garden", "like": 3, "unlike": 5},
+         {"rerank_depth": 4, "terms": [Term(text="a blue square", weight=2.0), Term(text="a garden", weight=-1.0),
+                                       Term(image=3), Term(image=5, weight=-1.0)]}),
     ]:
         k = params["k"]
         body = client.get("/api/search", params={"q": QUERY, **params}).json()

@@ -10,7 +10,7 @@ softmax of the two logits is the match probability shown to users.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -51,8 +51,14 @@ def rerank(
     rows: Mapping[int, object],
     batch_size: int = RERANK_BATCH,
     cache: TokenCache | None = None,
+    more: Sequence[tuple[str, float]] = (),
 ) -> list[Reranked]:
     """Score ``shortlist`` ((id, itc) pairs) against ``text``; best first.
+
+    ``more`` are further (text, weight) pairs of a composite query (see
+    :mod:`blipsearch.query`): the ITM logit used is then the weighted sum of all texts'
+    logits (``text`` weighing 1) over the sum of the positive weights; the match
+    probability stays ``text``'s.
 
     Vision tokens come from ``cache`` when it has them (and are added to it
     when computed). Images that can't be read again (moved or deleted since
@@ -89,6 +95,11 @@ def rerank(
         chunk = readable[start : start + batch_size]
         batch = torch.stack([tokens[i] for i, _ in chunk])
         logit, prob = match_scores(model.itm_logits([text] * len(chunk), batch))
+        if more:
+            positive = 1.0 + sum(w for _, w in more if w > 0)
+            for other, weight in more:
+                logit = logit + weight * match_scores(model.itm_logits([other] * len(chunk), batch))[0]
+            logit = logit / positive
         for (image_id, itc), lg, pr in zip(chunk, logit, prob):
             scored.append(Reranked(image_id, itc, float(lg) + itc, float(pr), float(lg)))
     scored.sort(key=lambda r: r.score, reverse=True)

@@ -294,13 +294,26 @@ class Database:
             taken = ImageRow.taken_at >= bound if keep else ImageRow.taken_at < bound
             modified = ImageRow.mtime_ns >= ns if keep else ImageRow.mtime_ns < ns
             where.append(or_(and_(ImageRow.taken_at.is_not(None), taken), and_(ImageRow.taken_at.is_(None), modified)))
-        stmt = select(ImageRow.id).where(*where)
+        if filters.min_width:
+            where.append(ImageRow.width >= filters.min_width)
+        if filters.min_height:
+            where.append(ImageRow.height >= filters.min_height)
+        if filters.camera:
+            make, model = (func.coalesce(ImageRow.exif[k].as_string(), "") for k in ("Make", "Model"))
+            where.append(func.lower(make + " " + model).contains(filters.camera, autoescape=True))
+        stmt = select(ImageRow.id, ImageRow.path) if filters.extensions else select(ImageRow.id)
+        stmt = stmt.where(*where)
         if filters.tag:
             stmt = stmt.where(ImageRow.content_hash.in_(
                 select(TagRow.content_hash).where(func.lower(TagRow.label) == filters.tag.lower(), TagRow.model == fp,
                                                   _kept(filters.min_probability))))
         with self.reader() as session:
-            return np.asarray(session.scalars(stmt.order_by(ImageRow.id)).all(), np.int64)
+            if not filters.extensions:
+                return np.asarray(session.scalars(stmt.order_by(ImageRow.id)).all(), np.int64)
+            # By extension, in Python: SQL's LIKE on bytes differs between databases (and in case).
+            wanted = tuple(os.fsencode(e) for e in filters.extensions)
+            return np.asarray([i for i, path in session.execute(stmt.order_by(ImageRow.id))
+                               if bytes(path).lower().endswith(wanted)], np.int64)
 
     def labels(self, fp: str, min_probability: float) -> list[tuple[str, int]]:
         """(tag label, number of images it is a tag of) of model ``fp``, most used first."""

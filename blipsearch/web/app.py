@@ -46,6 +46,7 @@ from ..errors import (
 from ..filters import DEFAULT_MIN_PROBABILITY, NO_FILTERS, Filters
 from ..library import Hit, ImageData, Library
 from ..options import DEFAULT_RERANK_DEPTH
+from ..query import Term, text_term
 from .security import Guard, SecurityMiddleware
 
 HERE = Path(__file__).parent
@@ -98,10 +99,17 @@ MinProbability = Annotated[float, Query(ge=0, le=1, description="With tag: the l
                                                                  "a stored label for it to count.")]
 
 
+Camera = Annotated[str | None, Query(description="Only images whose EXIF make and model contain this, any case.")]
+MinSize = Annotated[str | None, Query(description="Only images at least this wide and high: 1920x1080.")]
+Format = Annotated[list[str], Query(description="Only images of this format (jpeg, png, heic, ...; repeatable).")]
+
+
 def _filters(tag: Tag = None, folder: Folder = [], after: After = None,  # noqa: B006 - FastAPI copies defaults
-             before: Before = None, min_probability: MinProbability = DEFAULT_MIN_PROBABILITY) -> Filters:
+             before: Before = None, min_probability: MinProbability = DEFAULT_MIN_PROBABILITY,
+             camera: Camera = None, min_size: MinSize = None, format: Format = []) -> Filters:  # noqa: B006
     """The filters of a search or a browse, from its query parameters."""
-    return Filters.make(folders=folder, after=after, before=before, tag=tag, min_probability=min_probability)
+    return Filters.make(folders=folder, after=after, before=before, tag=tag, min_probability=min_probability,
+                        camera=camera, min_size=min_size, formats=format)
 
 
 Narrowed = Annotated[Filters, Depends(_filters)]
@@ -191,11 +199,19 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
         no_rerank: Annotated[bool, Query(description="Rank by ITC cosine only (fast).")] = False,
         hybrid: Annotated[bool, Query(description="Also match words against captions and file names.")] = False,
         filters: Narrowed = NO_FILTERS,
+        also: Annotated[list[str], Query(alias="and", description="Also look for this text (`2*text` weighs it "
+                                                               "twice; repeatable).")] = [],  # noqa: B006
+        without: Annotated[list[str], Query(alias="not", description="Look away from this text.")] = [],  # noqa: B006
+        like: Annotated[list[int], Query(description="Also look like this indexed image (its id).")] = [],  # noqa: B006
+        unlike: Annotated[list[int], Query(description="Look unlike this indexed image.")] = [],  # noqa: B006
     ) -> dict[str, Any]:
-        """Text to image: the CLI's `search --json` hits (`rank`, `id`, `path`, `score`, `itc`, `itm`)."""
+        """Text to image: the CLI's `search --json` hits (`rank`, `id`, `path`, `score`, `itc`, `itm`); with
+        `and`, `not`, `like`, `unlike`, a composite query as `blipsearch search --and/--not/--like/--unlike`."""
         depth = 0 if no_rerank else (settings.rerank_depth if rerank_depth is None else rerank_depth)
+        terms = ([text_term(t) for t in also] + [text_term(t, -1) for t in without]
+                 + [Term(image=i) for i in like] + [Term(image=i, weight=-1.0) for i in unlike])
         hits = lib.search(q, k, rerank_depth=depth, rerank_hits=depth > 0, hybrid=hybrid, filters=filters,
-                          offset=offset)
+                          offset=offset, terms=terms)
         return {"query": q, "k": k, "offset": offset, "reranked": depth > 0, "filters": filters.to_dict(),
                 "hits": hit_dicts(hits)}
 

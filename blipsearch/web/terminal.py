@@ -27,10 +27,11 @@ def _types() -> dict[str, type]:
     from ..describe.batch import Described
     from ..filters import Filters
     from ..options import AnswerSettings, CaptionSettings
+    from ..query import Term
     from ..results import Hit
     from ..texts import TextHit
 
-    return {t.__name__: t for t in (Hit, TextHit, Described, Filters, CaptionSettings, AnswerSettings)}
+    return {t.__name__: t for t in (Hit, TextHit, Described, Filters, CaptionSettings, AnswerSettings, Term)}
 
 
 class TerminalApp:
