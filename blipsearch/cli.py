@@ -480,6 +480,50 @@ index.help = (index.help or "").replace("{formats}", FORMAT_NAMES)  # one list o
 
 
 @main.command()
+@click.argument("folders", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=bytes))
+@click.option("--settle", type=Amount(0, strict=True), default=2.0, show_default=True,
+              help="Seconds without a new change before the changed folders are indexed (a copy of many "
+                   "photos becomes one run).")
+@click.option("--batch-size", type=PositiveInt(), default=None, help="Images per model call (as for `index`).")
+@click.option("--workers", type=PositiveInt(), default=None, help="Threads decoding images (as for `index`).")
+@click.option("--thumbnails/--no-thumbnails", default=True, show_default=True,
+              help="Make thumbnails of new images while they are decoded anyway.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON line of counts per run.")
+@with_library
+def watch(lib: Library, folders: tuple[bytes, ...], settle: float, batch_size: int | None, workers: int | None,
+          thumbnails: bool, as_json: bool) -> None:
+    """Index FOLDERS, then keep them indexed as photos are added, changed, moved or deleted.
+
+    It runs until Ctrl-C. Each burst of changes is followed, once it has settled,
+    by an index run over the folders it touched, with the rules of `blipsearch
+    index`: unchanged files are skipped, moved ones keep their vectors, deleted
+    ones are removed, broken ones are recorded (`blipsearch failures`). A search,
+    or a running `blipsearch serve`, sees each run's photos when it ends.
+
+    \b
+    Examples:
+      blipsearch watch ~/Pictures
+      blipsearch watch ~/Pictures /mnt/photos --settle 10 --json
+    """
+    import time as clock
+
+    def report(changed: list[bytes], result: Any) -> None:
+        counts = result.counts()
+        if as_json:
+            _json_line({"folders": [os.fsdecode(f) for f in changed], **counts})
+        else:
+            shown = ", ".join(_display(os.fsdecode(f)) for f in changed[:3]) + (" ..." if len(changed) > 3 else "")
+            click.echo(f"{clock.strftime('%H:%M:%S')}  {shown}: " + ", ".join(f"{v} {k}" for k, v in counts.items()
+                                                                            if v or k == "added"))
+        for path, reason in result.errors[:10]:
+            click.echo(f"skipped {_display(os.fsdecode(path))}: {reason}", err=True)
+
+    click.echo("Watching (Ctrl-C to stop) ...", err=True)
+    lib.watch(list(folders), settle=settle, on_update=report, batch_size=batch_size, workers=workers,
+              thumbnails=thumbnails, progress=_progress)
+
+
+@main.command()
 @click.argument("text", type=TEXT, callback=_nonempty)
 @_output_flags
 @click.option("--rerank-depth", type=PositiveInt(0), default=DEFAULT_RERANK_DEPTH, show_default=True,
@@ -564,6 +608,8 @@ def search(lib: Library, text: str, k: int, as_json: bool, paths_only: str | Non
     if not hits and tag is not None:
         click.echo(f"No indexed image is tagged {tag!r} (tags come from `blipsearch index --tags FILE`).", err=True)
     _print_hits(hits, as_json, paths_only)
+    if filters and not as_json and not paths_only:
+        click.echo(f"{lib.count(filters):,} indexed photos match the filters.", err=True)
     _warn_unsearchable(lib)
 
 

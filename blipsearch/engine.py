@@ -37,7 +37,8 @@ from .errors import BlipsearchError
 
 IN_PROCESS_ENV = "BLIPSEARCH_IN_PROCESS"
 # The Library calls the command line makes that a server may answer.
-CALLS = frozenset({"search", "similar", "lookup", "caption", "ask", "describe", "keep_answer", "unsearchable"})
+CALLS = frozenset({"search", "similar", "lookup", "caption", "ask", "describe", "keep_answer", "unsearchable",
+                   "count"})
 CONNECT_TIMEOUT_S = 2.0
 
 
@@ -286,6 +287,9 @@ class Engine:
 
     def keep_answer(self, hits: list[Any], expected: str) -> Any:
         return self.call("keep_answer", hits, expected)
+
+    def count(self, filters: Any = None) -> int:
+        return int(self.call("count", *([filters] if filters is not None else [])))
 
     def unsearchable(self) -> tuple[int, int]:
         return tuple(self.call("unsearchable"))  # type: ignore[return-value]

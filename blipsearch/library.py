@@ -51,6 +51,7 @@ from .index.images import load_pixels, open_image, pixels_from_bytes, read_file
 from .index.indexer import Indexer, IndexReport, ProgressFactory, no_progress
 from .index.mirror import VectorMirror
 from .index.vectors import VectorIndex
+from .index.watch import DEFAULT_SETTLE_S
 from .loading import BUILTIN_PREFIX, ModelIdentity
 from .options import DEFAULT_MODEL, DEFAULT_RERANK_DEPTH, open_settings
 from .query import Term
@@ -256,6 +257,22 @@ class Library:
             if report.removed or report.updated:
                 self.thumbnails.prune(self.db.content_hashes())
             return report
+
+    def watch(self, paths: list[str | os.PathLike[str] | bytes], *, settle: float = DEFAULT_SETTLE_S,
+              on_update: Callable[[list[bytes], IndexReport], None] = lambda folders, report: None,
+              stop: threading.Event | None = None, **index_options: Any) -> None:
+        """Index ``paths`` now and keep them indexed as files change, until ``stop`` is set or
+        Ctrl-C (see :mod:`blipsearch.index.watch`); ``on_update(folders, report)`` after each run.
+        ``index_options`` are :meth:`index`'s (batch size, workers, thumbnails, progress)."""
+        from .index.watch import watch
+
+        roots = [_root(p) for p in paths]
+        if not roots:
+            raise InputPathError("Give at least one folder to watch.")
+        not_folders = [os.fsdecode(r) for r in roots if not os.path.isdir(r)]
+        if not_folders:
+            raise InputPathError(f"{not_folders[0]} is not a folder: watch folders (index files with `index`).")
+        watch(self, roots, settle=settle, on_update=on_update, stop=stop, **index_options)
 
     def _remove_leftovers(self, min_age_s: float = 3600) -> None:
         """Temporary files of writes cut short by a crash or kill (as large as the vector file)."""
@@ -738,6 +755,15 @@ class Library:
         return [replace(h, rank=n + 1) for n, h in enumerate(kept)]
 
     # -- state -----------------------------------------------------------------------------------------
+    def count(self, filters: Filters = NO_FILTERS) -> int:
+        """How many searchable images pass ``filters`` (all of them without): what a search ranks."""
+        fp = self.db.library().model_fingerprint
+        if fp is None:
+            return 0
+        if filters:
+            return len(self.db.filtered_ids(fp, filters))
+        return self.db.counts(fp)[1]
+
     def unsearchable(self) -> tuple[int, int]:
         """(indexed images without a vector from the library's model, indexed images)."""
         images, searchable, _ = self.db.counts(self.db.library().model_fingerprint)

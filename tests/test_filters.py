@@ -209,6 +209,7 @@ def test_camera_size_and_format_filters_equal_brute_force(lib: Library, photos: 
         assert 0 < len(expected) < 16, filters
         hits = lib.search(QUERY, k=50, rerank_hits=False, filters=filters)
         assert [h.path for h in hits] == [p for p, _ in expected], filters
+        assert lib.count(filters) == len(expected)
     assert lib.search(QUERY, k=5, rerank_hits=False, filters=Filters.make(camera="nikon")) == []
 
 

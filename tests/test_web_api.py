@@ -72,6 +72,7 @@ def test_search_answers_as_the_library_does(client: TestClient, lib: Library, ph
             assert hit["thumbnail"].startswith(f"/api/images/{hit['id']}/thumbnail?v=")
     garden = client.get("/api/search", params={"q": QUERY, "k": 50, "folder": str(photos / "garden")}).json()
     assert len(garden["hits"]) == 6 and garden["filters"] == {"folders": [str(photos / "garden")]}
+    assert garden["matched"] == 6 and body["matched"] == 12  # what the filters leave, all without any
     assert client.get("/api/search", params={"q": QUERY, "before": "2000"}).json()["hits"] == []
 
 

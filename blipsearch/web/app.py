@@ -213,7 +213,7 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
         hits = lib.search(q, k, rerank_depth=depth, rerank_hits=depth > 0, hybrid=hybrid, filters=filters,
                           offset=offset, terms=terms)
         return {"query": q, "k": k, "offset": offset, "reranked": depth > 0, "filters": filters.to_dict(),
-                "hits": hit_dicts(hits)}
+                "matched": lib.count(filters), "hits": hit_dicts(hits)}
 
     @app.post("/api/search/image", tags=["search"],
               openapi_extra={"requestBody": {"required": True, "content": {
