@@ -530,8 +530,8 @@ def watch(lib: Library, folders: tuple[bytes, ...], settle: float, batch_size: i
               help="Rerank this many of the best ITC candidates with the ITM head "
                    "(each costs one vision-encoder pass plus one cross-attention pass).")
 @click.option("--no-rerank", is_flag=True,
-              help="Rank by ITC cosine only: no image is read or matched again (the command still loads the "
-                   "model to embed TEXT).")
+              help="Rank by ITC cosine only: no image is read or matched again, and no model is loaded (TEXT is "
+                   "embedded by a numpy copy of the text encoder).")
 @click.option("--hybrid", is_flag=True,
               help="Also match the words of TEXT against captions, file and folder names "
                    "(full text), fused with the vector ranking before reranking.")
