@@ -775,10 +775,17 @@ class Library:
         record = self.db.library()
         images, stored_vectors, failures = self.db.counts(record.model_fingerprint)
         searchable = 0
+        index: dict[str, Any] = {"index": None}
         if record.model_fingerprint:  # read-only: a stale file is rebuilt by the next search or index run
             header = VectorIndex.read_header(self.vectors.path)
             fresh = header is not None and self.vectors.mirrors(header, record.generation, record.model_fingerprint)
             searchable = header.count if fresh and header else stored_vectors
+            if header is not None:
+                # The vector index: exact, or approximate with the lists it scans and the recall@10
+                # measured on this library's vectors when it was built.
+                index = {"index": "exact" if header.kind == "flat" else header.kind}
+                if header.kind != "flat":
+                    index |= {"index_nprobe": header.nprobe or None, "index_recall_at_10": header.recall}
         return {
             "images": images,
             "vectors": searchable,
@@ -788,6 +795,7 @@ class Library:
             "model": record.model,
             "model_fingerprint": record.model_fingerprint,
             "dim": record.dim,
+            **index,
             "library": str(self.location),
             "database": self.db.display_url,
         }

@@ -34,7 +34,7 @@ def test_approximate_index_against_exact_oracle(monkeypatch: pytest.MonkeyPatch,
     ids = np.arange(100, 8100, dtype=np.int64)
     if budget < 1 << 30:  # product quantization: fewer sub-quantizers keep the test quick
         monkeypatch.setattr(vectors_module, "PQ_BYTES", 16)
-    approx = VectorIndex.build(256, ids, data, memory_budget=budget)
+    approx = VectorIndex.build(256, ids, data, memory_budget=budget, prefer_exact=False)
     assert approx.kind == ("ivf-flat" if budget > 1 << 30 else "ivf-pq")
     exact = VectorIndex(256)
     exact.add(ids, data)
@@ -65,10 +65,63 @@ def test_library_switches_to_ivf_when_it_grows(monkeypatch: pytest.MonkeyPatch, 
     with Library(library_dir, model=str(tiny_model), device="cpu") as lib:
         lib.index([photos / "holiday"])
         assert lib.vectors.get(lib.model.fingerprint).kind == "flat"
+        assert lib.status()["index"] == "exact" and "index_recall_at_10" not in lib.status()
         expected = [h.id for h in lib.search("a dog", k=12, rerank_hits=False)]
         monkeypatch.setattr(vectors_module, "FLAT_LIMIT", 4)
         lib.index([photos / "garden"])
+        # 12 vectors: an IVF index is no faster than exact search, so exact search stays.
+        assert lib.vectors.get(lib.model.fingerprint).kind == "flat"
+        monkeypatch.setattr(vectors_module, "PREFER_EXACT", False)
+        lib.rebuild_vectors()
         assert lib.vectors.get(lib.model.fingerprint).kind == "ivf-flat"
         hits = lib.search("a dog", k=12, rerank_hits=False)
         assert len(hits) == 12 and set(expected) <= {h.id for h in hits}
         assert VectorIndex.load(library_dir / "vectors.faiss")[1].kind == "ivf-flat"
+        status = lib.status()
+        assert status["index"] == "ivf-flat" and status["index_nprobe"] >= 1
+        assert status["index_recall_at_10"] == 1.0  # 12 vectors in one list: every list scanned
+
+
+def test_probes_are_tuned_to_the_recall_target_on_the_librarys_own_vectors(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Low-rank vectors with noise (the kind the old fixed setting missed most of the top 10 on).
+    monkeypatch.setattr(vectors_module, "FLAT_LIMIT", 1000)
+    rng = np.random.default_rng(3)
+    data = rng.standard_normal((20000, 16)).astype(np.float32) @ rng.standard_normal((16, 64)).astype(np.float32)
+    data += 0.5 * rng.standard_normal(data.shape).astype(np.float32) * np.abs(data).mean()
+    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    ids = np.arange(1, 20001, dtype=np.int64)
+    index = VectorIndex.build(64, ids, data, prefer_exact=False)
+    floor = max(16, index.index.nlist // 64)
+    assert index.kind == "ivf-flat" and index.recall is not None and index.recall >= vectors_module.RECALL_TARGET
+    assert index.nprobe > floor  # this data needed more lists than the fixed default
+    assert [t["nprobe"] for t in index.tuning][0] == floor and index.tuning[-1]["nprobe"] == index.nprobe
+
+    # Held-out queries the tuner never saw (other rows of the same data) get the same recall.
+    exact = VectorIndex(64)
+    exact.add(ids, data)
+    queries = data[rng.choice(20000, 200, replace=False)] + 0.01 * rng.standard_normal((200, 64)).astype(np.float32)
+    _, truth = exact.search(queries, 10)
+    _, found = index.search(queries, 10)
+    assert np.mean([len(set(t) & set(f)) / 10 for t, f in zip(truth, found)]) >= vectors_module.RECALL_TARGET - 0.03
+
+    # Kept in the file, and shown by a round trip.
+    index.save(tmp_path / "v.faiss", 1, "fp")
+    header = VectorIndex.read_header(tmp_path / "v.faiss")
+    assert header is not None and (header.nprobe, header.recall) == (index.nprobe, index.recall)
+    loaded, _ = VectorIndex.load(tmp_path / "v.faiss")
+    assert loaded.nprobe == index.nprobe and loaded.recall == index.recall
+
+
+def test_exact_search_replaces_an_index_that_is_no_faster(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(vectors_module, "FLAT_LIMIT", 1000)
+    rng = np.random.default_rng(4)
+    data = rng.standard_normal((3000, 64)).astype(np.float32)  # no structure: IVF must scan nearly all lists
+    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    ids = np.arange(1, 3001, dtype=np.int64)
+    index = VectorIndex.build(64, ids, data)
+    assert index.kind == "flat" and index.tuning  # tuned, found wanting, replaced
+    assert index.tuning[-1]["ms_per_query"] > 0 and index.trained_on == 3000
+    assert not index.needs_rebuild()  # until the collection doubles
+    index.add(np.arange(10**6, 10**6 + 3000, dtype=np.int64), data)
+    assert index.needs_rebuild()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,13 @@ RETRAIN_GROWTH = 2.0
 # A filter selecting at most this many images of an approximate index is searched exactly,
 # over their full vectors from the database.
 EXACT_SUBSET_LIMIT = 50_000
+# An approximate index must find at least this share of the exact top 10 (measured when it is built,
+# on the library's own vectors); the fewest lists scanned that reach it are kept.
+RECALL_TARGET = 0.95
+TUNING_QUERIES = 300
+# An approximate index no faster than exact search at its tuned setting is replaced by exact search.
+PREFER_EXACT = True
+_PROBES = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,8 @@ class IndexHeader:
     kind: str = "flat"
     trained_on: int = 0
     library: str = ""  # which database the file mirrors (see Library): another one's file is never used
+    nprobe: int = 0  # lists scanned per query, as tuned (approximate kinds)
+    recall: float | None = None  # recall@10 measured when it was tuned, on the library's own vectors
 
 
 def choose_kind(count: int, dim: int, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> str:
@@ -72,6 +82,8 @@ class VectorIndex:
         self.dim = dim
         self.kind = kind
         self.trained_on = trained_on
+        self.recall: float | None = None  # measured recall@10 of the tuned setting (approximate kinds)
+        self.tuning: list[dict[str, float]] = []  # every setting tried: nprobe, recall, p50 ms
         self.index = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
 
     @classmethod
@@ -82,8 +94,11 @@ class VectorIndex:
         vectors: npt.NDArray[np.float32],
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
         seed: int = 0,
+        prefer_exact: bool | None = None,
     ) -> VectorIndex:
-        """The right index for ``len(ids)`` vectors, filled with them."""
+        """The right index for ``len(ids)`` vectors, filled with them. An approximate one is tuned to
+        :data:`RECALL_TARGET` (see :meth:`tune`); with ``prefer_exact``, exact search replaces it when
+        the tuned setting is no faster (default :data:`PREFER_EXACT`)."""
         kind = choose_kind(len(ids), dim, memory_budget)
         if kind == "flat":
             index = cls(dim)
@@ -103,20 +118,78 @@ class VectorIndex:
         sample = vectors[rng.choice(len(vectors), size=min(len(vectors), 64 * nlist), replace=False)]
         ivf.train(np.ascontiguousarray(sample, np.float32))
         index = cls(dim, ivf, kind, trained_on=len(ids))
-        index.set_probes()
         index.add(ids, vectors)
+        exact_ms = index.tune(ids, vectors, seed=seed)
+        if (PREFER_EXACT if prefer_exact is None else prefer_exact) and index.tuning[-1]["ms_per_query"] >= exact_ms:
+            # The lists it must scan to be right make it no faster than exact search: search exactly.
+            flat = cls(dim, trained_on=len(ids))
+            flat.add(ids, vectors)
+            flat.tuning = index.tuning
+            return flat
         return index
 
+    def tune(self, ids: npt.NDArray[np.int64], vectors: npt.NDArray[np.float32], target: float = RECALL_TARGET,
+             seed: int = 0) -> float:
+        """Scan the fewest lists per query (at least ``max(16, nlist / 64)``) that find ``target`` of
+        the exact top 10, measured with a sample of the indexed ``vectors`` as queries (each one's own
+        hit left out) against exact inner-product search over all of them. Clustered synthetic vectors need 8 lists; vectors
+        spread as real embeddings are need hundreds (benchmarks/vector_index.py). When none of
+        them reaches it, every list is scanned (the exact answer, slowly). Returns the exact search's
+        time per query over the same sample (ms), for comparison."""
+        if self.kind == "flat":
+            return 0.0
+        ivf = faiss.extract_index_ivf(self.index)
+        rng = np.random.default_rng(seed)
+        rows = rng.choice(len(vectors), min(TUNING_QUERIES, len(vectors)), replace=False)
+        sample = np.ascontiguousarray(vectors[rows], np.float32)
+        exact = faiss.IndexFlatIP(self.dim)
+        exact.add(np.ascontiguousarray(vectors, np.float32))
+        start = time.perf_counter()
+        _, truth = exact.search(sample, 11)
+        exact_ms = 1000 * (time.perf_counter() - start) / len(sample)
+        ids = np.asarray(ids, np.int64)
+        own = ids[rows]
+
+        def top10(found: npt.NDArray[np.int64], query: int) -> set[int]:
+            return set([i for i in found.tolist() if i >= 0 and i != own[query]][:10])  # its own hit left out
+
+        truth_sets = [top10(ids[row], q) for q, row in enumerate(truth)]
+        refine = None
+        if self.kind == "ivf-pq":  # searched with exact re-scoring, as Library.search does
+            row_of = {int(i): n for n, i in enumerate(ids.tolist())}
+            refine = lambda wanted: vectors[[row_of[i] for i in wanted]]
+        self.tuning = []
+        # Never fewer than the fixed default of before (queries are texts, not the library's images:
+        # the sample can only show that more lists are needed).
+        floor = min(int(ivf.nlist), max(16, int(ivf.nlist) // 64))
+        for nprobe in [floor] + [p for p in _PROBES if floor < p < ivf.nlist] + [int(ivf.nlist)] * (floor < ivf.nlist):
+            ivf.nprobe = nprobe
+            start = time.perf_counter()
+            _, found = self.search(sample, 11, exact=refine)
+            elapsed = (time.perf_counter() - start) / len(sample)
+            recall = float(np.mean([len(t & top10(row, q)) / max(1, len(t))
+                                    for q, (t, row) in enumerate(zip(truth_sets, found))]))
+            self.tuning.append({"nprobe": nprobe, "recall_at_10": recall, "ms_per_query": 1000 * elapsed})
+            if recall >= target:
+                break
+        self.recall = self.tuning[-1]["recall_at_10"]
+        return exact_ms
+
     def set_probes(self, nprobe: int | None = None) -> None:
-        """Lists scanned per query: recall against exact search vs speed (benchmarks/vector_index.py)."""
+        """Lists scanned per query (the tuned number is kept in the index and in its file's header)."""
         if self.kind != "flat":
             ivf = faiss.extract_index_ivf(self.index)
             ivf.nprobe = nprobe or max(16, ivf.nlist // 64)
 
+    @property
+    def nprobe(self) -> int:
+        return int(faiss.extract_index_ivf(self.index).nprobe) if self.kind != "flat" else 0
+
     def needs_rebuild(self) -> bool:
         """True when the collection outgrew its index kind or its training."""
         if self.kind == "flat":
-            return len(self) >= FLAT_LIMIT
+            # Above the limit only when tuning found exact search as fast: asked again once it has doubled.
+            return len(self) >= FLAT_LIMIT and len(self) >= RETRAIN_GROWTH * max(self.trained_on, FLAT_LIMIT / 2)
         return len(self) < FLAT_LIMIT // 2 or len(self) > RETRAIN_GROWTH * max(self.trained_on, 1)
 
     def __len__(self) -> int:
@@ -186,7 +259,8 @@ class VectorIndex:
         """Write atomically: a temporary file in the same folder, fsync, then rename over ``path``."""
         header = json.dumps(
             {"version": _VERSION, "generation": generation, "model": model, "dim": self.dim, "count": len(self),
-             "kind": self.kind, "trained_on": self.trained_on, "library": library}
+             "kind": self.kind, "trained_on": self.trained_on, "library": library, "nprobe": self.nprobe,
+             "recall": self.recall}
         ).encode()
         payload = faiss.serialize_index(self.index)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -209,7 +283,8 @@ class VectorIndex:
             return None
         header = IndexHeader(int(meta["generation"]), str(meta["model"]), int(meta["dim"]), int(meta["count"]),
                              str(meta.get("kind", "flat")), int(meta.get("trained_on", 0)),
-                             str(meta.get("library", "")))
+                             str(meta.get("library", "")), int(meta.get("nprobe") or 0),
+                             float(meta["recall"]) if meta.get("recall") is not None else None)
         return header, 12 + length
 
     @classmethod
@@ -240,7 +315,8 @@ class VectorIndex:
         if index.ntotal != header.count or index.d != header.dim:
             return None
         loaded = cls(header.dim, index, header.kind, header.trained_on)
-        loaded.set_probes()
+        loaded.set_probes(header.nprobe or None)  # as tuned; FAISS keeps it too, older files had none
+        loaded.recall = header.recall
         return loaded, header
 
 
