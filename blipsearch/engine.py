@@ -149,7 +149,7 @@ class Remote:
         return f"Remote({self.kind}, {self.fields!r})"
 
 
-def _light_types() -> dict[str, type]:
+def light_types() -> dict[str, type]:
     """The argument types the command line builds itself (all importable without numpy)."""
     from .filters import Filters
     from .options import AnswerSettings, CaptionSettings
@@ -220,7 +220,7 @@ class Engine:
         self.path = path
         self.settings = settings
         self._connection = _Connection(path)
-        self._types = _light_types()
+        self._types = light_types()
 
     @classmethod
     def find(cls, location: Path, settings: dict[str, Any]) -> Engine | None:

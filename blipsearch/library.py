@@ -51,7 +51,7 @@ from .index.images import load_pixels, open_image, pixels_from_bytes, read_file
 from .index.indexer import Indexer, IndexReport, ProgressFactory, no_progress
 from .index.mirror import VectorMirror
 from .index.vectors import VectorIndex
-from .index.watch import DEFAULT_SETTLE_S
+from .index.watch import DEFAULT_SETTLE_S, watch
 from .loading import BUILTIN_PREFIX, ModelIdentity
 from .options import DEFAULT_MODEL, DEFAULT_RERANK_DEPTH, open_settings
 from .query import Term
@@ -264,8 +264,6 @@ class Library:
         """Index ``paths`` now and keep them indexed as files change, until ``stop`` is set or
         Ctrl-C (see :mod:`blipsearch.index.watch`); ``on_update(folders, report)`` after each run.
         ``index_options`` are :meth:`index`'s (batch size, workers, thumbnails, progress)."""
-        from .index.watch import watch
-
         roots = [_root(p) for p in paths]
         if not roots:
             raise InputPathError("Give at least one folder to watch.")

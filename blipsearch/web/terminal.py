@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..engine import CALLS, decode, encode, private_folder, socket_path
+from ..engine import CALLS, decode, encode, light_types, private_folder, socket_path
 from ..errors import BlipsearchError
 from ..library import Library
 from .security import ASGIApp, Receive, Scope, Send
@@ -24,14 +24,12 @@ MAX_REQUEST_BYTES = 1 << 20  # paths and settings: small
 
 
 def _types() -> dict[str, type]:
+    """The command line's argument types, and the result types it sees as Remote objects."""
     from ..describe.batch import Described
-    from ..filters import Filters
-    from ..options import AnswerSettings, CaptionSettings
-    from ..query import Term
     from ..results import Hit
     from ..texts import TextHit
 
-    return {t.__name__: t for t in (Hit, TextHit, Described, Filters, CaptionSettings, AnswerSettings, Term)}
+    return {**light_types(), **{t.__name__: t for t in (Hit, TextHit, Described)}}
 
 
 class TerminalApp:
