@@ -32,7 +32,13 @@ demo: $(VENV)/.installed
 	$(BIN)/blipsearch index $(DEMO)/photos --model builtin:shapes --library $(DEMO)/library --captions
 	$(BIN)/blipsearch serve --library $(DEMO)/library --port $(PORT)
 
-test: $(VENV)/.installed-test
+# transformers 4.15's beam search, which BLIP's published captions came from: the decoding tests
+# compare against its own scorer (read from the wheel, not installed; see tests/reference_tf415.py).
+REFERENCE := $(VENV)/reference/transformers-4.15.0-py3-none-any.whl
+$(REFERENCE): | $(BIN)/python
+	$(BIN)/python -m pip download --quiet --no-deps --dest $(VENV)/reference transformers==4.15.0
+
+test: $(VENV)/.installed-test $(REFERENCE)
 	$(BIN)/python -m pytest
 
 clean-demo:

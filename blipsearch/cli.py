@@ -24,13 +24,14 @@ from .options import (
     DEFAULT_MODEL,
     DEFAULT_RERANK_DEPTH,
     DEFAULT_VQA_MODEL,
+    LENGTH_RULES,
     AnswerSettings,
     CaptionSettings,
     open_settings,
 )
 from .query import image_term, text_term
 from .store.location import LIBRARY_ENV
-from .text import checked
+from .text import checked, same_answer
 
 if TYPE_CHECKING:
     from .library import Hit, Library
@@ -382,14 +383,50 @@ def caption_options(func: Callable[..., Any]) -> Callable[..., Any]:
                         help="Maximum caption length in tokens, prompt included.")(func)
     func = click.option("--beams", type=PositiveInt(), default=3, show_default=True,
                         help="Beam-search width.")(func)
+    func = _length_rule_option(func)
     return click.option("--prompt", type=TEXT, default="a picture of ", show_default=True,
                         help="Text the caption starts from (not part of the result).")(func)
 
 
-def _caption_settings(prompt: str, beams: int, max_length: int, min_length: int) -> CaptionSettings:
+_length_rule_option = click.option(
+    "--length-rule", type=click.Choice(LENGTH_RULES), default="paper", show_default=True,
+    help="How beam search ranks finished beams. paper: their summed log-probability over the whole "
+         "length, prompt included, end token not (transformers 4.15, which BLIP's published results "
+         "used); transformers: over the generated tokens, end token included (today's generate()).")
+
+
+def _caption_settings(prompt: str, beams: int, max_length: int, min_length: int,
+                      length_rule: str) -> CaptionSettings:
     if min_length > max_length:
         raise click.UsageError("--min-length can't be larger than --max-length.")
-    return CaptionSettings(prompt=prompt, num_beams=beams, max_length=max_length, min_length=min_length)
+    return CaptionSettings(prompt=prompt, num_beams=beams, max_length=max_length, min_length=min_length,
+                           length_rule=length_rule)
+
+
+def _choices_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = click.option("--shortlist", type=PositiveInt(), default=128, show_default=True,
+                        help="With --choices: how many choices, those of likeliest first word-piece, "
+                             "are scored in full (the paper's k_test).")(func)
+    return click.option("--choices", "choices_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                        metavar="FILE",
+                        help="Rank these answers (one per line) instead of generating one, as the BLIP "
+                             "paper's VQA results do: the best-scoring line is the answer.")(func)
+
+
+def _read_choices(path: Path | None) -> tuple[str, ...]:
+    """The answers listed in ``path``, one per line: blank lines and repeats dropped."""
+    if path is None:
+        return ()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise click.UsageError(f"--choices {path} is not UTF-8 text.") from None
+    except OSError as exc:
+        raise click.UsageError(f"Can't read --choices {path}: {exc.strerror}.") from None
+    choices = tuple(dict.fromkeys(line.strip() for line in lines if line.strip()))
+    if not choices:
+        raise click.UsageError(f"--choices {path} lists no answers (one per line).")
+    return choices
 
 
 @main.command()
@@ -423,7 +460,7 @@ def _caption_settings(prompt: str, beams: int, max_length: int, min_length: int)
 @with_library
 def index(lib: Library, paths: tuple[bytes, ...], batch_size: int | None, workers: int | None, reindex: bool,
           allow_empty: bool, captions: bool, prompt: str, beams: int, max_length: int, min_length: int,
-          labels_file: Path | None, template: str, tags_k: int, retry_failed: bool, thumbnails: bool,
+          length_rule: str, labels_file: Path | None, template: str, tags_k: int, retry_failed: bool, thumbnails: bool,
           as_json: bool) -> None:
     """Index the images in PATHS (folders, walked recursively, or files).
 
@@ -443,7 +480,7 @@ def index(lib: Library, paths: tuple[bytes, ...], batch_size: int | None, worker
     """
     from .texts import read_text_file
 
-    settings = _caption_settings(prompt, beams, max_length, min_length)
+    settings = _caption_settings(prompt, beams, max_length, min_length, length_rule)
     if labels_file is not None and "{}" not in template:
         raise click.UsageError("--template needs {} where the label goes.")
     if captions:
@@ -549,12 +586,13 @@ def watch(lib: Library, folders: tuple[bytes, ...], settle: float, batch_size: i
               help="With --ask: keep only the hits whose answer is VALUE (e.g. --ask 'is there a dog?' --answer yes).")
 @click.option("--examine", type=PositiveInt(), default=None,
               help="With --answer: how many top hits to ask. Default: max(k, --rerank-depth).")
+@_choices_option
 @_filter_options
 @with_served_library
 def search(lib: Library, text: str, k: int, as_json: bool, paths_only: str | None, rerank_depth: int,
            no_rerank: bool, hybrid: bool, tag: str | None, with_caption: bool, question: str | None, expected: str | None,
-           examine: int | None, filters: Filters, also: tuple[str, ...], without: tuple[str, ...],
-           like: tuple[str, ...], unlike: tuple[str, ...]) -> None:
+           examine: int | None, choices_file: Path | None, shortlist: int, filters: Filters,
+           also: tuple[str, ...], without: tuple[str, ...], like: tuple[str, ...], unlike: tuple[str, ...]) -> None:
     """Find the images that best match TEXT.
 
     Candidates come from the vector index by cosine similarity (ITC); the best
@@ -571,6 +609,7 @@ def search(lib: Library, text: str, k: int, as_json: bool, paths_only: str | Non
       blipsearch search "a dog in the park" --caption
       blipsearch search "birthday cake" --hybrid
       blipsearch search "a street at night" --ask "is it raining?" --answer yes
+      blipsearch search "a kitchen" --ask "what room is it?" --answer kitchen --choices rooms.txt
       blipsearch search "the beach" --folder ~/Pictures/Trips --after 2024-06 --before 2024-09
       blipsearch search "a beach" --and "2*sunset" --not "people"
       blipsearch search "at night" --like ~/Pictures/street.jpg
@@ -583,6 +622,12 @@ def search(lib: Library, text: str, k: int, as_json: bool, paths_only: str | Non
     """
     if expected is not None and question is None:
         raise click.UsageError("--answer needs --ask QUESTION.")
+    if choices_file is not None and question is None:
+        raise click.UsageError("--choices needs --ask QUESTION.")
+    answers = AnswerSettings(choices=_read_choices(choices_file), shortlist=shortlist)
+    if expected is not None and answers.choices and not any(same_answer(c, expected) for c in answers.choices):
+        raise click.UsageError(f"--answer {expected!r} is not one of the {len(answers.choices)} choices in "
+                               f"{choices_file}.")
     depth = 0 if no_rerank else rerank_depth
     wanted = (examine or max(k, depth)) if expected is not None else k
     try:
@@ -594,7 +639,7 @@ def search(lib: Library, text: str, k: int, as_json: bool, paths_only: str | Non
                       terms=terms)
     settings = CaptionSettings() if with_caption else None
     if expected is not None:
-        hits = lib.describe(hits, question=question)
+        hits = lib.describe(hits, question=question, answers=answers)
         examined = len(hits)
         kept = lib.keep_answer(hits, expected)
         hits = kept[:k]
@@ -604,7 +649,7 @@ def search(lib: Library, text: str, k: int, as_json: bool, paths_only: str | Non
         if settings is not None:
             hits = lib.describe(hits, caption=settings)
     elif settings is not None or question is not None:
-        hits = lib.describe(hits, caption=settings, question=question)
+        hits = lib.describe(hits, caption=settings, question=question, answers=answers)
     if not hits and tag is not None:
         click.echo(f"No indexed image is tagged {tag!r} (tags come from `blipsearch index --tags FILE`).", err=True)
     _print_hits(hits, as_json, paths_only)
@@ -627,7 +672,7 @@ def _warn_unsearchable(lib: Library) -> None:
 @click.option("--json", "as_json", is_flag=True, help='One {"path", "caption"} object per line.')
 @functools.partial(with_library, served=True)
 def caption(lib: Library, images: tuple[bytes, ...], prompt: str, beams: int, max_length: int, min_length: int,
-            as_json: bool) -> None:
+            length_rule: str, as_json: bool) -> None:
     """Caption IMAGES (any image files, indexed or not).
 
     Captions are cached in the library by image content, model, prompt and decoding settings.
@@ -637,7 +682,7 @@ def caption(lib: Library, images: tuple[bytes, ...], prompt: str, beams: int, ma
       blipsearch caption holiday/*.jpg
       blipsearch caption photo.jpg --caption-model Salesforce/blip-image-captioning-large --json
     """
-    settings = _caption_settings(prompt, beams, max_length, min_length)
+    settings = _caption_settings(prompt, beams, max_length, min_length, length_rule)
     results = lib.caption(list(images), settings, progress=_progress)
     _print_described(results, "caption", as_json)
 
@@ -648,17 +693,32 @@ def caption(lib: Library, images: tuple[bytes, ...], prompt: str, beams: int, ma
 @click.option("--beams", type=PositiveInt(), default=3, show_default=True, help="Beam-search width.")
 @click.option("--max-length", type=PositiveInt(), default=10, show_default=True,
               help="Maximum answer length in tokens.")
-@click.option("--json", "as_json", is_flag=True, help='One {"path", "question", "answer"} object per line.')
+@_length_rule_option
+@_choices_option
+@click.option("--json", "as_json", is_flag=True,
+              help='One {"path", "question", "answer"} object per line; with --choices also "choices": '
+                   'each choice\'s "score" (the ranking\'s), "log_likelihood" and "first_token" probability.')
 @functools.partial(with_library, served=True)
-def ask(lib: Library, images: tuple[bytes, ...], question: str, beams: int, max_length: int, as_json: bool) -> None:
+def ask(lib: Library, images: tuple[bytes, ...], question: str, beams: int, max_length: int, length_rule: str,
+        choices_file: Path | None, shortlist: int, as_json: bool) -> None:
     """Ask QUESTION about each of IMAGES (visual question answering).
+
+    The answer is generated by beam search, or, with --choices, is the best of
+    a list: the choices of likeliest first word-piece (--shortlist of them) are
+    scored by the decoder in full, and the highest score wins. The score is
+    the paper's: minus the answer's summed token cross-entropy with label
+    smoothing 0.1, [SEP] included (higher is better).
 
     \b
     Examples:
       blipsearch ask photo.jpg "how many people are there?"
       blipsearch ask a.jpg b.jpg "is it raining?" --json
+      printf 'indoors\noutdoors\n' > where.txt
+      blipsearch ask *.jpg "where was this taken?" --choices where.txt
     """
-    results = lib.ask(list(images), question, AnswerSettings(num_beams=beams, max_length=max_length))
+    settings = AnswerSettings(num_beams=beams, max_length=max_length, length_rule=length_rule,
+                              choices=_read_choices(choices_file), shortlist=shortlist)
+    results = lib.ask(list(images), question, settings)
     _print_described(results, "answer", as_json, question)
 
 
@@ -674,6 +734,8 @@ def _print_described(results: list[Any], field: str, as_json: bool, question: st
             if question is not None:
                 obj["question"] = question
             obj[field] = result.text
+            if getattr(result, "choices", None) is not None:
+                obj["choices"] = [c.to_dict() for c in result.choices]
             _json_line(obj)
         else:
             click.echo(f"{_display(result.path)}: {result.text}")

@@ -735,15 +735,16 @@ class Library:
         return sum(d.text is not None for d in done)
 
     def describe(self, hits: list[Hit], caption: CaptionSettings | None = None,
-                 question: str | None = None) -> list[Hit]:
-        """The hits with ``caption`` and/or ``answer`` filled in."""
+                 question: str | None = None, answers: AnswerSettings = AnswerSettings()) -> list[Hit]:
+        """The hits with ``caption`` and/or ``answer`` (to ``question``, decoded or ranked from a list
+        as ``answers`` says) filled in."""
         paths = [os.fsencode(h.path) for h in hits]
         if caption is not None:
             texts = caption_paths(self.db, self.captioner, paths, caption)
             hits = [replace(h, caption=d.text) for h, d in zip(hits, texts)]
         if question is not None:
-            answers = answer_paths(self.answerer, paths, question)
-            hits = [replace(h, answer=d.text) for h, d in zip(hits, answers)]
+            said = answer_paths(self.answerer, paths, question, answers)
+            hits = [replace(h, answer=d.text) for h, d in zip(hits, said)]
         return hits
 
     @staticmethod

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import SettingsError
 from .text import checked
 
 DEFAULT_MODEL = "Salesforce/blip-itm-base-coco"
@@ -20,37 +21,64 @@ DEFAULT_RERANK_DEPTH = 16
 DEFAULT_CAPTION_MODEL = "Salesforce/blip-image-captioning-base"
 DEFAULT_VQA_MODEL = "Salesforce/blip-vqa-base"
 DEFAULT_PROMPT = "a picture of "
+# How beam search ranks finished beams: "paper" is transformers 4.15's rule, which BLIP's published
+# captions and answers came from (summed log-probability over the whole length, prompt included, end
+# token not); "transformers" is today's generate() (over the generated tokens, end token included).
+LENGTH_RULES = ("paper", "transformers")
 
 
 @dataclass(frozen=True)
 class CaptionSettings:
-    """The paper's captioning decoder: beam search 3, 5 to 20 tokens (prompt included)."""
+    """The paper's captioning decoder: beam search 3, 5 to 20 tokens (prompt included), the paper's
+    length rule."""
 
     prompt: str = DEFAULT_PROMPT
     num_beams: int = 3
     max_length: int = 20
     min_length: int = 5
+    length_rule: str = "paper"
 
     def __post_init__(self) -> None:
         checked(self.prompt, "The prompt")
+        _check_rule(self.length_rule)
 
     @property
     def cache_key(self) -> str:
         """What a library stores this decoder's captions under (with image content and model):
-        the prompt, and the decoding settings too when they are not the paper's."""
+        the prompt, and the decoding settings too when they are not the paper's. (Libraries
+        from before the length rule had their keys rewritten with ``rule=transformers``.)"""
         if self == CaptionSettings(prompt=self.prompt):
             return self.prompt
-        return f"{self.prompt}|beams={self.num_beams},min={self.min_length},max={self.max_length}"
+        rule = ",rule=transformers" if self.length_rule == "transformers" else ""
+        return f"{self.prompt}|beams={self.num_beams},min={self.min_length},max={self.max_length}{rule}"
+
+
+def _check_rule(rule: str) -> None:
+    if rule not in LENGTH_RULES:
+        raise SettingsError(f"The length rule must be one of {', '.join(LENGTH_RULES)}, not {rule!r}.")
 
 
 @dataclass(frozen=True)
 class AnswerSettings:
-    """The paper's VQA decoder: beam search 3, at most 10 tokens."""
+    """The paper's VQA decoder: beam search 3, at most 10 tokens, the paper's length rule; or, with
+    ``choices``, the paper's ranking of a list of answers (the ``shortlist`` answers of likeliest
+    first token are scored in full)."""
 
     num_beams: int = 3
     max_length: int = 10
     min_length: int = 1
     first_token: str = "enc"  # the question's first token: BLIP's [ENC], or "cls"
+    length_rule: str = "paper"
+    choices: tuple[str, ...] = ()
+    shortlist: int = 128  # the original's k_test for VQAv2
+
+    def __post_init__(self) -> None:
+        _check_rule(self.length_rule)
+        if self.shortlist < 1:
+            raise SettingsError("The shortlist of answers must hold at least 1.")
+        for choice in self.choices:
+            if not checked(choice, "An answer choice").strip():
+                raise SettingsError("An answer choice is empty.")
 
 
 def open_settings(*, db_url: str | None = None, model: str | None = None, device: str = "auto",

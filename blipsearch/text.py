@@ -51,3 +51,11 @@ def pre_question(question: str, max_words: int = 50) -> str:
     question = _QUESTION_PUNCT.sub("", checked(question, "The question").lower()).strip()
     words = question.split(" ")
     return " ".join(words[:max_words])
+
+
+def same_answer(answer: str, expected: str) -> bool:
+    """Answers compare without case, surrounding space or final punctuation."""
+    def norm(s: str) -> str:
+        return " ".join(s.lower().strip().rstrip(".!?").split())
+
+    return norm(answer) == norm(expected)

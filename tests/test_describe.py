@@ -21,7 +21,7 @@ from transformers import (
 
 from blipsearch import Library
 from blipsearch.cli import main
-from blipsearch.describe import Answerer, Captioner, CaptionSettings, same_answer
+from blipsearch.describe import Answerer, AnswerSettings, Captioner, CaptionSettings, same_answer
 from blipsearch.store.schema import CaptionRow
 
 
@@ -44,6 +44,8 @@ def test_captions_match_transformers_and_batching(captioner: Captioner, tiny_cap
     batched = captioner.caption(pixels)
     assert batched == [captioner.caption(pixels[i : i + 1])[0] for i in range(5)]
     assert len(set(batched)) == 5, "captions must depend on the picture"
+    # The paper's length rule is tested against transformers 4.15 in test_decoding; today's is generate's.
+    batched = captioner.caption(pixels, CaptionSettings(length_rule="transformers"))
     net = BlipForConditionalGeneration.from_pretrained(tiny_captioner).eval()
     tok = AutoTokenizer.from_pretrained(tiny_captioner)
     for i in range(2):
@@ -66,6 +68,7 @@ def test_answers_use_enc_and_match_transformers(answerer: Answerer, tiny_vqa: Pa
     question = "Is there a dog?"
     batched = answerer.answer(pixels, question)
     assert batched == [answerer.answer(pixels[i : i + 1], question)[0] for i in range(4)]
+    batched = answerer.answer(pixels, question, AnswerSettings(length_rule="transformers"))
     net = BlipForQuestionAnswering.from_pretrained(tiny_vqa).eval()
     tok = AutoTokenizer.from_pretrained(tiny_vqa)
     batch = tok(["is there a dog?"], return_tensors="pt")

@@ -107,3 +107,28 @@ def test_a_newer_schema_is_refused(library_dir: Path, tiny_model: Path, photos: 
     with pytest.raises(SchemaError, match="newer blipsearch"):
         Library(library_dir)
     shutil.rmtree(library_dir)
+
+
+def test_captions_cached_before_the_length_rule_keep_transformers_keys(library_dir: Path, tiny_model: Path,
+                                                                      photos: Path) -> None:
+    from blipsearch.describe import CaptionSettings
+
+    with Library(library_dir, model=str(tiny_model), device="cpu") as lib:
+        lib.index([photos / "garden"])
+    engine = create_engine(f"sqlite:///{library_dir / 'library.db'}")
+    old_keys = ["a picture of ", "a picture of |beams=5,min=5,max=20", "x" * 180]
+    with engine.begin() as conn:
+        for n, key in enumerate(old_keys):
+            conn.execute(text("INSERT INTO captions (content_hash, model, prompt, caption, model_spec, created_at) "
+                              "VALUES (:h, 'm', :k, :c, 's', '2026-01-01 00:00:00')"),
+                         {"h": f"{n:064x}", "k": key, "c": f"caption {n}"})
+        conn.execute(text("UPDATE library SET schema_version = 2"))
+    engine.dispose()
+    with Library(library_dir) as lib:
+        with lib.db.engine.connect() as conn:
+            keys = dict(conn.execute(text("SELECT caption, prompt FROM captions")).all())
+    assert keys == {
+        "caption 0": CaptionSettings(length_rule="transformers").cache_key,
+        "caption 1": CaptionSettings(num_beams=5, length_rule="transformers").cache_key,
+    }
+    assert CaptionSettings().cache_key == "a picture of "  # the paper rule's, made anew

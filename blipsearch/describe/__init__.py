@@ -6,11 +6,17 @@ Both batch images with one shared prompt or question, so no row is padded:
 token, which right padding would break. A batch therefore gives exactly the
 words the same images give one at a time. (``generate`` runs without
 gradients by itself.)
+
+Beam search ranks finished beams by the paper's length rule by default
+(:mod:`.decoding`); ``length_rule="transformers"`` uses ``generate``'s. With
+one beam both are the same greedy search, so ``generate`` does it. Answers
+can also be ranked from a list of choices, as the paper's VQA results were.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -23,17 +29,37 @@ from ..options import (
     AnswerSettings,
     CaptionSettings,
 )
-from ..text import MAX_TOKENS, pre_question
+from ..text import MAX_TOKENS, pre_question, same_answer
 
 if TYPE_CHECKING:
     import torch
 
     from ..model import Checkpoint
+    from .decoding import Ranking
 
 def _check_length(ckpt: Checkpoint, max_length: int) -> None:
     positions = int(ckpt.net.config.text_config.max_position_embeddings)  # type: ignore[union-attr,arg-type]
     if max_length > positions:
         raise SettingsError(f"--max-length {max_length} is beyond this model's {positions} text positions.")
+
+
+def _text_config(ckpt: Checkpoint) -> Any:
+    return ckpt.net.config.text_config  # type: ignore[union-attr]
+
+
+def _bos(ckpt: Checkpoint) -> int:
+    """The decoder's first token, [DEC]."""
+    return int(_text_config(ckpt).bos_token_id)
+
+
+def _paper_search(ckpt: Checkpoint, prompt: torch.Tensor, states: torch.Tensor, states_mask: torch.Tensor | None,
+                  num_beams: int, min_length: int, max_length: int) -> list[list[int]]:
+    """The paper's beam search from ``prompt`` rows over ``states``: token ids, prompt included."""
+    from .decoding import beam_search
+
+    found = beam_search(ckpt.net.text_decoder, prompt, states, states_mask, num_beams=num_beams,
+                        min_length=min_length, max_length=max_length, eos_id=int(_text_config(ckpt).sep_token_id))
+    return [d.tokens for d in found]
 
 
 class Captioner:
@@ -72,21 +98,33 @@ class Captioner:
         prompt = self.check(settings)
         ids = prompt.repeat(len(pixels), 1).to(ckpt.device)
         with ckpt.computing():
-            out = ckpt.net.generate(  # type: ignore[operator]
-                pixel_values=ckpt.pixel_values(pixels),
-                input_ids=ids,
-                num_beams=settings.num_beams,
-                max_length=settings.max_length,
-                min_length=settings.min_length,
-                do_sample=False,
-            )
+            if settings.length_rule == "paper" and settings.num_beams > 1:
+                import torch
+
+                net = ckpt.net
+                with torch.no_grad():
+                    images = net.vision_model(pixel_values=ckpt.pixel_values(pixels))[0]  # type: ignore[operator]
+                ids = ids[:, :-1].clone()  # as generate: no [SEP], [DEC] for [CLS]
+                ids[:, 0] = _bos(ckpt)
+                out: Sequence[Sequence[int]] | torch.Tensor = _paper_search(
+                    ckpt, ids, images, None, settings.num_beams, settings.min_length, settings.max_length)
+            else:
+                out = ckpt.net.generate(  # type: ignore[operator]
+                    pixel_values=ckpt.pixel_values(pixels),
+                    input_ids=ids,
+                    num_beams=settings.num_beams,
+                    max_length=settings.max_length,
+                    min_length=settings.min_length,
+                    do_sample=False,
+                )
         # The output starts with the prompt's tokens ([DEC] for [CLS], no [SEP]). Their decoded text, not
         # the prompt as typed (spacing, punctuation, [UNK] words), is what to cut from the caption's.
         decode = ckpt.tokenizer.batch_decode  # type: ignore[attr-defined]
+        rows: Sequence[Sequence[int]] = out.tolist() if hasattr(out, "tolist") else out
         n = prompt.shape[1] - 1
-        head = decode(out[:1, :n], skip_special_tokens=True)[0]  # the same prompt starts every row
-        full = decode(out, skip_special_tokens=True)
-        tails = decode(out[:, n:], skip_special_tokens=True)
+        head = decode([rows[0][:n]], skip_special_tokens=True)[0]  # the same prompt starts every row
+        full = decode(rows, skip_special_tokens=True)
+        tails = decode([row[n:] for row in rows], skip_special_tokens=True)
         return [(text[len(head):] if text.startswith(head) else tail).strip() for text, tail in zip(full, tails)]
 
 
@@ -105,37 +143,81 @@ class Answerer:
         return cls(load_checkpoint(spec, "vqa", BlipForQuestionAnswering, "visual question answering",
                                    DEFAULT_VQA_MODEL, device))
 
-    def answer(self, pixels: npt.NDArray[np.float32], question: str,
-               settings: AnswerSettings = AnswerSettings()) -> list[str]:
+    def _question(self, pixels: npt.NDArray[np.float32], question: str,
+                  settings: AnswerSettings) -> tuple[torch.Tensor, torch.Tensor]:
+        """The question's token ids and attention mask, as a batch of one row."""
         ckpt = self.checkpoint
-        if len(pixels) == 0:
-            return []
         batch = ckpt.tokenizer([pre_question(question)], truncation=True, max_length=MAX_TOKENS,  # type: ignore[operator]
                                return_tensors="pt")
         ids = batch["input_ids"].clone()
         if settings.first_token == "enc":
             ids[:, 0] = ckpt.enc_token_id
+        return ids.to(ckpt.device), batch["attention_mask"].to(ckpt.device)
+
+    def _question_states(self, pixels: npt.NDArray[np.float32], ids: torch.Tensor,
+                         mask: torch.Tensor) -> torch.Tensor:
+        """The text encoder's states for the question about each image, as the VQA decoder reads them."""
+        import torch
+
+        net = self.checkpoint.net
+        with torch.no_grad():
+            images = net.vision_model(pixel_values=self.checkpoint.pixel_values(pixels))[0]  # type: ignore[operator]
+            n = len(pixels)
+            return net.text_encoder(  # type: ignore[operator,no-any-return]
+                input_ids=ids.repeat(n, 1), attention_mask=mask.repeat(n, 1), encoder_hidden_states=images,
+                encoder_attention_mask=torch.ones(images.shape[:2], dtype=torch.long, device=images.device),
+                return_dict=True).last_hidden_state
+
+    def answer(self, pixels: npt.NDArray[np.float32], question: str,
+               settings: AnswerSettings = AnswerSettings()) -> list[str]:
+        """Generated answers; with ``settings.choices``, the best-ranked choice."""
+        if settings.choices:
+            return [r.answer for r in self.rank(pixels, question, settings)]
+        ckpt = self.checkpoint
+        if len(pixels) == 0:
+            return []
+        ids, mask = self._question(pixels, question, settings)
         _check_length(ckpt, settings.max_length)
         n = len(pixels)
         with ckpt.computing():
-            out = ckpt.net.generate(  # type: ignore[operator]
-                input_ids=ids.repeat(n, 1).to(ckpt.device),
-                attention_mask=batch["attention_mask"].repeat(n, 1).to(ckpt.device),
-                pixel_values=ckpt.pixel_values(pixels),
-                num_beams=settings.num_beams,
-                max_length=settings.max_length,
-                min_length=settings.min_length,
-                do_sample=False,
-            )
+            if settings.length_rule == "paper" and settings.num_beams > 1:
+                states = self._question_states(pixels, ids, mask)
+                start = ids.new_full((n, 1), _bos(ckpt))
+                # The decoder reads every question position, as generate() and the original let it.
+                out: Sequence[Sequence[int]] | torch.Tensor = _paper_search(
+                    ckpt, start, states, None, settings.num_beams, settings.min_length, settings.max_length)
+            else:
+                out = ckpt.net.generate(  # type: ignore[operator]
+                    input_ids=ids.repeat(n, 1),
+                    attention_mask=mask.repeat(n, 1),
+                    pixel_values=ckpt.pixel_values(pixels),
+                    num_beams=settings.num_beams,
+                    max_length=settings.max_length,
+                    min_length=settings.min_length,
+                    do_sample=False,
+                )
         return [t.strip() for t in ckpt.tokenizer.batch_decode(out, skip_special_tokens=True)]  # type: ignore[attr-defined]
 
+    def rank(self, pixels: npt.NDArray[np.float32], question: str,
+             settings: AnswerSettings) -> list[Ranking]:
+        """``settings.choices`` ranked for each image, as the paper's VQA evaluation ranks its answer list."""
+        from .decoding import rank_answers
 
-def same_answer(answer: str, expected: str) -> bool:
-    """Answers compare without case, surrounding space or final punctuation."""
-    def norm(s: str) -> str:
-        return " ".join(s.lower().strip().rstrip(".!?").split())
-
-    return norm(answer) == norm(expected)
+        if not settings.choices:
+            raise SettingsError("Ranking answers needs a list of choices.")
+        if len(pixels) == 0:
+            return []
+        ckpt = self.checkpoint
+        ids, mask = self._question(pixels, question, settings)
+        answers = ckpt.tokenizer(list(settings.choices), padding="longest", truncation=True,  # type: ignore[operator]
+                                 max_length=MAX_TOKENS, return_tensors="pt")
+        answer_ids = answers["input_ids"].clone()
+        answer_ids[:, 0] = _bos(ckpt)
+        with ckpt.computing():
+            states = self._question_states(pixels, ids, mask)
+            return rank_answers(ckpt.net.text_decoder, states, mask.repeat(len(pixels), 1),  # type: ignore[union-attr]
+                                answer_ids.to(ckpt.device), answers["attention_mask"].to(ckpt.device),
+                                settings.choices, settings.shortlist)
 
 
 __all__ = [

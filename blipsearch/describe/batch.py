@@ -14,6 +14,7 @@ from ..index.images import ImageSpec, hash_bytes, pixels_from_bytes, read_file
 from ..index.indexer import ProgressFactory, no_progress
 from ..store.database import Database
 from . import Answerer, AnswerSettings, Captioner, CaptionSettings
+from .decoding import ChoiceScore
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class Described:
     path: str
     text: str | None
     error: str | None = None
+    choices: list[ChoiceScore] | None = None  # an answer ranked from a list: every choice's scores
 
 
 def _read(path: bytes) -> tuple[bytes | None, str | None]:
@@ -99,7 +101,7 @@ def answer_paths(
     settings: AnswerSettings = AnswerSettings(),
     batch_size: int = 8,
 ) -> list[Described]:
-    """One answer to ``question`` per file."""
+    """One answer to ``question`` per file: generated, or the best of ``settings.choices``."""
     results: dict[bytes, Described] = {}
     for chunk in _batches(list(paths), batch_size):
         readable = []
@@ -110,7 +112,12 @@ def answer_paths(
             else:
                 readable.append((path, data, None))
         ready, pixels = _decode(readable, answerer.checkpoint.image_spec, results)
-        answers = answerer.answer(pixels, question, settings) if pixels is not None else []
-        for (path, _), answer in zip(ready, answers):
-            results[path] = Described(os.fsdecode(path), answer)
+        if pixels is None:
+            continue
+        if settings.choices:
+            for (path, _), ranked in zip(ready, answerer.rank(pixels, question, settings)):
+                results[path] = Described(os.fsdecode(path), ranked.answer, choices=ranked.choices)
+        else:
+            for (path, _), answer in zip(ready, answerer.answer(pixels, question, settings)):
+                results[path] = Described(os.fsdecode(path), answer)
     return [results[p] for p in paths]

@@ -18,8 +18,20 @@ def _image_generation(conn: Connection) -> None:
     conn.execute(text("CREATE INDEX ix_images_generation ON images (generation)"))
 
 
+def _caption_length_rule(conn: Connection) -> None:
+    # Captions cached before the paper's length rule became the default were beam-searched with
+    # transformers' rule: their settings keys say so now, and the paper rule's captions are made anew.
+    # A key too long to take the suffix in its 200 characters is a cached caption dropped, remade on demand.
+    conn.execute(text("DELETE FROM captions WHERE length(prompt) > 155"))
+    conn.execute(text("UPDATE captions SET prompt = prompt || ',rule=transformers' "
+                      "WHERE prompt LIKE '%|beams=%,min=%,max=%'"))
+    conn.execute(text("UPDATE captions SET prompt = prompt || '|beams=3,min=5,max=20,rule=transformers' "
+                      "WHERE prompt NOT LIKE '%|beams=%,min=%,max=%'"))
+
+
 STEPS: dict[int, Callable[[Connection], None]] = {
     2: _image_generation,
+    3: _caption_length_rule,
 }
 
 

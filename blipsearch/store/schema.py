@@ -22,8 +22,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-# 2: images.generation (see blipsearch/store/migrations.py).
-SCHEMA_VERSION = 2
+# 2: images.generation; 3: caption keys name the beam length rule (see blipsearch/store/migrations.py).
+SCHEMA_VERSION = 3
 
 
 class Base(DeclarativeBase):
