@@ -713,7 +713,7 @@ def ask(lib: Library, images: tuple[bytes, ...], question: str, beams: int, max_
     Examples:
       blipsearch ask photo.jpg "how many people are there?"
       blipsearch ask a.jpg b.jpg "is it raining?" --json
-      printf 'indoors\noutdoors\n' > where.txt
+      printf 'indoors\\noutdoors\\n' > where.txt
       blipsearch ask *.jpg "where was this taken?" --choices where.txt
     """
     settings = AnswerSettings(num_beams=beams, max_length=max_length, length_rule=length_rule,

@@ -108,6 +108,8 @@ def test_a_running_server_answers_the_terminal_with_the_same_output(served, phot
     photo = str(photos / "holiday" / "img01.png")
     not_an_image = tmp_path / "notes.png"
     not_an_image.write_text("not a picture")
+    choices = tmp_path / "colors.txt"
+    choices.write_text("red\nblue\ngreen\n")
     commands = [
         ["search", "a red square", "-k", "5"],
         ["search", "a red square", "--no-rerank", "--json", "--folder", str(photos / "garden")],
@@ -116,6 +118,8 @@ def test_a_running_server_answers_the_terminal_with_the_same_output(served, phot
         ["lookup", photo, "-k", "2", "--json"],
         ["caption", photo, str(photos / "garden" / "img07.png")],
         ["ask", photo, "what color is it?", "--json"],
+        ["ask", photo, "what color is it?", "--choices", str(choices), "--json"],
+        ["search", "a blue circle", "-k", "3", "--ask", "is it red?", "--answer", "red", "--choices", str(choices)],
         ["similar", str(not_an_image)],  # an error: the same sentence, the same exit code
     ]
     monkeypatch.chdir(photos)  # relative paths are the command line's, not the server's
