@@ -456,12 +456,16 @@ def _read_choices(path: Path | None) -> tuple[str, ...]:
 @click.option("--thumbnails/--no-thumbnails", default=True, show_default=True,
               help="Make a small thumbnail of each new image while it is decoded anyway (for `blipsearch "
                    "serve`; about 10-20 KB each). Without, they are made when first shown.")
+@click.option("--recall-target", type=click.FloatRange(0, 1, min_open=True), default=None, metavar="R",
+              help="Past 200,000 images the vector index is approximate: tune it so that it finds at least "
+                   "R of the exact top 10 (measured on the library's own vectors; default 0.95). Kept by the "
+                   "library; a new target retunes the index now.")
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON line of counts.")
 @with_library
 def index(lib: Library, paths: tuple[bytes, ...], batch_size: int | None, workers: int | None, reindex: bool,
           allow_empty: bool, captions: bool, prompt: str, beams: int, max_length: int, min_length: int,
-          length_rule: str, labels_file: Path | None, template: str, tags_k: int, retry_failed: bool, thumbnails: bool,
-          as_json: bool) -> None:
+          length_rule: str, labels_file: Path | None, template: str, tags_k: int, retry_failed: bool,
+          thumbnails: bool, recall_target: float | None, as_json: bool) -> None:
     """Index the images in PATHS (folders, walked recursively, or files).
 
     Folders are searched for {formats} files, by their extensions; a file named
@@ -491,6 +495,8 @@ def index(lib: Library, paths: tuple[bytes, ...], batch_size: int | None, worker
                    "little in real photos. Give your photos a library of their own (--library DIR), or re-embed "
                    "this one with `blipsearch index --reindex --model Salesforce/blip-itm-base-coco PATH`.",
                    err=True)
+    if recall_target is not None and lib.set_recall_target(recall_target):
+        click.echo(f"Vector index retuned to recall@10 >= {recall_target}.", err=True)
     report = lib.index(list(paths), batch_size=batch_size, workers=workers, reindex=reindex,
                        allow_empty=allow_empty, thumbnails=thumbnails, retry_failed=retry_failed, progress=_progress)
     for path, reason in report.errors[:10]:

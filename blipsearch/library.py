@@ -44,13 +44,14 @@ from .errors import (
     LibraryError,
     ModelLoadError,
     ModelMismatchError,
+    SettingsError,
     UnknownImageError,
 )
 from .filters import DEFAULT_MIN_PROBABILITY, NO_FILTERS, Filters
 from .index.images import load_pixels, open_image, pixels_from_bytes, read_file
 from .index.indexer import Indexer, IndexReport, ProgressFactory, no_progress
 from .index.mirror import VectorMirror
-from .index.vectors import VectorIndex
+from .index.vectors import RECALL_TARGET, VectorIndex, is_tuned_size
 from .index.watch import DEFAULT_SETTLE_S, watch
 from .loading import BUILTIN_PREFIX, ModelIdentity
 from .options import DEFAULT_MODEL, DEFAULT_RERANK_DEPTH, open_settings
@@ -763,6 +764,22 @@ class Library:
             return len(self.db.filtered_ids(fp, filters))
         return self.db.counts(fp)[1]
 
+    def set_recall_target(self, target: float | None) -> bool:
+        """Ask approximate vector indexes of this library for ``target`` recall@10 (None: the default,
+        :data:`~blipsearch.index.vectors.RECALL_TARGET`). The index is retuned now when it is
+        approximate (or large enough to be); returns whether it was."""
+        if target is not None and not 0 < target <= 1:
+            raise SettingsError(f"The recall target must be above 0 and at most 1, not {target}.")
+        if (self.db.library().recall_target or RECALL_TARGET) == (target or RECALL_TARGET):
+            return False
+        with self._index_lock():
+            self.db.set_recall_target(target)
+            fp = self.db.library().model_fingerprint
+            if fp and is_tuned_size(self.db.counts(fp)[1]):
+                self.vectors.rebuild(fp)
+                return True
+        return False
+
     def unsearchable(self) -> tuple[int, int]:
         """(indexed images without a vector from the library's model, indexed images)."""
         images, searchable, _ = self.db.counts(self.db.library().model_fingerprint)
@@ -785,6 +802,7 @@ class Library:
                 index = {"index": "exact" if header.kind == "flat" else header.kind}
                 if header.kind != "flat":
                     index |= {"index_nprobe": header.nprobe or None, "index_recall_at_10": header.recall}
+        index["recall_target"] = record.recall_target or RECALL_TARGET
         return {
             "images": images,
             "vectors": searchable,

@@ -82,6 +82,7 @@ def test_a_library_of_schema_1_is_upgraded_in_place(library_dir: Path, tiny_mode
     with engine.begin() as conn:
         conn.execute(text("DROP INDEX ix_images_generation"))
         conn.execute(text("ALTER TABLE images DROP COLUMN generation"))
+        conn.execute(text("ALTER TABLE library DROP COLUMN recall_target"))  # (schema 4)
         conn.execute(text("UPDATE library SET schema_version = 1"))
     engine.dispose()
     (library_dir / "vectors.faiss").unlink()
@@ -122,6 +123,7 @@ def test_captions_cached_before_the_length_rule_keep_transformers_keys(library_d
             conn.execute(text("INSERT INTO captions (content_hash, model, prompt, caption, model_spec, created_at) "
                               "VALUES (:h, 'm', :k, :c, 's', '2026-01-01 00:00:00')"),
                          {"h": f"{n:064x}", "k": key, "c": f"caption {n}"})
+        conn.execute(text("ALTER TABLE library DROP COLUMN recall_target"))  # (schema 4)
         conn.execute(text("UPDATE library SET schema_version = 2"))
     engine.dispose()
     with Library(library_dir) as lib:

@@ -7,7 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from click.testing import CliRunner
+
 from blipsearch import Library
+from blipsearch.cli import main
+from blipsearch.errors import SettingsError
 from blipsearch.index import vectors as vectors_module
 from blipsearch.index.vectors import VectorIndex, choose_kind
 
@@ -111,6 +115,40 @@ def test_probes_are_tuned_to_the_recall_target_on_the_librarys_own_vectors(
     assert header is not None and (header.nprobe, header.recall) == (index.nprobe, index.recall)
     loaded, _ = VectorIndex.load(tmp_path / "v.faiss")
     assert loaded.nprobe == index.nprobe and loaded.recall == index.recall
+    assert header.target == loaded.target == vectors_module.RECALL_TARGET
+
+    # A lower target scans fewer lists and still reaches it.
+    low = VectorIndex.build(64, ids, data, prefer_exact=False, target=0.7)
+    assert 0.7 <= low.recall < index.recall and low.nprobe < index.nprobe and low.target == 0.7
+
+
+def test_the_librarys_recall_target_retunes_its_index(monkeypatch: pytest.MonkeyPatch, library_dir: Path,
+                                                      tiny_model: Path, photos: Path) -> None:
+    monkeypatch.setattr(vectors_module, "FLAT_LIMIT", 4)
+    monkeypatch.setattr(vectors_module, "PREFER_EXACT", False)
+    with Library(library_dir, model=str(tiny_model), device="cpu") as lib:
+        lib.index([photos])
+        assert lib.status()["recall_target"] == vectors_module.RECALL_TARGET
+        assert VectorIndex.read_header(library_dir / "vectors.faiss").target == vectors_module.RECALL_TARGET
+        assert lib.set_recall_target(0.5)  # retuned now
+        assert VectorIndex.read_header(library_dir / "vectors.faiss").target == 0.5
+        assert lib.status()["recall_target"] == 0.5 and not lib.set_recall_target(0.5)
+        with pytest.raises(SettingsError, match="above 0"):
+            lib.set_recall_target(0.0)
+    generation = VectorIndex.read_header(library_dir / "vectors.faiss").generation
+    with Library(library_dir) as lib:  # kept by the library: the file tuned to it is used as it is
+        lib.search("a dog", k=3, rerank_hits=False)
+        assert VectorIndex.read_header(library_dir / "vectors.faiss").target == 0.5
+        lib.db.set_recall_target(0.8)  # asked by another process: the file tuned to 0.5 is retuned
+        lib.vectors.generation = -1
+        lib.search("a dog", k=3, rerank_hits=False)
+        header = VectorIndex.read_header(library_dir / "vectors.faiss")
+        assert header.target == 0.8 and header.generation == generation
+    out = CliRunner().invoke(main, ["index", str(photos), "--recall-target", "0.9", "--library", str(library_dir)])
+    assert out.exit_code == 0 and "retuned to recall@10 >= 0.9" in out.stderr
+    assert VectorIndex.read_header(library_dir / "vectors.faiss").target == 0.9
+    bad = CliRunner().invoke(main, ["index", str(photos), "--recall-target", "1.5", "--library", str(library_dir)])
+    assert bad.exit_code == 2
 
 
 def test_exact_search_replaces_an_index_that_is_no_faster(monkeypatch: pytest.MonkeyPatch) -> None:

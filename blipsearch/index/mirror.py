@@ -23,7 +23,7 @@ import numpy.typing as npt
 
 from ..store.database import Database, bytes_to_vectors
 from ..system import Coalescer
-from .vectors import IndexHeader, VectorIndex
+from .vectors import RECALL_TARGET, IndexHeader, VectorIndex, is_tuned_size
 
 # (model fingerprint, dimension, query (1, dim), how many)
 _Search = tuple[str, int, npt.NDArray[np.float32], int]
@@ -72,10 +72,22 @@ class VectorMirror:
         loaded = VectorIndex.load(self.path)
         if loaded is not None:
             index, header = loaded
-            if self.mirrors(header, generation, fp) and not index.needs_rebuild():
+            if self.mirrors(header, generation, fp) and not index.needs_rebuild() and self._tuned_as_asked(header):
                 self._set(index, fp, generation)
                 return index
         return self.rebuild(fp)
+
+    def target(self) -> float:
+        """The recall@10 the library asks of an approximate index."""
+        return self.db.library().recall_target or RECALL_TARGET
+
+    def _tuned_as_asked(self, header: IndexHeader) -> bool:
+        """False when the file was tuned (or would be now) to another recall target than the library's."""
+        if not is_tuned_size(header.count):
+            return True  # exact search, no tuning
+        # Files from before targets were recorded were tuned to the default when they have a recall.
+        tuned_to = header.target if header.target is not None else (RECALL_TARGET if header.recall else None)
+        return tuned_to is not None and abs(tuned_to - self.target()) < 1e-9
 
     def _set(self, index: VectorIndex, fp: str | None, generation: int) -> None:
         # The index and the generation it mirrors change together.
@@ -97,7 +109,7 @@ class VectorMirror:
                 vector_parts.append(bytes_to_vectors(blobs, dim))
         all_ids = np.concatenate(id_parts) if id_parts else np.zeros(0, np.int64)
         all_vectors = np.concatenate(vector_parts) if vector_parts else np.zeros((0, dim), np.float32)
-        index = VectorIndex.build(dim, all_ids, all_vectors)
+        index = VectorIndex.build(dim, all_ids, all_vectors, target=record.recall_target or RECALL_TARGET)
         self._set(index, fp, generation)
         self.save(index, fp or "")
         return index

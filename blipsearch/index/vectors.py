@@ -46,6 +46,7 @@ EXACT_SUBSET_LIMIT = 50_000
 # on the library's own vectors); the fewest lists scanned that reach it are kept.
 RECALL_TARGET = 0.95
 TUNING_QUERIES = 300
+SINGLE_QUERIES = 50  # timed one at a time for the choice between exact search and the tuned index
 # An approximate index no faster than exact search at its tuned setting is replaced by exact search.
 PREFER_EXACT = True
 _PROBES = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
@@ -62,11 +63,17 @@ class IndexHeader:
     library: str = ""  # which database the file mirrors (see Library): another one's file is never used
     nprobe: int = 0  # lists scanned per query, as tuned (approximate kinds)
     recall: float | None = None  # recall@10 measured when it was tuned, on the library's own vectors
+    target: float | None = None  # the recall@10 it was tuned to (None: never tuned)
+
+
+def is_tuned_size(count: int) -> bool:
+    """Whether an index of ``count`` vectors is built approximate, and so tuned to a recall target."""
+    return count >= FLAT_LIMIT
 
 
 def choose_kind(count: int, dim: int, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> str:
     """``flat`` (exact) for small collections; ``ivf-flat`` or, past the memory budget, ``ivf-pq``."""
-    if count < FLAT_LIMIT:
+    if not is_tuned_size(count):
         return "flat"
     return "ivf-flat" if count * dim * 4 <= memory_budget else "ivf-pq"
 
@@ -83,6 +90,9 @@ class VectorIndex:
         self.kind = kind
         self.trained_on = trained_on
         self.recall: float | None = None  # measured recall@10 of the tuned setting (approximate kinds)
+        self.target: float | None = None  # the recall@10 it was tuned to, when it was
+        self.single_ms: dict[str, float] = {}  # one query's median time, tuned and exact, when built
+        self._timing_queries = np.zeros((0, dim), np.float32)
         self.tuning: list[dict[str, float]] = []  # every setting tried: nprobe, recall, p50 ms
         self.index = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
 
@@ -95,10 +105,11 @@ class VectorIndex:
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
         seed: int = 0,
         prefer_exact: bool | None = None,
+        target: float = RECALL_TARGET,
     ) -> VectorIndex:
         """The right index for ``len(ids)`` vectors, filled with them. An approximate one is tuned to
-        :data:`RECALL_TARGET` (see :meth:`tune`); with ``prefer_exact``, exact search replaces it when
-        the tuned setting is no faster (default :data:`PREFER_EXACT`)."""
+        ``target`` (see :meth:`tune`); with ``prefer_exact``, exact search replaces it when one query
+        at the tuned setting is no faster than one exact query (default :data:`PREFER_EXACT`)."""
         kind = choose_kind(len(ids), dim, memory_budget)
         if kind == "flat":
             index = cls(dim)
@@ -119,34 +130,35 @@ class VectorIndex:
         ivf.train(np.ascontiguousarray(sample, np.float32))
         index = cls(dim, ivf, kind, trained_on=len(ids))
         index.add(ids, vectors)
-        exact_ms = index.tune(ids, vectors, seed=seed)
-        if (PREFER_EXACT if prefer_exact is None else prefer_exact) and index.tuning[-1]["ms_per_query"] >= exact_ms:
+        exact = index.tune(ids, vectors, target=target, seed=seed)
+        if kind == "ivf-flat" and (PREFER_EXACT if prefer_exact is None else prefer_exact):
+            index.single_ms = {"tuned": index.single_query_ms(), "exact": exact()}
+        if index.single_ms and index.single_ms["tuned"] >= index.single_ms["exact"]:
             # The lists it must scan to be right make it no faster than exact search: search exactly.
             flat = cls(dim, trained_on=len(ids))
             flat.add(ids, vectors)
-            flat.tuning = index.tuning
+            flat.tuning, flat.target, flat.single_ms = index.tuning, target, index.single_ms
             return flat
         return index
 
     def tune(self, ids: npt.NDArray[np.int64], vectors: npt.NDArray[np.float32], target: float = RECALL_TARGET,
-             seed: int = 0) -> float:
+             seed: int = 0) -> Callable[[], float]:
         """Scan the fewest lists per query (at least ``max(16, nlist / 64)``) that find ``target`` of
         the exact top 10, measured with a sample of the indexed ``vectors`` as queries (each one's own
         hit left out) against exact inner-product search over all of them. Clustered synthetic vectors need 8 lists; vectors
         spread as real embeddings are need hundreds (benchmarks/vector_index.py). When none of
-        them reaches it, every list is scanned (the exact answer, slowly). Returns the exact search's
-        time per query over the same sample (ms), for comparison."""
+        them reaches it, every list is scanned (the exact answer, slowly). Returns what times one
+        exact query (ms, median), for comparison with :meth:`single_query_ms`."""
         if self.kind == "flat":
-            return 0.0
+            return lambda: 0.0
         ivf = faiss.extract_index_ivf(self.index)
         rng = np.random.default_rng(seed)
         rows = rng.choice(len(vectors), min(TUNING_QUERIES, len(vectors)), replace=False)
         sample = np.ascontiguousarray(vectors[rows], np.float32)
         exact = faiss.IndexFlatIP(self.dim)
         exact.add(np.ascontiguousarray(vectors, np.float32))
-        start = time.perf_counter()
         _, truth = exact.search(sample, 11)
-        exact_ms = 1000 * (time.perf_counter() - start) / len(sample)
+        self._timing_queries = sample[:SINGLE_QUERIES]
         ids = np.asarray(ids, np.int64)
         own = ids[rows]
 
@@ -173,7 +185,13 @@ class VectorIndex:
             if recall >= target:
                 break
         self.recall = self.tuning[-1]["recall_at_10"]
-        return exact_ms
+        self.target = target
+        return lambda: _single_query_ms(exact, self._timing_queries)
+
+    def single_query_ms(self) -> float:
+        """Median time of one query at the current setting, over queries of the last tuning (a search
+        serves one query at a time: batched timings favour exact search's matrix products)."""
+        return _single_query_ms(self.index, self._timing_queries)
 
     def set_probes(self, nprobe: int | None = None) -> None:
         """Lists scanned per query (the tuned number is kept in the index and in its file's header)."""
@@ -260,7 +278,7 @@ class VectorIndex:
         header = json.dumps(
             {"version": _VERSION, "generation": generation, "model": model, "dim": self.dim, "count": len(self),
              "kind": self.kind, "trained_on": self.trained_on, "library": library, "nprobe": self.nprobe,
-             "recall": self.recall}
+             "recall": self.recall, "target": self.target}
         ).encode()
         payload = faiss.serialize_index(self.index)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -284,7 +302,8 @@ class VectorIndex:
         header = IndexHeader(int(meta["generation"]), str(meta["model"]), int(meta["dim"]), int(meta["count"]),
                              str(meta.get("kind", "flat")), int(meta.get("trained_on", 0)),
                              str(meta.get("library", "")), int(meta.get("nprobe") or 0),
-                             float(meta["recall"]) if meta.get("recall") is not None else None)
+                             float(meta["recall"]) if meta.get("recall") is not None else None,
+                             float(meta["target"]) if meta.get("target") is not None else None)
         return header, 12 + length
 
     @classmethod
@@ -316,8 +335,17 @@ class VectorIndex:
             return None
         loaded = cls(header.dim, index, header.kind, header.trained_on)
         loaded.set_probes(header.nprobe or None)  # as tuned; FAISS keeps it too, older files had none
-        loaded.recall = header.recall
+        loaded.recall, loaded.target = header.recall, header.target
         return loaded, header
+
+
+def _single_query_ms(index: faiss.Index, queries: npt.NDArray[np.float32]) -> float:
+    times = []
+    for query in queries:
+        start = time.perf_counter()
+        index.search(query[None], 11)
+        times.append(1000 * (time.perf_counter() - start))
+    return float(np.median(times))
 
 
 def _exact_top(

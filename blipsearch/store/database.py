@@ -127,7 +127,8 @@ class Database:
                     )
             Base.metadata.create_all(self.engine)
             with self.transaction() as session:
-                if session.get(LibraryRow, 1) is None:
+                # (only the id: an older schema's row lacks columns until upgraded below)
+                if session.scalar(select(LibraryRow.id).where(LibraryRow.id == 1)) is None:
                     session.add(
                         LibraryRow(id=1, schema_version=SCHEMA_VERSION, generation=0, created_at=utcnow())
                     )
@@ -183,6 +184,10 @@ class Database:
             session.execute(
                 update(LibraryRow).where(LibraryRow.id == 1).values(model=spec, model_fingerprint=fp, dim=dim)
             )
+
+    def set_recall_target(self, target: float | None) -> None:
+        with self.transaction() as session:
+            session.execute(update(LibraryRow).where(LibraryRow.id == 1).values(recall_target=target))
 
     # -- images ----------------------------------------------------------------
     def rows_under(self, roots: list[bytes]) -> dict[bytes, StoredRow]:

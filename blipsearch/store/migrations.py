@@ -29,9 +29,14 @@ def _caption_length_rule(conn: Connection) -> None:
                       "WHERE prompt NOT LIKE '%|beams=%,min=%,max=%'"))
 
 
+def _recall_target(conn: Connection) -> None:
+    conn.execute(text("ALTER TABLE library ADD COLUMN recall_target FLOAT"))
+
+
 STEPS: dict[int, Callable[[Connection], None]] = {
     2: _image_generation,
     3: _caption_length_rule,
+    4: _recall_target,
 }
 
 

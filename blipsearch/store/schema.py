@@ -22,8 +22,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-# 2: images.generation; 3: caption keys name the beam length rule (see blipsearch/store/migrations.py).
-SCHEMA_VERSION = 3
+# 2: images.generation; 3: caption keys name the beam length rule;
+# 4: library.recall_target (see blipsearch/store/migrations.py).
+SCHEMA_VERSION = 4
 
 
 class Base(DeclarativeBase):
@@ -44,6 +45,8 @@ class LibraryRow(Base):
     # the generation it was built from, so a stale file is detected and rebuilt.
     generation: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime)
+    # The recall@10 an approximate vector index is tuned to (None: blipsearch's default).
+    recall_target: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class ImageRow(Base):
