@@ -801,7 +801,9 @@ class Library:
                 # measured on this library's vectors when it was built.
                 index = {"index": "exact" if header.kind == "flat" else header.kind}
                 if header.kind != "flat":
-                    index |= {"index_nprobe": header.nprobe or None, "index_recall_at_10": header.recall}
+                    index |= {"index_nprobe": header.nprobe or None, "index_recall_at_10": header.recall,
+                              "index_filtered_nprobe": header.filtered_nprobe or None,
+                              "index_filtered_recall_at_10": header.filtered_recall}
         index["recall_target"] = record.recall_target or RECALL_TARGET
         return {
             "images": images,

@@ -47,8 +47,10 @@ EXACT_SUBSET_LIMIT = 50_000
 RECALL_TARGET = 0.95
 TUNING_QUERIES = 300
 SINGLE_QUERIES = 50  # timed one at a time for the choice between exact search and the tuned index
-# An approximate index no faster than exact search at its tuned setting is replaced by exact search.
+# An approximate index no faster than exact search at its tuned setting is replaced by exact search:
+# one query at the tuned setting must take under APPROXIMATE_GAIN of an exact query's time.
 PREFER_EXACT = True
+APPROXIMATE_GAIN = 0.8
 _PROBES = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 
 
@@ -64,6 +66,8 @@ class IndexHeader:
     nprobe: int = 0  # lists scanned per query, as tuned (approximate kinds)
     recall: float | None = None  # recall@10 measured when it was tuned, on the library's own vectors
     target: float | None = None  # the recall@10 it was tuned to (None: never tuned)
+    filtered_nprobe: int = 0  # lists a filtered search scans (0: as unfiltered)
+    filtered_recall: float | None = None  # its recall@10, measured with the hardest filter it serves
 
 
 def is_tuned_size(count: int) -> bool:
@@ -92,6 +96,11 @@ class VectorIndex:
         self.recall: float | None = None  # measured recall@10 of the tuned setting (approximate kinds)
         self.target: float | None = None  # the recall@10 it was tuned to, when it was
         self.single_ms: dict[str, float] = {}  # one query's median time, tuned and exact, when built
+        # Lists scanned by a filtered search through the index (0: as many as unfiltered), tuned as
+        # the unfiltered setting is, on a random subset; its recall@10 and every setting tried.
+        self.filtered_nprobe = 0
+        self.filtered_recall: float | None = None
+        self.filtered_tuning: list[dict[str, float]] = []
         self._timing_queries = np.zeros((0, dim), np.float32)
         self.tuning: list[dict[str, float]] = []  # every setting tried: nprobe, recall, p50 ms
         self.index = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
@@ -133,7 +142,7 @@ class VectorIndex:
         exact = index.tune(ids, vectors, target=target, seed=seed)
         if kind == "ivf-flat" and (PREFER_EXACT if prefer_exact is None else prefer_exact):
             index.single_ms = {"tuned": index.single_query_ms(), "exact": exact()}
-        if index.single_ms and index.single_ms["tuned"] >= index.single_ms["exact"]:
+        if index.single_ms and index.single_ms["tuned"] >= APPROXIMATE_GAIN * index.single_ms["exact"]:
             # The lists it must scan to be right make it no faster than exact search: search exactly.
             flat = cls(dim, trained_on=len(ids))
             flat.add(ids, vectors)
@@ -145,10 +154,12 @@ class VectorIndex:
              seed: int = 0) -> Callable[[], float]:
         """Scan the fewest lists per query (at least ``max(16, nlist / 64)``) that find ``target`` of
         the exact top 10, measured with a sample of the indexed ``vectors`` as queries (each one's own
-        hit left out) against exact inner-product search over all of them. Clustered synthetic vectors need 8 lists; vectors
-        spread as real embeddings are need hundreds (benchmarks/vector_index.py). When none of
-        them reaches it, every list is scanned (the exact answer, slowly). Returns what times one
-        exact query (ms, median), for comparison with :meth:`single_query_ms`."""
+        hit left out) against exact inner-product search over all of them. Clustered synthetic
+        vectors need 8 lists; vectors as spread as real embeddings need hundreds
+        (benchmarks/vector_index.py). When none reaches it, every list is scanned (the exact answer,
+        slowly). Filtered searches through the index get their own number of lists, tuned the same
+        way (:attr:`filtered_nprobe`). Returns what times one exact query (ms, median), for
+        comparison with :meth:`single_query_ms`."""
         if self.kind == "flat":
             return lambda: 0.0
         ivf = faiss.extract_index_ivf(self.index)
@@ -170,22 +181,44 @@ class VectorIndex:
         if self.kind == "ivf-pq":  # searched with exact re-scoring, as Library.search does
             row_of = {int(i): n for n, i in enumerate(ids.tolist())}
             refine = lambda wanted: vectors[[row_of[i] for i in wanted]]
-        self.tuning = []
+
+        def sweep(start: int, truth_sets: list[set[int]], among: npt.NDArray[np.int64] | None,
+                  filtered: bool) -> list[dict[str, float]]:
+            """Recall and time per query from ``start`` lists up, until ``target`` is reached."""
+            tried = []
+            for nprobe in [start] + [p for p in _PROBES if start < p < ivf.nlist] + [int(ivf.nlist)] * (start < ivf.nlist):
+                if filtered:
+                    self.filtered_nprobe = nprobe
+                else:
+                    ivf.nprobe = nprobe
+                began = time.perf_counter()
+                _, found = self.search(sample, 11, exact=refine, among=among)
+                elapsed = (time.perf_counter() - began) / len(sample)
+                recall = float(np.mean([len(t & top10(row, q)) / max(1, len(t))
+                                        for q, (t, row) in enumerate(zip(truth_sets, found))]))
+                tried.append({"nprobe": nprobe, "recall_at_10": recall, "ms_per_query": 1000 * elapsed})
+                if recall >= target:
+                    break
+            return tried
+
         # Never fewer than the fixed default of before (queries are texts, not the library's images:
         # the sample can only show that more lists are needed).
-        floor = min(int(ivf.nlist), max(16, int(ivf.nlist) // 64))
-        for nprobe in [floor] + [p for p in _PROBES if floor < p < ivf.nlist] + [int(ivf.nlist)] * (floor < ivf.nlist):
-            ivf.nprobe = nprobe
-            start = time.perf_counter()
-            _, found = self.search(sample, 11, exact=refine)
-            elapsed = (time.perf_counter() - start) / len(sample)
-            recall = float(np.mean([len(t & top10(row, q)) / max(1, len(t))
-                                    for q, (t, row) in enumerate(zip(truth_sets, found))]))
-            self.tuning.append({"nprobe": nprobe, "recall_at_10": recall, "ms_per_query": 1000 * elapsed})
-            if recall >= target:
-                break
+        self.tuning = sweep(min(int(ivf.nlist), max(16, int(ivf.nlist) // 64)), truth_sets, None, False)
         self.recall = self.tuning[-1]["recall_at_10"]
         self.target = target
+        self.filtered_nprobe, self.filtered_recall, self.filtered_tuning = 0, None, []
+        if len(ids) > EXACT_SUBSET_LIMIT:
+            # A filter keeps fewer candidates per list, so its top 10 lies in more lists. The hardest
+            # filter searched through the index keeps just over EXACT_SUBSET_LIMIT ids (fewer are
+            # searched exactly): the lists that reach the target for such a random subset serve
+            # every filter, larger ones being easier.
+            subset = np.sort(rng.choice(len(ids), EXACT_SUBSET_LIMIT + 1, replace=False))
+            inner = faiss.IndexFlatIP(self.dim)
+            inner.add(np.ascontiguousarray(vectors[subset], np.float32))
+            _, sub_truth = inner.search(sample, 11)
+            sub_truth_sets = [top10(ids[subset][row], q) for q, row in enumerate(sub_truth)]
+            self.filtered_tuning = sweep(int(ivf.nprobe), sub_truth_sets, ids[subset], True)
+            self.filtered_recall = self.filtered_tuning[-1]["recall_at_10"]
         return lambda: _single_query_ms(exact, self._timing_queries)
 
     def single_query_ms(self) -> float:
@@ -266,7 +299,7 @@ class VectorIndex:
             # (faiss's stubs do not know these keyword arguments; its SWIG classes take them)
             params = (faiss.SearchParameters(sel=selector) if self.kind == "flat"  # type: ignore[call-arg]
                       else faiss.SearchParametersIVF(sel=selector,  # type: ignore[call-arg]
-                                                     nprobe=faiss.extract_index_ivf(self.index).nprobe))
+                                                     nprobe=self.filtered_nprobe or self.nprobe))
         if self.kind != "ivf-pq" or exact is None:
             return self.index.search(queries, k, params=params)
         _, shortlist = self.index.search(queries, min(REFINE_FACTOR * k, len(self)), params=params)
@@ -278,7 +311,8 @@ class VectorIndex:
         header = json.dumps(
             {"version": _VERSION, "generation": generation, "model": model, "dim": self.dim, "count": len(self),
              "kind": self.kind, "trained_on": self.trained_on, "library": library, "nprobe": self.nprobe,
-             "recall": self.recall, "target": self.target}
+             "recall": self.recall, "target": self.target, "filtered_nprobe": self.filtered_nprobe,
+             "filtered_recall": self.filtered_recall}
         ).encode()
         payload = faiss.serialize_index(self.index)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -303,7 +337,9 @@ class VectorIndex:
                              str(meta.get("kind", "flat")), int(meta.get("trained_on", 0)),
                              str(meta.get("library", "")), int(meta.get("nprobe") or 0),
                              float(meta["recall"]) if meta.get("recall") is not None else None,
-                             float(meta["target"]) if meta.get("target") is not None else None)
+                             float(meta["target"]) if meta.get("target") is not None else None,
+                             int(meta.get("filtered_nprobe") or 0),
+                             float(meta["filtered_recall"]) if meta.get("filtered_recall") is not None else None)
         return header, 12 + length
 
     @classmethod
@@ -336,6 +372,7 @@ class VectorIndex:
         loaded = cls(header.dim, index, header.kind, header.trained_on)
         loaded.set_probes(header.nprobe or None)  # as tuned; FAISS keeps it too, older files had none
         loaded.recall, loaded.target = header.recall, header.target
+        loaded.filtered_nprobe, loaded.filtered_recall = header.filtered_nprobe, header.filtered_recall
         return loaded, header
 
 
