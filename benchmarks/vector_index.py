@@ -14,7 +14,10 @@ FLAT_LIMIT, its probes tuned to RECALL_TARGET on a sample of the vectors
 themselves, or exact search when that is no slower), the build time, the
 index's size, what the tuner picked and measured; then, on held-out queries
 drawn from the same distribution (truth from exact inner-product search),
-recall@10 and single-query p50/p95 at several probe counts, and exact search.
+recall@10 and single-query p50/p95 at several probe counts, and exact search;
+and filtered search (random filters keeping 6, 10 and 30 % of the ids, those
+above the exact-subset limit) at the tuned setting and, for comparison, at the
+unfiltered number of lists.
 """
 
 from __future__ import annotations
@@ -90,7 +93,9 @@ def main() -> None:
         built = VectorIndex.build(256, ids, data)
         build_s = time.perf_counter() - start
         picked = {"kind": built.kind, "nprobe": built.nprobe, "tuned_recall_at_10": built.recall,
-                  "tuning": built.tuning, "build_s": build_s,
+                  "tuning": built.tuning, "build_s": build_s, "single_query_ms": built.single_ms,
+                  "filtered_nprobe": built.filtered_nprobe, "filtered_tuned_recall_at_10": built.filtered_recall,
+                  "filtered_tuning": built.filtered_tuning,
                   "size_mb": len(faiss.serialize_index(built.index)) / 1e6}
 
         def measure(index: VectorIndex, queries: np.ndarray = queries, truth_ids: np.ndarray = truth_ids) -> dict[str, float]:
@@ -105,6 +110,31 @@ def main() -> None:
                     "p95_ms": float(np.percentile(times, 95))}
 
         picked["held_out"] = measure(built)
+
+        def filtered(index: VectorIndex, fraction: float) -> dict[str, float]:
+            """Recall@10 and p50 of held-out queries under a random filter keeping ``fraction`` of the ids."""
+            among = np.sort(np.random.default_rng(7).choice(ids, int(fraction * len(ids)), replace=False))
+            inner = faiss.IndexFlatIP(256)
+            inner.add(data[among - 1])
+            _, rows = inner.search(queries, 10)
+            truth = among[rows]
+            _, found = index.search(queries, 10, among=among)
+            times = []
+            for q in queries[: args.latency_queries // 4]:
+                t = time.perf_counter()
+                index.search(q[None], 10, among=among)
+                times.append(1000 * (time.perf_counter() - t))
+            return {"fraction": fraction, "ids": len(among),
+                    "recall_at_10": float(np.mean([len(set(t) & set(f)) / 10 for t, f in zip(truth, found)])),
+                    "p50_ms": statistics.median(times)}
+
+        fractions = [f for f in (0.06, 0.1, 0.3) if f * args.count > vectors_module.EXACT_SUBSET_LIMIT]
+        picked["filtered"] = [filtered(built, f) for f in fractions]
+        if built.kind != "flat":  # what the unfiltered setting alone would give
+            kept_filtered = built.filtered_nprobe
+            built.filtered_nprobe = 0
+            picked["filtered_at_unfiltered_nprobe"] = [filtered(built, f) for f in fractions]
+            built.filtered_nprobe = kept_filtered
         kept = vectors_module.PREFER_EXACT, vectors_module.FLAT_LIMIT
         vectors_module.PREFER_EXACT, vectors_module.FLAT_LIMIT = False, min(kept[1], args.count // 2)
         ivf = built if built.kind != "flat" else VectorIndex.build(256, ids, data)
@@ -132,6 +162,12 @@ def main() -> None:
             print(f"| IVF nprobe {r['nprobe']} | {r['recall_at_10']:.3f} | {r['p50_ms']:.1f} ms | {r['p95_ms']:.1f} ms |")
         e = row["exact"]
         print(f"| exact | {e['recall_at_10']:.3f} | {e['p50_ms']:.1f} ms | {e['p95_ms']:.1f} ms |")
+        print(f"single query, tuned vs exact: {p['single_query_ms']}; filtered nprobe {p['filtered_nprobe']} "
+              f"(tuned recall {p['filtered_tuned_recall_at_10']})")
+        for f in p["filtered"]:
+            print(f"  filter {f['fraction']:.0%} ({f['ids']:,} ids): recall {f['recall_at_10']:.3f}, p50 {f['p50_ms']:.1f} ms")
+        for f in p.get("filtered_at_unfiltered_nprobe", []):
+            print(f"  ... at the unfiltered nprobe: recall {f['recall_at_10']:.3f}, p50 {f['p50_ms']:.1f} ms")
     print(f"written to {path}")
 
 

@@ -295,7 +295,11 @@ class VectorIndex:
             return _exact_top(queries, [np.asarray(among, np.int64)] * len(queries), exact, k)
         params = None
         if among is not None:
-            selector = faiss.IDSelectorBatch(np.ascontiguousarray(among, np.int64))
+            # A bitmap over the ids: one bit test per vector scanned (a batch selector's hash lookups
+            # made a filter of 300k of 1M ids slower than exact search). ``bits`` outlives the search.
+            among = np.asarray(among, np.int64)
+            bits = np.packbits(np.bincount(among, minlength=int(among.max()) + 1) > 0, bitorder="little")
+            selector = faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits))
             # (faiss's stubs do not know these keyword arguments; its SWIG classes take them)
             params = (faiss.SearchParameters(sel=selector) if self.kind == "flat"  # type: ignore[call-arg]
                       else faiss.SearchParametersIVF(sel=selector,  # type: ignore[call-arg]
