@@ -111,7 +111,8 @@ def main() -> None:
 
         picked["held_out"] = measure(built)
 
-        def filtered(index: VectorIndex, fraction: float) -> dict[str, float]:
+        def filtered(index: VectorIndex, fraction: float, ids: np.ndarray = ids, data: np.ndarray = data,
+                     queries: np.ndarray = queries) -> dict[str, float]:
             """Recall@10 and p50 of held-out queries under a random filter keeping ``fraction`` of the ids."""
             among = np.sort(np.random.default_rng(7).choice(ids, int(fraction * len(ids)), replace=False))
             inner = faiss.IndexFlatIP(256)

@@ -59,7 +59,8 @@ def load() -> types.SimpleNamespace:
                 module = types.ModuleType(f"tf415.{name}")
                 module.__package__ = "tf415"
                 sys.modules[module.__name__] = module
-                exec(compile(wheel.read(f"transformers/{name}.py"), f"{WHEEL}/{name}.py", "exec"), module.__dict__)
+                source = compile(wheel.read(f"transformers/{name}.py"), f"{WHEEL}/{name}.py", "exec")
+                exec(source, module.__dict__)  # noqa: S102 - the released module, read from its wheel
                 loaded[name] = module
     finally:
         for name, module in saved.items():

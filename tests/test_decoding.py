@@ -126,11 +126,6 @@ def test_unknown_length_rule_is_a_clear_error() -> None:
 
 
 @pytest.fixture(scope="module")
-def captioner(tiny_captioner: Path) -> Captioner:
-    return Captioner.load(str(tiny_captioner), "cpu")
-
-
-@pytest.fixture(scope="module")
 def answerer(tiny_vqa: Path) -> Answerer:
     return Answerer.load(str(tiny_vqa), "cpu")
 
