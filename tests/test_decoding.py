@@ -134,7 +134,7 @@ def _direct_scores(answerer: Answerer, pixels: np.ndarray, question: str, choice
     """(the original's ranking score, log-likelihood) of ``choice`` for each image, one image and one
     answer at a time, unpadded, from the decoder's logits in float64."""
     ckpt = answerer.checkpoint
-    ids, mask = answerer._question(pixels, question, AnswerSettings())
+    ids, mask = answerer._question(question, AnswerSettings())
     answer = ckpt.tokenizer([choice], return_tensors="pt")["input_ids"].clone()
     answer[:, 0] = ckpt.net.config.text_config.bos_token_id
     out = []

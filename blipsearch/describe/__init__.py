@@ -52,6 +52,14 @@ def _bos(ckpt: Checkpoint) -> int:
     return int(_text_config(ckpt).bos_token_id)
 
 
+def _image_states(ckpt: Checkpoint, pixels: npt.NDArray[np.float32]) -> torch.Tensor:
+    """The vision encoder's output for each image, which the text models cross-attend to."""
+    import torch
+
+    with torch.no_grad():
+        return ckpt.net.vision_model(pixel_values=ckpt.pixel_values(pixels))[0]  # type: ignore[operator,no-any-return]
+
+
 def _paper_search(ckpt: Checkpoint, prompt: torch.Tensor, states: torch.Tensor, states_mask: torch.Tensor | None,
                   num_beams: int, min_length: int, max_length: int) -> list[list[int]]:
     """The paper's beam search from ``prompt`` rows over ``states``: token ids, prompt included."""
@@ -99,11 +107,7 @@ class Captioner:
         ids = prompt.repeat(len(pixels), 1).to(ckpt.device)
         with ckpt.computing():
             if settings.length_rule == "paper" and settings.num_beams > 1:
-                import torch
-
-                net = ckpt.net
-                with torch.no_grad():
-                    images = net.vision_model(pixel_values=ckpt.pixel_values(pixels))[0]  # type: ignore[operator]
+                images = _image_states(ckpt, pixels)
                 ids = ids[:, :-1].clone()  # as generate: no [SEP], [DEC] for [CLS]
                 ids[:, 0] = _bos(ckpt)
                 out: Sequence[Sequence[int]] | torch.Tensor = _paper_search(
@@ -143,8 +147,7 @@ class Answerer:
         return cls(load_checkpoint(spec, "vqa", BlipForQuestionAnswering, "visual question answering",
                                    DEFAULT_VQA_MODEL, device))
 
-    def _question(self, pixels: npt.NDArray[np.float32], question: str,
-                  settings: AnswerSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    def _question(self, question: str, settings: AnswerSettings) -> tuple[torch.Tensor, torch.Tensor]:
         """The question's token ids and attention mask, as a batch of one row."""
         ckpt = self.checkpoint
         batch = ckpt.tokenizer([pre_question(question)], truncation=True, max_length=MAX_TOKENS,  # type: ignore[operator]
@@ -159,11 +162,10 @@ class Answerer:
         """The text encoder's states for the question about each image, as the VQA decoder reads them."""
         import torch
 
-        net = self.checkpoint.net
+        images = _image_states(self.checkpoint, pixels)
         with torch.no_grad():
-            images = net.vision_model(pixel_values=self.checkpoint.pixel_values(pixels))[0]  # type: ignore[operator]
             n = len(pixels)
-            return net.text_encoder(  # type: ignore[operator,no-any-return]
+            return self.checkpoint.net.text_encoder(  # type: ignore[operator,no-any-return]
                 input_ids=ids.repeat(n, 1), attention_mask=mask.repeat(n, 1), encoder_hidden_states=images,
                 encoder_attention_mask=torch.ones(images.shape[:2], dtype=torch.long, device=images.device),
                 return_dict=True).last_hidden_state
@@ -176,7 +178,7 @@ class Answerer:
         ckpt = self.checkpoint
         if len(pixels) == 0:
             return []
-        ids, mask = self._question(pixels, question, settings)
+        ids, mask = self._question(question, settings)
         _check_length(ckpt, settings.max_length)
         n = len(pixels)
         with ckpt.computing():
@@ -208,7 +210,7 @@ class Answerer:
         if len(pixels) == 0:
             return []
         ckpt = self.checkpoint
-        ids, mask = self._question(pixels, question, settings)
+        ids, mask = self._question(question, settings)
         answers = ckpt.tokenizer(list(settings.choices), padding="longest", truncation=True,  # type: ignore[operator]
                                  max_length=MAX_TOKENS, return_tensors="pt")
         answer_ids = answers["input_ids"].clone()
