@@ -13,6 +13,7 @@ import json
 import math
 import os
 import stat
+import struct
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 from ..errors import ImageError, ModelLoadError
 
@@ -159,7 +160,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode == "RGB" and "transparency" not in image.info:
         return image
     if image.mode.startswith("I") or image.mode == "F":
-        image = Image.fromarray(_grey_levels(np.nan_to_num(np.asarray(image, dtype=np.float64)), image.mode), "L")
+        grey = np.array(image, dtype=np.float64)  # a copy the steps below work in: one 8-byte copy per pixel
+        image = Image.fromarray(_grey_levels(np.nan_to_num(grey, copy=False), image.mode), "L")
     if image.has_transparency_data:
         rgba = image.convert("RGBA")
         return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
@@ -167,17 +169,47 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def _grey_levels(grey: npt.NDArray[np.float64], mode: str) -> npt.NDArray[np.uint8]:
-    """8-bit levels of deep or float greys (see :func:`to_rgb`)."""
+    """8-bit levels of deep or float greys (see :func:`to_rgb`), computed in ``grey`` itself: at the
+    decompression-bomb limit each temporary copy would cost another 700 MB."""
     if grey.size:
         low, high = float(grey.min()), float(grey.max())
         if mode == "F" and low >= 0.0 and high <= 1.0:
-            grey = grey * 255.0  # floats in 0..1
+            grey *= 255.0  # floats in 0..1
         elif mode == "F" and (low < 0.0 or high > 255.0):
-            grey = (grey - low) * (255.0 / (high - low)) if high > low else np.zeros_like(grey)
+            if high > low:
+                grey -= low
+                grey *= 255.0 / (high - low)
+            else:
+                grey.fill(0.0)
         elif mode != "F" and high > 255.0:
             bits = next((b for b in (10, 12, 14, 16) if high <= 2**b - 1), 32)
-            grey = grey * (255.0 / (2**bits - 1))
-    return np.clip(np.rint(grey), 0, 255).astype(np.uint8)
+            grey *= 255.0 / (2**bits - 1)
+    np.rint(grey, out=grey)
+    np.clip(grey, 0, 255, out=grey)
+    return grey.astype(np.uint8)
+
+
+# EXIF orientation -> the transposition that makes the picture upright (as ImageOps.exif_transpose).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+# What decoders raise for a malformed file: Pillow's own fuzz tests accept OSError, SyntaxError,
+# ValueError, MemoryError, NotImplementedError and OverflowError; pillow-heif raises RuntimeError
+# (libheif's errors and security limits, found at decoding time); Pillow's TIFF/EXIF code raises
+# struct.error; EOFError, IndexError and TypeError come from truncated headers.
+_DECODER_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, MemoryError,
+                   RuntimeError, OverflowError, struct.error)
+
+
+def _too_large(detail: str) -> ImageError:
+    limit = Image.MAX_IMAGE_PIXELS or 0  # only raised when a limit is set
+    return ImageError(
+        f"image too large to decode safely ({detail}); the limit is {limit / 1e6:.1f} megapixels"
+        " (raise it with --max-megapixels)", by_settings=True,
+    )
 
 
 def open_image(
@@ -191,8 +223,10 @@ def open_image(
     and the following resize to the model's input hardly changes.
 
     Pillow's decompression-bomb guard (``Image.MAX_IMAGE_PIXELS``) stays on:
-    its warning zone is treated as an error too, because an image that large
-    costs gigabytes of memory to decode.
+    its warning zone is refused too, because an image that large costs
+    gigabytes of memory to decode. That is checked here on the size the header
+    gives, not left to the warnings filter, which is process-wide state that
+    another decoding thread's ``catch_warnings`` can restore at any moment.
     """
     source = io.BytesIO(data) if isinstance(data, bytes) else data
     try:
@@ -202,24 +236,24 @@ def open_image(
             # layered Photoshop file, at its merged picture: seeking "to frame 0" is wrong for some formats.
             with Image.open(source) as image:
                 width, height = image.size
+                if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:
+                    raise _too_large(f"{width} x {height} pixels, {width * height / 1e6:.1f} megapixels")
                 if image.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8):
                     width, height = height, width
                 if draft is not None and image.format == "JPEG":
                     image.draft("RGB", draft)
                 image.load()
-                upright = ImageOps.exif_transpose(image)
+                # Not ImageOps.exif_transpose: it also writes the EXIF back without the orientation,
+                # which raises on a tag whose value doesn't fit its type; only the pixels are used here.
+                transpose = _UPRIGHT.get(image.getexif().get(ExifTags.Base.Orientation, 1))
+                upright = image.transpose(transpose) if transpose is not None else image.copy()
                 return to_rgb(upright), (width, height)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        limit = Image.MAX_IMAGE_PIXELS or 0  # a bomb error means a limit is set
-        raise ImageError(
-            f"image too large to decode safely ({exc}); the limit is {limit / 1e6:.1f} megapixels"
-            " (raise it with --max-megapixels)", by_settings=True,
-        ) from None
+        raise _too_large(str(exc)) from None
     except UnidentifiedImageError:
         raise ImageError("not an image, or a format Pillow can't read") from None
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, MemoryError) as exc:
-        # Pillow reports truncated and corrupt files as OSError/SyntaxError/ValueError.
-        raise ImageError(f"can't decode the image: {exc}") from None
+    except _DECODER_ERRORS as exc:
+        raise ImageError(f"can't decode the image: {exc or type(exc).__name__}") from None
 
 
 def _exif_value(value: Any) -> Any:
