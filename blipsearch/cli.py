@@ -194,6 +194,13 @@ def _errors() -> Iterator[None]:
         yield
     except BlipsearchError as exc:
         raise click.ClickException(str(exc)) from None
+    except BrokenPipeError:  # `blipsearch search ... | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        sys.exit(1)
+    except OSError as exc:  # a full disk, an I/O error, a read-only folder: what the system said, and where
+        where = f" ({os.fsdecode(exc.filename)})" if exc.filename else ""
+        raise click.ClickException(f"{exc.strerror or exc}{where}. Everything committed before it is kept; "
+                                   "run the same command again once that is fixed.") from None
     except Exception as exc:
         database = sys.modules.get("sqlalchemy.exc")  # never imported: not a database error
         if database is not None and isinstance(exc, database.SQLAlchemyError):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -64,6 +63,7 @@ from .store.fulltext import TextIndex, reciprocal_rank_fusion
 from .store.location import DB_FILE, default_location, library_location
 from .store.schema import ImageRow, TextRow
 from .store.thumbnails import SIZES, ThumbnailStore
+from .system import is_leftover
 from .text import checked
 from .texts import CAPTIONS, USER, TextEntry, TextHit, TextStore, rank_texts
 from .texts.tags import DEFAULT_TEMPLATE, TagResult, Vocabulary
@@ -275,14 +275,13 @@ class Library:
 
     def _remove_leftovers(self, min_age_s: float = 3600) -> None:
         """Temporary files of writes cut short by a crash or kill (as large as the vector file)."""
-        now = time.time()
         for folder in (self.location, self.location / "tokens", *self.thumbnails.folder.glob("*/*")):
             for tmp in folder.glob(".*.tmp"):
-                try:
-                    if now - tmp.stat().st_mtime > min_age_s:  # older than any write still under way
+                if is_leftover(tmp, min_age_s):
+                    try:
                         tmp.unlink()
-                except OSError:
-                    pass
+                    except OSError:
+                        pass
 
     @contextmanager
     def _index_lock(self) -> Iterator[None]:

@@ -151,7 +151,7 @@ def _write_fingerprint_cache(cache: dict[str, dict[str, object]]) -> None:
     path = _fingerprint_cache_path()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda fh: fh.write(json.dumps(cache).encode()))
+        atomic_write(path, lambda fh: fh.write(json.dumps(cache).encode()), point="model-cache")
     except OSError:
         pass  # a read-only cache folder costs a re-hash next time, nothing else
 

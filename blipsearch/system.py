@@ -4,12 +4,16 @@ threads."""
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, BinaryIO, Generic, TypeVar
+
+from . import failpoints
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -87,16 +91,45 @@ def use_compute_threads(long_operations: bool = False) -> int:
     return threads
 
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], object], *, fsync: bool = False) -> None:
+# Who writes a temporary file, in its name: a later run removes those of writers no longer running.
+_WRITER = f"{socket.gethostname().replace('.', '-')}-{os.getpid()}"
+
+
+def is_leftover(tmp: Path, min_age_s: float) -> bool:
+    """Whether ``tmp`` (an :func:`atomic_write` temporary) was left by a write cut short: its
+    writer, on this machine, is no longer running, or it is older than ``min_age_s``."""
+    try:
+        if time.time() - tmp.stat().st_mtime > min_age_s:
+            return True
+    except OSError:
+        return False
+    host, _, pid = tmp.name.split(".")[-3].rpartition("-") if tmp.name.count(".") >= 4 else ("", "", "")
+    if host != socket.gethostname().replace(".", "-") or not pid.isdigit():
+        return False  # another machine's (a shared folder), or of an older naming: by age only
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # running, as another user
+    return False
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], object], *, point: str, fsync: bool = False) -> None:
     """Write ``path`` through a temporary file in its folder renamed over it: readers see the
-    old file or the new one, never a part. ``fsync`` flushes the data to disk before the rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    old file or the new one, never a part. ``fsync`` flushes the data to disk before the rename.
+    ``point`` names the file's failpoints (``<point>.write``, ``.fsync``, ``.rename``; see
+    :mod:`blipsearch.failpoints`)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_WRITER}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
+            failpoints.check(f"{point}.write", path)
             if fsync:
                 fh.flush()
+                failpoints.check(f"{point}.fsync", path)
                 os.fsync(fh.fileno())
+        failpoints.check(f"{point}.rename", path)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -325,7 +325,7 @@ class VectorIndex:
             fh.write(_MAGIC + struct.pack("<I", len(header)) + header)
             fh.write(payload.tobytes())
 
-        atomic_write(path, write, fsync=True)
+        atomic_write(path, write, point="vectors", fsync=True)
         _fsync_dir(path.parent)
 
     @staticmethod

@@ -77,7 +77,7 @@ class TokenCache:
 
         array = tokens.detach().to("cpu", torch.float16).numpy()
         try:
-            atomic_write(path, lambda fh: np.save(fh, array, allow_pickle=False))
+            atomic_write(path, lambda fh: np.save(fh, array, allow_pickle=False), point="token-cache")
             size = path.stat().st_size
         except OSError:  # a full disk or a read-only folder: no cache, not no search
             return

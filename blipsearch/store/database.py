@@ -27,6 +27,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from .. import failpoints
 from ..errors import LibraryError, SchemaError
 from ..filters import Filters
 from .migrations import upgrade
@@ -155,6 +156,8 @@ class Database:
         with self._sessions() as session:
             with session.begin():
                 yield session
+                failpoints.check("db.commit")
+            failpoints.check("db.committed")
 
     @contextmanager
     def reader(self) -> Iterator[Session]:

@@ -57,7 +57,7 @@ class ThumbnailStore:
         try:
             data = render(image, kind)
             path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(path, lambda fh: fh.write(data))
+            atomic_write(path, lambda fh: fh.write(data), point="thumbnail")
         except OSError:  # a full disk or a read-only library: the original can still be shown
             return None
         return path
