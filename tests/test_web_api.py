@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 import os
 import shutil
 from pathlib import Path
@@ -89,6 +90,11 @@ def test_similar_and_search_by_uploaded_image(client: TestClient, lib: Library, 
     assert uploaded.status_code == 200
     _same(uploaded.json()["hits"], lib.similar(ImageData(jpeg.getvalue()), 5))
     assert uploaded.json()["hits"][0]["id"] == image_id  # the same picture, recompressed
+    # A file whose reader gives up while opening it (NotImplementedError from Pillow's DDS reader).
+    dds = b"DDS " + struct.pack("<7I", 124, 0x1007, 4, 4, 0, 0, 0) + bytes(44) \
+        + struct.pack("<2I", 32, 0x4) + b"XYZW" + bytes(20) + struct.pack("<I", 0x1000) + bytes(16) + bytes(256)
+    refused = client.post("/api/search/image", content=dds, headers={"content-type": "image/png"})
+    assert refused.status_code == 422 and "not an image" in refused.json()["error"]
 
 
 def test_image_details_and_files(client: TestClient, lib: Library, photos: Path) -> None:

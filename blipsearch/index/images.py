@@ -200,7 +200,7 @@ _UPRIGHT = {
 # ValueError, MemoryError, NotImplementedError and OverflowError; pillow-heif raises RuntimeError
 # (libheif's errors and security limits, found at decoding time); Pillow's TIFF/EXIF code raises
 # struct.error; EOFError, IndexError and TypeError come from truncated headers.
-_DECODER_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, MemoryError,
+DECODER_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, MemoryError,
                    RuntimeError, OverflowError, struct.error)
 
 
@@ -252,7 +252,7 @@ def open_image(
         raise _too_large(str(exc)) from None
     except UnidentifiedImageError:
         raise ImageError("not an image, or a format Pillow can't read") from None
-    except _DECODER_ERRORS as exc:
+    except DECODER_ERRORS as exc:
         raise ImageError(f"can't decode the image: {exc or type(exc).__name__}") from None
 
 

@@ -405,7 +405,9 @@ async def _read_capped(request: Request, limit: int) -> bytes | Response:
 def _check_pixels(data: bytes, limit: int) -> Response | None:
     """Refuse an image whose header promises more pixels than ``limit`` before decoding any (a
     decompression bomb is a small file that decodes to gigabytes)."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
+
+    from ..index.images import DECODER_ERRORS
 
     too_many = f"The image has too many megapixels; this server takes at most {limit / 1e6:.0f}."
     try:
@@ -415,7 +417,7 @@ def _check_pixels(data: bytes, limit: int) -> Response | None:
                 width, height = image.size
     except Image.DecompressionBombError:
         return _error(413, too_many)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+    except DECODER_ERRORS:  # what the indexer takes for a broken file (UnidentifiedImageError is an OSError)
         return _error(422, "This is not an image, or a format blipsearch can't read.")
     if width * height > limit:
         return _error(413, f"The image has {width * height / 1e6:.0f} megapixels; this server takes at most "
