@@ -63,7 +63,10 @@ def plan(points: Counter[str]) -> list[tuple[str, str, int]]:
     return faults
 
 
-def campaign(images: int, workdir: Path, report: bool = True) -> dict[str, object]:
+def campaign(images: int, workdir: Path, report: bool = True, only: tuple[str, ...] | None = None,
+             out: Path | None = None) -> dict[str, object]:
+    """Every fault of every step (of the steps named ``only``); with ``out``, the results so far
+    are written there after each fault."""
     workload = Workload(workdir).make(images)
     stages = workdir / "stages"
     shutil.rmtree(stages, ignore_errors=True)
@@ -89,7 +92,22 @@ def campaign(images: int, workdir: Path, report: bool = True) -> dict[str, objec
     rows: list[dict[str, object]] = []
     defects: list[str] = []
     start = time.perf_counter()
+    def results() -> dict[str, object]:
+        return {
+            "images": images,
+            "steps": [name for name, _ in steps if only is None or name in only],
+            "seconds": round(time.perf_counter() - start, 1),
+            "clean_step_seconds": {k: round(v, 2) for k, v in durations.items()},
+            "failpoints_per_step": {k: dict(v) for k, v in points.items()},
+            "faults": len(rows),
+            "outcomes": dict(outcomes),
+            "defects": defects,
+            "runs": rows,
+        }
+
     for n, (name, _) in enumerate(steps):
+        if only is not None and name not in only:
+            continue
         for point, code, nth in plan(points[name]):
             library = workdir / "library"
             shutil.rmtree(library, ignore_errors=True)
@@ -133,19 +151,12 @@ def campaign(images: int, workdir: Path, report: bool = True) -> dict[str, objec
             rows.append({"step": name, "point": point, "errno": code, "pass": nth, "outcome": outcome,
                          "exit": done.returncode, "message": last[:200], "rows_before": rows_before,
                          "rows_kept": kept, "problems": found})
+            if out is not None:
+                out.write_text(json.dumps(results(), indent=1) + "\n")
             if report:
                 print(f"{name:15} {point:20} {code:6}@{nth:<3} {outcome:12} {last[:90]}", file=sys.stderr,
                       flush=True)
-    return {
-        "images": images,
-        "seconds": round(time.perf_counter() - start, 1),
-        "clean_step_seconds": {k: round(v, 2) for k, v in durations.items()},
-        "failpoints_per_step": {k: dict(v) for k, v in points.items()},
-        "faults": len(rows),
-        "outcomes": dict(outcomes),
-        "defects": defects,
-        "runs": rows,
-    }
+    return results()
 
 
 def table(result: dict[str, object]) -> str:
@@ -166,12 +177,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=60)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--steps", default=None, help="only these steps, comma-separated (index, texts-add, "
+                        "search-rebuild, reindex)")
     parser.add_argument("--out", type=Path, default=RESULTS / "faults.json")
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="blipsearch-faults-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    result = campaign(args.images, workdir)
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    result = campaign(args.images, workdir, only=tuple(args.steps.split(",")) if args.steps else None, out=args.out)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(table(result))
     for line in result["defects"][:30]:  # type: ignore[index]
