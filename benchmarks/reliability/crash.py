@@ -19,14 +19,13 @@ next index run has cleaned up. Results: ``benchmarks/results/crash.json`` and a 
 from __future__ import annotations
 
 import argparse
-import os
 import json
+import os
 import random
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -37,11 +36,12 @@ from library_state import (  # noqa: E402
     Workload,
     clean_run,
     differences,
+    finish,
     leftovers,
     prepare_step,
     problems,
-    run,
     snapshot,
+    workdir_for,
 )
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -171,15 +171,10 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=RESULTS / "crash.json")
     args = parser.parse_args()
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="blipsearch-crash-"))
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = workdir_for(args.workdir, "crash")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result = campaign(args.kills, args.images, args.seed, workdir, targeted=args.targeted, out=args.out)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(table(result))
-    for line in result["inconsistencies"][:20]:  # type: ignore[index]
-        print("  ", line)
-    sys.exit(1 if result["inconsistencies"] else 0)
+    finish(result, args.out, table(result), result["inconsistencies"])  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":

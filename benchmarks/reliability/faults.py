@@ -26,13 +26,24 @@ import json
 import shutil
 import sqlite3
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from library_state import ROOT, Workload, clean_run, differences, leftovers, prepare_step, problems, run, snapshot
+from library_state import (
+    ROOT,
+    Workload,
+    clean_run,
+    differences,
+    finish,
+    leftovers,
+    prepare_step,
+    problems,
+    run,
+    snapshot,
+    workdir_for,
+)
 
 from blipsearch.store.location import DB_FILE
 
@@ -181,15 +192,10 @@ def main() -> None:
                         "search-rebuild, reindex)")
     parser.add_argument("--out", type=Path, default=RESULTS / "faults.json")
     args = parser.parse_args()
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="blipsearch-faults-"))
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = workdir_for(args.workdir, "faults")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result = campaign(args.images, workdir, only=tuple(args.steps.split(",")) if args.steps else None, out=args.out)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(table(result))
-    for line in result["defects"][:30]:  # type: ignore[index]
-        print("  ", line)
-    sys.exit(1 if result["defects"] else 0)
+    finish(result, args.out, table(result), result["defects"])  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":

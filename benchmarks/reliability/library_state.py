@@ -225,5 +225,22 @@ def differences(got: dict[str, object], want: dict[str, object]) -> list[str]:
     return found
 
 
-def now() -> float:
-    return time.perf_counter()
+def workdir_for(given: Path | None, name: str) -> Path:
+    """The campaign's working folder: ``given``, or a new temporary one."""
+    import tempfile
+
+    folder = given or Path(tempfile.mkdtemp(prefix=f"blipsearch-{name}-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def finish(result: dict[str, object], out: Path, table: str, failures: list[str]) -> None:
+    """Write a campaign's results, print its table and its first failures, exit 1 if there are any."""
+    import json
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(table)
+    for line in failures[:30]:
+        print("  ", line)
+    sys.exit(1 if failures else 0)
