@@ -25,6 +25,7 @@ from .options import (
     DEFAULT_RERANK_DEPTH,
     DEFAULT_VQA_MODEL,
     LENGTH_RULES,
+    MAX_BEAMS,
     AnswerSettings,
     CaptionSettings,
     open_settings,
@@ -58,12 +59,12 @@ class PositiveInt(click.ParamType):
 
 
 class Amount(click.ParamType):
-    """A finite number, at least ``minimum`` (above it when ``strict``)."""
+    """A finite number, at least ``minimum`` (above it when ``strict``) and at most ``maximum``."""
 
     name = "X"
 
-    def __init__(self, minimum: float = 0.0, strict: bool = False) -> None:
-        self.minimum, self.strict = minimum, strict
+    def __init__(self, minimum: float = 0.0, strict: bool = False, maximum: float = 1e9) -> None:
+        self.minimum, self.strict, self.maximum = minimum, strict, maximum
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
         try:
@@ -73,6 +74,8 @@ class Amount(click.ParamType):
         if not math.isfinite(number) or number < self.minimum or (self.strict and number == self.minimum):
             self.fail(f"{value} must be a number {'above' if self.strict else 'of at least'} {self.minimum:g}.",
                       param, ctx)
+        if number > self.maximum:  # sizes in bytes or pixels made from it must stay finite
+            self.fail(f"{value} is too large: it must be at most {self.maximum:,.0f}.", param, ctx)
         return number
 
 
@@ -106,6 +109,7 @@ def library_options(func: Callable[..., Any]) -> Callable[..., Any]:
             "--db",
             "db_url",
             envvar="BLIPSEARCH_DB",
+            type=TEXT,
             metavar="URL",
             help="SQLAlchemy database URL instead of the library's SQLite file, "
             "e.g. postgresql+psycopg://user@host/photos. Env: BLIPSEARCH_DB.",
@@ -357,7 +361,24 @@ def _output_flags(func: Callable[..., Any]) -> Callable[..., Any]:
                         help="Number of results.")(func)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class Commands(click.Group):
+    """The command group; an argument holding a NUL character or a lone surrogate that stands for no
+    byte (neither of which a shell can pass, nor a file name hold) is a usage error before any
+    command parses it."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        for arg in args:
+            try:
+                arg.encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError:
+                raise click.UsageError(f"The argument {arg[:40]!r} holds a lone surrogate, which no command "
+                                       "line can pass.", ctx) from None
+            if "\0" in arg:
+                raise click.UsageError("An argument holds a NUL character, which no command line can pass.", ctx)
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="blipsearch")
 def main() -> None:
     """Search your photos by text and by image with BLIP.
@@ -388,7 +409,7 @@ def caption_options(func: Callable[..., Any]) -> Callable[..., Any]:
                         help="Minimum caption length in tokens, prompt included.")(func)
     func = click.option("--max-length", type=PositiveInt(), default=20, show_default=True,
                         help="Maximum caption length in tokens, prompt included.")(func)
-    func = click.option("--beams", type=PositiveInt(), default=3, show_default=True,
+    func = click.option("--beams", type=PositiveInt(1, MAX_BEAMS), default=3, show_default=True,
                         help="Beam-search width.")(func)
     func = _length_rule_option(func)
     return click.option("--prompt", type=TEXT, default="a picture of ", show_default=True,
@@ -703,7 +724,7 @@ def caption(lib: Library, images: tuple[bytes, ...], prompt: str, beams: int, ma
 @main.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=bytes))
 @click.argument("question", type=TEXT)
-@click.option("--beams", type=PositiveInt(), default=3, show_default=True, help="Beam-search width.")
+@click.option("--beams", type=PositiveInt(1, MAX_BEAMS), default=3, show_default=True, help="Beam-search width.")
 @click.option("--max-length", type=PositiveInt(), default=10, show_default=True,
               help="Maximum answer length in tokens.")
 @_length_rule_option
@@ -884,7 +905,7 @@ def texts_list(lib: Library, as_json: bool) -> None:
 
 
 @texts.command("remove")
-@click.argument("ids", nargs=-1, required=True)
+@click.argument("ids", nargs=-1, required=True, type=TEXT)
 @with_existing_library
 def texts_remove(lib: Library, ids: tuple[str, ...]) -> None:
     """Remove texts by id (as `texts list` shows) or by the id they had in their file.
@@ -987,15 +1008,15 @@ def demo_photos(folder: Path, count: int, seed: int) -> None:
     """
     from .shapes.world import generate, write_folder
 
-    if folder.is_dir() and any(folder.iterdir()):
-        raise click.ClickException(f"{folder} is not empty: give a new or empty folder, so that its pictures "
-                                   "and captions.jsonl stay one set.")
     with _errors():
         try:
+            if folder.is_dir() and any(folder.iterdir()):
+                raise click.ClickException(f"{folder} is not empty: give a new or empty folder, so that its "
+                                           "pictures and captions.jsonl stay one set.")
             captions = write_folder(folder, generate("test", count, seed))
         except OSError as exc:
             raise click.ClickException(f"Can't write to {folder}: {exc.strerror}") from None
-    click.echo(f"{count} pictures in {folder / 'images'}, captions in {captions}")
+    click.echo(f"{count} pictures in {_display(str(folder / 'images'))}, captions in {_display(str(captions))}")
 
 
 @main.command()
@@ -1130,7 +1151,8 @@ def explain(lib: Library, image: bytes, text: str, out: Path, size: int, as_json
         _json_line({"path": os.fsdecode(image), "text": text, "out": str(out), "itm": result.itm,
                     "heat": [[round(float(v), 6) for v in row] for row in result.heat]})
     else:
-        click.echo(f"{out}: where the match for {text!r} lies (match probability {result.itm * 100:.1f}%)")
+        click.echo(f"{_display(str(out))}: where the match for {text!r} lies "
+                   f"(match probability {result.itm * 100:.1f}%)")
 
 
 @main.command("eval")

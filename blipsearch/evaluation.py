@@ -48,6 +48,8 @@ def load_captions(images_dir: Path, captions_file: Path, split: str = "test") ->
         raw = captions_file.read_text(encoding="utf-8")
     except OSError as exc:
         raise InputPathError(f"Can't read {captions_file}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise InputPathError(f"{captions_file} is not UTF-8 text.") from None
     entries: list[tuple[str, list[str]]] = []
     try:
         data = json.loads(raw)

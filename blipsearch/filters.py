@@ -35,6 +35,9 @@ from .index.formats import FORMAT_EXTENSIONS, format_extensions
 from .text import checked
 
 DEFAULT_MIN_PROBABILITY = 0.5
+# A camera's make and model are a few words; SQLite refuses LIKE patterns over 50,000 bytes.
+MAX_CAMERA = 1000
+MAX_SIZE = 999_999  # pixels, as WxH has at most 6 digits each
 _DATE = re.compile(r"^(\d{4})(?:-(\d{1,2})(?:-(\d{1,2}))?)?$")
 _SIZE = re.compile(r"^\s*(\d{1,6})\s*[xX×]\s*(\d{1,6})\s*$")
 
@@ -74,7 +77,10 @@ def parse_date(text: str) -> datetime:
     except ValueError:
         raise InputPathError(f"{text!r} is not a date: use 2024, 2024-07, 2024-07-14 or 2024-07-14T18:30.") from None
     if parsed.tzinfo is not None:  # capture times are the camera's local time, without a zone
-        parsed = parsed.astimezone().replace(tzinfo=None)
+        try:
+            parsed = parsed.astimezone().replace(tzinfo=None)
+        except OverflowError:  # 0001-01-01T00:00+14:00 is before year 1 here
+            raise InputPathError(f"{text!r} lies outside the years 1 to 9999 in local time.") from None
     return parsed
 
 
@@ -86,6 +92,15 @@ def _as_datetime(value: str | date | datetime | None) -> datetime | None:
     if isinstance(value, date):
         return datetime(value.year, value.month, value.day)
     return parse_date(value)
+
+
+def _filter_text(text: str | None, what: str) -> str:
+    """A filter's text, stripped, as the database compares it: valid UTF-8 and without NUL characters,
+    which no stored text holds (PostgreSQL can't store them)."""
+    value = checked(text or "", what).strip()
+    if "\0" in value:
+        raise InputPathError(f"{what} holds a NUL character, which no stored text has.")
+    return value
 
 
 @dataclass(frozen=True)
@@ -119,7 +134,10 @@ class Filters:
         for folder in folders:
             if folder in ("", b""):
                 continue
-            raw = folder if isinstance(folder, bytes) else os.fsencode(os.path.expanduser(os.fspath(folder)))
+            try:
+                raw = folder if isinstance(folder, bytes) else os.fsencode(os.path.expanduser(os.fspath(folder)))
+            except UnicodeEncodeError:  # a lone surrogate no file system name decodes to
+                raise InputPathError(f"The folder {folder!r} is not a name a file system can hold.") from None
             roots.append(os.path.abspath(raw).rstrip(b"/") or b"/")
         start, end = _as_datetime(after), _as_datetime(before)
         if start is not None and end is not None and start >= end:
@@ -129,13 +147,16 @@ class Filters:
             raise InputPathError(f"The tag's least match probability must lie in 0..1, not {min_probability}.")
         if isinstance(min_size, tuple):
             width, height = min_size
-            if min(width, height) < 0:
-                raise InputPathError(f"A least size can't be negative: {width}x{height}.")
+            if min(width, height) < 0 or max(width, height) > MAX_SIZE:
+                raise InputPathError(f"A least size must lie in 0..{MAX_SIZE} pixels: {width}x{height}.")
         else:
             width, height = parse_size(min_size) if min_size else (0, 0)
-        return cls(tuple(dict.fromkeys(roots)), start, end, checked(tag or "", "The tag").strip() or None,
-                   probability, checked(camera or "", "The camera").strip().lower() or None, width, height,
-                   parse_formats(formats))
+        camera = _filter_text(camera, "The camera").lower() or None
+        if camera is not None and len(camera) > MAX_CAMERA:
+            raise InputPathError(f"The camera is {len(camera):,} characters long: a camera's make and model "
+                                 f"are at most {MAX_CAMERA:,}.")
+        return cls(tuple(dict.fromkeys(roots)), start, end, _filter_text(tag, "The tag") or None,
+                   probability, camera, width, height, parse_formats(formats))
 
     def __bool__(self) -> bool:
         return bool(self.folders or self.after or self.before or self.tag or self.camera or self.min_width

@@ -79,6 +79,7 @@ VECTORS_FILE = "vectors.faiss"
 THUMBNAILS_DIR = "thumbnails"
 # The photo an explanation is drawn over is decoded to at least this size (JPEG drafts).
 EXPLAIN_SIZE = 1024
+MAX_TOKEN_CACHE_GB = 10**9
 
 
 def _normalize_spec(spec: str) -> str:
@@ -112,6 +113,10 @@ class Library:
         token_cache_gb: float = 0.0,
         create: bool = True,
     ) -> None:
+        if not 0 <= token_cache_gb <= MAX_TOKEN_CACHE_GB:
+            raise SettingsError(f"The token cache takes 0 to {MAX_TOKEN_CACHE_GB:,} GB, not {token_cache_gb}.")
+        if db_url is not None:
+            checked(db_url, "The database URL")
         self.location = library_location(location, db_url)
         if self.location.exists() and not self.location.is_dir():
             raise LibraryError(f"Library location {self.location} exists but is not a folder.")
@@ -126,7 +131,10 @@ class Library:
         except OSError as exc:
             raise LibraryError(f"Can't create the library folder {self.location}: {exc.strerror}") from None
         # A URL object: a folder name may hold "?", "%" or "#", which a URL string would parse.
-        self.db = Database(db_url or URL.create("sqlite", database=str(self.location / DB_FILE)))
+        try:
+            self.db = Database(db_url or URL.create("sqlite", database=str(self.location / DB_FILE)))
+        except ValueError as exc:  # a URL naming a file with a NUL (%00) or bytes that are not UTF-8
+            raise LibraryError(f"Can't open the database {db_url!r}: {exc}.") from None
         # The vector file names the database it mirrors by the library row's creation time (to the
         # microsecond): two databases sharing a folder (--db without --library) never use each other's file.
         self.vectors = VectorMirror(self.db, self.location / VECTORS_FILE, self.db.library().created_at.isoformat())
@@ -409,7 +417,7 @@ class Library:
         if not text.strip():
             raise InputPathError("The search text is empty.")
         if tag is not None:
-            filters = replace(filters, tag=checked(tag, "The tag").strip() or None)
+            filters = replace(filters, tag=Filters.make(tag=tag).tag)
         depth = rerank_depth if rerank_hits else 0
         model = self._searchable(load=depth > 0)
         query = self._embed_query(model, text)
@@ -467,13 +475,13 @@ class Library:
 
     # -- one indexed image ---------------------------------------------------------------------------
     def _row(self, image_id: int) -> ImageRow:
-        row = self.db.images_by_id([image_id]).get(image_id)
+        row = self.db.images_by_id([image_id]).get(image_id) if _possible_id(image_id) else None
         if row is None:
             raise UnknownImageError(f"No indexed image has the id {image_id}.")
         return row
 
     def _ref(self, image_id: int) -> ImageRef:
-        ref = self.db.refs_by_id([image_id]).get(image_id)
+        ref = self.db.refs_by_id([image_id]).get(image_id) if _possible_id(image_id) else None
         if ref is None:
             raise UnknownImageError(f"No indexed image has the id {image_id}.")
         return ref
@@ -738,6 +746,8 @@ class Library:
                  question: str | None = None, answers: AnswerSettings = AnswerSettings()) -> list[Hit]:
         """The hits with ``caption`` and/or ``answer`` (to ``question``, decoded or ranked from a list
         as ``answers`` says) filled in."""
+        if question is not None and not question.strip():
+            raise InputPathError("The question is empty.")
         paths = [os.fsencode(h.path) for h in hits]
         if caption is not None:
             texts = caption_paths(self.db, self.captioner, paths, caption)
@@ -904,6 +914,12 @@ class _Deferred:
         except ModelLoadError:
             device = torch.device("cpu")  # the load says why, if an image ever needs the model
         return decode_workers(device)
+
+
+def _possible_id(image_id: int) -> bool:
+    """Whether ``image_id`` can be a stored id (a 64-bit integer from 1): a database can't compare
+    a larger number."""
+    return 1 <= image_id < 2**63
 
 
 def _root(path: str | os.PathLike[str] | bytes) -> bytes:

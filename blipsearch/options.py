@@ -25,6 +25,11 @@ DEFAULT_PROMPT = "a picture of "
 # captions and answers came from (summed log-probability over the whole length, prompt included, end
 # token not); "transformers" is today's generate() (over the generated tokens, end token included).
 LENGTH_RULES = ("paper", "transformers")
+# Beam search keeps this many sequences per image, each with its copy of the image's states: a width far
+# past the paper's 3 exhausts memory rather than finding better text.
+MAX_BEAMS = 32
+# A caption is cached under its prompt and decoding settings (at most 200 characters in the database).
+MAX_PROMPT = 150
 
 
 @dataclass(frozen=True)
@@ -40,7 +45,10 @@ class CaptionSettings:
 
     def __post_init__(self) -> None:
         checked(self.prompt, "The prompt")
+        if "\0" in self.prompt or len(self.prompt) > MAX_PROMPT:
+            raise SettingsError(f"The prompt must be at most {MAX_PROMPT} characters, without NUL characters.")
         _check_rule(self.length_rule)
+        _check_beams(self.num_beams)
 
     @property
     def cache_key(self) -> str:
@@ -51,6 +59,11 @@ class CaptionSettings:
             return self.prompt
         rule = ",rule=transformers" if self.length_rule == "transformers" else ""
         return f"{self.prompt}|beams={self.num_beams},min={self.min_length},max={self.max_length}{rule}"
+
+
+def _check_beams(beams: int) -> None:
+    if not 1 <= beams <= MAX_BEAMS:
+        raise SettingsError(f"The number of beams must lie in 1..{MAX_BEAMS}, not {beams}.")
 
 
 def _check_rule(rule: str) -> None:
@@ -74,6 +87,7 @@ class AnswerSettings:
 
     def __post_init__(self) -> None:
         _check_rule(self.length_rule)
+        _check_beams(self.num_beams)
         if self.shortlist < 1:
             raise SettingsError("The shortlist of answers must hold at least 1.")
         for choice in self.choices:

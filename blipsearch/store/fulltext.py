@@ -23,6 +23,9 @@ STOPWORDS = frozenset(
     "a an the of on in at to and or with is are was be it its this that there picture photo image".split()
 )
 _WORD = re.compile(r"\w+", re.UNICODE)
+# The words of a query matched, the first ones: a pasted page would make a query PostgreSQL can't
+# parse (stack depth) and that SQLite ranks slowly; the search text's vector reads 30 words anyway.
+MAX_QUERY_WORDS = 100
 
 
 def query_words(query: str) -> list[str]:
@@ -108,7 +111,7 @@ class TextIndex:
 
     def search(self, query: str, limit: int) -> list[tuple[int, float]]:
         """(image id, relevance) best first; relevance is larger for better matches."""
-        words = query_words(query)
+        words = query_words(query)[:MAX_QUERY_WORDS]
         if not words:
             return []
         self.refresh()

@@ -27,6 +27,7 @@ from ..errors import InputPathError
 from ..rerank.itm import match_scores
 from ..store.database import Database, bytes_to_vectors, utcnow, vector_to_bytes
 from ..store.schema import CaptionRow, TextRow
+from ..text import checked
 
 if TYPE_CHECKING:
     import torch
@@ -42,6 +43,13 @@ class TextEntry:
     text: str
     external_id: str | None = None
     meta: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        checked(self.text, "A text")
+        checked(self.external_id or "", "A text's id")
+        if "\0" in self.text or "\0" in (self.external_id or ""):
+            raise InputPathError(f"The text {self.text[:60]!r} holds a NUL character, which the database can't "
+                                 "store.")
 
 
 @dataclass(frozen=True)
@@ -175,6 +183,8 @@ class TextStore:
     def remove(self, keys: Sequence[str], source: str = USER) -> int:
         """Remove texts by id, or by the id given in the file they came from."""
         ids = [int(k) for k in keys if k.isascii() and k.isdigit() and len(k) < 19]  # ids fit in 63 bits
+        # No stored id holds a NUL (PostgreSQL can't compare one) or bytes that are not UTF-8.
+        keys = [checked(k, "A text id") for k in keys if "\0" not in k]
         with self.db.transaction() as session:
             result = session.execute(
                 delete(TextRow).where(

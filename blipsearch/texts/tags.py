@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from ..model import RetrievalModel
 
 DEFAULT_TEMPLATE = "a photo of a {}"
+MAX_LABEL = 400
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,10 @@ class Vocabulary:
         labels = list(dict.fromkeys(label.strip() for label in labels if label.strip()))
         if not labels:
             raise InputPathError("The label list is empty.")
+        for label in labels:  # stored as tags: at most 400 characters, no NUL (PostgreSQL stores none)
+            if len(label) > MAX_LABEL or "\0" in label:
+                raise InputPathError(f"The label {label[:60]!r} is not a label: at most {MAX_LABEL} characters, "
+                                     "without NUL characters.")
         if "{}" not in template:
             raise InputPathError(f"The template {template!r} has no {{}} where the label goes.")
         texts = [template.replace("{}", label) for label in labels]
