@@ -58,11 +58,6 @@ def configure(spec: str = "", log: str | None = None) -> None:
 configure(os.environ.get(ENV, ""), os.environ.get(LOG_ENV))
 
 
-def active() -> bool:
-    """Whether any point is armed or logged in this process (the hooks cost nothing otherwise)."""
-    return bool(_points) or _log is not None
-
-
 def check(name: str, filename: str | os.PathLike[str] | None = None) -> None:
     """Pass the point ``name``: fail here if the environment says so (see the module's docstring)."""
     if not _points and _log is None:

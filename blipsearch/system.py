@@ -91,8 +91,13 @@ def use_compute_threads(long_operations: bool = False) -> int:
     return threads
 
 
-# Who writes a temporary file, in its name: a later run removes those of writers no longer running.
-_WRITER = f"{socket.gethostname().replace('.', '-')}-{os.getpid()}"
+# Who writes a temporary file, in its name (host and process id, taken at each write: a forked
+# process is another writer): a later run removes those of writers no longer running.
+_HOST = socket.gethostname().replace(".", "-")
+
+
+def _writer() -> str:
+    return f"{_HOST}-{os.getpid()}"
 
 
 def is_leftover(tmp: Path, min_age_s: float) -> bool:
@@ -104,7 +109,7 @@ def is_leftover(tmp: Path, min_age_s: float) -> bool:
     except OSError:
         return False
     host, _, pid = tmp.name.split(".")[-3].rpartition("-") if tmp.name.count(".") >= 4 else ("", "", "")
-    if host != socket.gethostname().replace(".", "-") or not pid.isdigit():
+    if host != _HOST or not pid.isdigit():
         return False  # another machine's (a shared folder), or of an older naming: by age only
     try:
         os.kill(int(pid), 0)
@@ -120,7 +125,7 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object], *, point: str,
     old file or the new one, never a part. ``fsync`` flushes the data to disk before the rename.
     ``point`` names the file's failpoints (``<point>.write``, ``.fsync``, ``.rename``; see
     :mod:`blipsearch.failpoints`)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_WRITER}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_writer()}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)

@@ -27,6 +27,11 @@ def isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     for var in ("BLIPSEARCH_MODEL", "BLIPSEARCH_DB"):
         monkeypatch.delenv(var, raising=False)
+    # `--max-megapixels` sets Pillow's process-wide limit; a command run in-process must not leave
+    # its value to the tests after it.
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
 
 
 @pytest.fixture(scope="session")

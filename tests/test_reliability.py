@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import os
 import sqlite3
 import subprocess
 import sys
@@ -51,11 +50,10 @@ def test_failpoints_log_every_pass_and_refuse_unknown_actions(armed, tmp_path):
 
 def test_a_temporary_file_is_a_leftover_once_its_writer_is_gone(tmp_path):
     child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    from blipsearch.system import _WRITER
+    from blipsearch.system import _HOST, _writer
 
-    host = _WRITER.rpartition("-")[0]
-    running = tmp_path / f".vectors.faiss.{_WRITER}.abc123.tmp"
-    gone = tmp_path / f".vectors.faiss.{host}-{child.stdout.strip()}.abc123.tmp"
+    running = tmp_path / f".vectors.faiss.{_writer()}.abc123.tmp"
+    gone = tmp_path / f".vectors.faiss.{_HOST}-{child.stdout.strip()}.abc123.tmp"
     elsewhere = tmp_path / ".vectors.faiss.otherhost-1.abc123.tmp"
     for path in (running, gone, elsewhere):
         path.write_bytes(b"")
