@@ -1020,6 +1020,46 @@ def demo_photos(folder: Path, count: int, seed: int) -> None:
 
 
 @main.command()
+@click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--head", type=click.Choice(["auto", "retrieval", "caption", "vqa"]), default="auto", show_default=True,
+              help="Which model to make: auto reads it from the weights; a pre-trained checkpoint, which holds "
+                   "several, needs one named.")
+@click.option("--tokenizer", type=TEXT, default="google-bert/bert-base-uncased", show_default=True,
+              help="The tokenizer BLIP was trained with (a folder or hub id); [DEC] and [ENC] are added.")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="A config.json to use instead of the one read from the weights' shapes.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object of what was written.")
+def convert(source: Path, out: Path, head: str, tokenizer: str, config_file: Path | None, as_json: bool) -> None:
+    """Write an original BLIP checkpoint (SOURCE.pth) as a Hugging Face model folder OUT.
+
+    Reads the Salesforce BLIP repository's checkpoints (model_base_retrieval_coco.pth,
+    model_base_caption_capfilt_large.pth, model_base_vqa_capfilt_large.pth, ...) and
+    OpenMMLab mmpretrain's (blip-base_3rdparty_coco-retrieval_*.pth, ...), with
+    torch.load(weights_only=True). Every weight is mapped or the conversion fails;
+    only training state (momentum encoders, queues) is left out. Passing a .pth
+    as --model, --caption-model or --vqa-model converts it once by itself.
+
+    \b
+    Examples:
+      blipsearch convert model_base_retrieval_coco.pth blip-coco
+      blipsearch index ~/Pictures --model blip-coco
+      blipsearch convert model_base.pth blip-captioner --head caption --tokenizer ./bert-base-uncased
+    """
+    from .convert import convert as convert_checkpoint
+
+    with _errors():
+        done = convert_checkpoint(source, out, head=None if head == "auto" else head,  # type: ignore[arg-type]
+                                  tokenizer=tokenizer, config=config_file)
+    if as_json:
+        _json_line(done.to_dict())
+        return
+    aside = f"; set aside as other heads' parts: {', '.join(done.set_aside)}" if done.set_aside else ""
+    click.echo(f"{done.layout} BLIP {done.head} model: {done.weights} weights written to {_display(str(out))}, "
+               f"{done.dropped} training-only tensors left out{aside}.")
+
+
+@main.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 @with_existing_library
 def status(lib: Library, as_json: bool) -> None:

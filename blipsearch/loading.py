@@ -18,6 +18,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -44,8 +46,8 @@ def _looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or spec.count("/") != 1 or os.sep != "/" and os.sep in spec
 
 
-_OPTION = {"retrieval": "--model", "caption": "--caption-model", "vqa": "--vqa-model"}
-_ARGUMENT = {"retrieval": "model", "caption": "caption_model", "vqa": "vqa_model"}
+_OPTION = {"retrieval": "--model", "caption": "--caption-model", "vqa": "--vqa-model", "tokenizer": "--tokenizer"}
+_ARGUMENT = {"retrieval": "model", "caption": "caption_model", "vqa": "vqa_model", "tokenizer": "tokenizer"}
 
 
 def _setting(role: str) -> str:
@@ -57,13 +59,30 @@ def _unavailable(spec: str, reason: str, role: str) -> ModelUnavailableError:
     option = _OPTION.get(role, "--model")
     argument = _ARGUMENT.get(role, "model")
     never = "" if _offline() else " (set HF_HUB_OFFLINE=1 to never try the network)"
+    what = "Tokenizer" if role == "tokenizer" else "Model"
+    demo = "" if role == "tokenizer" else f"; or try the bundled demo model with {option} builtin:shapes"
     return ModelUnavailableError(
-        f"Model {spec!r} is not on this machine and can't be downloaded ({reason}). "
+        f"{what} {spec!r} is not on this machine and can't be downloaded ({reason}). "
         f"Connect to the network and run again (the files are cached for later offline use); "
         f"or, on a connected machine, run `hf download {spec}` and copy the folder here, "
-        f"then pass {option} PATH ({argument}=PATH in Python){never}; "
-        f"or try the bundled demo model with {option} builtin:shapes."
+        f"then pass {option} PATH ({argument}=PATH in Python){never}{demo}."
     )
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers' own warnings and progress bars off while it loads or saves a model: blipsearch
+    says what it does in its own words."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
 
 
 def resolve_model_dir(spec: str, role: str = "retrieval") -> Path:
@@ -88,12 +107,83 @@ def resolve_model_dir(spec: str, role: str = "retrieval") -> Path:
         if not (local / "config.json").is_file():
             raise InputPathError(f"{spec} is a folder but holds no config.json: it is not a model checkpoint.")
         return local.resolve()
+    if local.is_file():
+        return converted_dir(local, role)
     if local.exists():
-        raise InputPathError(f"{spec} is a file: a model is a folder (config.json, weights, tokenizer files).")
+        raise InputPathError(f"{spec} is neither a folder nor a file: a model is a folder (config.json, weights, "
+                             "tokenizer files) or an original BLIP .pth checkpoint.")
     if _looks_like_path(spec):
         raise ModelUnavailableError(f"Model folder {spec} does not exist: check {_setting(role)}: a folder, a hub "
                                     "id such as Salesforce/blip-itm-base-coco, or builtin:shapes.")
     return _hub_snapshot(spec, role)
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
+_TOKENIZER_PATTERNS = ["tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json", "config.json"]
+
+
+def resolve_tokenizer_dir(spec: str) -> Path:
+    """A folder holding the tokenizer named by ``spec`` (a folder, ``builtin:NAME`` or a hub id): only
+    its tokenizer files are fetched from the hub, never its weights."""
+    if spec.startswith(BUILTIN_PREFIX):
+        return resolve_model_dir(spec)
+    local = Path(spec).expanduser()
+    if local.is_dir():
+        if not any((local / name).is_file() for name in _TOKENIZER_FILES):
+            raise InputPathError(f"{spec} holds no tokenizer.json or vocab.txt: it is not a tokenizer folder.")
+        return local.resolve()
+    if _looks_like_path(spec):
+        raise InputPathError(f"Tokenizer folder {spec} does not exist: give --tokenizer a folder or a hub id "
+                             "such as google-bert/bert-base-uncased.")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        path = Path(snapshot_download(spec, allow_patterns=_TOKENIZER_PATTERNS, local_files_only=True))
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError):
+        if _offline():
+            raise _unavailable(spec, "HF_HUB_OFFLINE is set and it is not in the Hugging Face cache",
+                               "tokenizer") from None
+        try:
+            path = Path(snapshot_download(spec, allow_patterns=_TOKENIZER_PATTERNS))
+        except (HfHubHTTPError, OSError, ValueError) as exc:
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise _unavailable(spec, first_line, "tokenizer") from None
+    if any((path / name).is_file() for name in _TOKENIZER_FILES):
+        return path
+    raise _unavailable(spec, "the repository has no tokenizer files", "tokenizer")
+
+
+def converted_dir(checkpoint: Path, role: str) -> Path:
+    """The Hugging Face folder converted from an original BLIP ``.pth`` (see :mod:`blipsearch.convert`),
+    made once per file and head and kept in the user's cache; the tokenizer is
+    ``$BLIPSEARCH_TOKENIZER`` or bert-base-uncased."""
+    import platformdirs
+
+    from .convert import DEFAULT_TOKENIZER, HEADS, convert
+
+    head = role if role in HEADS else "retrieval"
+    stat = checkpoint.stat()
+    key = hashlib.sha256(f"{checkpoint.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ino}".encode())
+    out = platformdirs.user_cache_path("blipsearch", appauthor=False) / "converted" / f"{key.hexdigest()[:16]}-{head}"
+    if (out / "config.json").is_file():
+        return out
+    tokenizer = os.environ.get("BLIPSEARCH_TOKENIZER") or DEFAULT_TOKENIZER
+    import logging
+
+    logging.getLogger(__name__).warning("Converting %s to the Hugging Face layout (once; kept in %s)", checkpoint, out)
+    try:
+        convert(checkpoint, out, head=head, tokenizer=tokenizer)  # type: ignore[arg-type]
+    except ModelUnavailableError as exc:
+        raise ModelUnavailableError(
+            f"Converting {checkpoint} needs the tokenizer BLIP was trained with, and: {exc} "
+            "Point BLIPSEARCH_TOKENIZER at a folder holding bert-base-uncased's tokenizer files, or run "
+            f"`blipsearch convert {checkpoint} OUT --tokenizer FOLDER` and pass OUT as the model."
+        ) from None
+    except OSError:
+        if not (out / "config.json").is_file():  # another process converting the same file won the rename
+            raise
+    return out
 
 
 def _hub_snapshot(repo_id: str, role: str) -> Path:

@@ -29,6 +29,7 @@ from .index.images import ImageSpec
 from .loading import (
     check_route,
     fingerprint,
+    quiet_transformers,
     resolve_model_dir,
     route_fingerprint,
 )
@@ -337,22 +338,15 @@ def load_checkpoint(
     is needed) lacks weights that would silently be random: it is refused.
     """
     from transformers import AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
     path = resolve_model_dir(spec, role)
     torch_device = select_device(device)
     image_spec = ImageSpec.from_model_dir(path)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
     try:
-        net, info = model_class.from_pretrained(path, output_loading_info=True)
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        with quiet_transformers():
+            net, info = model_class.from_pretrained(path, output_loading_info=True)
+            tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelLoadError(f"Can't load a BLIP {description} from {path}: {exc}") from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        hf_logging.enable_progress_bar()
     missing = [k for k in info.get("missing_keys", []) if "position_ids" not in k]
     if missing:
         raise ModelLoadError(
