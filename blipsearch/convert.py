@@ -7,8 +7,10 @@ Two layouts are read:
   ``text_encoder`` / ``text_decoder``, with momentum copies and queues that only
   training uses);
 - **mmpretrain**: OpenMMLab's ``blip-base_3rdparty_*.pth`` (``{"state_dict": ...,
-  "meta": ...}``; the ViT as ``vision_backbone.layers.N``, projections in necks and
-  the ITM head in ``head``).
+  "meta": ...}``; mmpretrain's ViT as ``vision_backbone.layers.N`` (``visual_encoder.layers.N``
+  in the captioner), BERT as ``text_backbone`` / ``multimodal_backbone`` /
+  ``seq_gen_head.decoder`` / ``vqa_head.decoder``, projections in necks, the ITM head
+  in ``multimodal_head``).
 
 Every key is mapped by one rule, dropped as training-only state (listed in
 :data:`TRAINING_ONLY`), or set aside as belonging to another head (a pre-trained
@@ -68,39 +70,42 @@ SALESFORCE_RULES: tuple[tuple[str, str], ...] = (
     ("itm_head.", "itm_head."),
 )
 
-# (mmpretrain, original).
-MMPRETRAIN_RULES: tuple[tuple[str, str], ...] = (
-    ("vision_backbone.cls_token", "visual_encoder.cls_token"),
-    ("vision_backbone.pos_embed", "visual_encoder.pos_embed"),
-    ("vision_backbone.patch_embed.projection.", "visual_encoder.patch_embed.proj."),
-    ("vision_backbone.layers.{n}.ln1.", "visual_encoder.blocks.{n}.norm1."),
-    ("vision_backbone.layers.{n}.attn.qkv.", "visual_encoder.blocks.{n}.attn.qkv."),
-    ("vision_backbone.layers.{n}.attn.proj.", "visual_encoder.blocks.{n}.attn.proj."),
-    ("vision_backbone.layers.{n}.ln2.", "visual_encoder.blocks.{n}.norm2."),
-    ("vision_backbone.layers.{n}.ffn.layers.0.0.", "visual_encoder.blocks.{n}.mlp.fc1."),
-    ("vision_backbone.layers.{n}.ffn.layers.1.", "visual_encoder.blocks.{n}.mlp.fc2."),
-    ("vision_backbone.ln1.", "visual_encoder.norm."),
-    ("text_backbone.embeddings.", "text_encoder.embeddings."),
-    ("text_backbone.encoder.", "text_encoder.encoder."),
-    ("multimodal_backbone.embeddings.", "text_encoder.embeddings."),
-    ("multimodal_backbone.encoder.", "text_encoder.encoder."),
-    ("text_decoder.bert.embeddings.", "text_decoder.bert.embeddings."),
-    ("text_decoder.bert.encoder.", "text_decoder.bert.encoder."),
-    ("text_decoder.cls.predictions.", "text_decoder.cls.predictions."),
-    ("seq_gen_head.decoder.bert.embeddings.", "text_decoder.bert.embeddings."),
-    ("seq_gen_head.decoder.bert.encoder.", "text_decoder.bert.encoder."),
-    ("seq_gen_head.decoder.cls.predictions.", "text_decoder.cls.predictions."),
-    ("answer_decoder.bert.embeddings.", "text_decoder.bert.embeddings."),
-    ("answer_decoder.bert.encoder.", "text_decoder.bert.encoder."),
-    ("answer_decoder.cls.predictions.", "text_decoder.cls.predictions."),
-    ("vision_neck.", "vision_proj."),
-    ("text_neck.", "text_proj."),
-    ("head.fc.", "itm_head."),
-)
 
-# What training alone uses: momentum encoders, the contrastive queues, the temperature, and buffers.
+def _mmpretrain_rules(head: Head) -> tuple[tuple[str, str], ...]:
+    """(mmpretrain, original) for one of mmpretrain's BLIP classes: ``BlipRetrieval`` (vision_backbone,
+    text_backbone, necks, multimodal_head), ``BlipCaption`` (visual_encoder, seq_gen_head) or ``BlipVQA``
+    (vision_backbone, multimodal_backbone, vqa_head). Its ViT is mmpretrain's own (``layers.N.ln1``, ``ffn``)."""
+    vit = "visual_encoder." if head == "caption" else "vision_backbone."
+    rules = [
+        (vit + "cls_token", "visual_encoder.cls_token"),
+        (vit + "pos_embed", "visual_encoder.pos_embed"),
+        (vit + "patch_embed.projection.", "visual_encoder.patch_embed.proj."),
+        (vit + "layers.{n}.ln1.", "visual_encoder.blocks.{n}.norm1."),
+        (vit + "layers.{n}.attn.qkv.", "visual_encoder.blocks.{n}.attn.qkv."),
+        (vit + "layers.{n}.attn.proj.", "visual_encoder.blocks.{n}.attn.proj."),
+        (vit + "layers.{n}.ln2.", "visual_encoder.blocks.{n}.norm2."),
+        (vit + "layers.{n}.ffn.layers.0.0.", "visual_encoder.blocks.{n}.mlp.fc1."),
+        (vit + "layers.{n}.ffn.layers.1.", "visual_encoder.blocks.{n}.mlp.fc2."),
+        (vit + "ln1.", "visual_encoder.norm."),  # the final norm (a layer's first is layers.N.ln1)
+    ]
+    if head == "retrieval":
+        rules += [("text_backbone.", "text_encoder."), ("vision_neck.", "vision_proj."),
+                  ("text_neck.", "text_proj."), ("multimodal_head.fc.", "itm_head.")]
+    elif head == "caption":
+        rules += [("seq_gen_head.decoder.", "text_decoder.")]
+    else:
+        rules += [("multimodal_backbone.", "text_encoder."), ("vqa_head.decoder.", "text_decoder.")]
+    return tuple(rules)
+
+
+# Every mmpretrain class's rules at once: their prefixes never collide.
+MMPRETRAIN_RULES: tuple[tuple[str, str], ...] = tuple(
+    dict.fromkeys(rule for head in ("retrieval", "caption", "vqa") for rule in _mmpretrain_rules(head)))
+
+# What training alone uses: momentum encoders, the contrastive queues and their pointer, the
+# temperature (mmpretrain also holds it as head.temp), position-id buffers, preprocessing buffers.
 TRAINING_ONLY = re.compile(
-    r"^(?:\w+_m\.|(?:image|text|idx|ptr|vision)_queue$|temp$|.*\.position_ids$|.*\.pos_embed_m$)"
+    r"^(?:\w+_m\.|(?:head\.)?(?:(?:image|text|idx|ptr)_queue|queue_ptr|temp)$|data_preprocessor\.|.*\.position_ids$)"
 )
 
 # Which original parts each head keeps.
@@ -150,12 +155,12 @@ def _rename(state: dict[str, Any], rules: tuple[tuple[str, str], ...], what: str
 
 
 def detect_layout(keys: list[str]) -> Layout:
-    if any(k.startswith("visual_encoder.") for k in keys):
+    if any(k.startswith("visual_encoder.blocks.") for k in keys):
         return "salesforce"
-    if any(k.startswith("vision_backbone.") for k in keys):
+    if any(k.startswith(("vision_backbone.layers.", "visual_encoder.layers.")) for k in keys):
         return "mmpretrain"
-    raise ModelLoadError("This file is neither a Salesforce BLIP checkpoint (visual_encoder.*) nor an mmpretrain "
-                         "BLIP checkpoint (vision_backbone.*).")
+    raise ModelLoadError("This file is neither a Salesforce BLIP checkpoint (visual_encoder.blocks.*) nor an "
+                         "mmpretrain BLIP checkpoint (vision_backbone.layers.* or visual_encoder.layers.*).")
 
 
 def to_original(state: dict[str, Any], layout: Layout) -> dict[str, Any]:
@@ -201,13 +206,9 @@ def from_hugging_face(state: dict[str, Any], layout: Layout) -> dict[str, Any]:
     original = _rename(state, SALESFORCE_RULES, "Hugging Face", reverse=True)
     if layout == "salesforce":
         return original
-    # Several mmpretrain names lead to one original name: take the one each model class uses.
-    inverse = tuple((m, o) for m, o in MMPRETRAIN_RULES if not m.startswith(("multimodal_", "seq_gen_", "answer_")))
-    if any(k.startswith("text_decoder.") for k in original) and not any(k.startswith("itm_head.") for k in original):
-        decoder = "answer_decoder." if any(k.startswith("text_encoder.") for k in original) else "seq_gen_head.decoder."
-        inverse = tuple((m.replace("text_decoder.", decoder, 1), o) for m, o in inverse)
-        inverse = tuple((m.replace("text_backbone.", "multimodal_backbone.", 1), o) for m, o in inverse)
-    return _rename(original, inverse, "original", reverse=True)
+    head = "retrieval" if "itm_head.weight" in original else "vqa" if "text_encoder.embeddings.word_embeddings.weight" \
+        in original else "caption"
+    return _rename(original, _mmpretrain_rules(head), "original", reverse=True)
 
 
 def read_state(path: Path) -> dict[str, torch.Tensor]:
@@ -424,5 +425,5 @@ def convert(source: Path, out: Path, head: Head | None = None, tokenizer: str = 
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    dropped = sum(1 for k in original if TRAINING_ONLY.match(k))
+    dropped = sum(1 for k in state if TRAINING_ONLY.match(k))
     return Converted(source, out, layout, chosen, len(hf), dropped, aside)

@@ -80,6 +80,16 @@ def _write_original(model: torch.nn.Module, layout: str, path: Path, extras: boo
                   else "text_encoder.embeddings.position_ids"] = torch.arange(40)[None]
         torch.save({"model": state, "config": {"vit": "base", "image_size": SIZE}, "epoch": 5}, path)
     else:
+        if extras and "multimodal_head.fc.weight" in state:  # BlipRetrieval's momentum copies and ITC head
+            for key in [k for k in state if k.startswith(("vision_backbone.", "text_neck."))]:
+                state[key.replace("vision_backbone.", "vision_backbone_m.").replace("text_neck.", "text_neck_m.")] = \
+                    state[key] - 1
+            state["temp"] = state["head.temp"] = torch.tensor(0.07)
+            state["head.text_queue"] = torch.randn(24, 57)
+            state["head.queue_ptr"] = torch.zeros(1, dtype=torch.long)
+        if extras:
+            state[next(k for k in state if k.endswith("embeddings.word_embeddings.weight")).replace(
+                "word_embeddings.weight", "position_ids")] = torch.arange(40)[None]
         torch.save({"state_dict": state, "meta": {"mmpretrain_version": "1.0.0", "epoch": 1}}, path)
     return path
 
@@ -107,8 +117,14 @@ def test_round_trip_gives_the_same_weights(head: str, layout: str, tokenizer_dir
     assert back.config.text_config.num_attention_heads == 2
     saved = json.loads((tmp_path / "out" / "preprocessor_config.json").read_text())
     assert saved["size"] == {"height": SIZE, "width": SIZE}
-    if layout == "salesforce" and head == "retrieval":
+    if head == "retrieval":
         assert done.dropped > 4  # momentum copies, queues, temperature, position ids
+    prefixes = {k.split(".")[0] for k in torch.load(source, weights_only=True)["model" if layout == "salesforce"
+                                                                                 else "state_dict"]}
+    expected = {("salesforce", "retrieval"): "visual_encoder", ("salesforce", "caption"): "text_decoder",
+                ("mmpretrain", "retrieval"): "multimodal_head", ("mmpretrain", "caption"): "seq_gen_head",
+                ("mmpretrain", "vqa"): "vqa_head", ("salesforce", "vqa"): "text_encoder"}[layout, head]
+    assert expected in prefixes  # the file has its layout's own names
 
 
 def test_converted_retrieval_model_gives_the_original_outputs(tokenizer_dir: Path, tmp_path: Path) -> None:
