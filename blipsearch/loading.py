@@ -23,10 +23,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from .errors import InputPathError, ModelLoadError, ModelUnavailableError
 from .index.images import ImageSpec
-from .system import atomic_write
+from .system import atomic_write, available_memory
 
 QUANTIZE_ROUTES = ("none", "int8")
 BUILTIN_PREFIX = "builtin:"
@@ -184,6 +185,73 @@ def converted_dir(checkpoint: Path, role: str) -> Path:
         if not (out / "config.json").is_file():  # another process converting the same file won the rename
             raise
     return out
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"Can't read the model config in {path}: {exc}") from None
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{path / 'config.json'} is not a JSON object.")
+    return config
+
+
+FAMILIES = {"blip": "blip", "blip-2": "blip-2"}
+
+
+def model_family(spec: str, role: str = "retrieval") -> str:
+    """``blip`` or ``blip-2``, from the checkpoint's ``config.json`` (its weights are not read)."""
+    path = resolve_model_dir(spec, role)
+    kind = read_config(path).get("model_type")
+    if kind not in FAMILIES:
+        raise ModelLoadError(f"{spec} is a {kind or 'model of no stated type'} checkpoint, not BLIP or BLIP-2.")
+    return FAMILIES[kind]
+
+
+def weight_count(path: Path) -> int | None:
+    """Numbers in a checkpoint's safetensors files, read from their headers (no weights loaded);
+    None for pickled weights."""
+    from safetensors import safe_open
+
+    files = sorted(path.glob("model-*.safetensors")) or [path / "model.safetensors"]
+    if not all(f.is_file() for f in files):
+        return None
+    total = 0
+    try:
+        for file in files:
+            with safe_open(str(file), framework="numpy") as f:
+                for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                    count = 1
+                    for n in f.get_slice(key).get_shape():
+                        count *= int(n)
+                    total += count
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelLoadError(f"Can't read the weights in {path}: {exc}") from None
+    return total
+
+
+def check_memory(spec: str, path: Path, bytes_per_weight: int, device: Any) -> None:
+    """Refuse, before loading, a model that this machine's free memory (RAM, or the GPU's) can't hold."""
+    count = weight_count(path)
+    if count is None:
+        return
+    need = count * bytes_per_weight
+    if device.type == "cuda":
+        import torch
+
+        free, _ = torch.cuda.mem_get_info(device)
+        where = f"GPU {device}"
+    elif device.type == "cpu":
+        free, where = available_memory(), "RAM"
+    else:
+        return
+    if free is not None and need + (512 << 20) > free:
+        raise ModelLoadError(
+            f"{spec} needs {need / 2**30:.1f} GiB for its {count / 1e9:.2f} billion weights "
+            f"({bytes_per_weight} bytes each), and this machine has {free / 2**30:.1f} GiB of {where} free: "
+            "close other programs, use a GPU (--device cuda, half precision), or choose a smaller model."
+        )
 
 
 def _hub_snapshot(repo_id: str, role: str) -> Path:

@@ -27,9 +27,11 @@ import torch
 from .errors import ModelLoadError
 from .index.images import ImageSpec
 from .loading import (
+    check_memory,
     check_route,
     fingerprint,
     quiet_transformers,
+    read_config,
     resolve_model_dir,
     route_fingerprint,
 )
@@ -328,6 +330,16 @@ def _enc_token_id(tokenizer: object, vocab_size: int) -> int:
     return int(tokenizer.cls_token_id)  # type: ignore[attr-defined]
 
 
+def check_family(spec: str, path: Path, model_class: type) -> None:
+    """A BLIP-2 checkpoint where BLIP is wanted, or the reverse, is refused by name before loading."""
+    wanted = "blip-2" if model_class.__name__.startswith("Blip2") else "blip"
+    found = read_config(path).get("model_type")
+    if found != wanted:
+        names = {"blip": "BLIP", "blip-2": "BLIP-2"}
+        raise ModelLoadError(f"{spec} is a {names.get(str(found), str(found))} checkpoint, and this needs a "
+                             f"{names[wanted]} one ({model_class.__name__}).")
+
+
 def load_checkpoint(
     spec: str, role: str, model_class: type, description: str, example: str,
     device: str = "auto", dtype: torch.dtype | None = None,
@@ -341,6 +353,9 @@ def load_checkpoint(
     path = resolve_model_dir(spec, role)
     torch_device = select_device(device)
     image_spec = ImageSpec.from_model_dir(path)
+    torch_dtype = dtype or default_dtype(torch_device)
+    check_family(spec, path, model_class)
+    check_memory(spec, path, torch.empty((), dtype=torch_dtype).element_size(), torch_device)
     try:
         with quiet_transformers():
             net, info = model_class.from_pretrained(path, output_loading_info=True)
@@ -353,7 +368,6 @@ def load_checkpoint(
             f"{spec} is not a BLIP {description} checkpoint: it lacks {len(missing)} weights "
             f"({', '.join(sorted(missing)[:3])}, ...). Use a model such as {example}."
         )
-    torch_dtype = dtype or default_dtype(torch_device)
     net = net.to(torch_device, torch_dtype).eval()
     use_fused_attention(net)
     logging.getLogger(__name__).debug("loaded %s on %s (%s)", spec, torch_device, torch_dtype)

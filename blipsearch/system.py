@@ -96,6 +96,22 @@ def use_compute_threads(long_operations: bool = False) -> int:
 _HOST = socket.gethostname().replace(".", "-")
 
 
+def available_memory() -> int | None:
+    """Bytes of RAM this process could still take without swapping (Linux's MemAvailable; elsewhere
+    the free pages), or None where the system does not say."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def _writer() -> str:
     return f"{_HOST}-{os.getpid()}"
 

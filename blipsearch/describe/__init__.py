@@ -78,10 +78,16 @@ class Captioner:
 
     @classmethod
     def load(cls, spec: str = DEFAULT_CAPTION_MODEL, device: str = "auto") -> Captioner:
+        """BLIP's captioner, or BLIP-2's (:mod:`.blip2`) when the checkpoint is one."""
         from transformers import BlipForConditionalGeneration
 
+        from ..loading import model_family
         from ..model import load_checkpoint
 
+        if model_family(spec, "caption") == "blip-2":
+            from .blip2 import Blip2Captioner, load_blip2
+
+            return Blip2Captioner(load_blip2(spec, "caption", device))
         return cls(load_checkpoint(spec, "caption", BlipForConditionalGeneration, "captioning",
                                    DEFAULT_CAPTION_MODEL, device))
 
@@ -140,10 +146,16 @@ class Answerer:
 
     @classmethod
     def load(cls, spec: str = DEFAULT_VQA_MODEL, device: str = "auto") -> Answerer:
+        """BLIP's VQA model, or BLIP-2's (:mod:`.blip2`) when the checkpoint is one."""
         from transformers import BlipForQuestionAnswering
 
+        from ..loading import model_family
         from ..model import load_checkpoint
 
+        if model_family(spec, "vqa") == "blip-2":
+            from .blip2 import Blip2Answerer, load_blip2
+
+            return Blip2Answerer(load_blip2(spec, "vqa", device))
         return cls(load_checkpoint(spec, "vqa", BlipForQuestionAnswering, "visual question answering",
                                    DEFAULT_VQA_MODEL, device))
 
