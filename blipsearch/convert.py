@@ -223,7 +223,7 @@ def read_state(path: Path) -> dict[str, torch.Tensor]:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"{path} holds Python objects beyond tensors, which blipsearch does not unpickle "
                              f"(torch.load with weights_only=True said: {first}).") from None
-    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever torch.load makes of a file that is no checkpoint
         raise ModelLoadError(f"Can't read {path} as a PyTorch checkpoint: {exc}") from None
     for wrapper in ("model", "state_dict", "module"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):

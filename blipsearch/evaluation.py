@@ -30,7 +30,8 @@ from .library import Library
 from .model import RetrievalModel
 from .options import DEFAULT_RERANK_DEPTH
 from .rerank.itm import match_scores
-from .store.database import bytes_to_vectors
+from .similarity import text_image_scores
+from .store.database import bytes_to_query_vectors
 
 KS = (1, 5, 10)
 
@@ -156,11 +157,11 @@ def evaluate(
         raise InputPathError(
             f"{len(failed)} images could not be indexed, e.g. {failed[0]} (see `blipsearch failures`)."
         )
-    image_vecs = bytes_to_vectors([blobs[k] for k in keys], model.dim)
+    image_vecs = bytes_to_query_vectors([blobs[k] for k in keys], model.dim)
 
     text_vecs = np.concatenate([model.embed_texts(dataset.texts[s : s + 256])
                                 for s in range(0, len(dataset.texts), 256)])
-    sims = text_vecs @ image_vecs.T  # (texts, images)
+    sims = text_image_scores(text_vecs, image_vecs)  # (texts, images), BLIP-2's best query per image
     truth = dataset.text_image
     n_texts, n_images = sims.shape
     depth = min(rerank_depth, n_images)

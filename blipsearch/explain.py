@@ -60,6 +60,9 @@ def explain_match(
     to point at. The forward pass is the engine's own layer-by-layer ITM (same weights,
     same [ENC]/[CLS] first token), so the map explains the score that search reports.
     """
+    if model.queries > 1:
+        raise SettingsError("Explaining a match reads BLIP's text-encoder cross-attention; BLIP-2 matches "
+                            "through its Q-Former, which explain does not map yet.")
     if not pre_caption(text):
         raise InputPathError("The text to explain is empty.")
     pixels = np.asarray(pixels)

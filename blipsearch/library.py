@@ -58,6 +58,7 @@ from .query import Term
 from .rerank.cache import TokenCache
 from .rerank.itm import match_scores, rerank
 from .results import Explanation, Failure, Hit, ImageData, ImageInfo, ImageQuery
+from .similarity import MULTI_FACTOR, MULTI_SHORTLIST, pooled_one, text_image_scores
 from .store.database import Database, ImageRef, bytes_to_vectors
 from .store.fulltext import TextIndex, reciprocal_rank_fusion
 from .store.location import DB_FILE, default_location, library_location
@@ -210,6 +211,9 @@ class Library:
                                                    self.device)
         return self._answerer
 
+    def _record_model(self, model: RetrievalModel) -> None:
+        self.db.set_model(_normalize_spec(model.spec), model.fingerprint, model.dim, model.family, model.queries)
+
     def _check_model(self, model: RetrievalModel | ModelIdentity) -> None:
         record = self.db.library()
         if record.model_fingerprint is not None and record.model_fingerprint != model.fingerprint:
@@ -319,7 +323,7 @@ class Library:
             if recorded is not None and not reindex:
                 self._check_model(identity)  # refused before any weights load
             model = self.model  # a new or changed model: load (or fail) before the library records it
-            self.db.set_model(_normalize_spec(model.spec), model.fingerprint, model.dim)
+            self._record_model(model)
         vectors = self.vectors.current(model.fingerprint)
         generation = self.vectors.generation
         indexer = Indexer(
@@ -384,6 +388,7 @@ class Library:
             else:
                 assert term.image is not None
                 vector, _ = self._query_image(model, term.image, need_tokens=False)
+                vector = pooled_one(vector, model.dim)
             total = total + term.weight * vector.astype(np.float64)
         norm = float(np.linalg.norm(total))
         if norm < 1e-6:
@@ -391,9 +396,29 @@ class Library:
         return (total / norm).astype(np.float32)[None, :]
 
     def _nearest(self, model: RetrievalModel | ModelIdentity, query: np.ndarray, width: int,
-                 among: np.ndarray | None) -> dict[int, float]:
-        """{id: cosine} of the ``width`` nearest stored vectors (only ``among`` those ids, if given), best first."""
-        return self.vectors.search(model.fingerprint, model.dim, query, width, among)
+                 among: np.ndarray | None, max_sim: bool = True) -> dict[int, float]:
+        """{id: ITC score} of the ``width`` best images for the query vector (only ``among`` those ids,
+        if given), best first. For a model with several vectors per image the score is their best
+        cosine (``max_sim``): the vector index shortlists by pooled vectors, at least
+        :data:`MULTI_SHORTLIST` images or ``MULTI_FACTOR`` times ``width``, and those are scored
+        exactly from every stored vector (benchmarks/multivector.py measures the recall). Without
+        ``max_sim``, pooled vectors' cosines (image to image)."""
+        if model.queries == 1 or not max_sim:
+            return self.vectors.search(model.fingerprint, model.dim, query, width, among)
+        shortlist = self.vectors.search(model.fingerprint, model.dim, query,
+                                        max(MULTI_SHORTLIST, MULTI_FACTOR * width), among)
+        return dict(sorted(self._itc(model, list(shortlist), query[0]).items(), key=lambda kv: -kv[1])[:width])
+
+    def _itc(self, model: RetrievalModel | ModelIdentity, ids: list[int], query: np.ndarray) -> dict[int, float]:
+        """{id: ITC score} of these images for a query vector, from every stored vector of theirs."""
+        if not ids:
+            return {}
+        if model.queries == 1:
+            scores = self.db.vectors_by_ids(ids, model.fingerprint, model.dim) @ query
+        else:
+            scores = text_image_scores(query[None], self.db.vectors_by_ids(ids, model.fingerprint, model.dim,
+                                                                           queries=True))[0]
+        return dict(zip(ids, scores.tolist()))
 
     def _allowed(self, model: RetrievalModel | ModelIdentity, filters: Filters) -> np.ndarray | None:
         return self.db.filtered_ids(model.fingerprint, filters) if filters else None
@@ -434,9 +459,7 @@ class Library:
             keyword = {i: r for i, r in found if allowed is None or i in allowed}
             fused = reciprocal_rank_fusion([list(itc), list(keyword)])
             extra = [i for i in keyword if i not in itc]
-            if extra:
-                itc.update(zip(extra, (self.db.vectors_by_ids(extra, model.fingerprint, model.dim)
-                                       @ query[0]).tolist()))
+            itc.update(self._itc(model, extra, query[0]))
             base = fused
         else:
             base = itc
@@ -465,7 +488,8 @@ class Library:
         model = self._searchable(load=False)
         vector, _ = self._query_image(model, image, need_tokens=False)
         itself = self._indexed_id(image)
-        found = self._nearest(model, vector[None, :], offset + k + 1, self._allowed(model, filters))
+        found = self._nearest(model, pooled_one(vector, model.dim)[None, :], offset + k + 1,
+                              self._allowed(model, filters), max_sim=False)
         rows = self.db.refs_by_id(list(found))
         hits = [(i, s) for i, s in found.items() if i in rows and i != itself]
         return [
@@ -633,7 +657,7 @@ class Library:
         """The library's model, recorded now if the library has none yet."""
         model = self.model
         if self.db.library().model_fingerprint is None:
-            self.db.set_model(_normalize_spec(model.spec), model.fingerprint, model.dim)
+            self._record_model(model)
         self._check_model(model)
         return model
 
@@ -823,6 +847,8 @@ class Library:
             "model": record.model,
             "model_fingerprint": record.model_fingerprint,
             "dim": record.dim,
+            "family": record.family,
+            "vectors_per_image": record.queries,
             **index,
             "library": str(self.location),
             "database": self.db.display_url,

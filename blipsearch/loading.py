@@ -36,6 +36,8 @@ BUILTIN_DIR = Path(__file__).parent / "builtin"
 # Only what a BLIP checkpoint needs; safetensors first (no pickle).
 _HUB_PATTERNS = ["*.json", "*.txt", "model.safetensors", "model.safetensors.index.json", "model-*.safetensors"]
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# An original (Salesforce or mmpretrain) BLIP checkpoint given as a model is converted (blipsearch.convert).
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 
 
 def _offline() -> bool:
@@ -108,11 +110,11 @@ def resolve_model_dir(spec: str, role: str = "retrieval") -> Path:
         if not (local / "config.json").is_file():
             raise InputPathError(f"{spec} is a folder but holds no config.json: it is not a model checkpoint.")
         return local.resolve()
-    if local.is_file():
+    if local.is_file() and local.suffix.lower() in CHECKPOINT_SUFFIXES:
         return converted_dir(local, role)
     if local.exists():
-        raise InputPathError(f"{spec} is neither a folder nor a file: a model is a folder (config.json, weights, "
-                             "tokenizer files) or an original BLIP .pth checkpoint.")
+        raise InputPathError(f"{spec} is a file: a model is a folder (config.json, weights, tokenizer files), "
+                             f"or an original BLIP checkpoint ({', '.join(CHECKPOINT_SUFFIXES)}) to convert.")
     if _looks_like_path(spec):
         raise ModelUnavailableError(f"Model folder {spec} does not exist: check {_setting(role)}: a folder, a hub "
                                     "id such as Salesforce/blip-itm-base-coco, or builtin:shapes.")
@@ -384,12 +386,16 @@ class ModelIdentity:
     image_spec: ImageSpec
     path: Path
     dim: int  # of the ITC vectors
+    queries: int = 1  # ITC vectors per image (BLIP-2: one per Q-Former query)
 
     @classmethod
     def of(cls, spec: str, quantize: str = "none") -> ModelIdentity:
         path = resolve_model_dir(spec, "retrieval")
+        config = read_config(path)
         try:
-            dim = int(json.loads((path / "config.json").read_text(encoding="utf-8")).get("image_text_hidden_size", 256))
-        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            dim = int(config.get("image_text_hidden_size", 256))
+            queries = int(config.get("num_query_tokens", 32)) if config.get("model_type") == "blip-2" else 1
+        except (TypeError, ValueError) as exc:
             raise ModelLoadError(f"Can't read the model config in {path}: {exc}") from None
-        return cls(spec, route_fingerprint(fingerprint(path), quantize), ImageSpec.from_model_dir(path), path, dim)
+        return cls(spec, route_fingerprint(fingerprint(path), quantize), ImageSpec.from_model_dir(path), path, dim,
+                   queries)

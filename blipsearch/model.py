@@ -30,6 +30,7 @@ from .loading import (
     check_memory,
     check_route,
     fingerprint,
+    model_family,
     quiet_transformers,
     read_config,
     resolve_model_dir,
@@ -131,6 +132,13 @@ class RetrievalModel(Checkpoint):
     @property
     def dim(self) -> int:
         return int(self.net.config.image_text_hidden_size)
+
+    family = "blip"
+
+    @property
+    def queries(self) -> int:
+        """ITC vectors per image: one for BLIP (BLIP-2 has one per Q-Former query)."""
+        return 1
 
     @property
     def batch_size(self) -> int:
@@ -361,14 +369,20 @@ def load_checkpoint(
             net, info = model_class.from_pretrained(path, output_loading_info=True)
             tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise ModelLoadError(f"Can't load a BLIP {description} from {path}: {exc}") from None
+        raise ModelLoadError(f"Can't load a {description} from {path}: {exc}") from None
     missing = [k for k in info.get("missing_keys", []) if "position_ids" not in k]
     if missing:
         raise ModelLoadError(
-            f"{spec} is not a BLIP {description} checkpoint: it lacks {len(missing)} weights "
+            f"{spec} is not a {description} checkpoint: it lacks {len(missing)} weights "
             f"({', '.join(sorted(missing)[:3])}, ...). Use a model such as {example}."
         )
     net = net.to(torch_device, torch_dtype).eval()
+    for name in getattr(net, "_keep_in_fp32_modules", None) or ():  # BLIP-2's Q-Former, as transformers keeps it
+        part = getattr(net, name, None)
+        if isinstance(part, torch.nn.Module):
+            part.float()
+        elif isinstance(part, torch.nn.Parameter):
+            part.data = part.data.float()
     use_fused_attention(net)
     logging.getLogger(__name__).debug("loaded %s on %s (%s)", spec, torch_device, torch_dtype)
     return Checkpoint(spec, path, fingerprint(path), net, tokenizer, image_spec, torch_device, torch_dtype)
@@ -430,14 +444,21 @@ def load_retrieval_model(
     ``quantize="int8"`` runs the vision encoder with int8 weights on the CPU;
     the route becomes part of the model's fingerprint.
     """
-    from transformers import BlipForImageTextRetrieval
+    from transformers import Blip2ForImageTextRetrieval, BlipForImageTextRetrieval
 
     check_route(quantize)
     if quantize == "int8" and select_device(device).type != "cpu":
         raise ModelLoadError("--quantize int8 is a CPU route: use it with --device cpu.")
-    ckpt = load_checkpoint(spec, "retrieval", BlipForImageTextRetrieval, "image-text retrieval", DEFAULT_MODEL,
+    blip2 = model_family(spec) == "blip-2"
+    model_class = Blip2ForImageTextRetrieval if blip2 else BlipForImageTextRetrieval
+    ckpt = load_checkpoint(spec, "retrieval", model_class, "BLIP-2 image-text retrieval" if blip2 else
+                           "BLIP image-text retrieval", "Salesforce/blip2-itm-vit-g-coco" if blip2 else DEFAULT_MODEL,
                            device, dtype)
     if quantize == "int8":
         quantize_vision_int8(ckpt.net)
     fp = route_fingerprint(ckpt.fingerprint, quantize)
+    if blip2:
+        from .blip2 import Blip2RetrievalModel
+
+        return Blip2RetrievalModel(**{**vars(ckpt), "fingerprint": fp}, itm_token="cls")
     return RetrievalModel(**{**vars(ckpt), "fingerprint": fp}, itm_token=itm_token)

@@ -61,6 +61,8 @@ class TextQueryEncoder:
     def __init__(self, path: Path) -> None:
         try:
             config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+            if config.get("model_type") != "blip":
+                raise Unsupported(f"a {config.get('model_type')} model")  # BLIP-2's text goes through its Q-Former
             text = config["text_config"]
             self.heads = int(text["num_attention_heads"])
             self.eps = float(text.get("layer_norm_eps", 1e-12))

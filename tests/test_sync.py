@@ -73,6 +73,19 @@ def lib_vector(lib: Library, path: Path) -> np.ndarray:
     return np.frombuffer(row.vector, np.float32)
 
 
+def _as_schema(conn, version: int) -> None:  # type: ignore[no-untyped-def]
+    """The library's database as blipsearch wrote it at schema ``version``."""
+    if version < 5:
+        conn.execute(text("ALTER TABLE library DROP COLUMN family"))
+        conn.execute(text("ALTER TABLE library DROP COLUMN queries"))
+    if version < 4:
+        conn.execute(text("ALTER TABLE library DROP COLUMN recall_target"))
+    if version < 2:
+        conn.execute(text("DROP INDEX ix_images_generation"))
+        conn.execute(text("ALTER TABLE images DROP COLUMN generation"))
+    conn.execute(text("UPDATE library SET schema_version = :v"), {"v": version})
+
+
 def test_a_library_of_schema_1_is_upgraded_in_place(library_dir: Path, tiny_model: Path, photos: Path) -> None:
     with Library(library_dir, model=str(tiny_model), device="cpu") as lib:
         lib.index([photos / "holiday"])
@@ -80,10 +93,7 @@ def test_a_library_of_schema_1_is_upgraded_in_place(library_dir: Path, tiny_mode
     # Make it a library as blipsearch wrote it before images had a generation.
     engine = create_engine(f"sqlite:///{library_dir / 'library.db'}")
     with engine.begin() as conn:
-        conn.execute(text("DROP INDEX ix_images_generation"))
-        conn.execute(text("ALTER TABLE images DROP COLUMN generation"))
-        conn.execute(text("ALTER TABLE library DROP COLUMN recall_target"))  # (schema 4)
-        conn.execute(text("UPDATE library SET schema_version = 1"))
+        _as_schema(conn, 1)
     engine.dispose()
     (library_dir / "vectors.faiss").unlink()
     with Library(library_dir, model=str(tiny_model), device="cpu") as lib:
@@ -92,6 +102,7 @@ def test_a_library_of_schema_1_is_upgraded_in_place(library_dir: Path, tiny_mode
             assert "generation" in {c["name"] for c in inspect(conn).get_columns("images")}
             assert conn.execute(text("SELECT schema_version FROM library")).scalar() == SCHEMA_VERSION
             assert conn.execute(text("SELECT count(*) FROM images WHERE generation IS NULL")).scalar() == 6
+            assert conn.execute(text("SELECT family, queries FROM library")).one() == ("blip", 1)
         lib.index([photos])
         assert len(_order(lib)) == 12
 
@@ -123,8 +134,7 @@ def test_captions_cached_before_the_length_rule_keep_transformers_keys(library_d
             conn.execute(text("INSERT INTO captions (content_hash, model, prompt, caption, model_spec, created_at) "
                               "VALUES (:h, 'm', :k, :c, 's', '2026-01-01 00:00:00')"),
                          {"h": f"{n:064x}", "k": key, "c": f"caption {n}"})
-        conn.execute(text("ALTER TABLE library DROP COLUMN recall_target"))  # (schema 4)
-        conn.execute(text("UPDATE library SET schema_version = 2"))
+        _as_schema(conn, 2)
     engine.dispose()
     with Library(library_dir) as lib:
         with lib.db.engine.connect() as conn:

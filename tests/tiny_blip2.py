@@ -87,3 +87,20 @@ def make_tiny_blip2_generator(path: Path, kind: str = "opt", seed: int = 0) -> P
     model.save_pretrained(path)
     write_image_processor(path, IMAGE_SIZE)
     return path
+
+
+def make_tiny_blip2_retrieval(path: Path, seed: int = 0) -> Path:
+    """A tiny random ``Blip2ForImageTextRetrieval`` with BLIP's BERT tokenizer for its Q-Former."""
+    from tiny_blip import write_tokenizer
+    from transformers import Blip2ForImageTextRetrieval
+
+    tokenizer = write_tokenizer(path)
+    config = tiny_blip2_config("opt", tokenizer, retrieval=True)
+    config.image_token_index = None
+    config.qformer_config.pad_token_id = tokenizer.pad_token_id
+    torch.manual_seed(seed)
+    model = Blip2ForImageTextRetrieval(config).eval()
+    widen_all(model, seed)
+    model.save_pretrained(path)
+    write_image_processor(path, IMAGE_SIZE)
+    return path

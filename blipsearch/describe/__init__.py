@@ -88,7 +88,7 @@ class Captioner:
             from .blip2 import Blip2Captioner, load_blip2
 
             return Blip2Captioner(load_blip2(spec, "caption", device))
-        return cls(load_checkpoint(spec, "caption", BlipForConditionalGeneration, "captioning",
+        return cls(load_checkpoint(spec, "caption", BlipForConditionalGeneration, "BLIP captioning",
                                    DEFAULT_CAPTION_MODEL, device))
 
     @property
@@ -156,7 +156,7 @@ class Answerer:
             from .blip2 import Blip2Answerer, load_blip2
 
             return Blip2Answerer(load_blip2(spec, "vqa", device))
-        return cls(load_checkpoint(spec, "vqa", BlipForQuestionAnswering, "visual question answering",
+        return cls(load_checkpoint(spec, "vqa", BlipForQuestionAnswering, "BLIP visual question answering",
                                    DEFAULT_VQA_MODEL, device))
 
     def _question(self, question: str, settings: AnswerSettings) -> tuple[torch.Tensor, torch.Tensor]:

@@ -32,6 +32,7 @@ from sqlalchemy import delete, select
 
 from ..errors import ImageError, InputPathError
 from ..rerank.cache import TokenCache
+from ..similarity import pooled_one
 from ..store.database import Database, StoredRow, utcnow, vector_to_bytes
 from ..store.schema import FailureRow, ImageRow
 from ..store.thumbnails import ThumbnailStore
@@ -389,7 +390,7 @@ class Indexer:
                     session.execute(ImageRow.__table__.update().where(ImageRow.id == row.id).values(**values))
                     image_id = row.id
                     report.updated += 1
-                faiss_add.append((image_id, vector))
+                faiss_add.append((image_id, pooled_one(vector, self.vectors.dim)))
                 self._clear_failure(session, path)
             # Touched files and failures of files never indexed change no image row that a vector
             # file or the full-text index mirrors: readers keep theirs.

@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from .. import failpoints
 from ..errors import LibraryError, SchemaError
 from ..filters import Filters
+from ..similarity import pooled
 from .migrations import upgrade
 from .schema import (
     SCHEMA_VERSION,
@@ -53,10 +54,19 @@ def vector_to_bytes(vector: npt.NDArray[np.float32]) -> bytes:
     return np.asarray(vector, dtype=VECTOR_DTYPE).tobytes()
 
 
+def bytes_to_query_vectors(blobs: list[bytes], dim: int) -> npt.NDArray[np.float32]:
+    """Stored image vectors as ``(n, queries, dim)`` (queries is 1 for BLIP, BLIP-2's query count)."""
+    if not blobs:
+        return np.zeros((0, 1, dim), VECTOR_DTYPE)
+    return np.frombuffer(b"".join(blobs), dtype=VECTOR_DTYPE).reshape(len(blobs), -1, dim).copy()
+
+
 def bytes_to_vectors(blobs: list[bytes], dim: int) -> npt.NDArray[np.float32]:
+    """Stored vectors as ``(n, dim)``: an image's own vector, or its pooled one where it has several
+    (see :mod:`blipsearch.similarity`); what the vector index holds."""
     if not blobs:
         return np.zeros((0, dim), VECTOR_DTYPE)
-    return np.frombuffer(b"".join(blobs), dtype=VECTOR_DTYPE).reshape(len(blobs), dim).copy()
+    return pooled(bytes_to_query_vectors(blobs, dim))
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
@@ -181,11 +191,12 @@ class Database:
         session.execute(update(LibraryRow).where(LibraryRow.id == 1).values(generation=LibraryRow.generation + by))
         return int(session.scalar(select(LibraryRow.generation).where(LibraryRow.id == 1)) or 0)
 
-    def set_model(self, spec: str, fp: str, dim: int) -> None:
+    def set_model(self, spec: str, fp: str, dim: int, family: str = "blip", queries: int = 1) -> None:
         with self.transaction() as session:
             self.bump_generation(session)
             session.execute(
-                update(LibraryRow).where(LibraryRow.id == 1).values(model=spec, model_fingerprint=fp, dim=dim)
+                update(LibraryRow).where(LibraryRow.id == 1).values(model=spec, model_fingerprint=fp, dim=dim,
+                                                                    family=family, queries=queries)
             )
 
     def set_recall_target(self, target: float | None) -> None:
@@ -257,11 +268,13 @@ class Database:
         """Stored vectors of model ``fp`` for the given paths (those that have one)."""
         return self._vectors_where(ImageRow.path, paths, fp)
 
-    def vectors_by_ids(self, ids: list[int], fp: str, dim: int) -> npt.NDArray[np.float32]:
-        """Stored vectors of model ``fp`` for ``ids``, in that order (zeros where there is none)."""
+    def vectors_by_ids(self, ids: list[int], fp: str, dim: int, queries: bool = False) -> npt.NDArray[np.float32]:
+        """Stored vectors of model ``fp`` for ``ids``, in that order (zeros where there is none): each
+        image's pooled vector (n, dim), or with ``queries`` all of its vectors (n, queries, dim)."""
         found = self._vectors_where(ImageRow.id, ids, fp)
-        zero = bytes(4 * dim)
-        return bytes_to_vectors([found.get(i, zero) for i in ids], dim)
+        zero = bytes(len(next(iter(found.values()))) if found else 4 * dim)
+        blobs = [found.get(i, zero) for i in ids]
+        return bytes_to_query_vectors(blobs, dim) if queries else bytes_to_vectors(blobs, dim)
 
     @staticmethod
     def mark_generation(session: Session, ids: list[int], generation: int) -> None:
@@ -455,6 +468,7 @@ __all__ = [
     "ImageRef",
     "StoredRow",
     "SQLAlchemyError",
+    "bytes_to_query_vectors",
     "bytes_to_vectors",
     "path_range",
     "utcnow",

@@ -33,10 +33,18 @@ def _recall_target(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE library ADD COLUMN recall_target FLOAT"))
 
 
+def _family(conn: Connection) -> None:
+    # Every library before BLIP-2 holds BLIP vectors, one per image (set for those that have a model).
+    conn.execute(text("ALTER TABLE library ADD COLUMN family VARCHAR(16)"))
+    conn.execute(text("ALTER TABLE library ADD COLUMN queries INTEGER"))
+    conn.execute(text("UPDATE library SET family = 'blip', queries = 1 WHERE model_fingerprint IS NOT NULL"))
+
+
 STEPS: dict[int, Callable[[Connection], None]] = {
     2: _image_generation,
     3: _caption_length_rule,
     4: _recall_target,
+    5: _family,
 }
 
 

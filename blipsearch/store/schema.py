@@ -23,8 +23,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # 2: images.generation; 3: caption keys name the beam length rule;
-# 4: library.recall_target (see blipsearch/store/migrations.py).
-SCHEMA_VERSION = 4
+# 4: library.recall_target; 5: library.family and library.queries (see blipsearch/store/migrations.py).
+SCHEMA_VERSION = 5
 
 
 class Base(DeclarativeBase):
@@ -47,6 +47,10 @@ class LibraryRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime)
     # The recall@10 an approximate vector index is tuned to (None: blipsearch's default).
     recall_target: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # The model family ("blip", "blip-2") and its ITC vectors per image (1 for BLIP, BLIP-2's query
+    # count): an image's stored vector holds ``queries`` x ``dim`` numbers.
+    family: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    queries: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class ImageRow(Base):

@@ -25,6 +25,7 @@ from sqlalchemy import delete, func, or_, select
 
 from ..errors import InputPathError
 from ..rerank.itm import match_scores
+from ..similarity import max_sim
 from ..store.database import Database, bytes_to_vectors, utcnow, vector_to_bytes
 from ..store.schema import CaptionRow, TextRow
 from ..text import checked
@@ -216,7 +217,7 @@ def rank_texts(
 
     ``tokens`` (the image's vision output, batch 1) is needed when ``rerank_depth`` > 0.
     """
-    itc = text_vectors @ image_vector
+    itc = max_sim(text_vectors, image_vector)  # one vector per image, or BLIP-2's several
     order = np.argsort(-itc, kind="stable")
     depth = min(rerank_depth, len(order)) if tokens is not None else 0
     head = order[:depth]
