@@ -140,7 +140,8 @@ def _rename(state: dict[str, Any], rules: tuple[tuple[str, str], ...], what: str
             if pattern.match(key):
                 new = pattern.sub(target, key, count=1)
                 if new in out:
-                    raise ModelLoadError(f"Two keys of the {what} checkpoint map to {new}: it is not a BLIP checkpoint.")
+                    raise ModelLoadError(f"Two keys of the {what} checkpoint map to {new}: it is not a BLIP "
+                                         "checkpoint.")
                 out[new] = value
                 break
         else:
@@ -206,8 +207,8 @@ def from_hugging_face(state: dict[str, Any], layout: Layout) -> dict[str, Any]:
     original = _rename(state, SALESFORCE_RULES, "Hugging Face", reverse=True)
     if layout == "salesforce":
         return original
-    head = "retrieval" if "itm_head.weight" in original else "vqa" if "text_encoder.embeddings.word_embeddings.weight" \
-        in original else "caption"
+    head: Head = "retrieval" if "itm_head.weight" in original else \
+        "vqa" if "text_encoder.embeddings.word_embeddings.weight" in original else "caption"
     return _rename(original, _mmpretrain_rules(head), "original", reverse=True)
 
 
