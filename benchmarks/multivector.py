@@ -137,16 +137,60 @@ def run(images: int, n_queries: int, seed: int = 0) -> dict:
             "candidate_search_ms": round(candidate_ms, 2), "texts": modes}
 
 
+def database_fetch(images: int, shortlists: tuple[int, ...], repeat: int = 5) -> list[dict]:
+    """Time to read a shortlist's stored vectors (32 x 256 floats per image) from a SQLite library database
+    of ``images`` rows, as a search does (Database.vectors_by_ids), page cache warm."""
+    import os
+    import tempfile
+
+    from blipsearch.store.database import Database, utcnow, vector_to_bytes
+    from blipsearch.store.schema import ImageRow
+
+    world = World(7)
+    folder = Path(tempfile.mkdtemp(prefix="multivector-db-"))
+    db = Database(f"sqlite:///{folder / 'library.db'}")
+    db.set_model("synthetic", "fp", DIM, "blip-2", QUERIES)
+    now = utcnow()
+    for start in range(0, images, CHUNK):
+        block, _ = world.chunk(start, min(CHUNK, images - start))
+        with db.transaction() as session:
+            for i, vectors in enumerate(block, start):
+                session.add(ImageRow(path=f"/photos/{i:07d}.jpg".encode(), size=1, mtime_ns=1, content_hash=f"{i:064x}",
+                                     model="fp", vector=vector_to_bytes(vectors), indexed_at=now))
+    rng = np.random.default_rng(0)
+    rows = []
+    for size in shortlists:
+        ids = [rng.choice(images, size, replace=False).tolist() for _ in range(repeat + 1)]
+        db.vectors_by_ids(ids[0], "fp", DIM, queries=True)
+        times = []
+        for chosen in ids[1:]:
+            t0 = time.perf_counter()
+            db.vectors_by_ids([i + 1 for i in chosen], "fp", DIM, queries=True)
+            times.append(1000 * (time.perf_counter() - t0))
+        rows.append({"shortlist": size, "fetch_ms_median": round(float(np.median(times)), 1)})
+        print(f"database of {images:,} images: reading {size} images' vectors takes {rows[-1]['fetch_ms_median']} ms",
+              flush=True)
+    size_mb = round(os.path.getsize(folder / "library.db") / 2**20)
+    db.engine.dispose()
+    for f in folder.iterdir():
+        f.unlink()
+    folder.rmdir()
+    return [{"database_mb": size_mb}, *rows]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--db-images", type=int, default=100_000,
+                        help="Rows of the SQLite database the fetch of shortlisted vectors is timed on (0: skip).")
     parser.add_argument("--out", default="multivector")
     args = parser.parse_args()
+    fetch = database_fetch(args.db_images, (100, 300, 1000, 3000)) if args.db_images else []
     results = [run(n, args.queries) for n in args.images]
     print(save(args.out, {"dim": DIM, "queries_per_image": QUERIES, "topics": TOPICS,
                           "lengths": {"detail": DETAIL, "slot": SLOT, "own": OWN, "text_noise": TEXT_NOISE},
-                          "runs": results}))
+                          "database_fetch": fetch, "runs": results}))
 
 
 if __name__ == "__main__":
