@@ -334,7 +334,8 @@ def blip_tokenizer(spec: str) -> Any:
     return tokenizer
 
 
-def _image_processor(size: int) -> dict[str, Any]:
+def image_processor_config(size: int) -> dict[str, Any]:
+    """BLIP's image preprocessing at ``size`` px, as the hub's ``preprocessor_config.json`` says it."""
     return {
         "image_processor_type": "BlipImageProcessor",
         "processor_class": "BlipProcessor",
@@ -417,7 +418,7 @@ def convert(source: Path, out: Path, head: Head | None = None, tokenizer: str = 
             model.save_pretrained(staging)
             tok.save_pretrained(staging)
         size = int(model.config.vision_config.image_size)
-        (staging / "preprocessor_config.json").write_text(json.dumps(_image_processor(size), indent=2) + "\n")
+        (staging / "preprocessor_config.json").write_text(json.dumps(image_processor_config(size), indent=2) + "\n")
         (staging / "converted_from.json").write_text(json.dumps(
             {"source": os.path.basename(source), "layout": layout, "head": chosen}, indent=2) + "\n")
         if out.is_dir():

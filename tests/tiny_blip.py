@@ -82,18 +82,9 @@ def widen(model: torch.nn.Module, seed: int) -> None:
 
 
 def write_image_processor(path: Path, image_size: int, nested: bool = False) -> None:
-    cfg = {
-        "image_processor_type": "BlipImageProcessor",
-        "do_resize": True,
-        "size": {"height": image_size, "width": image_size},
-        "resample": 3,
-        "do_rescale": True,
-        "rescale_factor": 1 / 255,
-        "do_normalize": True,
-        "image_mean": [0.48145466, 0.4578275, 0.40821073],
-        "image_std": [0.26862954, 0.26130258, 0.27577711],
-        "do_convert_rgb": True,
-    }
+    from blipsearch.convert import image_processor_config
+
+    cfg = image_processor_config(image_size)
     if nested:
         (path / "processor_config.json").write_text(
             json.dumps({"processor_class": "BlipProcessor", "image_processor": cfg}, indent=2)
