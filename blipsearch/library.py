@@ -11,6 +11,7 @@ SQLAlchemy URL) and the FAISS file derived from it.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import threading
@@ -58,7 +59,7 @@ from .query import Term
 from .rerank.cache import TokenCache
 from .rerank.itm import match_scores, rerank
 from .results import Explanation, Failure, Hit, ImageData, ImageInfo, ImageQuery
-from .similarity import MULTI_FACTOR, MULTI_SHORTLIST, pooled_one, text_image_scores
+from .similarity import MULTI_FACTOR, MULTI_SHARE, MULTI_SHORTLIST, pooled_one, text_image_scores
 from .store.database import Database, ImageRef, bytes_to_vectors
 from .store.fulltext import TextIndex, reciprocal_rank_fusion
 from .store.location import DB_FILE, default_location, library_location
@@ -400,13 +401,15 @@ class Library:
         """{id: ITC score} of the ``width`` best images for the query vector (only ``among`` those ids,
         if given), best first. For a model with several vectors per image the score is their best
         cosine (``max_sim``): the vector index shortlists by pooled vectors, at least
-        :data:`MULTI_SHORTLIST` images or ``MULTI_FACTOR`` times ``width``, and those are scored
+        :data:`MULTI_SHORTLIST` images, ``MULTI_FACTOR`` times ``width`` and ``MULTI_SHARE`` of the
+        images searched, and those are scored
         exactly from every stored vector (benchmarks/multivector.py measures the recall). Without
         ``max_sim``, pooled vectors' cosines (image to image)."""
         if model.queries == 1 or not max_sim:
             return self.vectors.search(model.fingerprint, model.dim, query, width, among)
-        shortlist = self.vectors.search(model.fingerprint, model.dim, query,
-                                        max(MULTI_SHORTLIST, MULTI_FACTOR * width), among)
+        count = len(among) if among is not None else len(self.vectors.get(model.fingerprint))
+        depth = max(MULTI_SHORTLIST, MULTI_FACTOR * width, math.ceil(MULTI_SHARE * count))
+        shortlist = self.vectors.search(model.fingerprint, model.dim, query, depth, among)
         return dict(sorted(self._itc(model, list(shortlist), query[0]).items(), key=lambda kv: -kv[1])[:width])
 
     def _itc(self, model: RetrievalModel | ModelIdentity, ids: list[int], query: np.ndarray) -> dict[int, float]:
