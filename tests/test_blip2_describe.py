@@ -122,3 +122,18 @@ def test_a_model_too_large_for_free_memory_is_refused_before_loading(blip2: Path
     from safetensors.torch import load_file
 
     assert loading.weight_count(blip2) == sum(t.numel() for t in load_file(blip2 / "model.safetensors").values())
+
+
+@pytest.mark.parametrize(("option", "spec"), [("--model", "Salesforce/blip2-itm-vit-g-coco"),
+                                              ("--caption-model", "Salesforce/blip2-opt-2.7b"),
+                                              ("--vqa-model", "Salesforce/blip2-flan-t5-xl")])
+def test_blip2_hub_ids_fail_fast_offline(option: str, spec: str, photos: Path, library_dir: Path,
+                                         tiny_model: Path) -> None:
+    image = str(next(photos.rglob("*.png")))
+    command = {"--model": ["index", str(photos)], "--caption-model": ["caption", image],
+               "--vqa-model": ["ask", image, "what is it?"]}[option]
+    model = [] if option == "--model" else ["--model", str(tiny_model)]
+    result = CliRunner().invoke(main, [*command, option, spec, *model, "--library", str(library_dir)])
+    assert result.exit_code == 1
+    assert f"Model '{spec}' is not on this machine" in result.output and f"{option} PATH" in result.output
+    assert "Traceback" not in result.output
