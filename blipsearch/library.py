@@ -308,7 +308,12 @@ class Library:
         except OSError as exc:
             raise LibraryError(f"Can't lock the library at {self.location} for indexing: {exc}") from None
         try:
-            yield
+            with self.db.writer_lock() as taken:
+                if not taken:
+                    raise LibraryError(
+                        f"Another `blipsearch index` is writing to the database {self.db.display_url} (from "
+                        "another library folder sharing it); wait for it to finish (searching meanwhile is fine).")
+                yield
         finally:
             lock.release()
 
@@ -874,7 +879,8 @@ class Library:
             self.close()
         if not unused:
             return False
-        for name in (DB_FILE, DB_FILE + "-wal", DB_FILE + "-shm", VECTORS_FILE, ".index.lock"):
+        for name in (DB_FILE, DB_FILE + "-wal", DB_FILE + "-shm", DB_FILE + ".writer.lock", VECTORS_FILE,
+                     ".index.lock"):
             (self.location / name).unlink(missing_ok=True)
         for folder in (self.thumbnails.folder, self.location / "tokens"):
             if folder.is_dir() and not any(p.is_file() for p in folder.rglob("*")):

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 # Tiny models gain nothing from several threads, and on a busy machine
@@ -32,6 +33,70 @@ def isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
     from PIL import Image
 
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
+
+
+# -- PostgreSQL -----------------------------------------------------------------------------------
+# Database-level tests run on SQLite and on a real PostgreSQL: a throw-away server started here
+# (tests/pg_server.py), or the database BLIPSEARCH_TEST_DB_URL names (its tables are wiped).
+# Where no server can be had they skip, unless BLIPSEARCH_REQUIRE_POSTGRES=1 (CI) makes that a failure.
+EXTERNAL_DB_URL = os.environ.get("BLIPSEARCH_TEST_DB_URL")
+
+
+def _no_postgres(reason: str) -> None:
+    if os.environ.get("BLIPSEARCH_REQUIRE_POSTGRES") == "1":
+        pytest.fail(f"PostgreSQL is required here (BLIPSEARCH_REQUIRE_POSTGRES=1): {reason}")
+    pytest.skip(f"no PostgreSQL: {reason}")
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[object]:
+    import atexit
+    import tempfile
+
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        _no_postgres("psycopg is not installed")
+    import pg_server
+
+    try:
+        server = pg_server.start(Path(tempfile.mkdtemp(prefix="blipsearch-pg-")))
+    except (RuntimeError, OSError) as exc:
+        _no_postgres(str(exc))
+    atexit.register(server.stop)  # also when the session is cut short
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test."""
+    if EXTERNAL_DB_URL:
+        from sqlalchemy import create_engine
+
+        from blipsearch.store.schema import Base
+
+        engine = create_engine(EXTERNAL_DB_URL)
+        Base.metadata.drop_all(engine)
+        engine.dispose()
+        yield EXTERNAL_DB_URL
+        return
+    server = request.getfixturevalue("postgres_server")
+    url = server.database()  # type: ignore[attr-defined]
+    try:
+        yield url
+    finally:
+        server.drop(url)  # type: ignore[attr-defined]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest) -> str | None:
+    """The database of a test that runs on both: None (the library folder's SQLite file) or PostgreSQL."""
+    if request.param == "sqlite":
+        return None
+    return request.getfixturevalue("postgres_url")  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="session")

@@ -23,12 +23,12 @@ QUERY = "a red circle left of a blue square"
 
 
 @pytest.fixture
-def lib(library_dir: Path, tiny_model: Path, photos: Path) -> Library:
+def lib(library_dir: Path, tiny_model: Path, photos: Path, db_url: str | None) -> Library:
     # Modification times spread over 2023 (months 1..12), so that date filters split the set.
     for i, path in enumerate(sorted(photos.rglob("*.png"))):
         stamp = datetime(2023, i + 1, 15, 12).timestamp()
         os.utime(path, (stamp, stamp))
-    with Library(library_dir, model=str(tiny_model), device="cpu") as library:
+    with Library(library_dir, db_url=db_url, model=str(tiny_model), device="cpu") as library:
         library.index([photos])
         yield library
 

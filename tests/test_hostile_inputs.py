@@ -28,8 +28,6 @@ import pytest
 from click.testing import CliRunner, Result
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from test_other_databases import URL as POSTGRES_URL
-from test_other_databases import db_url  # noqa: F401 - its fixture: a wiped PostgreSQL database
 
 from blipsearch import Library
 from blipsearch.errors import BlipsearchError
@@ -793,13 +791,12 @@ def test_any_path_for_a_path_argument(world: World, stubbed: None, slot: str, ki
         os.chdir(here)
 
 
-# -- PostgreSQL (opt-in, as tests/test_other_databases.py: BLIPSEARCH_TEST_DB_URL) --------------------
+# -- PostgreSQL (a real server: see postgres_url in conftest.py) ------------------------------------
 
 
-@pytest.mark.skipif(not POSTGRES_URL, reason="set BLIPSEARCH_TEST_DB_URL to test another database")
-def test_postgresql_takes_hostile_texts_as_data(db_url: str, tmp_path: Path) -> None:  # noqa: F811
+def test_postgresql_takes_hostile_texts_as_data(postgres_url: str, tmp_path: Path) -> None:
     """PostgreSQL's full text (to_tsquery) and its text columns: NUL, lengths, tsquery syntax."""
-    w = make_world(tmp_path, db_url)
+    w = make_world(tmp_path, postgres_url)
     try:
         assert w.lib.db.engine.dialect.name == "postgresql"
         for entry in API:

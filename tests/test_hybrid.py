@@ -14,11 +14,12 @@ from blipsearch.store.fulltext import TextIndex, query_words, reciprocal_rank_fu
 
 
 @pytest.fixture
-def lib(library_dir: Path, tiny_model: Path, tiny_captioner: Path, photos: Path) -> Library:
+def lib(library_dir: Path, tiny_model: Path, tiny_captioner: Path, photos: Path, db_url: str | None) -> Library:
     draw_image(200).save(photos / "garden" / "birthday_cake.png")
     (photos / "Venice 2019").mkdir()
     draw_image(201).save(photos / "Venice 2019" / "IMG_0001.png")
-    with Library(library_dir, model=str(tiny_model), caption_model=str(tiny_captioner), device="cpu") as library:
+    with Library(library_dir, db_url=db_url, model=str(tiny_model), caption_model=str(tiny_captioner),
+                 device="cpu") as library:
         library.index([photos])
         yield library
 

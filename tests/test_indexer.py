@@ -539,6 +539,33 @@ def test_a_second_index_run_is_refused_while_one_runs(lib: Library, photos: Path
     other.close()
 
 
+def test_libraries_sharing_one_database_index_one_at_a_time(photos: Path, tmp_path: Path, tiny_model: Path,
+                                                            db_url: str | None) -> None:
+    url = db_url or f"sqlite:///{tmp_path / 'shared.db'}"
+    first = Library(tmp_path / "one", db_url=url, model=str(tiny_model), device="cpu")
+    second = Library(tmp_path / "two", db_url=url, model=str(tiny_model), device="cpu")
+    refusals: list[str] = []
+
+    class SecondRunDuringFirst:
+        def __init__(self, total: int, desc: str) -> None:
+            pass
+
+        def update(self, n: int = 1) -> None:
+            with pytest.raises(LibraryError, match="is writing to the database") as info:
+                second.index([photos])
+            refusals.append(str(info.value))
+
+        def close(self) -> None:
+            pass
+
+    report = first.index([photos], batch_size=4, progress=SecondRunDuringFirst)
+    assert refusals and report.counts()["added"] == 12
+    assert "another library folder" in refusals[0]
+    assert second.index([photos]).counts()["unchanged"] == 12  # the lock went with the first run
+    first.close()
+    second.close()
+
+
 def test_large_jpeg_is_drafted_but_keeps_its_size(lib: Library, tmp_path: Path) -> None:
     from blipsearch.index.images import open_image
 

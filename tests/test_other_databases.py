@@ -1,8 +1,5 @@
-"""The same engine on another SQLAlchemy database (PostgreSQL), opt-in.
-
-Set BLIPSEARCH_TEST_DB_URL to a database the tests may wipe, e.g.
-postgresql+psycopg://user@127.0.0.1:5432/blipsearch_test (needs psycopg).
-"""
+"""The same engine on another SQLAlchemy database: a real PostgreSQL (see ``postgres_url`` in
+conftest.py: a throw-away server, or BLIPSEARCH_TEST_DB_URL)."""
 
 from __future__ import annotations
 
@@ -10,32 +7,17 @@ import os
 import shutil
 from pathlib import Path
 
-import pytest
 from conftest import draw_image
-from sqlalchemy import create_engine
 
 from blipsearch import Library
-from blipsearch.store.schema import Base
-
-URL = os.environ.get("BLIPSEARCH_TEST_DB_URL")
-pytestmark = pytest.mark.skipif(not URL, reason="set BLIPSEARCH_TEST_DB_URL to test another database")
 
 
-@pytest.fixture
-def db_url() -> str:
-    assert URL
-    engine = create_engine(URL)
-    Base.metadata.drop_all(engine)
-    engine.dispose()
-    return URL
-
-
-def test_index_and_search_match_sqlite(db_url: str, photos: Path, tmp_path: Path, tiny_model: Path) -> None:
+def test_index_and_search_match_sqlite(postgres_url: str, photos: Path, tmp_path: Path, tiny_model: Path) -> None:
     odd = os.path.join(os.fsencode(photos), b"holiday", b"\xe9t\xe9.png")
     with open(odd, "wb") as fh:
         draw_image(60).save(fh, "PNG")
     with Library(tmp_path / "sqlite", model=str(tiny_model), device="cpu") as reference, \
-            Library(tmp_path / "other", db_url=db_url, model=str(tiny_model), device="cpu") as lib:
+            Library(tmp_path / "other", db_url=postgres_url, model=str(tiny_model), device="cpu") as lib:
         assert lib.db.engine.dialect.name != "sqlite"
         assert reference.index([photos]).counts() == lib.index([photos]).counts()
         assert lib.index([photos]).embedded == 0

@@ -21,10 +21,11 @@ def _order(lib: Library) -> list[tuple[str, float]]:
     return [(h.path, round(h.itc, 5)) for h in lib.search(QUERY, k=100, rerank_hits=False)]
 
 
-def test_a_reader_catches_up_without_rebuilding(library_dir: Path, tiny_model: Path, photos: Path) -> None:
-    with Library(library_dir, model=str(tiny_model), device="cpu") as writer:
+def test_a_reader_catches_up_without_rebuilding(library_dir: Path, tiny_model: Path, photos: Path,
+                                                 db_url: str | None) -> None:
+    with Library(library_dir, db_url=db_url, model=str(tiny_model), device="cpu") as writer:
         writer.index([photos / "holiday"])
-    reader = Library(library_dir, model=str(tiny_model), device="cpu")
+    reader = Library(library_dir, db_url=db_url, model=str(tiny_model), device="cpu")
     try:
         assert len(_order(reader)) == 6
         vectors_file = library_dir / "vectors.faiss"
@@ -46,14 +47,14 @@ def test_a_reader_catches_up_without_rebuilding(library_dir: Path, tiny_model: P
             def close(self) -> None:
                 pass
 
-        with Library(library_dir, model=str(tiny_model), device="cpu") as writer:
+        with Library(library_dir, db_url=db_url, model=str(tiny_model), device="cpu") as writer:
             writer.index([photos], batch_size=2, progress=SearchDuringRun)  # six more
             assert counts == [8, 10, 12]
             (photos / "holiday" / "img00.png").unlink()  # one gone
             draw_image(99).save(photos / "holiday" / "img01.png")  # one changed: same id, new vector
             writer.index([photos], progress=SearchDuringRun)
         seen = _order(reader)
-        with Library(library_dir, model=str(tiny_model), device="cpu") as fresh:
+        with Library(library_dir, db_url=db_url, model=str(tiny_model), device="cpu") as fresh:
             assert seen == _order(fresh)
         assert len(seen) == 11 and str(photos / "holiday" / "img00.png") not in [p for p, _ in seen]
         changed = lib_vector(reader, photos / "holiday" / "img01.png")

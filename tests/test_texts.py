@@ -27,8 +27,9 @@ TEXTS = ["a dog on the beach", "a red circle left of a blue square", "two people
 
 
 @pytest.fixture
-def lib(library_dir: Path, tiny_model: Path, tiny_captioner: Path) -> Library:
-    with Library(library_dir, model=str(tiny_model), caption_model=str(tiny_captioner), device="cpu") as library:
+def lib(library_dir: Path, tiny_model: Path, tiny_captioner: Path, db_url: str | None) -> Library:
+    with Library(library_dir, db_url=db_url, model=str(tiny_model), caption_model=str(tiny_captioner),
+                 device="cpu") as library:
         yield library
 
 

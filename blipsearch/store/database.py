@@ -44,6 +44,8 @@ from .schema import (
 )
 
 VECTOR_DTYPE = np.float32
+# The PostgreSQL advisory lock an index run holds (any 64-bit number; this one spells "blipsrch").
+WRITER_LOCK_KEY = 0x626C69707372_6368
 
 
 def utcnow() -> datetime:
@@ -173,6 +175,40 @@ class Database:
     def reader(self) -> Iterator[Session]:
         with self._sessions() as session:
             yield session
+
+    # -- one writer -----------------------------------------------------------
+    @contextmanager
+    def writer_lock(self) -> Iterator[bool]:
+        """Held by an index run for its whole length, by whichever library folder opened this database:
+        on PostgreSQL a session-level advisory lock, on a SQLite file a lock file beside it. Yields
+        False when another process holds it (the caller refuses to start), True once taken."""
+        if self.engine.dialect.name == "postgresql":
+            with self.engine.connect() as conn:
+                taken = bool(conn.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": WRITER_LOCK_KEY}).scalar())
+                conn.commit()
+                try:
+                    yield taken
+                finally:
+                    if taken:
+                        conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": WRITER_LOCK_KEY})
+                        conn.commit()
+            return
+        database = self.engine.url.database if self.engine.dialect.name == "sqlite" else None
+        if not database or database == ":memory:":
+            yield True  # nothing another process could open (other databases: the library folder's lock)
+            return
+        from filelock import FileLock, Timeout
+
+        lock = FileLock(os.fsencode(database).decode("utf-8", "surrogateescape") + ".writer.lock")
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            lock.release()
 
     # -- the library row ----------------------------------------------------
     def library(self) -> LibraryRow:
