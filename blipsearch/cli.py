@@ -1081,6 +1081,34 @@ def status(lib: Library, as_json: bool) -> None:
 
 
 @main.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+@with_existing_library
+def upgrade(lib: Library, as_json: bool) -> None:
+    """Bring a library written by an older blipsearch to this one's schema.
+
+    Every command does this when it opens such a library; this one does only
+    that, for a library the other commands can't upgrade (one opened read-only, or
+    by a user who can't write to it). A SQLite file is copied to
+    library.db.schema-N.bak first.
+
+    \b
+    Examples:
+      blipsearch upgrade --library ~/photo-index
+      blipsearch upgrade --db postgresql+psycopg://me@dbhost/photos
+    """
+    from .store.revisions import current
+    from .store.schema import SCHEMA_VERSION
+
+    with lib.db.engine.connect() as conn:
+        revision = current(conn)
+    info = {"schema": SCHEMA_VERSION, "revision": revision, "database": lib.db.display_url}
+    if as_json:
+        _json_line(info)
+    else:
+        click.echo(f"{lib.db.display_url} is at schema {SCHEMA_VERSION} (revision {revision}).")
+
+
+@main.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per failure per line.")
 @with_existing_library
 def failures(lib: Library, as_json: bool) -> None:

@@ -74,8 +74,9 @@ def lib_vector(lib: Library, path: Path) -> np.ndarray:
     return np.frombuffer(row.vector, np.float32)
 
 
-def _as_schema(conn, version: int) -> None:  # type: ignore[no-untyped-def]
-    """The library's database as blipsearch wrote it at schema ``version``."""
+def as_schema(conn, version: int) -> None:  # type: ignore[no-untyped-def]
+    """The library's database as blipsearch wrote it at schema ``version`` (before Alembic revisions)."""
+    conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
     if version < 5:
         conn.execute(text("ALTER TABLE library DROP COLUMN family"))
         conn.execute(text("ALTER TABLE library DROP COLUMN queries"))
@@ -94,7 +95,7 @@ def test_a_library_of_schema_1_is_upgraded_in_place(library_dir: Path, tiny_mode
     # Make it a library as blipsearch wrote it before images had a generation.
     engine = create_engine(f"sqlite:///{library_dir / 'library.db'}")
     with engine.begin() as conn:
-        _as_schema(conn, 1)
+        as_schema(conn, 1)
     engine.dispose()
     (library_dir / "vectors.faiss").unlink()
     with Library(library_dir, model=str(tiny_model), device="cpu") as lib:
@@ -135,7 +136,7 @@ def test_captions_cached_before_the_length_rule_keep_transformers_keys(library_d
             conn.execute(text("INSERT INTO captions (content_hash, model, prompt, caption, model_spec, created_at) "
                               "VALUES (:h, 'm', :k, :c, 's', '2026-01-01 00:00:00')"),
                          {"h": f"{n:064x}", "k": key, "c": f"caption {n}"})
-        _as_schema(conn, 2)
+        as_schema(conn, 2)
     engine.dispose()
     with Library(library_dir) as lib:
         with lib.db.engine.connect() as conn:

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, NamedTuple, cast
 
 import numpy as np
@@ -31,7 +32,8 @@ from .. import failpoints
 from ..errors import LibraryError, SchemaError
 from ..filters import Filters
 from ..similarity import pooled
-from .migrations import upgrade
+from . import revisions
+from .migrations import LEGACY_SCHEMA, upgrade
 from .schema import (
     SCHEMA_VERSION,
     Base,
@@ -128,16 +130,29 @@ class Database:
         self._init_schema()
 
     def _init_schema(self) -> None:
+        """Create a new library's tables at the newest schema, or bring an older one up to it: the
+        numbered steps of :mod:`.migrations` up to schema 5, then the Alembic revisions
+        (:mod:`.revisions`), all in one transaction, a SQLite file backed up first."""
+        version: int | None = None
+        outdated = False
         try:
-            version = None
-            if "library" in set(inspect(self.engine).get_table_names()):
+            tables = set(inspect(self.engine).get_table_names())
+            revision = None
+            if "library" in tables:
                 with self._sessions() as session:
                     version = session.scalar(select(LibraryRow.schema_version).where(LibraryRow.id == 1))
-                if version is not None and version > SCHEMA_VERSION:
+                if "alembic_version" in tables:
+                    with self.engine.connect() as conn:
+                        revision = revisions.current(conn)
+                if (version is not None and version > SCHEMA_VERSION) or (
+                        revision not in (None, revisions.HEAD) and not revisions.known(revision)):
                     raise SchemaError(
-                        f"This library was written by a newer blipsearch (schema {version}, "
-                        f"this one knows {SCHEMA_VERSION}): upgrade blipsearch."
+                        f"This library was written by a newer blipsearch (schema {version}, revision {revision}; "
+                        f"this one knows schema {SCHEMA_VERSION}, revision {revisions.HEAD}): upgrade blipsearch."
                     )
+            outdated = version is not None and (version < SCHEMA_VERSION or revision != revisions.HEAD)
+            if outdated:
+                self._backup(version)
             Base.metadata.create_all(self.engine)
             with self.transaction() as session:
                 # (only the id: an older schema's row lacks columns until upgraded below)
@@ -145,15 +160,50 @@ class Database:
                     session.add(
                         LibraryRow(id=1, schema_version=SCHEMA_VERSION, generation=0, created_at=utcnow())
                     )
-                elif version is not None and version < SCHEMA_VERSION:
+                    session.flush()
+                    revisions.stamp(session.connection(), revisions.HEAD)
+                elif outdated:
                     self.bump_generation(session, by=0)  # the write lock, then look again
+                    conn = session.connection()
                     current = int(session.scalar(select(LibraryRow.schema_version).where(LibraryRow.id == 1)) or 0)
-                    if current < SCHEMA_VERSION:
-                        upgrade(session.connection(), current, SCHEMA_VERSION)
+                    if current < LEGACY_SCHEMA:
+                        upgrade(conn, current, LEGACY_SCHEMA)
                         session.execute(update(LibraryRow).where(LibraryRow.id == 1)
-                                        .values(schema_version=SCHEMA_VERSION))
+                                        .values(schema_version=LEGACY_SCHEMA))
+                    if revisions.current(conn) is None:
+                        revisions.stamp(conn, revisions.BASELINE)
+                    if revisions.current(conn) != revisions.HEAD:
+                        revisions.upgrade(conn)
         except OperationalError as exc:
+            if outdated or "readonly" in str(exc.orig).lower():
+                raise SchemaError(self._cannot_upgrade(version, exc.orig)) from None
             raise LibraryError(f"Can't open the database {self.display_url}: {exc.orig}") from None
+
+    def _cannot_upgrade(self, version: int | None, reason: object) -> str:
+        return (f"This library's database is at schema {version} and this blipsearch uses schema "
+                f"{SCHEMA_VERSION}, but it can't be upgraded here ({reason}). Run `blipsearch upgrade` on it "
+                "(with --library or --db as for the other commands) as a user who can write to it; until "
+                "then an older blipsearch still reads it.")
+
+    def _backup(self, version: int | None) -> Path | None:
+        """A copy of a SQLite library file before its schema changes (``library.db.schema-N.bak``)."""
+        if self.engine.dialect.name != "sqlite":
+            return None
+        database = self.engine.url.database
+        if not database or database == ":memory:" or not os.path.exists(database):
+            return None
+        import sqlite3
+
+        target = Path(f"{database}.schema-{version}.bak")
+        if target.exists():
+            target = target.with_name(f"{target.name}.{utcnow():%Y%m%dT%H%M%S}")
+        try:
+            with sqlite3.connect(database) as source, sqlite3.connect(target) as copy:
+                source.backup(copy)
+        except (sqlite3.Error, OSError) as exc:
+            target.unlink(missing_ok=True)
+            raise SchemaError(self._cannot_upgrade(version, f"no backup could be written: {exc}")) from None
+        return target
 
     @property
     def display_url(self) -> str:

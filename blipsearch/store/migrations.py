@@ -1,4 +1,5 @@
-"""Numbered schema upgrades, applied when a library written by an older blipsearch is opened.
+"""Numbered schema upgrades from before Alembic revisions (schemas 1 to 5), applied when a library
+written by an older blipsearch is opened; later changes are revisions (see :mod:`.revisions`).
 
 Each step takes the database from version ``n - 1`` to ``n`` and runs in the
 same transaction as the version bump, under the library row's write lock, so
@@ -39,6 +40,9 @@ def _family(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE library ADD COLUMN queries INTEGER"))
     conn.execute(text("UPDATE library SET family = 'blip', queries = 1 WHERE model_fingerprint IS NOT NULL"))
 
+
+# The schema the numbered steps end at, and Alembic's first revision (0001) is.
+LEGACY_SCHEMA = 5
 
 STEPS: dict[int, Callable[[Connection], None]] = {
     2: _image_generation,
