@@ -516,24 +516,33 @@ def test_search_can_read_while_an_index_run_writes(lib: Library, photos: Path, l
     assert seen and seen[0] >= 6 and seen[-1] == 12 and seen == sorted(seen)
 
 
+class _refusals_during(list):  # type: ignore[type-arg]  # noqa: N801
+    """The errors ``attempt`` raises (matching ``pattern``) each time a run's progress bar moves."""
+
+    def __init__(self, attempt, pattern: str) -> None:  # type: ignore[no-untyped-def]
+        super().__init__()
+        refusals = self
+
+        class Progress:
+            def __init__(self, total: int, desc: str) -> None:
+                pass
+
+            def update(self, n: int = 1) -> None:
+                with pytest.raises(LibraryError, match=pattern) as info:
+                    attempt()
+                refusals.append(str(info.value))
+
+            def close(self) -> None:
+                pass
+
+        self.progress = Progress
+
+
 def test_a_second_index_run_is_refused_while_one_runs(lib: Library, photos: Path, library_dir: Path,
                                                       tiny_model: Path) -> None:
     other = Library(library_dir, model=str(tiny_model), device="cpu")
-    refusals: list[str] = []
-
-    class SecondRunDuringFirst:
-        def __init__(self, total: int, desc: str) -> None:
-            pass
-
-        def update(self, n: int = 1) -> None:
-            with pytest.raises(LibraryError, match="Another `blipsearch index` is running") as info:
-                other.index([photos])
-            refusals.append(str(info.value))
-
-        def close(self) -> None:
-            pass
-
-    report = lib.index([photos], batch_size=4, progress=SecondRunDuringFirst)
+    refusals = _refusals_during(lambda: other.index([photos]), "Another `blipsearch index` is running")
+    report = lib.index([photos], batch_size=4, progress=refusals.progress)
     assert refusals and report.counts()["added"] == 12
     assert other.index([photos]).counts()["unchanged"] == 12  # free again once the first run ends
     other.close()
@@ -544,21 +553,8 @@ def test_libraries_sharing_one_database_index_one_at_a_time(photos: Path, tmp_pa
     url = db_url or f"sqlite:///{tmp_path / 'shared.db'}"
     first = Library(tmp_path / "one", db_url=url, model=str(tiny_model), device="cpu")
     second = Library(tmp_path / "two", db_url=url, model=str(tiny_model), device="cpu")
-    refusals: list[str] = []
-
-    class SecondRunDuringFirst:
-        def __init__(self, total: int, desc: str) -> None:
-            pass
-
-        def update(self, n: int = 1) -> None:
-            with pytest.raises(LibraryError, match="is writing to the database") as info:
-                second.index([photos])
-            refusals.append(str(info.value))
-
-        def close(self) -> None:
-            pass
-
-    report = first.index([photos], batch_size=4, progress=SecondRunDuringFirst)
+    refusals = _refusals_during(lambda: second.index([photos]), "is writing to the database")
+    report = first.index([photos], batch_size=4, progress=refusals.progress)
     assert refusals and report.counts()["added"] == 12
     assert "another library folder" in refusals[0]
     assert second.index([photos]).counts()["unchanged"] == 12  # the lock went with the first run
