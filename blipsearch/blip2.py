@@ -28,7 +28,6 @@ import numpy.typing as npt
 import torch
 
 from .model import RetrievalModel
-from .system import LONG_OPERATION
 from .text import MAX_TOKENS, pre_caption
 
 
@@ -41,16 +40,6 @@ class Blip2RetrievalModel(RetrievalModel):
     @property
     def queries(self) -> int:
         return int(self.net.config.num_query_tokens)
-
-    @property
-    def enc_token_id(self) -> int:
-        return int(self.tokenizer.cls_token_id)  # type: ignore[attr-defined]  # BLIP-2 matches with [CLS]
-
-    @property
-    def batch_size(self) -> int:
-        if self.device.type != "cpu":
-            return 16
-        return 2 if self.vision_work(1) >= LONG_OPERATION // 2 else 16
 
     # -- text ---------------------------------------------------------------
     def tokenize(self, texts: list[str], *, for_itm: bool = False) -> dict[str, torch.Tensor]:
