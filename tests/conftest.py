@@ -74,12 +74,14 @@ def postgres_server() -> Iterator[object]:
 def postgres_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh, empty PostgreSQL database for one test."""
     if EXTERNAL_DB_URL:
-        from sqlalchemy import create_engine
+        from sqlalchemy import create_engine, text
 
         from blipsearch.store.schema import Base
 
         engine = create_engine(EXTERNAL_DB_URL)
         Base.metadata.drop_all(engine)
+        with engine.begin() as conn:  # derived tables the metadata does not hold
+            conn.execute(text("DROP TABLE IF EXISTS text_index"))
         engine.dispose()
         yield EXTERNAL_DB_URL
         return

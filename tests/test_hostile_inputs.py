@@ -537,9 +537,7 @@ def hostile_index(tmp_path_factory: pytest.TempPathFactory) -> TextIndex:
             caption = encoded(text[:2000]).decode("utf-8", "replace").replace("\0", " ")
             session.add(CaptionRow(content_hash=digest, model="m", prompt="p", caption=caption, model_spec="m",
                                    created_at=utcnow()))
-    index = TextIndex(db)
-    index.refresh()
-    return index
+    return TextIndex(db)
 
 
 @settings(max_examples=_examples(200), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 from conftest import draw_image
+from sqlalchemy import text
 
 from blipsearch import Library
+from blipsearch.store import fulltext
 from blipsearch.store.fulltext import TextIndex, query_words, reciprocal_rank_fusion
 
 
@@ -63,3 +65,41 @@ def test_captions_are_searchable_and_the_index_follows_changes(lib: Library, pho
     assert all(not h.path.endswith("birthday_cake.png")
                for h in lib.search("birthday", k=3, rerank_hits=False, hybrid=True))
     assert TextIndex(lib.db).search("birthday", 5) == []
+
+
+def _text_rows(lib: Library) -> list[tuple]:
+    key = "rowid, caption, name, folders" if lib.db.engine.dialect.name == "sqlite" else "id, body"
+    with lib.db.reader() as session:
+        assert session.scalar(text("SELECT count(*) FROM text_pending")) == 0  # nothing left for later
+        return [tuple(row) for row in session.execute(text(f"SELECT {key} FROM text_index ORDER BY 1"))]
+
+
+def test_the_text_index_kept_up_at_each_commit_equals_one_built_whole(lib: Library, photos: Path) -> None:
+    lib.caption_library()
+    shutil.move(photos / "garden" / "birthday_cake.png", photos / "holiday" / "wedding cake.png")  # moved
+    (photos / "garden" / "img07.png").unlink()  # gone
+    draw_image(300).save(photos / "garden" / "img08.png")  # new content
+    draw_image(301).save(photos / "garden" / "picnic.png")  # new file
+    lib.index([photos])
+    lib.caption_library()  # captions of the new contents
+    kept = _text_rows(lib)
+    ids = {row[0] for row in kept}
+    with lib.db.reader() as session:
+        assert ids == set(session.scalars(text("SELECT id FROM images")))
+    assert any("wedding" in " ".join(map(str, row)) for row in kept)
+    assert not any("img07" in " ".join(map(str, row)) for row in kept)
+    with lib.db.transaction() as session:  # the whole rebuild a schema upgrade does
+        assert fulltext.install(session.connection(), rebuild=True)
+    assert _text_rows(lib) == kept
+
+
+def test_a_read_only_library_is_searched_with_its_text_index(library_dir: Path, tiny_model: Path,
+                                                            tiny_captioner: Path, photos: Path) -> None:
+    draw_image(200).save(photos / "garden" / "birthday_cake.png")
+    with Library(library_dir, model=str(tiny_model), caption_model=str(tiny_captioner), device="cpu") as writer:
+        writer.index([photos])
+        writer.caption_library()  # the last change: no search since
+    database = library_dir / "library.db"
+    with Library(library_dir, db_url=f"sqlite:///file:{database}?mode=ro&uri=true") as reader:
+        hits = reader.search("birthday", k=3, rerank_hits=False, hybrid=True)
+    assert hits[0].path.endswith("birthday_cake.png") and hits[0].keyword > 0

@@ -45,27 +45,33 @@ def test_a_new_library_starts_at_the_head(library_dir: Path, tiny_model: Path, d
     assert _state(_url(library_dir, db_url))[:2] == (SCHEMA_VERSION, revisions.HEAD)
 
 
-def test_a_library_of_the_previous_schema_is_upgraded(library_dir: Path, tiny_model: Path, photos: Path,
-                                                      db_url: str | None) -> None:
+@pytest.mark.parametrize("previous", [4, 5])
+def test_a_library_of_an_earlier_schema_is_upgraded(library_dir: Path, tiny_model: Path, photos: Path,
+                                                    db_url: str | None, previous: int) -> None:
     with Library(library_dir, db_url=db_url, model=str(tiny_model), device="cpu") as lib:
         lib.index([photos])
         before = [(h.path, round(h.score, 5)) for h in lib.search("a red circle", k=12, rerank_hits=False)]
     url = _url(library_dir, db_url)
     engine = create_engine(url)
     with engine.begin() as conn:
-        as_schema(conn, 4)  # as the previous release wrote it
+        as_schema(conn, previous)  # as the previous release wrote it
     engine.dispose()
-    assert _state(url)[:2] == (4, None)
+    assert _state(url)[:2] == (previous, None if previous < 5 else "0001")
     with Library(library_dir, db_url=db_url, model=str(tiny_model), device="cpu") as lib:
         assert [(h.path, round(h.score, 5)) for h in lib.search("a red circle", k=12, rerank_hits=False)] == before
         assert lib.status()["family"] == "blip"
+        # The old text index is replaced by one of every image, written as the library opened.
+        assert lib.search("stale", k=3, rerank_hits=False, hybrid=True)[0].keyword is None
+        assert lib.search("holiday", k=3, rerank_hits=False, hybrid=True)[0].path.startswith(str(photos / "holiday"))
+        with lib.db.reader() as session:
+            assert session.scalar(text("SELECT count(*) FROM text_pending")) == 0
+            assert session.scalar(text("SELECT count(*) FROM text_index")) == 12
     version, revision, columns = _state(url)
     assert (version, revision) == (SCHEMA_VERSION, revisions.HEAD) and {"family", "queries"} <= columns
     if db_url is None:  # the file as it was, kept beside it
-        backup = library_dir / "library.db.schema-4.bak"
+        backup = library_dir / f"library.db.schema-{previous}.bak"
         with sqlite3.connect(backup) as conn:
-            assert conn.execute("SELECT schema_version FROM library").fetchone() == (4,)
-            assert "family" not in {row[1] for row in conn.execute("PRAGMA table_info(library)")}
+            assert conn.execute("SELECT schema_version FROM library").fetchone() == (previous,)
             assert conn.execute("SELECT count(*) FROM images").fetchone() == (12,)
 
 
@@ -75,22 +81,24 @@ def test_a_later_revision_is_run_by_alembic(library_dir: Path, tiny_model: Path,
         pass
     scripts = tmp_path / "alembic"
     shutil.copytree(revisions.SCRIPTS, scripts)
-    (scripts / "versions" / "0002_test.py").write_text(
-        'import sqlalchemy as sa\nfrom alembic import op\n\nrevision = "0002"\ndown_revision = "0001"\n'
-        'branch_labels = None\ndepends_on = None\nschema_version = 6\n\n\n'
+    later, version = f"{int(revisions.HEAD) + 1:04d}", SCHEMA_VERSION + 1
+    (scripts / "versions" / f"{later}_test.py").write_text(
+        f'import sqlalchemy as sa\nfrom alembic import op\n\nrevision = "{later}"\n'
+        f'down_revision = "{revisions.HEAD}"\nbranch_labels = None\ndepends_on = None\n'
+        f'schema_version = {version}\n\n\n'
         'def upgrade() -> None:\n    op.add_column("library", sa.Column("note", sa.Text(), nullable=True))\n'
-        '    op.execute(sa.text("UPDATE library SET schema_version = 6"))\n')
+        f'    op.execute(sa.text("UPDATE library SET schema_version = {version}"))\n')
     import blipsearch.store.database as database
 
     monkeypatch.setattr(revisions, "SCRIPTS", scripts)
-    monkeypatch.setattr(revisions, "HEAD", "0002")
-    monkeypatch.setattr(database, "SCHEMA_VERSION", 6)
+    monkeypatch.setattr(revisions, "HEAD", later)
+    monkeypatch.setattr(database, "SCHEMA_VERSION", version)
     revisions._scripts.cache_clear()
     try:
         with Library(library_dir, db_url=db_url, model=str(tiny_model), device="cpu"):
             pass
-        version, revision, columns = _state(_url(library_dir, db_url))
-        assert (version, revision) == (6, "0002") and "note" in columns
+        state = _state(_url(library_dir, db_url))
+        assert state[:2] == (version, later) and "note" in state[2]
     finally:
         revisions._scripts.cache_clear()
     # Back with this blipsearch's scripts: a library of a revision it does not know is refused.

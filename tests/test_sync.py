@@ -30,6 +30,7 @@ def test_a_reader_catches_up_without_rebuilding(library_dir: Path, tiny_model: P
         assert len(_order(reader)) == 6
         vectors_file = library_dir / "vectors.faiss"
         counts: list[int] = []
+        late_counts: list[int] = []
 
         class SearchDuringRun:
             """Searches in the reader after each committed batch of the writer's run."""
@@ -42,14 +43,17 @@ def test_a_reader_catches_up_without_rebuilding(library_dir: Path, tiny_model: P
                 # stale, and a reader that rebuilt from the database would rewrite it.
                 before = vectors_file.stat().st_mtime_ns
                 counts.append(len(_order(reader)))
-                assert vectors_file.stat().st_mtime_ns == before, "the reader rebuilt instead of catching up"
+                # A reader started now loads the writer's older file and catches up in memory too.
+                with Library(library_dir, db_url=db_url, model=str(tiny_model), device="cpu") as late:
+                    late_counts.append(len(_order(late)))
+                assert vectors_file.stat().st_mtime_ns == before, "a reader rebuilt instead of catching up"
 
             def close(self) -> None:
                 pass
 
         with Library(library_dir, db_url=db_url, model=str(tiny_model), device="cpu") as writer:
             writer.index([photos], batch_size=2, progress=SearchDuringRun)  # six more
-            assert counts == [8, 10, 12]
+            assert counts == late_counts == [8, 10, 12]
             (photos / "holiday" / "img00.png").unlink()  # one gone
             draw_image(99).save(photos / "holiday" / "img01.png")  # one changed: same id, new vector
             writer.index([photos], progress=SearchDuringRun)
@@ -75,9 +79,29 @@ def lib_vector(lib: Library, path: Path) -> np.ndarray:
 
 
 def as_schema(conn, version: int) -> None:  # type: ignore[no-untyped-def]
-    """The library's database as blipsearch wrote it at schema ``version`` (before Alembic revisions)."""
-    conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
+    """The library's database as blipsearch wrote it at schema ``version``: before Alembic revisions
+    below 5, at revision 0001 for 5."""
+    if version < 6:  # the full-text index rebuilt whole by the first search after a change
+        if conn.dialect.name == "sqlite":
+            for (name,) in conn.execute(text("SELECT name FROM sqlite_master WHERE type = 'trigger'")).all():
+                conn.execute(text(f"DROP TRIGGER {name}"))
+        else:
+            conn.execute(text("DROP TRIGGER text_pending_image ON images"))
+            conn.execute(text("DROP TRIGGER text_pending_caption ON captions"))
+        conn.execute(text("DROP TABLE text_pending"))
+        conn.execute(text("DROP TABLE text_index"))
+        # As a search left it: a text index of that time, out of date (a word no image has).
+        if conn.dialect.name == "sqlite":
+            conn.execute(text("CREATE VIRTUAL TABLE text_index USING fts5(caption, name, folders)"))
+            conn.execute(text("INSERT INTO text_index (rowid, caption, name, folders) VALUES (1, 'stale', '', '')"))
+        else:
+            conn.execute(text("CREATE TABLE text_index (id BIGINT PRIMARY KEY, body TEXT)"))
+            conn.execute(text("INSERT INTO text_index (id, body) VALUES (1, 'stale')"))
+        conn.execute(text("CREATE TABLE text_index_state (id INTEGER PRIMARY KEY, marker TEXT)"))
+        conn.execute(text("INSERT INTO text_index_state (id, marker) VALUES (1, 'old')"))
+        conn.execute(text("UPDATE alembic_version SET version_num = '0001'"))
     if version < 5:
+        conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
         conn.execute(text("ALTER TABLE library DROP COLUMN family"))
         conn.execute(text("ALTER TABLE library DROP COLUMN queries"))
     if version < 4:
@@ -146,3 +170,33 @@ def test_captions_cached_before_the_length_rule_keep_transformers_keys(library_d
         "caption 1": CaptionSettings(num_beams=5, length_rule="transformers").cache_key,
     }
     assert CaptionSettings().cache_key == "a picture of "  # the paper rule's, made anew
+
+
+def test_a_database_user_who_may_only_read_searches_the_library(library_dir: Path, tiny_model: Path,
+                                                                 tiny_captioner: Path, photos: Path,
+                                                                 postgres_url: str) -> None:
+    draw_image(200).save(photos / "garden" / "birthday_cake.png")
+    with Library(library_dir, db_url=postgres_url, model=str(tiny_model), caption_model=str(tiny_captioner),
+                 device="cpu") as writer:
+        writer.index([photos])
+        writer.caption_library()
+        expected = _order(writer)
+    role = "reader_" + postgres_url.rsplit("/", 1)[1]
+    engine = create_engine(postgres_url)
+    with engine.begin() as conn:
+        conn.execute(text(f"CREATE ROLE {role} LOGIN"))
+        conn.execute(text(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}"))
+    engine.dispose()
+    reader_url = postgres_url.replace("postgres@", f"{role}@", 1)
+    # (its own library folder, where its vector file goes: the database is all it shares)
+    with Library(library_dir.parent / "reader", db_url=reader_url, model=str(tiny_model), device="cpu") as reader:
+        assert _order(reader) == expected
+        hits = reader.search("birthday", k=3, rerank_hits=False, hybrid=True)
+        assert hits[0].path.endswith("birthday_cake.png") and hits[0].keyword > 0
+    with pytest.raises(Exception, match="permission denied"):  # the user really can't write
+        engine = create_engine(reader_url)
+        try:
+            with engine.begin() as conn:
+                conn.execute(text("DELETE FROM images"))
+        finally:
+            engine.dispose()

@@ -32,7 +32,7 @@ from .. import failpoints
 from ..errors import LibraryError, SchemaError
 from ..filters import Filters
 from ..similarity import pooled
-from . import revisions
+from . import fulltext, revisions
 from .migrations import LEGACY_SCHEMA, upgrade
 from .schema import (
     SCHEMA_VERSION,
@@ -127,6 +127,8 @@ class Database:
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # Whether the full-text index exists and is kept up at every commit (set by _init_schema).
+        self.fulltext = False
         self._init_schema()
 
     def _init_schema(self) -> None:
@@ -151,6 +153,7 @@ class Database:
                         f"this one knows schema {SCHEMA_VERSION}, revision {revisions.HEAD}): upgrade blipsearch."
                     )
             outdated = version is not None and (version < SCHEMA_VERSION or revision != revisions.HEAD)
+            self.fulltext = not outdated and "text_index" in tables
             if outdated:
                 self._backup(version)
             Base.metadata.create_all(self.engine)
@@ -162,6 +165,7 @@ class Database:
                     )
                     session.flush()
                     revisions.stamp(session.connection(), revisions.HEAD)
+                    self.fulltext = fulltext.install(session.connection())
                 elif outdated:
                     self.bump_generation(session, by=0)  # the write lock, then look again
                     conn = session.connection()
@@ -174,6 +178,7 @@ class Database:
                         revisions.stamp(conn, revisions.BASELINE)
                     if revisions.current(conn) != revisions.HEAD:
                         revisions.upgrade(conn)
+                    self.fulltext = "text_index" in set(inspect(conn).get_table_names())
         except OperationalError as exc:
             if outdated or "readonly" in str(exc.orig).lower():
                 raise SchemaError(self._cannot_upgrade(version, exc.orig)) from None
@@ -214,10 +219,13 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
-        """A session whose work commits together or not at all."""
+        """A session whose work commits together or not at all, the full-text rows of the images it
+        changed included."""
         with self._sessions() as session:
             with session.begin():
                 yield session
+                if self.fulltext:
+                    fulltext.apply_pending(session)
                 failpoints.check("db.commit")
             failpoints.check("db.committed")
 

@@ -1,9 +1,11 @@
-"""Full-text search over captions, file names and folder names.
+"""Full-text search over captions, file and folder names.
 
-SQLite uses an FTS5 table ranked by BM25; PostgreSQL uses its own full-text
-search (``to_tsvector``/``ts_rank_cd``). The text index is derived data, like
-the vector index: it is rebuilt from the tables whenever images or captions
-changed since it was last built.
+SQLite uses an FTS5 table ranked by BM25; PostgreSQL uses its own full-text search (a ``tsvector``
+column with a GIN index, ranked by ``ts_rank_cd``). The text index is derived data kept in step with
+the tables in the same commits, never rebuilt whole: triggers on ``images`` and ``captions`` queue the
+ids of the images whose path, content or captions changed (``text_pending``), and every write
+transaction rewrites those images' text rows before it commits (:func:`apply_pending`). A search only
+reads, so a read-only library is searched as it is.
 """
 
 from __future__ import annotations
@@ -11,12 +13,11 @@ from __future__ import annotations
 import os
 import re
 
-from sqlalchemy import func, select, text
+from sqlalchemy import Connection, column, delete, select, table, text
 from sqlalchemy.orm import Session
 
 from ..errors import LibraryError
-from .database import Database
-from .schema import CaptionRow, ImageRow, LibraryRow, TextIndexState
+from .schema import CaptionRow, ImageRow, TextPendingRow
 
 # Words that would match nearly every caption ("a picture of a ...").
 STOPWORDS = frozenset(
@@ -26,6 +27,55 @@ _WORD = re.compile(r"\w+", re.UNICODE)
 # The words of a query matched, the first ones: a pasted page would make a query PostgreSQL can't
 # parse (stack depth) and that SQLite ranks slowly; the search text's vector reads 30 words anyway.
 MAX_QUERY_WORDS = 100
+# Queued images rewritten per step, and ids per IN list.
+PENDING_STEP = 5000
+_IN_LIST = 900
+# The PostgreSQL transaction lock a commit's text rows are written under ("blipstxt"): a commit reads
+# what the one before it wrote, so two writers' changes to one image end up both in its row.
+TEXT_LOCK_KEY = 0x626C69707374_7874
+
+_SQLITE_TRIGGERS = (
+    "CREATE TRIGGER IF NOT EXISTS text_pending_image_added AFTER INSERT ON images "
+    "BEGIN INSERT INTO text_pending (image_id) VALUES (NEW.id); END",
+    "CREATE TRIGGER IF NOT EXISTS text_pending_image_changed AFTER UPDATE OF path, content_hash ON images "
+    "WHEN OLD.path IS NOT NEW.path OR OLD.content_hash IS NOT NEW.content_hash "
+    "BEGIN INSERT INTO text_pending (image_id) VALUES (NEW.id); END",
+    "CREATE TRIGGER IF NOT EXISTS text_pending_image_gone AFTER DELETE ON images "
+    "BEGIN INSERT INTO text_pending (image_id) VALUES (OLD.id); END",
+    "CREATE TRIGGER IF NOT EXISTS text_pending_caption_added AFTER INSERT ON captions "
+    "BEGIN INSERT INTO text_pending (image_id) SELECT id FROM images WHERE content_hash = NEW.content_hash; END",
+    "CREATE TRIGGER IF NOT EXISTS text_pending_caption_changed AFTER UPDATE OF caption, content_hash ON captions "
+    "BEGIN INSERT INTO text_pending (image_id) SELECT id FROM images "
+    "WHERE content_hash IN (OLD.content_hash, NEW.content_hash); END",
+    "CREATE TRIGGER IF NOT EXISTS text_pending_caption_gone AFTER DELETE ON captions "
+    "BEGIN INSERT INTO text_pending (image_id) SELECT id FROM images WHERE content_hash = OLD.content_hash; END",
+)
+_POSTGRES_TRIGGERS = (
+    """CREATE OR REPLACE FUNCTION blipsearch_text_pending_image() RETURNS trigger AS $$
+    BEGIN
+      IF TG_OP = 'DELETE' THEN
+        INSERT INTO text_pending (image_id) VALUES (OLD.id);
+      ELSIF TG_OP = 'INSERT' OR OLD.path IS DISTINCT FROM NEW.path
+            OR OLD.content_hash IS DISTINCT FROM NEW.content_hash THEN
+        INSERT INTO text_pending (image_id) VALUES (NEW.id);
+      END IF;
+      RETURN NULL;
+    END $$ LANGUAGE plpgsql""",
+    """CREATE OR REPLACE FUNCTION blipsearch_text_pending_caption() RETURNS trigger AS $$
+    BEGIN
+      IF TG_OP <> 'INSERT' THEN
+        INSERT INTO text_pending (image_id) SELECT id FROM images WHERE content_hash = OLD.content_hash;
+      END IF;
+      IF TG_OP <> 'DELETE' THEN
+        INSERT INTO text_pending (image_id) SELECT id FROM images WHERE content_hash = NEW.content_hash;
+      END IF;
+      RETURN NULL;
+    END $$ LANGUAGE plpgsql""",
+    "CREATE OR REPLACE TRIGGER text_pending_image AFTER INSERT OR UPDATE OF path, content_hash OR DELETE "
+    "ON images FOR EACH ROW EXECUTE FUNCTION blipsearch_text_pending_image()",
+    "CREATE OR REPLACE TRIGGER text_pending_caption AFTER INSERT OR UPDATE OF caption, content_hash OR DELETE "
+    "ON captions FOR EACH ROW EXECUTE FUNCTION blipsearch_text_pending_caption()",
+)
 
 
 def query_words(query: str) -> list[str]:
@@ -41,80 +91,125 @@ def _path_words(path: bytes) -> tuple[str, str]:
     return " ".join(_WORD.findall(stem.replace("_", " "))), " ".join(_WORD.findall(folder.replace("_", " ")))
 
 
+def supported(dialect: str) -> bool:
+    return dialect in ("sqlite", "postgresql")
+
+
+def _has_fts5() -> bool:
+    import sqlite3
+
+    try:
+        sqlite3.connect(":memory:").execute("CREATE VIRTUAL TABLE probe USING fts5(body)")
+    except sqlite3.Error:
+        return False
+    return True
+
+
+def install(conn: Connection, *, rebuild: bool = False) -> bool:
+    """Create the text index and the triggers that queue its changes (idempotent). With ``rebuild``,
+    an existing text index is dropped and every image queued, for the next commit to write. Returns
+    whether this database has full-text search (not: another database, or a SQLite without FTS5)."""
+    dialect = conn.dialect.name
+    if not supported(dialect):
+        return False
+    if rebuild:
+        conn.execute(text("DROP TABLE IF EXISTS text_index"))
+    if dialect == "sqlite":
+        if not _has_fts5():
+            return False  # a SQLite built without FTS5: no hybrid search (a search says so)
+        conn.execute(text(
+            "CREATE VIRTUAL TABLE IF NOT EXISTS text_index USING "
+            "fts5(caption, name, folders, tokenize='unicode61 remove_diacritics 2')"
+        ))
+        triggers = _SQLITE_TRIGGERS
+    else:
+        conn.execute(text(
+            "CREATE TABLE IF NOT EXISTS text_index (id BIGINT PRIMARY KEY, body TEXT NOT NULL, "
+            "doc tsvector GENERATED ALWAYS AS (to_tsvector('simple', body)) STORED)"
+        ))
+        conn.execute(text("CREATE INDEX IF NOT EXISTS ix_text_index_doc ON text_index USING GIN (doc)"))
+        triggers = _POSTGRES_TRIGGERS
+    for statement in triggers:
+        conn.execute(text(statement))
+    if rebuild:
+        conn.execute(text("DELETE FROM text_pending"))
+        conn.execute(text("INSERT INTO text_pending (image_id) SELECT id FROM images"))
+    return True
+
+
+def _chunks(items: list, size: int = _IN_LIST) -> list[list]:
+    return [items[start : start + size] for start in range(0, len(items), size)]
+
+
+def apply_pending(session: Session) -> int:
+    """Rewrite the text rows of every queued image, in the caller's transaction (just before it
+    commits); returns how many images were rewritten."""
+    dialect = session.get_bind().dialect.name
+    if session.execute(select(TextPendingRow.seq).limit(1)).first() is None:
+        return 0
+    if dialect == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": TEXT_LOCK_KEY})
+    done = 0
+    while True:
+        queued = session.execute(select(TextPendingRow.seq, TextPendingRow.image_id)
+                                 .order_by(TextPendingRow.seq).limit(PENDING_STEP)).all()
+        if not queued:
+            return done
+        ids = sorted({int(image_id) for _, image_id in queued})
+        for chunk in _chunks(ids):
+            _rewrite(session, dialect, chunk)
+        session.execute(delete(TextPendingRow).where(TextPendingRow.seq <= queued[-1][0]))
+        done += len(ids)
+
+
+_TEXT_INDEX = {"sqlite": table("text_index", column("rowid")), "postgresql": table("text_index", column("id"))}
+
+
+def _rewrite(session: Session, dialect: str, ids: list[int]) -> None:
+    text_index = _TEXT_INDEX[dialect]
+    session.execute(delete(text_index).where(list(text_index.c)[0].in_(ids)))
+    images = session.execute(select(ImageRow.id, ImageRow.path, ImageRow.content_hash)
+                             .where(ImageRow.id.in_(ids))).all()
+    if not images:
+        return
+    captions: dict[str, list[str]] = {}
+    for hashes in _chunks(sorted({h for _, _, h in images})):
+        for content_hash, caption in session.execute(
+            select(CaptionRow.content_hash, CaptionRow.caption).where(CaptionRow.content_hash.in_(hashes))
+            .order_by(CaptionRow.created_at, CaptionRow.model, CaptionRow.prompt)
+        ):
+            captions.setdefault(content_hash, []).append(caption)
+    rows = []
+    for image_id, path, content_hash in images:
+        name, folders = _path_words(bytes(path))
+        caption = " ".join(dict.fromkeys(captions.get(content_hash, [])))
+        if dialect == "sqlite":
+            rows.append({"id": image_id, "caption": caption, "name": name, "folders": folders})
+        else:
+            rows.append({"id": image_id, "body": f"{caption} {name} {folders}"})
+    session.execute(_INSERT[dialect], rows)
+
+
+_INSERT = {
+    "sqlite": text("INSERT INTO text_index (rowid, caption, name, folders) VALUES (:id, :caption, :name, :folders)"),
+    "postgresql": text("INSERT INTO text_index (id, body) VALUES (:id, :body)"),
+}
+
+
 class TextIndex:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db) -> None:  # type: ignore[no-untyped-def]  # a blipsearch.store.database.Database
         self.db = db
         self.dialect = db.engine.dialect.name
 
-    def _marker(self, session: Session) -> str:
-        generation = session.scalar(select(LibraryRow.generation).where(LibraryRow.id == 1))
-        captions = session.execute(select(func.count(), func.max(CaptionRow.created_at))).one()
-        return f"{generation}:{captions[0]}:{captions[1]}"
-
-    def _create(self, session: Session) -> None:
-        if self.dialect == "sqlite":
-            try:
-                session.execute(text(
-                    "CREATE VIRTUAL TABLE IF NOT EXISTS text_index USING "
-                    "fts5(caption, name, folders, tokenize='unicode61 remove_diacritics 2')"
-                ))
-            except Exception as exc:  # noqa: BLE001 - a SQLite built without FTS5
-                raise LibraryError(f"This SQLite has no full-text search (FTS5): {exc}") from None
-        elif self.dialect == "postgresql":
-            session.execute(text("CREATE TABLE IF NOT EXISTS text_index (id BIGINT PRIMARY KEY, body TEXT)"))
-        else:
-            raise LibraryError(f"Hybrid search needs SQLite or PostgreSQL, not {self.dialect}.")
-
-    def _fresh(self, session: Session) -> tuple[bool, str, TextIndexState | None]:
-        """Whether the text index is up to date; the current marker; the stored state."""
-        marker = self._marker(session)
-        state = session.get(TextIndexState, 1)
-        return state is not None and state.marker == marker, marker, state
-
-    def refresh(self) -> None:
-        """Rebuild the text index if images or captions changed since it was built."""
-        with self.db.reader() as session:
-            if self._fresh(session)[0]:
-                return
-        with self.db.transaction() as session:
-            # One rebuild at a time: the library row's write lock, then look again (another
-            # search may have rebuilt it meanwhile; PostgreSQL reads committed rows).
-            self.db.bump_generation(session, by=0)
-            fresh, marker, state = self._fresh(session)
-            if fresh:
-                return
-            self._create(session)
-            session.execute(text("DELETE FROM text_index"))
-            captions: dict[str, list[str]] = {}
-            for content_hash, caption in session.execute(select(CaptionRow.content_hash, CaptionRow.caption)):
-                captions.setdefault(content_hash, []).append(caption)
-            rows = []
-            for image_id, path, content_hash in session.execute(
-                select(ImageRow.id, ImageRow.path, ImageRow.content_hash)
-            ):
-                name, folders = _path_words(path)
-                caption = " ".join(dict.fromkeys(captions.get(content_hash, [])))
-                if self.dialect == "sqlite":
-                    rows.append({"id": image_id, "caption": caption, "name": name, "folders": folders})
-                else:
-                    rows.append({"id": image_id, "body": f"{caption} {name} {folders}"})
-            if rows:
-                if self.dialect == "sqlite":
-                    session.execute(text("INSERT INTO text_index (rowid, caption, name, folders) "
-                                         "VALUES (:id, :caption, :name, :folders)"), rows)
-                else:
-                    session.execute(text("INSERT INTO text_index (id, body) VALUES (:id, :body)"), rows)
-            if state is None:
-                session.add(TextIndexState(id=1, marker=marker))
-            else:
-                state.marker = marker
-
     def search(self, query: str, limit: int) -> list[tuple[int, float]]:
         """(image id, relevance) best first; relevance is larger for better matches."""
+        if not self.db.fulltext:
+            if supported(self.dialect):
+                raise LibraryError("This SQLite has no full-text search (FTS5), which hybrid search needs.")
+            raise LibraryError(f"Hybrid search needs SQLite or PostgreSQL, not {self.dialect}.")
         words = query_words(query)[:MAX_QUERY_WORDS]
         if not words:
             return []
-        self.refresh()
         with self.db.reader() as session:
             if self.dialect == "sqlite":
                 match = " OR ".join('"' + w.replace('"', '""') + '"' for w in words)
@@ -125,9 +220,8 @@ class TextIndex:
                 )
                 return [(int(i), -float(r)) for i, r in result]
             result = session.execute(
-                text("SELECT id, ts_rank_cd(to_tsvector('simple', body), to_tsquery('simple', :q)) AS r "
-                     "FROM text_index WHERE to_tsvector('simple', body) @@ to_tsquery('simple', :q) "
-                     "ORDER BY r DESC, id LIMIT :n"),
+                text("SELECT id, ts_rank_cd(doc, q) AS r FROM text_index, to_tsquery('simple', :q) AS q "
+                     "WHERE doc @@ q ORDER BY r DESC, id LIMIT :n"),
                 {"q": " | ".join(words), "n": limit},
             )
             return [(int(i), float(r)) for i, r in result]

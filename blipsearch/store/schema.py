@@ -23,8 +23,9 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # 2: images.generation; 3: caption keys name the beam length rule;
-# 4: library.recall_target; 5: library.family and library.queries (see blipsearch/store/migrations.py).
-SCHEMA_VERSION = 5
+# 4: library.recall_target; 5: library.family and library.queries (see blipsearch/store/migrations.py);
+# 6 (revision 0002): the full-text index kept up by triggers (text_pending; text_index_state gone).
+SCHEMA_VERSION = 6
 
 
 class Base(DeclarativeBase):
@@ -103,13 +104,16 @@ class CaptionRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime)
 
 
-class TextIndexState(Base):
-    """What the full-text index was built from, so a stale one is rebuilt."""
+class TextPendingRow(Base):
+    """An image whose full-text row is to be rewritten, queued by triggers on ``images`` and ``captions``
+    and emptied by the writing transaction before it commits (see :mod:`blipsearch.store.fulltext`)."""
 
-    __tablename__ = "text_index_state"
+    __tablename__ = "text_pending"
+    __table_args__ = {"sqlite_autoincrement": True}
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    marker: Mapped[str] = mapped_column(Text)
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                     autoincrement=True)
+    image_id: Mapped[int] = mapped_column(BigInteger)
 
 
 class TextRow(Base):
