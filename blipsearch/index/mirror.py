@@ -67,14 +67,20 @@ class VectorMirror:
             return self._catch_up(index, fp, generation)
 
     def _load(self, fp: str) -> VectorIndex:
-        """From the vector file when it mirrors the database now, else rebuilt from the database."""
+        """From the vector file when it mirrors the database now, or an earlier state of it (then
+        caught up in memory from the rows written since, the file left as the index run that owns it
+        wrote it), else rebuilt from the database (and saved)."""
         generation = self.db.library().generation
         loaded = VectorIndex.load(self.path)
         if loaded is not None:
             index, header = loaded
-            if self.mirrors(header, generation, fp) and not index.needs_rebuild() and self._tuned_as_asked(header):
-                self._set(index, fp, generation)
-                return index
+            usable = (header.library == self.library_id and header.model == fp and header.generation <= generation
+                      and not index.needs_rebuild() and self._tuned_as_asked(header))
+            if usable:
+                self._set(index, fp, header.generation)
+                if header.generation == generation:
+                    return index
+                return self._catch_up(index, fp, generation)  # (rebuilt if it then needs to be)
         return self.rebuild(fp)
 
     def target(self) -> float:
