@@ -488,12 +488,23 @@ def _read_choices(path: Path | None) -> tuple[str, ...]:
               help="Past 200,000 images the vector index is approximate: tune it so that it finds at least "
                    "R of the exact top 10 (measured on the library's own vectors; default 0.95). Kept by the "
                    "library; a new target retunes the index now.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Where images are read, decoded and embedded: here, or on a Ray cluster's workers "
+                   "(pip install 'blipsearch[ray]'; the photos on a filesystem every node mounts at the same "
+                   "path). This process plans and commits either way.")
+@click.option("--ray-address", metavar="ADDR", default=None,
+              help="With --engine ray: the cluster to join (as for ray.init, e.g. auto or ray://host:10001). "
+                   "Default: a cluster this process is already part of, else a new one on this machine.")
+@click.option("--num-gpus", type=Amount(0), default=0.0, show_default=True,
+              help="With --engine ray: GPUs per embedding actor (0: actors on CPUs, one core each). "
+                   "--workers sets the number of actors (default: one per CPU, or per GPU).")
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON line of counts.")
 @with_library
 def index(lib: Library, paths: tuple[bytes, ...], batch_size: int | None, workers: int | None, reindex: bool,
           allow_empty: bool, captions: bool, prompt: str, beams: int, max_length: int, min_length: int,
           length_rule: str, labels_file: Path | None, template: str, tags_k: int, retry_failed: bool,
-          thumbnails: bool, recall_target: float | None, as_json: bool) -> None:
+          thumbnails: bool, recall_target: float | None, engine: str, ray_address: str | None, num_gpus: float,
+          as_json: bool) -> None:
     """Index the images in PATHS (folders, walked recursively, or files).
 
     Folders are searched for {formats} files, by their extensions; a file named
@@ -525,8 +536,18 @@ def index(lib: Library, paths: tuple[bytes, ...], batch_size: int | None, worker
                    err=True)
     if recall_target is not None and lib.set_recall_target(recall_target):
         click.echo(f"Vector index retuned to recall@10 >= {recall_target}.", err=True)
+    ray = None
+    if engine == "ray":
+        from .index.distributed import RaySettings
+
+        ray = RaySettings(address=ray_address, actors=workers, num_gpus=num_gpus,
+                          batch_size=batch_size or (16 if num_gpus else 2))
+        workers = None
+    elif ray_address is not None or num_gpus:
+        raise click.UsageError("--ray-address and --num-gpus go with --engine ray.")
     report = lib.index(list(paths), batch_size=batch_size, workers=workers, reindex=reindex,
-                       allow_empty=allow_empty, thumbnails=thumbnails, retry_failed=retry_failed, progress=_progress)
+                       allow_empty=allow_empty, thumbnails=thumbnails, retry_failed=retry_failed, progress=_progress,
+                       ray=ray)
     for path, reason in report.errors[:10]:
         click.echo(f"skipped {_display(os.fsdecode(path))}: {reason}", err=True)
     if len(report.errors) > 10:

@@ -48,6 +48,7 @@ from .errors import (
     UnknownImageError,
 )
 from .filters import DEFAULT_MIN_PROBABILITY, NO_FILTERS, Filters
+from .index.distributed import RayIndexer, RaySettings
 from .index.images import load_pixels, open_image, pixels_from_bytes, read_file
 from .index.indexer import Indexer, IndexReport, ProgressFactory, no_progress
 from .index.mirror import VectorMirror
@@ -252,8 +253,12 @@ class Library:
         thumbnails: bool = True,
         retry_failed: bool = False,
         progress: ProgressFactory = no_progress,
+        ray: RaySettings | None = None,
     ) -> IndexReport:
         """Index photo folders (or files) incrementally. See :mod:`blipsearch.index.indexer`.
+
+        With ``ray``, the files are read, decoded and embedded on a Ray cluster (see
+        :mod:`blipsearch.index.distributed`), committed here as by the local engine.
 
         ``batch_size`` defaults to 2 on a CPU (the ViT at 384 px runs fastest
         there in small batches: benchmarks/indexing.py) and 16 on a GPU. With
@@ -267,7 +272,7 @@ class Library:
         with self._index_lock():
             self._remove_leftovers()
             report = self._index(roots, batch_size, workers, reindex, allow_empty, thumbnails, retry_failed,
-                                 progress)
+                                 progress, ray)
             if report.removed or report.updated:
                 self.thumbnails.prune(self.db.content_hashes())
             return report
@@ -318,7 +323,8 @@ class Library:
             lock.release()
 
     def _index(self, roots: list[bytes], batch_size: int | None, workers: int | None, reindex: bool,
-               allow_empty: bool, thumbnails: bool, retry_failed: bool, progress: ProgressFactory) -> IndexReport:
+               allow_empty: bool, thumbnails: bool, retry_failed: bool, progress: ProgressFactory,
+               ray: RaySettings | None = None) -> IndexReport:
         identity = self._model or ModelIdentity.of(self.model_spec, self.quantize)
         recorded = self.db.library().model_fingerprint
         model: RetrievalModel | _Deferred
@@ -332,25 +338,27 @@ class Library:
             self._record_model(model)
         vectors = self.vectors.current(model.fingerprint)
         generation = self.vectors.generation
-        indexer = Indexer(
-            self.db,
-            vectors,
-            model,
-            batch_size=batch_size,
-            workers=workers,
-            progress=progress,
-            on_commit=self.vectors.on_commit,
-            token_cache=self.token_cache,
-            thumbnails=self.thumbnails if thumbnails else None,
-            vectors_lock=self.vectors.lock,
-        )
+        options: dict[str, Any] = dict(batch_size=batch_size, workers=workers, progress=progress,
+                                       on_commit=self.vectors.on_commit, vectors_lock=self.vectors.lock)
+        if ray is None:
+            indexer = Indexer(self.db, vectors, model, token_cache=self.token_cache,
+                              thumbnails=self.thumbnails if thumbnails else None, **options)
+        else:
+            # (thumbnails are made when first shown, ITM tokens when first reranked: both stay here)
+            indexer = RayIndexer(self.db, vectors, model, spec=self.model_spec, quantize=self.quantize,
+                                 device=self.device, ray=ray, **options)
         try:
             return indexer.run(roots, reindex_all=reindex, allow_empty=allow_empty, retry_failed=retry_failed)
         finally:
             if self.vectors.generation < 0 or vectors.needs_rebuild():
                 self.vectors.rebuild(model.fingerprint)
-            elif self.vectors.generation != generation or not self.vectors.path.exists():
+            elif self.vectors.generation != generation or not self._vector_file_current():
+                # (also a file a killed run left behind, which searches since caught up from in memory)
                 self.vectors.save(vectors, model.fingerprint)
+
+    def _vector_file_current(self) -> bool:
+        header = VectorIndex.read_header(self.vectors.path)
+        return header is not None and header.generation == self.vectors.generation
 
     # -- queries ------------------------------------------------------------------------------------
     def _searchable(self, load: bool = True) -> RetrievalModel | ModelIdentity:

@@ -36,7 +36,7 @@ from ..similarity import pooled_one
 from ..store.database import Database, StoredRow, utcnow, vector_to_bytes
 from ..store.schema import FailureRow, ImageRow
 from ..store.thumbnails import ThumbnailStore
-from .images import DecodedImage, ImageSpec, decode, hash_bytes, read_file
+from .images import DecodedImage, ImageSpec, OnImage, decode, hash_bytes, read_file
 from .vectors import VectorIndex
 from .walk import FileEntry, WalkResult, walk
 
@@ -93,6 +93,7 @@ class _Job:
     error: str | None = None
     unreadable: bool = False  # the file could not be read (permissions, I/O), as opposed to decoded
     retry: bool = False  # its failure may go with other settings or another run: not remembered
+    vector: np.ndarray | None = None  # embedded already, elsewhere (another engine's workers)
 
 
 class Embedder(Protocol):
@@ -107,6 +108,30 @@ class Embedder(Protocol):
 
     def image_tokens(self, pixels: np.ndarray) -> torch.Tensor: ...
     def project_images(self, tokens: torch.Tensor) -> np.ndarray: ...
+
+
+def prepare(job: _Job, spec: ImageSpec, known_hashes: set[str] | frozenset[str],
+            on_image: OnImage | None = None) -> _Job:
+    """Read and hash a job's file, and decode it unless its content is in ``known_hashes`` (embedded
+    already: its vector is copied); any failure is the job's ``error``, never raised."""
+    try:
+        try:
+            data = read_file(job.entry.path)
+        except ImageError:
+            job.unreadable = True
+            raise
+        content_hash = hash_bytes(data)
+        if content_hash in known_hashes:
+            job.data = DecodedImage(content_hash=content_hash, size=len(data))
+        else:
+            job.data = decode(data, spec, on_image)
+    except ImageError as exc:
+        job.error = str(exc)
+        job.retry = job.unreadable or exc.by_settings
+    except Exception as exc:  # noqa: BLE001 - one bad file must never stop a run
+        job.error = f"unexpected error while reading: {type(exc).__name__}: {exc}"
+        job.retry = True
+    return job
 
 
 class Indexer:
@@ -217,25 +242,8 @@ class Indexer:
     # -- the pipeline -------------------------------------------------------------------
     def _prepare(self, job: _Job, *, decode_known: bool = False) -> _Job:
         """Read, hash, and decode only when the content is new (runs in worker threads)."""
-        try:
-            try:
-                data = read_file(job.entry.path)
-            except ImageError:
-                job.unreadable = True
-                raise
-            content_hash = hash_bytes(data)
-            if content_hash in self._known_hashes and not decode_known:
-                job.data = DecodedImage(content_hash=content_hash, size=len(data))
-            else:
-                job.data = decode(data, self.model.image_spec,
-                                  self.thumbnails.put_decoded if self.thumbnails is not None else None)
-        except ImageError as exc:
-            job.error = str(exc)
-            job.retry = job.unreadable or exc.by_settings
-        except Exception as exc:  # noqa: BLE001 - one bad file must never stop a run
-            job.error = f"unexpected error while reading: {type(exc).__name__}: {exc}"
-            job.retry = True
-        return job
+        return prepare(job, self.model.image_spec, set() if decode_known else self._known_hashes,
+                       self.thumbnails.put_decoded if self.thumbnails is not None else None)
 
     def _prepared(self, jobs: list[_Job]) -> Iterator[_Job]:
         """Jobs in order, prepared by a thread pool with bounded read-ahead."""
@@ -263,7 +271,7 @@ class Indexer:
             to_embed = 0
             for job in self._prepared(jobs):
                 batch.append(job)
-                if job.data is not None and job.data.pixels is not None:
+                if job.vector is not None or (job.data is not None and job.data.pixels is not None):
                     to_embed += 1
                 # A batch closes on model-sized work, or on many cheap items.
                 size = self.batch_size if to_embed else self._batch_size_so_far()
@@ -303,6 +311,9 @@ class Indexer:
                 for job, tok in zip(embed, tokens):
                     self.token_cache.put(job.data.content_hash, self.fp, tok)  # type: ignore[union-attr]
         new_vectors = {id(j): v for j, v in zip(embed, vectors)}
+        embedded = [j for j in batch if j.vector is not None]
+        new_vectors.update((id(j), j.vector) for j in embedded)
+        embed = embed + embedded
         report = IndexReport()
         faiss_add: list[tuple[int, np.ndarray]] = []
         faiss_remove: list[int] = []
