@@ -114,16 +114,18 @@ class RayIndexer(Indexer):
         self._batch_size = self._batch_size or ray.batch_size
 
     def run(self, roots: list[bytes], **kwargs: Any):  # type: ignore[no-untyped-def]
-        started = connect(self.settings.address)
+        _ray()  # installed, or the hint, before the walk
+        self._roots, self._started = roots, False
         try:
-            check_visible(roots)
             return super().run(roots, **kwargs)
         finally:
-            if started:
+            if self._started:
                 _ray().shutdown()
 
     def _prepared(self, jobs: list[_Job]) -> Iterator[_Job]:
-        _ray()  # installed, or the hint
+        # The cluster is joined (or started) only when files need reading: a run with nothing new needs none.
+        self._started = connect(self.settings.address)
+        check_visible(self._roots)
         import ray
         import ray.data
 
