@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import struct
 from pathlib import Path
+
+import faiss
 
 import numpy as np
 import pytest
@@ -13,7 +17,7 @@ from blipsearch import Library
 from blipsearch.cli import main
 from blipsearch.errors import SettingsError
 from blipsearch.index import vectors as vectors_module
-from blipsearch.index.vectors import VectorIndex, choose_kind
+from blipsearch.index.vectors import VectorIndex, VectorSource, choose_kind
 
 
 def clustered(n: int, dim: int = 256, clusters: int = 64, seed: int = 0) -> np.ndarray:
@@ -176,3 +180,108 @@ def test_exact_search_replaces_an_index_that_is_no_faster(monkeypatch: pytest.Mo
     assert not index.needs_rebuild()  # until the collection doubles
     index.add(np.arange(10**6, 10**6 + 3000, dtype=np.int64), data)
     assert index.needs_rebuild()
+
+
+def _v1_file(path: Path, index: VectorIndex, generation: int) -> None:
+    """A vector file as version 1 wrote it: the header first, then the FAISS index."""
+    header = json.dumps({"version": 1, "generation": generation, "model": "fp", "dim": index.dim,
+                         "count": len(index), "kind": index.kind, "trained_on": index.trained_on,
+                         "library": "", "nprobe": index.nprobe}).encode()
+    path.write_bytes(b"BLIPSVEC" + struct.pack("<I", len(header)) + header
+                     + faiss.serialize_index(index.index).tobytes())
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf-pq"])
+def test_a_loaded_index_is_mapped_and_keeps_changes_beside_its_file(monkeypatch: pytest.MonkeyPatch,
+                                                                    tmp_path: Path, kind: str) -> None:
+    monkeypatch.setattr(vectors_module, "FLAT_LIMIT", 1000 if kind != "flat" else 10**6)
+    monkeypatch.setattr(vectors_module, "PQ_BYTES", 16)
+    data = clustered(6000, dim=64)
+    ids = np.arange(1, 6001, dtype=np.int64)
+    built = VectorIndex.build(64, ids, data, memory_budget=1 << 20, prefer_exact=False)
+    assert built.kind == kind and not built.mapped
+    built.save(tmp_path / "v.faiss", 3, "fp")
+    index, header = VectorIndex.load(tmp_path / "v.faiss")
+    assert index.mapped and header.generation == 3 and index.nprobe == built.nprobe
+
+    # The changes an index run or a reader's catch-up makes: removals, replaced vectors, new ids.
+    stored = {int(i): v for i, v in zip(ids, data)}
+    new_ids = np.arange(10**5, 10**5 + 500, dtype=np.int64)
+    new = clustered(500, dim=64, seed=7)
+    replaced = ids[1000:1200]
+    moved = clustered(200, dim=64, seed=8)
+    for target in (index, built):
+        target.remove(ids[:300])
+        target.replace(replaced, moved)
+        target.add(new_ids, new)
+        target.remove(new_ids[:50])  # added, then gone again
+    assert index.mapped  # still a view of the file: nothing was written into it
+    for i in ids[:300].tolist() + new_ids[:50].tolist():
+        stored.pop(i, None)
+    stored.update(zip(replaced.tolist(), moved))
+    stored.update(zip(new_ids[50:].tolist(), new[50:]))
+    assert len(index) == len(built) == len(stored)
+    assert sorted(index.ids().tolist()) == sorted(stored)
+
+    every = np.array(sorted(stored), np.int64)
+    truth_vectors = np.stack([stored[i] for i in every.tolist()])
+    lookup = lambda wanted: np.stack([stored[int(i)] for i in wanted])
+    queries = np.concatenate([new[50:100], moved[:50], clustered(50, dim=64, seed=9)])
+    truth = every[np.argsort(-(queries @ truth_vectors.T), axis=1)[:, :10]]
+    scores, found = index.search(queries, 10, exact=lookup)
+    gone = set(ids[:300].tolist()) | set(new_ids[:50].tolist())
+    assert not gone & set(found.ravel().tolist())
+    # A new or replaced vector finds itself first, with its own cosine.
+    assert found[:100, 0].tolist() == new_ids[50:100].tolist() + replaced[:50].tolist()
+    assert np.allclose(scores[:100, 0], 1.0, atol=1e-5)
+    recall = np.mean([len(set(t) & set(f)) / 10 for t, f in zip(truth, found)])
+    assert recall >= (1.0 if kind == "flat" else 0.8), recall
+    if kind == "flat":
+        assert np.array_equal(found, built.search(queries, 10)[1])
+    # A filter sees the changes too.
+    among = np.array([i for i in every.tolist() if i % 3 == 0], np.int64)
+    _, filtered = index.search(queries, 10, exact=lookup, among=among)
+    assert set(filtered.ravel().tolist()) - {-1} <= set(among.tolist())
+
+    # Saved, the changes are in the file; loaded again, it is mapped with nothing beside it.
+    index.save(tmp_path / "v.faiss", 4, "fp")
+    assert not index.mapped
+    again, header = VectorIndex.load(tmp_path / "v.faiss")
+    assert again.mapped and header.count == len(stored) and sorted(again.ids().tolist()) == sorted(stored)
+    assert np.array_equal(again.search(queries, 10, exact=lookup)[1], index.search(queries, 10, exact=lookup)[1])
+
+    # Past OVERLAY_LIMIT changes, the index is copied into memory and changed there.
+    monkeypatch.setattr(vectors_module, "OVERLAY_LIMIT", 100)
+    again.remove(every[:60])
+    assert again.mapped
+    again.add(np.arange(10**6, 10**6 + 60, dtype=np.int64), clustered(60, dim=64, seed=10))
+    assert not again.mapped and len(again) == len(stored)
+    assert not set(every[:60].tolist()) & set(again.ids().tolist())
+
+
+def test_a_version_1_file_still_loads(tmp_path: Path) -> None:
+    data = clustered(500, dim=64)
+    index = VectorIndex.build(64, np.arange(500, dtype=np.int64), data)
+    _v1_file(tmp_path / "v.faiss", index, 9)
+    assert VectorIndex.read_header(tmp_path / "v.faiss").generation == 9
+    loaded, header = VectorIndex.load(tmp_path / "v.faiss")
+    assert not loaded.mapped and header.count == 500
+    assert np.array_equal(loaded.search(data[:5], 3)[1], index.search(data[:5], 3)[1])
+
+
+def test_an_index_filled_a_chunk_at_a_time_is_the_one_built_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(vectors_module, "FLAT_LIMIT", 1000)
+    monkeypatch.setattr(vectors_module, "PQ_BYTES", 16)
+    data = clustered(8000, dim=64)
+    ids = np.arange(5, 8005, dtype=np.int64)
+    whole = VectorIndex.build(64, ids, data, memory_budget=1 << 20)
+    monkeypatch.setattr(vectors_module, "CHUNK", 700)
+    asked: list[int] = []
+    source = VectorSource.of(ids, data)
+    chunks = source.chunks
+    counted = VectorSource(source.ids, lambda: ((asked.append(len(i)), (i, v))[1] for i, v in chunks()), source.fetch)
+    parts = VectorIndex.build_from(64, counted, memory_budget=1 << 20)
+    assert max(asked) == 700 and parts.kind == whole.kind == "ivf-pq"
+    assert (parts.nprobe, parts.recall, parts.filtered_nprobe) == (whole.nprobe, whole.recall, whole.filtered_nprobe)
+    queries = clustered(50, dim=64, seed=1)
+    assert np.array_equal(parts.search(queries, 10, exact=source.fetch)[1], whole.search(queries, 10, exact=source.fetch)[1])

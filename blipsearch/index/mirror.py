@@ -23,7 +23,7 @@ import numpy.typing as npt
 
 from ..store.database import Database, bytes_to_vectors
 from ..system import Coalescer
-from .vectors import RECALL_TARGET, IndexHeader, VectorIndex, is_tuned_size
+from .vectors import RECALL_TARGET, IndexHeader, VectorIndex, VectorSource, is_tuned_size
 
 # (model fingerprint, dimension, query (1, dim), how many)
 _Search = tuple[str, int, npt.NDArray[np.float32], int]
@@ -101,21 +101,19 @@ class VectorMirror:
             self._index, self._fp, self.generation = index, fp, generation
 
     def rebuild(self, fp: str | None = None) -> VectorIndex:
-        """Rebuild the index (and its file) from the vectors stored in the database."""
+        """Rebuild the index (and its file) from the vectors stored in the database, read a chunk at a
+        time (see :meth:`VectorIndex.build_from`)."""
         record = self.db.library()
         fp = fp or record.model_fingerprint
         dim = record.dim or 256
         # Read the generation before the vectors: the file may then be labelled
         # older than its content (rebuilt again later), never newer.
         generation = record.generation
-        id_parts, vector_parts = [], []
-        if fp:
-            for ids, blobs in self.db.iter_vectors(fp):
-                id_parts.append(ids)
-                vector_parts.append(bytes_to_vectors(blobs, dim))
-        all_ids = np.concatenate(id_parts) if id_parts else np.zeros(0, np.int64)
-        all_vectors = np.concatenate(vector_parts) if vector_parts else np.zeros((0, dim), np.float32)
-        index = VectorIndex.build(dim, all_ids, all_vectors, target=record.recall_target or RECALL_TARGET)
+        source = VectorSource(
+            self.db.vector_ids(fp) if fp else np.zeros(0, np.int64),
+            lambda: ((ids, bytes_to_vectors(blobs, dim)) for ids, blobs in self.db.iter_vectors(fp)) if fp else (),
+            lambda ids: self.db.vectors_by_ids(ids.tolist(), fp or "", dim))
+        index = VectorIndex.build_from(dim, source, target=record.recall_target or RECALL_TARGET)
         self._set(index, fp, generation)
         self.save(index, fp or "")
         return index

@@ -1,9 +1,16 @@
 """The FAISS vector index: derived from the database, saved atomically, rebuilt when stale.
 
-The file holds a small JSON header (generation, model fingerprint, dimension,
-count) followed by the serialized FAISS index. The header's generation is
+The file holds the serialized FAISS index followed by a small JSON header
+(generation, model fingerprint, dimension, count). The header's generation is
 compared with the database's: any difference means the file is stale (an
-interrupted or concurrent run) and it is rebuilt from the stored vectors.
+interrupted or concurrent run) and it is rebuilt from the stored vectors, or
+caught up from the rows written since.
+
+An index is built from a :class:`VectorSource` read a chunk at a time (a
+library's database): the raw vectors are never all in memory at once. A file is
+loaded memory-mapped, so that every process searching a library shares one copy
+of it; it is never changed in place: later changes are kept beside it (see
+:data:`OVERLAY_LIMIT`).
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ import json
 import os
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -24,7 +31,8 @@ import numpy.typing as npt
 from ..system import atomic_write
 
 _MAGIC = b"BLIPSVEC"
-_VERSION = 1
+_VERSION = 1  # files of version 1 begin with the header; version 2 ends with it (the index is mapped)
+_MAPPED_VERSION = 2
 
 
 # Below this many vectors search is exact (brute-force inner product: ~10 ms
@@ -51,6 +59,17 @@ SINGLE_QUERIES = 50  # timed one at a time for the choice between exact search a
 # one query at the tuned setting must take under APPROXIMATE_GAIN of an exact query's time.
 PREFER_EXACT = True
 APPROXIMATE_GAIN = 0.8
+# Vectors per chunk when an index is filled from vectors in memory (a database gives its own chunks).
+CHUNK = 100_000
+# k-means training: TRAIN_PER_LIST vectors per list, at most MAX_TRAIN in all, and at most MAX_LISTS
+# lists (IVF8192 trained on 300k 256-d vectors takes 174 s on two cores and, at 10M vectors, reaches
+# recall@10 0.93 scanning 256 lists; benchmarks/vector_index_10m.py).
+TRAIN_PER_LIST = 64
+MAX_TRAIN = 300_000
+MAX_LISTS = 8192
+# A mapped index keeps the vectors added since it was loaded, and the ids it holds that were removed
+# or replaced since, beside it; past this many in all it is copied into memory and changed there.
+OVERLAY_LIMIT = 50_000
 _PROBES = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 
 
@@ -82,14 +101,42 @@ def choose_kind(count: int, dim: int, memory_budget: int = DEFAULT_MEMORY_BUDGET
     return "ivf-flat" if count * dim * 4 <= memory_budget else "ivf-pq"
 
 
+@dataclass(frozen=True)
+class VectorSource:
+    """The vectors an index is built from, read a chunk at a time: every id (ascending), the
+    ``(ids, vectors)`` chunks, and the vectors of given ids, in their order."""
+
+    ids: npt.NDArray[np.int64]
+    chunks: Callable[[], Iterable[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]]]
+    fetch: Callable[[npt.NDArray[np.int64]], npt.NDArray[np.float32]]
+
+    @classmethod
+    def of(cls, ids: npt.NDArray[np.int64], vectors: npt.NDArray[np.float32]) -> VectorSource:
+        """Vectors already in memory, ``vectors[n]`` being ``ids[n]``'s."""
+        ids = np.asarray(ids, np.int64)
+        order = np.argsort(ids, kind="stable")
+        ordered = ids[order]
+
+        def chunks() -> Iterator[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]]:
+            for start in range(0, len(ids), CHUNK):
+                yield ids[start : start + CHUNK], np.ascontiguousarray(vectors[start : start + CHUNK], np.float32)
+
+        def fetch(wanted: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+            return np.asarray(vectors[order[np.searchsorted(ordered, np.asarray(wanted, np.int64))]], np.float32)
+
+        return cls(ordered, chunks, fetch)
+
+
 class VectorIndex:
     """Inner-product search over L2-normalized vectors, keyed by database ids.
 
     Exact below :data:`FLAT_LIMIT` vectors; an IVF index above it (see
-    :meth:`build`). Both support adding and removing ids in place.
+    :meth:`build_from`). Both support adding and removing ids in place; a
+    memory-mapped one (see :meth:`load`) keeps such changes beside it.
     """
 
-    def __init__(self, dim: int, index: faiss.Index | None = None, kind: str = "flat", trained_on: int = 0) -> None:
+    def __init__(self, dim: int, index: faiss.Index | None = None, kind: str = "flat", trained_on: int = 0,
+                 mapped: bool = False) -> None:
         self.dim = dim
         self.kind = kind
         self.trained_on = trained_on
@@ -104,6 +151,13 @@ class VectorIndex:
         self._timing_queries = np.zeros((0, dim), np.float32)
         self.tuning: list[dict[str, float]] = []  # every setting tried: nprobe, recall, p50 ms
         self.index = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        # A mapped index is a view of its file (FAISS aborts the process on changing one): the vectors
+        # added since it was loaded, and its own ids removed or replaced since, are kept here.
+        self.mapped = mapped
+        self._added_ids = np.zeros(0, np.int64)
+        self._added = np.zeros((0, dim), np.float32)
+        self._hidden: set[int] = set()
+        self._own_ids: npt.NDArray[np.int64] | None = None  # the mapped index's ids, sorted
 
     @classmethod
     def build(
@@ -111,22 +165,36 @@ class VectorIndex:
         dim: int,
         ids: npt.NDArray[np.int64],
         vectors: npt.NDArray[np.float32],
-        memory_budget: int = DEFAULT_MEMORY_BUDGET,
+        memory_budget: int | None = None,
         seed: int = 0,
         prefer_exact: bool | None = None,
         target: float = RECALL_TARGET,
     ) -> VectorIndex:
-        """The right index for ``len(ids)`` vectors, filled with them. An approximate one is tuned to
-        ``target`` (see :meth:`tune`); with ``prefer_exact``, exact search replaces it when one query
-        at the tuned setting is no faster than one exact query (default :data:`PREFER_EXACT`)."""
-        kind = choose_kind(len(ids), dim, memory_budget)
+        """:meth:`build_from` vectors in memory."""
+        return cls.build_from(dim, VectorSource.of(ids, vectors), memory_budget, seed, prefer_exact, target)
+
+    @classmethod
+    def build_from(
+        cls,
+        dim: int,
+        source: VectorSource,
+        memory_budget: int | None = None,
+        seed: int = 0,
+        prefer_exact: bool | None = None,
+        target: float = RECALL_TARGET,
+    ) -> VectorIndex:
+        """The right index for ``len(source.ids)`` vectors, filled with them a chunk at a time. An
+        approximate one is trained on a sample, then tuned to ``target`` (see :meth:`tune`); with
+        ``prefer_exact``, exact search replaces it when one query at the tuned setting is no faster
+        than one exact query (default :data:`PREFER_EXACT`). ``memory_budget``: see :func:`choose_kind`
+        (default :data:`DEFAULT_MEMORY_BUDGET`)."""
+        count = len(source.ids)
+        kind = choose_kind(count, dim, DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget)
         if kind == "flat":
-            index = cls(dim)
-            index.add(ids, vectors)
-            return index
+            return cls(dim)._filled(source)
         # About 4 sqrt(n) lists, each scanned list holding ~n / nlist vectors.
-        nlist = int(2 ** round(np.log2(4 * np.sqrt(len(ids)))))
-        nlist = max(1, min(nlist, len(ids) // 39))  # k-means wants ~39+ points per list
+        nlist = int(2 ** round(np.log2(4 * np.sqrt(count))))
+        nlist = max(1, min(nlist, MAX_LISTS, count // 39))  # k-means wants ~39+ points per list
         quantizer = faiss.IndexFlatIP(dim)
         if kind == "ivf-flat":
             ivf = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
@@ -135,52 +203,50 @@ class VectorIndex:
         ivf.own_fields = True
         quantizer.this.disown()
         rng = np.random.default_rng(seed)
-        sample = vectors[rng.choice(len(vectors), size=min(len(vectors), 64 * nlist), replace=False)]
-        ivf.train(np.ascontiguousarray(sample, np.float32))
-        index = cls(dim, ivf, kind, trained_on=len(ids))
-        index.add(ids, vectors)
-        exact = index.tune(ids, vectors, target=target, seed=seed)
+        picked = rng.choice(count, size=min(count, TRAIN_PER_LIST * nlist, MAX_TRAIN), replace=False)
+        ivf.train(np.ascontiguousarray(source.fetch(source.ids[picked]), np.float32))
+        index = cls(dim, ivf, kind, trained_on=count)._filled(source)
+        exact = index.tune(source, target=target, seed=seed)
         if kind == "ivf-flat" and (PREFER_EXACT if prefer_exact is None else prefer_exact):
             index.single_ms = {"tuned": index.single_query_ms(), "exact": exact()}
         if index.single_ms and index.single_ms["tuned"] >= APPROXIMATE_GAIN * index.single_ms["exact"]:
             # The lists it must scan to be right make it no faster than exact search: search exactly.
-            flat = cls(dim, trained_on=len(ids))
-            flat.add(ids, vectors)
+            flat = cls(dim, trained_on=count)._filled(source)
             flat.tuning, flat.target, flat.single_ms = index.tuning, target, index.single_ms
             return flat
         return index
 
-    def tune(self, ids: npt.NDArray[np.int64], vectors: npt.NDArray[np.float32], target: float = RECALL_TARGET,
-             seed: int = 0) -> Callable[[], float]:
+    def _filled(self, source: VectorSource) -> VectorIndex:
+        for ids, vectors in source.chunks():
+            self.add(ids, vectors)
+        return self
+
+    def tune(self, source: VectorSource, target: float = RECALL_TARGET, seed: int = 0) -> Callable[[], float]:
         """Scan the fewest lists per query (at least ``max(16, nlist / 64)``) that find ``target`` of
-        the exact top 10, measured with a sample of the indexed ``vectors`` as queries (each one's own
-        hit left out) against exact inner-product search over all of them. Clustered synthetic
-        vectors need 8 lists; vectors as spread as real embeddings need hundreds
-        (benchmarks/vector_index.py). When none reaches it, every list is scanned (the exact answer,
-        slowly). Filtered searches through the index get their own number of lists, tuned the same
-        way (:attr:`filtered_nprobe`). Returns what times one exact query (ms, median), for
-        comparison with :meth:`single_query_ms`."""
+        the exact top 10, measured with a sample of the indexed vectors as queries (each one's own
+        hit left out) against exact inner-product search over all of them, read from ``source`` a
+        chunk at a time. Clustered synthetic vectors need 8 lists; vectors as spread as real
+        embeddings need hundreds (benchmarks/vector_index.py). When none reaches it, every list is
+        scanned (the exact answer, slowly). Filtered searches through the index get their own number
+        of lists, tuned the same way (:attr:`filtered_nprobe`). Returns what times one exact query
+        (ms, median), for comparison with :meth:`single_query_ms`."""
         if self.kind == "flat":
             return lambda: 0.0
         ivf = faiss.extract_index_ivf(self.index)
         rng = np.random.default_rng(seed)
-        rows = rng.choice(len(vectors), min(TUNING_QUERIES, len(vectors)), replace=False)
-        sample = np.ascontiguousarray(vectors[rows], np.float32)
-        exact = faiss.IndexFlatIP(self.dim)
-        exact.add(np.ascontiguousarray(vectors, np.float32))
-        _, truth = exact.search(sample, 11)
+        count = len(source.ids)
+        own = source.ids[rng.choice(count, min(TUNING_QUERIES, count), replace=False)]
+        sample = np.ascontiguousarray(source.fetch(own), np.float32)
+        truth = _streamed_top(sample, source.chunks(), 11)
         self._timing_queries = sample[:SINGLE_QUERIES]
-        ids = np.asarray(ids, np.int64)
-        own = ids[rows]
 
         def top10(found: npt.NDArray[np.int64], query: int) -> set[int]:
             return set([i for i in found.tolist() if i >= 0 and i != own[query]][:10])  # its own hit left out
 
-        truth_sets = [top10(ids[row], q) for q, row in enumerate(truth)]
+        truth_sets = [top10(row, q) for q, row in enumerate(truth)]
         refine = None
         if self.kind == "ivf-pq":  # searched with exact re-scoring, as Library.search does
-            row_of = {int(i): n for n, i in enumerate(ids.tolist())}
-            refine = lambda wanted: vectors[[row_of[i] for i in wanted]]
+            refine = lambda wanted: source.fetch(np.asarray(wanted, np.int64))
 
         def sweep(start: int, truth_sets: list[set[int]], among: npt.NDArray[np.int64] | None,
                   filtered: bool) -> list[dict[str, float]]:
@@ -207,19 +273,24 @@ class VectorIndex:
         self.recall = self.tuning[-1]["recall_at_10"]
         self.target = target
         self.filtered_nprobe, self.filtered_recall, self.filtered_tuning = 0, None, []
-        if len(ids) > EXACT_SUBSET_LIMIT:
+        if count > EXACT_SUBSET_LIMIT:
             # A filter keeps fewer candidates per list, so its top 10 lies in more lists. The hardest
             # filter searched through the index keeps just over EXACT_SUBSET_LIMIT ids (fewer are
             # searched exactly): the lists that reach the target for such a random subset serve
             # every filter, larger ones being easier.
-            subset = np.sort(rng.choice(len(ids), EXACT_SUBSET_LIMIT + 1, replace=False))
-            inner = faiss.IndexFlatIP(self.dim)
-            inner.add(np.ascontiguousarray(vectors[subset], np.float32))
-            _, sub_truth = inner.search(sample, 11)
-            sub_truth_sets = [top10(ids[subset][row], q) for q, row in enumerate(sub_truth)]
-            self.filtered_tuning = sweep(int(ivf.nprobe), sub_truth_sets, ids[subset], True)
+            subset = source.ids[np.sort(rng.choice(count, EXACT_SUBSET_LIMIT + 1, replace=False))]
+            sub_truth = _streamed_top(sample, [(subset, source.fetch(subset))], 11)
+            sub_truth_sets = [top10(row, q) for q, row in enumerate(sub_truth)]
+            self.filtered_tuning = sweep(int(ivf.nprobe), sub_truth_sets, subset, True)
             self.filtered_recall = self.filtered_tuning[-1]["recall_at_10"]
-        return lambda: _single_query_ms(exact, self._timing_queries)
+
+        def exact_query_ms() -> float:
+            flat = faiss.IndexFlatIP(self.dim)
+            for _, vectors in source.chunks():
+                flat.add(np.ascontiguousarray(vectors, np.float32))
+            return _single_query_ms(flat, self._timing_queries)
+
+        return exact_query_ms
 
     def single_query_ms(self) -> float:
         """Median time of one query at the current setting, over queries of the last tuning (a search
@@ -244,10 +315,10 @@ class VectorIndex:
         return len(self) < FLAT_LIMIT // 2 or len(self) > RETRAIN_GROWTH * max(self.trained_on, 1)
 
     def __len__(self) -> int:
-        return int(self.index.ntotal)
+        return int(self.index.ntotal) - len(self._hidden) + len(self._added_ids)
 
-    def ids(self) -> npt.NDArray[np.int64]:
-        """Every id in the index, in no particular order."""
+    def _index_ids(self) -> npt.NDArray[np.int64]:
+        """Every id in the FAISS index, in no particular order."""
         if self.kind == "flat":
             return faiss.vector_to_array(self.index.id_map).astype(np.int64)  # type: ignore[attr-defined]
         ivf = faiss.extract_index_ivf(self.index)
@@ -256,17 +327,58 @@ class VectorIndex:
                  for n in range(ivf.nlist) if (size := lists.list_size(n))]
         return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
+    def ids(self) -> npt.NDArray[np.int64]:
+        """Every id in the index, in no particular order."""
+        held = self._index_ids()
+        if self._hidden:
+            held = held[~np.isin(held, np.fromiter(self._hidden, np.int64, len(self._hidden)))]
+        return np.concatenate([held, self._added_ids]) if len(self._added_ids) else held
+
     def add(self, ids: npt.NDArray[np.int64], vectors: npt.NDArray[np.float32]) -> None:
-        if len(ids):
-            self.index.add_with_ids(np.ascontiguousarray(vectors, np.float32), np.asarray(ids, np.int64))
+        if not len(ids):
+            return
+        if self.mapped and len(self._hidden) + len(self._added_ids) + len(ids) > OVERLAY_LIMIT:
+            self._own()
+        vectors = np.ascontiguousarray(vectors, np.float32)
+        if self.mapped:
+            self._added_ids = np.concatenate([self._added_ids, np.asarray(ids, np.int64)])
+            self._added = np.concatenate([self._added, vectors])
+        else:
+            self.index.add_with_ids(vectors, np.asarray(ids, np.int64))
 
     def remove(self, ids: list[int] | npt.NDArray[np.int64]) -> None:
-        if len(ids):
-            self.index.remove_ids(np.asarray(ids, np.int64))
+        if not len(ids):
+            return
+        ids = np.asarray(ids, np.int64)
+        if not self.mapped:
+            self.index.remove_ids(ids)
+            return
+        kept = ~np.isin(self._added_ids, ids)
+        self._added_ids, self._added = self._added_ids[kept], self._added[kept]
+        if self._own_ids is None:
+            self._own_ids = np.sort(self._index_ids())
+        self._hidden.update(ids[np.isin(ids, self._own_ids)].tolist())
+        if len(self._hidden) + len(self._added_ids) > OVERLAY_LIMIT:
+            self._own()
 
     def replace(self, ids: npt.NDArray[np.int64], vectors: npt.NDArray[np.float32]) -> None:
         self.remove(ids)
         self.add(ids, vectors)
+
+    def _own(self) -> None:
+        """Copy a mapped index into memory, with the changes kept beside it applied to the copy: it
+        changes in place from then on."""
+        if not self.mapped:
+            return
+        nprobe = self.nprobe
+        self.index = faiss.deserialize_index(faiss.serialize_index(self.index))
+        self.mapped = False
+        self.set_probes(nprobe or None)
+        hidden, added_ids, added = np.fromiter(self._hidden, np.int64, len(self._hidden)), self._added_ids, self._added
+        self._hidden, self._own_ids = set(), None
+        self._added_ids, self._added = np.zeros(0, np.int64), np.zeros((0, self.dim), np.float32)
+        self.remove(hidden)
+        self.add(added_ids, added)
 
     def search(
         self,
@@ -293,91 +405,145 @@ class VectorIndex:
         queries = np.ascontiguousarray(queries, np.float32)
         if among is not None and self.kind != "flat" and exact is not None and len(among) <= EXACT_SUBSET_LIMIT:
             return _exact_top(queries, [np.asarray(among, np.int64)] * len(queries), exact, k)
-        params = None
+        if self.kind != "ivf-pq" or exact is None:
+            return self._search(queries, k, among)
+        _, shortlist = self._search(queries, min(REFINE_FACTOR * k, len(self)), among)
+        return _exact_top(queries, [ids[ids >= 0] for ids in shortlist], exact, k)
+
+    def _search(self, queries: npt.NDArray[np.float32], k: int,
+                among: npt.NDArray[np.int64] | None) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        """FAISS's top ``k``, only ``among`` those ids if given, merged with the changes kept beside a
+        mapped index."""
+        params, selector = None, None  # type: ignore[var-annotated]
+        hidden = np.fromiter(self._hidden, np.int64, len(self._hidden))
+        # (the selectors and their arrays must outlive the search)
         if among is not None:
             # A bitmap over the ids: one bit test per vector scanned (a batch selector's hash lookups
-            # made a filter of 300k of 1M ids slower than exact search). ``bits`` outlives the search.
+            # made a filter of 300k of 1M ids slower than exact search).
             among = np.asarray(among, np.int64)
-            bits = np.packbits(np.bincount(among, minlength=int(among.max()) + 1) > 0, bitorder="little")
+            allowed = np.setdiff1d(among, hidden) if len(hidden) else among
+            bits = np.packbits(np.bincount(allowed, minlength=int(allowed.max(initial=0)) + 1) > 0, bitorder="little")
             selector = faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits))
+        elif len(hidden):
+            removed = faiss.IDSelectorBatch(len(hidden), faiss.swig_ptr(hidden))
+            selector = faiss.IDSelectorNot(removed)  # type: ignore[assignment]
+        if among is not None or len(hidden):
             # (faiss's stubs do not know these keyword arguments; its SWIG classes take them)
             params = (faiss.SearchParameters(sel=selector) if self.kind == "flat"  # type: ignore[call-arg]
                       else faiss.SearchParametersIVF(sel=selector,  # type: ignore[call-arg]
                                                      nprobe=self.filtered_nprobe or self.nprobe))
-        if self.kind != "ivf-pq" or exact is None:
-            return self.index.search(queries, k, params=params)
-        _, shortlist = self.index.search(queries, min(REFINE_FACTOR * k, len(self)), params=params)
-        return _exact_top(queries, [ids[ids >= 0] for ids in shortlist], exact, k)
+        scores, found = self.index.search(queries, k, params=params)
+        if not len(self._added_ids):
+            return scores, found
+        ids, added = self._added_ids, self._added
+        if among is not None:
+            wanted = np.isin(ids, among)
+            ids, added = ids[wanted], added[wanted]
+        scores = np.concatenate([np.where(found >= 0, scores, -np.inf), queries @ added.T], axis=1)
+        found = np.concatenate([found, np.broadcast_to(ids, (len(queries), len(ids)))], axis=1)
+        best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return (np.take_along_axis(scores, best, 1).astype(np.float32),
+                np.where(np.isfinite(np.take_along_axis(scores, best, 1)), np.take_along_axis(found, best, 1), -1))
 
     # -- persistence ----------------------------------------------------------------
     def save(self, path: Path, generation: int, model: str, library: str = "") -> None:
-        """Write atomically: a temporary file in the same folder, fsync, then rename over ``path``."""
+        """Write atomically: a temporary file in the same folder, fsync, then rename over ``path``.
+        The FAISS index comes first (so that it can be mapped), the header last."""
+        self._own()  # (the changes kept beside a mapped index go into the file)
         header = json.dumps(
-            {"version": _VERSION, "generation": generation, "model": model, "dim": self.dim, "count": len(self),
-             "kind": self.kind, "trained_on": self.trained_on, "library": library, "nprobe": self.nprobe,
-             "recall": self.recall, "target": self.target, "filtered_nprobe": self.filtered_nprobe,
-             "filtered_recall": self.filtered_recall}
+            {"version": _MAPPED_VERSION, "generation": generation, "model": model, "dim": self.dim,
+             "count": len(self), "kind": self.kind, "trained_on": self.trained_on, "library": library,
+             "nprobe": self.nprobe, "recall": self.recall, "target": self.target,
+             "filtered_nprobe": self.filtered_nprobe, "filtered_recall": self.filtered_recall}
         ).encode()
-        payload = faiss.serialize_index(self.index)
         path.parent.mkdir(parents=True, exist_ok=True)
 
         def write(fh: BinaryIO) -> None:
-            fh.write(_MAGIC + struct.pack("<I", len(header)) + header)
-            fh.write(payload.tobytes())
+            faiss.write_index(self.index, faiss.PyCallbackIOWriter(fh.write))  # type: ignore[attr-defined]
+            fh.write(header + struct.pack("<I", len(header)) + _MAGIC)
 
         atomic_write(path, write, point="vectors", fsync=True)
         _fsync_dir(path.parent)
 
     @staticmethod
-    def _header(data: bytes) -> tuple[IndexHeader, int] | None:
-        """The header at the start of a vector file, and where the FAISS index begins."""
-        if data[:8] != _MAGIC:
+    def _parse(meta_bytes: bytes) -> IndexHeader | None:
+        meta = json.loads(meta_bytes)
+        if meta.get("version") not in (_VERSION, _MAPPED_VERSION):
             return None
-        (length,) = struct.unpack("<I", data[8:12])
-        meta = json.loads(data[12 : 12 + length])
-        if meta.get("version") != _VERSION:
-            return None
-        header = IndexHeader(int(meta["generation"]), str(meta["model"]), int(meta["dim"]), int(meta["count"]),
-                             str(meta.get("kind", "flat")), int(meta.get("trained_on", 0)),
-                             str(meta.get("library", "")), int(meta.get("nprobe") or 0),
-                             float(meta["recall"]) if meta.get("recall") is not None else None,
-                             float(meta["target"]) if meta.get("target") is not None else None,
-                             int(meta.get("filtered_nprobe") or 0),
-                             float(meta["filtered_recall"]) if meta.get("filtered_recall") is not None else None)
-        return header, 12 + length
+        return IndexHeader(int(meta["generation"]), str(meta["model"]), int(meta["dim"]), int(meta["count"]),
+                           str(meta.get("kind", "flat")), int(meta.get("trained_on", 0)),
+                           str(meta.get("library", "")), int(meta.get("nprobe") or 0),
+                           float(meta["recall"]) if meta.get("recall") is not None else None,
+                           float(meta["target"]) if meta.get("target") is not None else None,
+                           int(meta.get("filtered_nprobe") or 0),
+                           float(meta["filtered_recall"]) if meta.get("filtered_recall") is not None else None)
+
+    @classmethod
+    def _read_header(cls, fh: BinaryIO) -> tuple[IndexHeader | None, int]:
+        """A vector file's header, and where its FAISS index begins (-1: at the start, to be mapped;
+        files of version 1 have it after the header)."""
+        start = fh.read(12)
+        if len(start) == 12 and start[:8] == _MAGIC:  # version 1: the header first
+            (length,) = struct.unpack("<I", start[8:12])
+            return cls._parse(fh.read(length)), 12 + length
+        fh.seek(0, os.SEEK_END)
+        size = fh.tell()
+        if size < 12:
+            return None, 0
+        fh.seek(size - 12)
+        end = fh.read(12)
+        if end[4:] != _MAGIC:
+            return None, 0
+        (length,) = struct.unpack("<I", end[:4])
+        fh.seek(size - 12 - length)
+        return cls._parse(fh.read(length)), -1
 
     @classmethod
     def read_header(cls, path: Path) -> IndexHeader | None:
         """Only the header of a vector file (what ``status`` needs), without reading the index."""
         try:
             with open(path, "rb") as fh:
-                start = fh.read(12)
-                if len(start) < 12 or start[:8] != _MAGIC:
-                    return None
-                found = cls._header(start + fh.read(struct.unpack("<I", start[8:12])[0]))
+                return cls._read_header(fh)[0]
         except (OSError, ValueError, KeyError, TypeError, AttributeError, struct.error):
             return None
-        return found[0] if found else None
 
     @classmethod
     def load(cls, path: Path) -> tuple[VectorIndex, IndexHeader] | None:
-        """The saved index and its header, or ``None`` if the file is missing or unreadable."""
+        """The saved index (memory-mapped) and its header, or ``None`` if the file is missing or
+        unreadable."""
         try:
-            data = path.read_bytes()
-            found = cls._header(data)
-            if found is None:
-                return None
-            header, offset = found
-            index = faiss.deserialize_index(np.frombuffer(data, np.uint8, offset=offset))
+            with open(path, "rb") as fh:
+                header, offset = cls._read_header(fh)
+                if header is None:
+                    return None
+                if offset >= 0:  # version 1: read into memory
+                    fh.seek(offset)
+                    index, mapped = faiss.deserialize_index(np.frombuffer(fh.read(), np.uint8)), False
+                else:
+                    # The open file itself, even if a writer has renamed a newer one over ``path`` since.
+                    name = f"/proc/self/fd/{fh.fileno()}" if os.path.isdir("/proc/self/fd") else str(path)
+                    index, mapped = faiss.read_index(name, faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY), True
         except (OSError, ValueError, KeyError, TypeError, AttributeError, struct.error, RuntimeError):
             return None  # missing, damaged or foreign: rebuilt from the database
         if index.ntotal != header.count or index.d != header.dim:
             return None
-        loaded = cls(header.dim, index, header.kind, header.trained_on)
+        loaded = cls(header.dim, index, header.kind, header.trained_on, mapped=mapped)
         loaded.set_probes(header.nprobe or None)  # as tuned; FAISS keeps it too, older files had none
         loaded.recall, loaded.target = header.recall, header.target
         loaded.filtered_nprobe, loaded.filtered_recall = header.filtered_nprobe, header.filtered_recall
         return loaded, header
+
+
+def _streamed_top(queries: npt.NDArray[np.float32],
+                  chunks: Iterable[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]], k: int
+                  ) -> npt.NDArray[np.int64]:
+    """The ids of each query's exact top ``k`` by inner product, over vectors read a chunk at a time."""
+    heap = faiss.ResultHeap(len(queries), k, keep_max=True)
+    for ids, vectors in chunks:
+        scores = queries @ np.ascontiguousarray(vectors, np.float32).T
+        heap.add_result(scores, np.broadcast_to(np.asarray(ids, np.int64), scores.shape))
+    heap.finalize()
+    return np.asarray(heap.I, np.int64)
 
 
 def _single_query_ms(index: faiss.Index, queries: npt.NDArray[np.float32]) -> float:
