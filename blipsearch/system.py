@@ -136,6 +136,11 @@ def is_leftover(tmp: Path, min_age_s: float) -> bool:
     return False
 
 
+# The process's umask, read once (setting it is the only way to read it, so not at every write).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
 def atomic_write(path: Path, write: Callable[[BinaryIO], object], *, point: str, fsync: bool = False) -> None:
     """Write ``path`` through a temporary file in its folder renamed over it: readers see the
     old file or the new one, never a part. ``fsync`` flushes the data to disk before the rename.
@@ -143,6 +148,10 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object], *, point: str,
     :mod:`blipsearch.failpoints`)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_writer()}.", suffix=".tmp", dir=path.parent)
     try:
+        # The mode a plain open() would give (mkstemp's is 0600): other users who may read the
+        # library's folder read its derived files too.
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             failpoints.check(f"{point}.write", path)

@@ -57,6 +57,17 @@ def test_first_run_indexes_everything_with_the_right_vectors(lib: Library, photo
     assert status["images"] == status["vectors"] == 12
 
 
+def test_derived_files_get_the_mode_the_umask_gives(lib: Library, photos: Path) -> None:
+    # Another user who may read the library's folder (a second search process's account) reads
+    # the vector file and the thumbnails as well, as with any file the process writes.
+    lib.index([photos])
+    umask = os.umask(0o022)
+    os.umask(umask)
+    written = [lib.location / "vectors.faiss", *(lib.location / "thumbnails").rglob("*.*")]
+    assert len(written) > 1
+    assert {oct(p.stat().st_mode & 0o777) for p in written} == {oct(0o666 & ~umask)}
+
+
 def test_rerun_embeds_nothing(lib: Library, photos: Path) -> None:
     lib.index([photos])
     report = lib.index([photos])
