@@ -792,16 +792,22 @@ def test_any_path_for_a_path_argument(world: World, stubbed: None, slot: str, ki
 # -- PostgreSQL (a real server: see postgres_url in conftest.py) ------------------------------------
 
 
+# Where the text reaches only the models (a question, labels, a reranked query), never a database
+# statement: the same on either database, so tested on SQLite only.
+MODELS_ONLY = {"Library.search hybrid reranked", "Library.search terms", "Library.tag labels", "Library.ask",
+               "Library.explain", "POST /api/images/{id}/ask", "GET /api/images/{id}/explain"}
+
+
 def test_postgresql_takes_hostile_texts_as_data(postgres_url: str, tmp_path: Path) -> None:
     """PostgreSQL's full text (to_tsquery) and its text columns: NUL, lengths, tsquery syntax."""
     w = make_world(tmp_path, postgres_url)
     try:
         assert w.lib.db.engine.dialect.name == "postgresql"
-        for entry in API:
+        for entry in sorted(API.keys() - MODELS_ONLY):
             outcomes = {name: run_api(w, entry, text) for name, text in HOSTILE_TEXTS}
             assert "result" in outcomes.values(), (entry, outcomes)
         with client(w) as c:
-            for entry in HTTP:
+            for entry in sorted(HTTP.keys() - MODELS_ONLY):
                 for _, text in HOSTILE_TEXTS:
                     run_http(c, w, entry, text)
         for entry in ("search --hybrid", "search --camera", "search --tag", "texts add, remove", "tag --labels"):

@@ -50,7 +50,7 @@ def test_a_killed_ray_run_resumes_and_the_engine_gives_the_local_engines_vectors
     local, distributed = tmp_path / "local", tmp_path / "ray"
     command = [sys.executable, "-m", "blipsearch.cli", "index", str(photos), "--library", str(distributed),
                "--model", str(tiny_model), "--device", "cpu", "--engine", "ray", "--ray-address", cluster,
-               "--batch-size", "2", "--json"]
+               "--batch-size", "2", "--workers", "1", "--json"]  # (one actor: what is tested is the driver)
     # The driver killed (SIGKILL) just after its 4th commit: the library's set-up, then 3 batches.
     env = dict(os.environ, BLIPSEARCH_FAILPOINTS="db.committed=kill@4")
     killed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)

@@ -103,9 +103,9 @@ def test_failed_writes_of_derived_files_cost_the_files_not_the_run(workload, tmp
 def test_crash_campaign_short(workload):
     from crash import campaign
 
-    result = campaign(kills=3, images=12, seed=3, workdir=workload.folder, targeted=0.5, report=False,
+    result = campaign(kills=2, images=12, seed=3, workdir=workload.folder, targeted=0.5, report=False,
                       steps=("index", "search-rebuild"))
-    assert result["kills"] == 3
+    assert result["kills"] == 2
     assert result["inconsistencies"] == []
     assert result["cycles"] >= 1
 

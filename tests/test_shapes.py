@@ -8,6 +8,7 @@ below the figures recorded in ``TRAINING.json``.
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -298,11 +299,12 @@ def test_training_command_end_to_end(tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
     out = tmp_path / "shapes"
-    small = ["--scale", "0.002", "--set", "train_images=300", "--set", "test_images=12", "--threads", "2"]
+    # (fewer training images than a batch: every batch is all of them)
+    small = ["--scale", "0.002", "--set", "train_images=100", "--set", "test_images=12", "--threads", "2"]
     cmd = [sys.executable, "-m", "blipsearch.shapes.train", "--out", str(out), "--seed", "0", *small]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     report = json.loads((out / "TRAINING.json").read_text())
-    assert report["hyperparameters"]["train_images"] == 300
+    assert report["hyperparameters"]["train_images"] == 100
     assert report["metrics"]["retrieval"]["gallery_size"] == 12
     assert "itm_refine" in report["wall_time_s"]
     for name in ("retrieval", "caption", "vqa"):
@@ -318,6 +320,14 @@ def test_training_command_end_to_end(tmp_path: Path) -> None:
     assert all(torch.equal(before[k], after[k]) for k in vision)  # frozen
     assert any(not torch.equal(before[k], after[k]) for k in text)
     assert "ITM refinement (the last stage)" in (out / "README.md").read_text()
+
+
+def test_batches_smaller_sets_than_a_batch() -> None:
+    from blipsearch.shapes.train import batches
+
+    drawn = list(itertools.islice(batches(10, 256, torch.Generator().manual_seed(0)), 3))
+    assert [sorted(b.tolist()) for b in drawn] == [list(range(10))] * 3
+    assert [len(b) for b in itertools.islice(batches(1000, 256, torch.Generator()), 5)] == [256] * 5
 
 
 def test_error_kinds_separate_binding_from_perception() -> None:

@@ -263,7 +263,11 @@ def render_scenes(split: str, count: int, seed: int, workers: int | None = None)
 
 
 def batches(n: int, batch: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
-    """Endless shuffled mini-batches of indices, reshuffled every epoch."""
+    """Endless shuffled mini-batches of indices, reshuffled every epoch (all ``n`` in each when there
+    are fewer than ``batch``)."""
+    if n <= 0:
+        raise ValueError("no training examples")
+    batch = min(batch, n)
     while True:
         perm = torch.randperm(n, generator=gen)
         for i in range(0, n - batch + 1, batch):
