@@ -38,8 +38,11 @@ REFERENCE := $(VENV)/reference/transformers-4.15.0-py3-none-any.whl
 $(REFERENCE): | $(BIN)/python
 	$(BIN)/python -m pip download --quiet --no-deps --dest $(VENV)/reference transformers==4.15.0
 
+# The suite in as many processes as there are cores (up to 4), a test file to each; then the
+# tests that measure the machine's idle cores, alone.
 test: $(VENV)/.installed-test $(REFERENCE)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --maxprocesses 4 --dist loadfile -m "not alone"
+	$(BIN)/python -m pytest -m alone
 
 clean-demo:
 	rm -rf $(DEMO)

@@ -44,6 +44,7 @@ PROBE = (
 
 @pytest.mark.skipif(available_cores() < 2 or not sys.platform.startswith("linux"),
                     reason="needs two cores and Linux's /proc/loadavg")
+@pytest.mark.alone  # another test process on the machine would count as busy cores
 def test_threads_follow_the_idle_cores(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # torch's default: a thread per core
     monkeypatch.delenv("BLIPSEARCH_THREADS", raising=False)
