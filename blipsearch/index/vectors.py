@@ -429,9 +429,10 @@ class VectorIndex:
             selector = faiss.IDSelectorNot(removed)  # type: ignore[assignment]
         if among is not None or len(hidden):
             # (faiss's stubs do not know these keyword arguments; its SWIG classes take them)
+            # (a filter scans the lists tuned for filters; masking a few changed ids needs no more)
+            nprobe = (self.filtered_nprobe or self.nprobe) if among is not None else self.nprobe
             params = (faiss.SearchParameters(sel=selector) if self.kind == "flat"  # type: ignore[call-arg]
-                      else faiss.SearchParametersIVF(sel=selector,  # type: ignore[call-arg]
-                                                     nprobe=self.filtered_nprobe or self.nprobe))
+                      else faiss.SearchParametersIVF(sel=selector, nprobe=nprobe))  # type: ignore[call-arg]
         scores, found = self.index.search(queries, k, params=params)
         if not len(self._added_ids):
             return scores, found
@@ -442,8 +443,8 @@ class VectorIndex:
         scores = np.concatenate([np.where(found >= 0, scores, -np.inf), queries @ added.T], axis=1)
         found = np.concatenate([found, np.broadcast_to(ids, (len(queries), len(ids)))], axis=1)
         best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        return (np.take_along_axis(scores, best, 1).astype(np.float32),
-                np.where(np.isfinite(np.take_along_axis(scores, best, 1)), np.take_along_axis(found, best, 1), -1))
+        top = np.take_along_axis(scores, best, 1)
+        return top.astype(np.float32), np.where(np.isfinite(top), np.take_along_axis(found, best, 1), -1)
 
     # -- persistence ----------------------------------------------------------------
     def save(self, path: Path, generation: int, model: str, library: str = "") -> None:
