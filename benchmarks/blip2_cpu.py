@@ -58,8 +58,8 @@ def _random(model_class: Any, config: Any) -> torch.nn.Module:
 
 
 def _checkpoint(kind: str, net: torch.nn.Module, tokenizer: Any) -> Any:
-    from blipsearch.index.images import ImageSpec
-    from blipsearch.model import Checkpoint
+    from blipsearch.images.decode import ImageSpec
+    from blipsearch.models.checkpoint import Checkpoint
 
     return Checkpoint(f"random-{kind}", Path("."), "random", net, tokenizer, ImageSpec(height=224, width=224),
                       torch.device("cpu"), torch.float32)
@@ -78,8 +78,8 @@ def _timed(fn: Any, repeat: int) -> float:
 def retrieval(images: int) -> dict[str, Any]:
     from transformers import BertTokenizerFast, Blip2Config, Blip2ForImageTextRetrieval
 
-    from blipsearch.blip2 import Blip2RetrievalModel
-    from blipsearch.model import quantize_vision_int8
+    from blipsearch.models.blip2 import Blip2RetrievalModel
+    from blipsearch.models.checkpoint import quantize_vision_int8
 
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(30517)] + ["[DEC]", "[ENC]"]
     folder = Path("/tmp/blip2-bench-vocab")
@@ -120,7 +120,11 @@ def retrieval(images: int) -> dict[str, Any]:
 
 def caption(max_length: int) -> dict[str, Any]:
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import Blip2Config, Blip2ForConditionalGeneration, PreTrainedTokenizerFast
+    from transformers import (
+        Blip2Config,
+        Blip2ForConditionalGeneration,
+        PreTrainedTokenizerFast,
+    )
 
     from blipsearch.describe.blip2 import Blip2Captioner
     from blipsearch.options import CaptionSettings

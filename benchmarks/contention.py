@@ -46,7 +46,7 @@ def main() -> None:
                         help="Stop repeating one measurement after this long (the slow cases are very slow).")
     args = parser.parse_args()
 
-    from blipsearch.model import load_retrieval_model
+    from blipsearch.models.retrieval import load_retrieval_model
     from blipsearch.system import THREADS_ENV, available_cores
 
     spec = args.model or str(make_base_checkpoint(args.workdir / "blip-base-random"))

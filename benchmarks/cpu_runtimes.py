@@ -103,7 +103,7 @@ def main() -> None:
     import onnxruntime
     import torch
 
-    from blipsearch.model import load_retrieval_model
+    from blipsearch.models.retrieval import load_retrieval_model
 
     threads = torch.get_num_threads()
     checkpoint = make_base_checkpoint(args.workdir / "blip-base-random")

@@ -30,8 +30,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "blipsearch-bench")
     args = parser.parse_args()
 
-    from blipsearch.index.images import decode
-    from blipsearch.loading import ModelIdentity
+    from blipsearch.images.decode import decode
+    from blipsearch.models.loading import ModelIdentity
     from blipsearch.system import available_cores
 
     spec = ModelIdentity.of(str(make_base_checkpoint(args.workdir / "blip-base-random")), "none").image_spec

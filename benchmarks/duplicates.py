@@ -41,7 +41,11 @@ def planted(n: int, seed: int = 0) -> tuple[np.ndarray, set[tuple[int, int]]]:
 
 
 def run(vectors: np.ndarray, pairs: set[tuple[int, int]], exact_limit: int) -> dict[str, float]:
-    from blipsearch.duplicates import DEFAULT_THRESHOLD, components, similar_pairs
+    from blipsearch.search.duplicates import (
+        DEFAULT_THRESHOLD,
+        components,
+        similar_pairs,
+    )
 
     start = time.perf_counter()
     firsts, seconds = similar_pairs(vectors, DEFAULT_THRESHOLD, exact_limit)
@@ -59,7 +63,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="100000,1000000")
     parser.add_argument("--exact-check", type=int, default=100_000)
     args = parser.parse_args()
-    from blipsearch.duplicates import EXACT_LIMIT
+    from blipsearch.search.duplicates import EXACT_LIMIT
 
     result: dict[str, object] = {"exact_limit": EXACT_LIMIT}
     for n in [int(x) for x in args.sizes.split(",")]:

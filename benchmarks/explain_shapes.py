@@ -85,8 +85,8 @@ def main() -> None:
     parser.add_argument("--model", default="builtin:shapes")
     args = parser.parse_args()
 
-    from blipsearch.explain import default_layer, heat_map
-    from blipsearch.model import load_retrieval_model
+    from blipsearch.models.explain import default_layer, heat_map
+    from blipsearch.models.retrieval import load_retrieval_model
 
     model = load_retrieval_model(args.model, "cpu")
     depth = len(model.net.text_encoder.encoder.layer)

@@ -45,7 +45,7 @@ def main() -> None:
     from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
 
     from blipsearch import Library
-    from blipsearch.model import load_retrieval_model
+    from blipsearch.models.retrieval import load_retrieval_model
     from blipsearch.store.schema import ImageRow
 
     checkpoint = make_base_checkpoint(args.workdir / "blip-base-random")

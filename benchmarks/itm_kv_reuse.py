@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "blipsearch-bench")
     args = parser.parse_args()
 
-    from blipsearch.model import load_retrieval_model
+    from blipsearch.models.retrieval import load_retrieval_model
 
     device = torch.device(args.device)
     # Widened random weights: logits differ between texts, so the comparison can fail.

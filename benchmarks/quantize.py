@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "blipsearch-bench")
     args = parser.parse_args()
 
-    from blipsearch.model import load_retrieval_model
+    from blipsearch.models.retrieval import load_retrieval_model
 
     checkpoint = make_base_checkpoint(args.workdir / "blip-base-random")
     photos = photo_like_jpegs(args.workdir / "photos", args.images)

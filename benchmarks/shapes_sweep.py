@@ -12,7 +12,11 @@ for the left/right shape and the left color. Results go to ``$OUT/sweep.json``;
 variants still running at ``DEADLINE`` seconds are stopped and their last log
 lines printed.
 """
-import json, os, sys, time, subprocess
+import json
+import os
+import subprocess
+import sys
+import time
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
@@ -52,7 +56,9 @@ def pool_file(size, n):
 
 def probe(model, pool, test_scenes, device):
     """Linear probes for left/right shape and left color from the CLS token and the mean patch token."""
-    import torch, torch.nn.functional as F
+    import torch
+    import torch.nn.functional as F
+
     from blipsearch.shapes import world
     shapes = list(world.SHAPES); colors = list(world.COLORS)
 
@@ -89,9 +95,11 @@ def probe(model, pool, test_scenes, device):
 
 
 def run_variant(name, overrides):
-    import torch
     from pathlib import Path
-    from blipsearch.shapes import world, train, evaluate
+
+    import torch
+
+    from blipsearch.shapes import evaluate, train, world
     size = int(overrides.pop("image_size", 64))
     world.IMAGE_SIZE = size
     hp = train.Hyper()

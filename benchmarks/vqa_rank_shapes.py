@@ -34,7 +34,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from blipsearch.describe import Answerer, AnswerSettings
-    from blipsearch.index.images import pixels_from_bytes
+    from blipsearch.images.decode import pixels_from_bytes
     from blipsearch.shapes import world
 
     answerer = Answerer.load("builtin:shapes", "cpu")

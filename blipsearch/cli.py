@@ -18,7 +18,7 @@ import click
 # import numpy, torch, SQLAlchemy or FAISS (the library and its models load inside the commands).
 from .errors import BlipsearchError
 from .filters import DEFAULT_MIN_PROBABILITY, Filters
-from .index.formats import FORMAT_NAMES
+from .images.formats import FORMAT_NAMES
 from .options import (
     DEFAULT_CAPTION_MODEL,
     DEFAULT_MODEL,
@@ -30,7 +30,7 @@ from .options import (
     CaptionSettings,
     open_settings,
 )
-from .query import image_term, text_term
+from .search.query import image_term, text_term
 from .store.location import LIBRARY_ENV
 from .text import checked, same_answer
 
@@ -1067,7 +1067,7 @@ def convert(source: Path, out: Path, head: str, tokenizer: str, config_file: Pat
       blipsearch index ~/Pictures --model blip-coco
       blipsearch convert model_base.pth blip-captioner --head caption --tokenizer ./bert-base-uncased
     """
-    from .convert import convert as convert_checkpoint
+    from .models.convert import convert as convert_checkpoint
 
     with _errors():
         done = convert_checkpoint(source, out, head=None if head == "auto" else head,  # type: ignore[arg-type]
@@ -1274,7 +1274,7 @@ def eval_command(ctx: click.Context, images_dir: Path, captions: Path, split: st
     """
     import tempfile
 
-    from .evaluation import evaluate, format_table
+    from .search.evaluation import evaluate, format_table
 
     explicit = ctx.get_parameter_source("library") == click.core.ParameterSource.COMMANDLINE
     with _errors(), tempfile.TemporaryDirectory(prefix="blipsearch-eval-") as tmp:

@@ -153,7 +153,7 @@ def light_types() -> dict[str, type]:
     """The argument types the command line builds itself (all importable without numpy)."""
     from .filters import Filters
     from .options import AnswerSettings, CaptionSettings
-    from .query import Term
+    from .search.query import Term
 
     return {t.__name__: t for t in (Filters, CaptionSettings, AnswerSettings, Term)}
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 
 from .errors import InputPathError
-from .index.formats import FORMAT_EXTENSIONS, format_extensions
+from .images.formats import FORMAT_EXTENSIONS, format_extensions
 from .text import checked
 
 DEFAULT_MIN_PROBABILITY = 0.5

@@ -33,10 +33,11 @@ from .describe import (
     AnswerSettings,
     Captioner,
     CaptionSettings,
+    load_answerer,
+    load_captioner,
     same_answer,
 )
 from .describe.batch import Described, answer_paths, caption_paths
-from .duplicates import DEFAULT_THRESHOLD, DuplicateGroup, group_copies
 from .errors import (
     ImageChangedError,
     ImageError,
@@ -48,19 +49,27 @@ from .errors import (
     UnknownImageError,
 )
 from .filters import DEFAULT_MIN_PROBABILITY, NO_FILTERS, Filters
+from .images.decode import load_pixels, open_image, pixels_from_bytes, read_file
 from .index.distributed import RayIndexer, RaySettings
-from .index.images import load_pixels, open_image, pixels_from_bytes, read_file
 from .index.indexer import Indexer, IndexReport, ProgressFactory, no_progress
 from .index.mirror import VectorMirror
 from .index.vectors import RECALL_TARGET, VectorIndex, is_tuned_size
 from .index.watch import DEFAULT_SETTLE_S, watch
-from .loading import BUILTIN_PREFIX, ModelIdentity
+from .models.hub import BUILTIN_PREFIX
+from .models.loading import ModelIdentity
 from .options import DEFAULT_MODEL, DEFAULT_RERANK_DEPTH, open_settings
-from .query import Term
 from .rerank.cache import TokenCache
 from .rerank.itm import match_scores, rerank
 from .results import Explanation, Failure, Hit, ImageData, ImageInfo, ImageQuery
-from .similarity import MULTI_FACTOR, MULTI_SHARE, MULTI_SHORTLIST, pooled_one, text_image_scores
+from .search.duplicates import DEFAULT_THRESHOLD, DuplicateGroup, group_copies
+from .search.query import Term
+from .similarity import (
+    MULTI_FACTOR,
+    MULTI_SHARE,
+    MULTI_SHORTLIST,
+    pooled_one,
+    text_image_scores,
+)
 from .store.database import Database, ImageRef, bytes_to_vectors
 from .store.fulltext import TextIndex, reciprocal_rank_fusion
 from .store.location import DB_FILE, default_location, library_location
@@ -76,7 +85,8 @@ from .texts.tags import DEFAULT_TEMPLATE, TagResult, Vocabulary
 if TYPE_CHECKING:
     import torch
 
-    from .model import ItmToken, RetrievalModel
+    from .models.base import RetrievalModel
+    from .models.checkpoint import ItmToken
 
 VECTORS_FILE = "vectors.faiss"
 THUMBNAILS_DIR = "thumbnails"
@@ -180,7 +190,7 @@ class Library:
     @property
     def model(self) -> RetrievalModel:
         if self._model is None:
-            from .model import load_retrieval_model
+            from .models.retrieval import load_retrieval_model
 
             with self._load_lock:
                 if self._model is None:
@@ -200,7 +210,7 @@ class Library:
         if self._captioner is None:
             with self._load_lock:
                 if self._captioner is None:
-                    self._captioner = Captioner.load(
+                    self._captioner = load_captioner(
                         self._companion(self.requested_caption_model, DEFAULT_CAPTION_MODEL), self.device)
         return self._captioner
 
@@ -209,7 +219,7 @@ class Library:
         if self._answerer is None:
             with self._load_lock:
                 if self._answerer is None:
-                    self._answerer = Answerer.load(self._companion(self.requested_vqa_model, DEFAULT_VQA_MODEL),
+                    self._answerer = load_answerer(self._companion(self.requested_vqa_model, DEFAULT_VQA_MODEL),
                                                    self.device)
         return self._answerer
 
@@ -376,13 +386,13 @@ class Library:
         return model
 
     def _embed_query(self, model: RetrievalModel | ModelIdentity, text: str) -> np.ndarray:
-        """A query text's ITC vector: from the loaded model, else without torch (:mod:`blipsearch.textquery`)."""
+        """A query text's ITC vector: from the loaded model, else without torch (:mod:`blipsearch.models.textquery`)."""
         if self._model is not None:
             self._text_query = None  # the model does it now; its copy of the weights is enough
             return self._model.embed_texts([text])
         with self._load_lock:
             if self._text_query is None or self._text_query[0] != model.fingerprint:
-                from .textquery import TextQueryEncoder, Unsupported
+                from .models.textquery import TextQueryEncoder, Unsupported
 
                 assert isinstance(model, ModelIdentity)
                 try:
@@ -445,7 +455,7 @@ class Library:
         """Text to image: ITC cosine shortlist, the top ``rerank_depth`` reranked with ITM.
 
         ``terms`` make it a composite query: more texts and images, weighted, negative ones
-        subtracted (see :mod:`blipsearch.query` for how they rank and rerank).
+        subtracted (see :mod:`blipsearch.search.query` for how they rank and rerank).
 
         With ``hybrid``, the shortlist fuses the vector ranking with a full-text
         ranking of captions, file and folder names (reciprocal rank fusion),
@@ -594,7 +604,7 @@ class Library:
 
     def duplicates(self, threshold: float = DEFAULT_THRESHOLD, *, filters: Filters = NO_FILTERS) -> list[DuplicateGroup]:
         """Groups of near-duplicate photos (ITC cosine >= ``threshold``) among the indexed ones that
-        pass ``filters``, best copy first (see :mod:`blipsearch.duplicates`). Loads no model."""
+        pass ``filters``, best copy first (see :mod:`blipsearch.search.duplicates`). Loads no model."""
         if not 0.0 < threshold <= 1.0:
             raise InputPathError(f"The similarity threshold must lie in (0, 1], not {threshold}.")
         model = self._searchable(load=False)
@@ -614,8 +624,8 @@ class Library:
 
     def explain(self, image: ImageQuery, text: str, *, layer: int | None = None) -> Explanation:
         """Where in ``image`` the ITM head finds ``text``: a Grad-CAM heat map over its patch
-        grid (see :mod:`blipsearch.explain`), with the pair's match probability."""
-        from .explain import explain_match
+        grid (see :mod:`blipsearch.models.explain`), with the pair's match probability."""
+        from .models.explain import explain_match
 
         if not text.strip():
             raise InputPathError("The text to explain is empty.")
@@ -950,7 +960,7 @@ class _Deferred:
         """Asked before any image is known to need the model: the device decides, no weights load."""
         import torch
 
-        from .model import decode_workers, select_device
+        from .models.checkpoint import decode_workers, select_device
 
         try:
             device = select_device(self._device)

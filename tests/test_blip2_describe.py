@@ -13,9 +13,14 @@ from click.testing import CliRunner
 from conftest import draw_image
 from tiny_blip2 import QUERIES, make_tiny_blip2_generator
 
-from blipsearch import loading
+from blipsearch.models import loading
 from blipsearch.cli import main
-from blipsearch.describe import Answerer, AnswerSettings, Captioner, CaptionSettings
+from blipsearch.describe import (
+    AnswerSettings,
+    CaptionSettings,
+    load_answerer,
+    load_captioner,
+)
 from blipsearch.describe.blip2 import Blip2Answerer, Blip2Captioner
 from blipsearch.errors import ModelLoadError
 
@@ -26,7 +31,12 @@ def blip2(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
 
 def _reference(path: Path):  # type: ignore[no-untyped-def]
-    from transformers import AutoTokenizer, Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessor
+    from transformers import (
+        AutoTokenizer,
+        Blip2ForConditionalGeneration,
+        Blip2Processor,
+        BlipImageProcessor,
+    )
 
     processor = Blip2Processor(BlipImageProcessor.from_pretrained(path), AutoTokenizer.from_pretrained(path),
                                num_query_tokens=QUERIES)
@@ -44,8 +54,8 @@ def _direct(path: Path, images, prompt: str, **kwargs) -> list[str]:  # type: ig
 
 
 def test_captions_and_answers_equal_generate(blip2: Path) -> None:
-    captioner = Captioner.load(str(blip2), device="cpu")
-    answerer = Answerer.load(str(blip2), device="cpu")
+    captioner = load_captioner(str(blip2), device="cpu")
+    answerer = load_answerer(str(blip2), device="cpu")
     assert isinstance(captioner, Blip2Captioner) and isinstance(answerer, Blip2Answerer)
     images = [draw_image(s) for s in range(4)]
     pixels = np.stack([captioner.checkpoint.image_spec.to_pixels(im) for im in images])
@@ -60,7 +70,7 @@ def test_captions_and_answers_equal_generate(blip2: Path) -> None:
 
 
 def test_choices_are_ranked_by_their_log_probability(blip2: Path) -> None:
-    answerer = Answerer.load(str(blip2), device="cpu")
+    answerer = load_answerer(str(blip2), device="cpu")
     pixels = np.stack([answerer.checkpoint.image_spec.to_pixels(draw_image(s)) for s in range(2)])
     choices = ("red", "a big dog", "blue", "two people on the beach")
     rankings = answerer.rank(pixels, "what is it ?", AnswerSettings(choices=choices))
@@ -117,7 +127,7 @@ def test_a_model_too_large_for_free_memory_is_refused_before_loading(blip2: Path
     monkeypatch.setattr("transformers.Blip2ForConditionalGeneration.from_pretrained",
                         lambda *a, **k: loaded.append(a))
     with pytest.raises(ModelLoadError, match=r"needs 0\.\d GiB .* has 0\.1 GiB of RAM free"):
-        Captioner.load(str(blip2), device="cpu")
+        load_captioner(str(blip2), device="cpu")
     assert loaded == []
     from safetensors.torch import load_file
 

@@ -16,7 +16,7 @@ from tiny_blip2 import QUERIES, make_tiny_blip2_retrieval
 from blipsearch import Library
 from blipsearch.cli import main
 from blipsearch.errors import ModelMismatchError, SettingsError
-from blipsearch.model import load_retrieval_model
+from blipsearch.models.retrieval import load_retrieval_model
 from blipsearch.store.database import bytes_to_query_vectors
 
 TEXTS = ["a red circle", "two dogs on the beach", "a blue square left of a green car", "snow on the mountain"]

@@ -19,7 +19,7 @@ from blipsearch.cli import main
 from blipsearch.describe import Answerer, AnswerSettings, Captioner, CaptionSettings
 from blipsearch.describe.decoding import LABEL_SMOOTHING, beam_search
 from blipsearch.errors import SettingsError
-from blipsearch.index.images import pixels_from_bytes
+from blipsearch.images.decode import pixels_from_bytes
 from blipsearch.shapes import world
 
 SHAPES_CAPTION = "builtin:shapes"

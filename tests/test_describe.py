@@ -21,7 +21,13 @@ from transformers import (
 
 from blipsearch import Library
 from blipsearch.cli import main
-from blipsearch.describe import Answerer, AnswerSettings, Captioner, CaptionSettings, same_answer
+from blipsearch.describe import (
+    Answerer,
+    AnswerSettings,
+    Captioner,
+    CaptionSettings,
+    same_answer,
+)
 from blipsearch.store.schema import CaptionRow
 
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 from blipsearch import Library
 from blipsearch.cli import main
-from blipsearch.duplicates import components, similar_pairs
+from blipsearch.search.duplicates import components, similar_pairs
 from blipsearch.shapes.world import generate, write_folder
 
 

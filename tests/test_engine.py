@@ -19,7 +19,14 @@ import pytest
 from click.testing import CliRunner
 
 from blipsearch.cli import main
-from blipsearch.engine import Engine, Remote, decode, encode, private_socket, socket_path
+from blipsearch.engine import (
+    Engine,
+    Remote,
+    decode,
+    encode,
+    private_socket,
+    socket_path,
+)
 from blipsearch.filters import Filters
 from blipsearch.options import CaptionSettings, open_settings
 from blipsearch.results import Hit

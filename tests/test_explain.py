@@ -21,8 +21,8 @@ from tiny_blip import (
 from transformers import AutoTokenizer, BlipForImageTextRetrieval
 
 from blipsearch.errors import InputPathError, SettingsError
-from blipsearch.explain import COLORMAP, default_layer, heat_map, overlay
-from blipsearch.model import load_retrieval_model
+from blipsearch.models.explain import COLORMAP, default_layer, heat_map, overlay
+from blipsearch.models.retrieval import load_retrieval_model
 from blipsearch.text import pre_caption
 
 TEXTS = ["a red circle left of a blue square", "two people in the snow", "a dog"]

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from blipsearch.errors import ImageError
-from blipsearch.index.images import DecodedImage, ImageSpec, decode, open_image
+from blipsearch.images.decode import DecodedImage, ImageSpec, decode, open_image
 from blipsearch.store.thumbnails import ThumbnailStore
 
 SPEC = ImageSpec()  # BLIP-base's 384 px: JPEG draft decoding takes part
@@ -244,7 +244,7 @@ def test_deep_greys_cost_one_float_copy_per_pixel() -> None:
     89 MP to 8 bits with a new float64 array per step grew RSS by 2.4 GB. One copy, worked in place."""
     import tracemalloc
 
-    from blipsearch.index.images import to_rgb
+    from blipsearch.images.decode import to_rgb
 
     side = 1500
     grey = Image.fromarray(np.full((side, side), 3000, np.uint16))  # 12-bit data: the scaling step runs

@@ -33,7 +33,7 @@ from blipsearch import Library
 from blipsearch.errors import BlipsearchError
 from blipsearch.filters import Filters
 from blipsearch.options import AnswerSettings, CaptionSettings
-from blipsearch.query import text_term
+from blipsearch.search.query import text_term
 from blipsearch.store.fulltext import TextIndex, query_words
 from blipsearch.texts import TextEntry
 

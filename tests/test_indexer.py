@@ -19,7 +19,7 @@ from blipsearch.errors import (
     ModelLoadError,
     ModelMismatchError,
 )
-from blipsearch.index.images import load_pixels
+from blipsearch.images.decode import load_pixels
 from blipsearch.index.vectors import VectorIndex
 from blipsearch.store.schema import ImageRow
 
@@ -108,7 +108,7 @@ def test_rerun_loads_the_model_only_when_an_image_needs_embedding(lib: Library, 
 def test_decode_threads_follow_the_device() -> None:
     import torch
 
-    from blipsearch.model import decode_workers
+    from blipsearch.models.checkpoint import decode_workers
 
     cores = len(os.sched_getaffinity(0))
     assert decode_workers(torch.device("cpu")) == min(4, cores)  # the model needs the cores
@@ -375,7 +375,7 @@ def test_exif_zero_over_zero_is_dropped_not_stored_as_nan(tmp_path: Path) -> Non
 
     from PIL.TiffImagePlugin import IFDRational
 
-    from blipsearch.index.images import read_exif
+    from blipsearch.images.decode import read_exif
 
     exif = Image.Exif()
     exif.get_ifd(0x8769)[0x829D] = IFDRational(0, 0)  # FNumber
@@ -580,7 +580,7 @@ def test_libraries_sharing_one_database_index_one_at_a_time(photos: Path, tmp_pa
 
 
 def test_large_jpeg_is_drafted_but_keeps_its_size(lib: Library, tmp_path: Path) -> None:
-    from blipsearch.index.images import open_image
+    from blipsearch.images.decode import open_image
 
     folder = tmp_path / "big"
     folder.mkdir()

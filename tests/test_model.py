@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-
 import json
 import logging
 import os
@@ -14,16 +13,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from conftest import draw_image
+from PIL import Image
 from tiny_blip import make_tiny_retrieval
 from transformers import AutoTokenizer, BlipForImageTextRetrieval
 from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
 
 from blipsearch.errors import InputPathError, ModelLoadError, ModelUnavailableError
-from blipsearch.index.images import ImageSpec
-from blipsearch.loading import resolve_model_dir
-from blipsearch.model import _absorbed_attention, _shared_image_attention, load_retrieval_model
+from blipsearch.images.decode import ImageSpec
+from blipsearch.models.blip import _absorbed_attention, _shared_image_attention
+from blipsearch.models.loading import resolve_model_dir
+from blipsearch.models.retrieval import load_retrieval_model
 from blipsearch.text import pre_caption
 
 TEXTS = ["a red circle left of a blue square", "A dog, running on the beach!", "two people in the snow"]
@@ -285,7 +285,7 @@ def test_fingerprint_tracks_weights(tiny_model: Path, other_model: Path, tmp_pat
 
 
 def test_fingerprint_is_remembered_across_processes_until_a_file_changes(tiny_model: Path, tmp_path: Path) -> None:
-    from blipsearch import loading
+    from blipsearch.models import loading
 
     copy = tmp_path / "copy"
     shutil.copytree(tiny_model, copy)
@@ -356,7 +356,7 @@ def test_itm_cross_attention_shortcuts_equal_transformers(model, reference) -> N
 
 
 def test_devices_that_cannot_run_the_model_are_clear_errors() -> None:
-    from blipsearch.model import select_device
+    from blipsearch.models.checkpoint import select_device
 
     names = ["xla", "meta", "banana", "cuda"] if not torch.cuda.is_available() else ["xla", "meta", "banana"]
     if not torch.backends.mps.is_available():

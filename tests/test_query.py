@@ -14,9 +14,9 @@ from click.testing import CliRunner
 from blipsearch import Library
 from blipsearch.cli import main
 from blipsearch.errors import InputPathError
-from blipsearch.index.images import load_pixels
-from blipsearch.query import Term, image_term, text_term, weighted
+from blipsearch.images.decode import load_pixels
 from blipsearch.rerank.itm import match_scores
+from blipsearch.search.query import Term, image_term, text_term, weighted
 from blipsearch.store.schema import ImageRow
 
 

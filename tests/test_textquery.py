@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from blipsearch import Library
-from blipsearch.model import load_retrieval_model
-from blipsearch.textquery import TextQueryEncoder, Unsupported, _erf
+from blipsearch.models.retrieval import load_retrieval_model
+from blipsearch.models.textquery import TextQueryEncoder, Unsupported, _erf
 
 TEXTS = ["a red circle left of a blue square", "A DOG, running!  on the beach...", "x",
          "word " * 80, "a garden at night", "  padded   text\twith tabs "]

@@ -7,10 +7,8 @@ import struct
 from pathlib import Path
 
 import faiss
-
 import numpy as np
 import pytest
-
 from click.testing import CliRunner
 
 from blipsearch import Library

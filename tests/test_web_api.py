@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import io
-import struct
 import os
 import shutil
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,7 @@ from PIL import Image
 from blipsearch import Library
 from blipsearch.filters import Filters
 from blipsearch.library import ImageData
-from blipsearch.query import Term
+from blipsearch.search.query import Term
 from blipsearch.web import ServeSettings, create_app
 
 QUERY = "a red circle left of a blue square"

@@ -82,7 +82,7 @@ def widen(model: torch.nn.Module, seed: int) -> None:
 
 
 def write_image_processor(path: Path, image_size: int, nested: bool = False) -> None:
-    from blipsearch.convert import image_processor_config
+    from blipsearch.models.convert import image_processor_config
 
     cfg = image_processor_config(image_size)
     if nested:

@@ -10,7 +10,7 @@ Stages (each one is skipped with its --no-... option):
    pillow-heif into ``WORKDIR/seeds``.
 2. **Fuzz.** atheris (libFuzzer, coverage-guided over Pillow's, pillow-heif's
    and blipsearch's Python code) feeds mutations of the seeds to
-   ``blipsearch.index.images.decode`` with the thumbnail callback the indexer
+   ``blipsearch.images.decode.decode`` with the thumbnail callback the indexer
    passes (the thumbnail is rendered; only the file write is left out), at
    BLIP-base's input (384 px, JPEG draft decoding) and Pillow's default
    decompression-bomb limit, as ``blipsearch index`` runs without
@@ -258,7 +258,7 @@ class Checker:
         from PIL import Image
 
         from blipsearch.errors import ImageError
-        from blipsearch.index import images
+        from blipsearch.images import decode as images
         from blipsearch.store import thumbnails
 
         Image.init()
@@ -390,7 +390,7 @@ def fuzz_worker(argv: list[str]) -> None:
         import pillow_heif  # noqa: F401
         from PIL import Image
 
-        import blipsearch.index.images
+        import blipsearch.images.decode
         import blipsearch.store.thumbnails  # noqa: F401
 
         Image.init()  # every format plugin, imported (so instrumented) now rather than on first use
@@ -774,7 +774,7 @@ def run_corpus(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 
 def _walk_extensions() -> frozenset[str]:
-    from blipsearch.index.formats import IMAGE_EXTENSIONS
+    from blipsearch.images.formats import IMAGE_EXTENSIONS
 
     return IMAGE_EXTENSIONS
 
@@ -877,7 +877,7 @@ def markdown(result: dict[str, Any], before: dict[str, Any] | None) -> str:
             (f"**Campaign**: atheris (libFuzzer, coverage-guided over Pillow's, pillow-heif's and blipsearch's "
              f"Python code) from {len(result['seeds'])} valid seeds in the 7 formats (largest "
              f"{max(result['seeds'].values())} bytes; inputs up to {fuzz['max_len']} bytes), each input through "
-             f"`blipsearch.index.images.decode` with the indexer's thumbnail callback, at BLIP-base's 384 px "
+             f"`blipsearch.images.decode.decode` with the indexer's thumbnail callback, at BLIP-base's 384 px "
              f"(JPEG draft decoding) and the default decompression-bomb limit "
              f"({fuzz['decompression_bomb_limit_px'] / 1e6:.1f} MP). Accepted: a well-formed result or "
              f"`ImageError` with a reason; anything else is a finding."),

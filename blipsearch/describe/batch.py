@@ -10,10 +10,11 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import ImageError
-from ..index.images import ImageSpec, hash_bytes, pixels_from_bytes, read_file
+from ..images.decode import ImageSpec, hash_bytes, pixels_from_bytes, read_file
 from ..index.indexer import ProgressFactory, no_progress
+from ..options import AnswerSettings, CaptionSettings
 from ..store.database import Database
-from . import Answerer, AnswerSettings, Captioner, CaptionSettings
+from .blip import Answerer, Captioner
 from .decoding import ChoiceScore
 
 

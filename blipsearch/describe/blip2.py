@@ -20,13 +20,13 @@ import numpy.typing as npt
 
 from ..errors import ModelLoadError, SettingsError
 from ..options import AnswerSettings, CaptionSettings
-from . import Answerer, Captioner
+from .blip import Answerer, Captioner
 from .decoding import ChoiceScore, Ranking
 
 if TYPE_CHECKING:
     import torch
 
-    from ..model import Checkpoint
+    from ..models.checkpoint import Checkpoint
 
 QUESTION_PROMPT = "Question: {} Answer:"
 CHOICE_BATCH = 16
@@ -35,7 +35,7 @@ CHOICE_BATCH = 16
 def load_blip2(spec: str, role: str, device: str) -> Checkpoint:
     from transformers import Blip2ForConditionalGeneration
 
-    from ..model import load_checkpoint
+    from ..models.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(spec, role, Blip2ForConditionalGeneration, "BLIP-2 captioning and question-answering",
                            "Salesforce/blip2-opt-2.7b", device)

@@ -85,7 +85,7 @@ class _Embed:
     """A Ray Data actor: the model, loaded once; each batch of paths read, decoded and embedded."""
 
     def __init__(self, spec: str, quantize: str, device: str, known: frozenset[str]) -> None:
-        from ..model import load_retrieval_model
+        from ..models.retrieval import load_retrieval_model
 
         self.model = load_retrieval_model(spec, device, quantize=quantize)
         self.known = known

@@ -31,12 +31,19 @@ import numpy as np
 from sqlalchemy import delete, select
 
 from ..errors import ImageError, InputPathError
+from ..images.decode import (
+    DecodedImage,
+    ImageSpec,
+    OnImage,
+    decode,
+    hash_bytes,
+    read_file,
+)
 from ..rerank.cache import TokenCache
 from ..similarity import pooled_one
 from ..store.database import Database, StoredRow, utcnow, vector_to_bytes
 from ..store.schema import FailureRow, ImageRow
 from ..store.thumbnails import ThumbnailStore
-from .images import DecodedImage, ImageSpec, OnImage, decode, hash_bytes, read_file
 from .vectors import VectorIndex
 from .walk import FileEntry, WalkResult, walk
 

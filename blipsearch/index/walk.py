@@ -12,7 +12,7 @@ import stat
 from collections.abc import Container, Iterable
 from dataclasses import dataclass, field
 
-from .formats import IMAGE_EXTENSIONS
+from ..images.formats import IMAGE_EXTENSIONS
 
 _EXTENSIONS = frozenset(os.fsencode(e) for e in IMAGE_EXTENSIONS)
 

@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from ..index.images import load_pixels
+from ..images.decode import load_pixels
 from .cache import TokenCache
 
 if TYPE_CHECKING:
     import torch
 
-    from ..model import RetrievalModel
+    from ..models.base import RetrievalModel
 
 RERANK_BATCH = 8
 
@@ -56,7 +56,7 @@ def rerank(
     """Score ``shortlist`` ((id, itc) pairs) against ``text``; best first.
 
     ``more`` are further (text, weight) pairs of a composite query (see
-    :mod:`blipsearch.query`): the ITM logit used is then the weighted sum of all texts'
+    :mod:`blipsearch.search.query`): the ITM logit used is then the weighted sum of all texts'
     logits (``text`` weighing 1) over the sum of the positive weights; the match
     probability stays ``text``'s.
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..index.images import open_image
+from ..images.decode import open_image
 from ..system import atomic_write
 
 # Longest side in pixels. A grid tile is ~160-240 CSS pixels; a preview fills a screen.

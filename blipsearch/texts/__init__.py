@@ -33,7 +33,7 @@ from ..text import checked
 if TYPE_CHECKING:
     import torch
 
-    from ..model import RetrievalModel
+    from ..models.base import RetrievalModel
 
 USER = "user"
 CAPTIONS = "caption"

@@ -16,7 +16,7 @@ from . import rank_texts
 if TYPE_CHECKING:
     import torch
 
-    from ..model import RetrievalModel
+    from ..models.base import RetrievalModel
 
 DEFAULT_TEMPLATE = "a photo of a {}"
 MAX_LABEL = 400

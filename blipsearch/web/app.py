@@ -46,7 +46,7 @@ from ..errors import (
 from ..filters import DEFAULT_MIN_PROBABILITY, NO_FILTERS, Filters
 from ..library import Hit, ImageData, Library
 from ..options import DEFAULT_RERANK_DEPTH
-from ..query import Term, text_term
+from ..search.query import Term, text_term
 from .security import Guard, SecurityMiddleware
 
 HERE = Path(__file__).parent
@@ -407,7 +407,7 @@ def _check_pixels(data: bytes, limit: int) -> Response | None:
     decompression bomb is a small file that decodes to gigabytes)."""
     from PIL import Image
 
-    from ..index.images import DECODER_ERRORS
+    from ..images.decode import DECODER_ERRORS
 
     too_many = f"The image has too many megapixels; this server takes at most {limit / 1e6:.0f}."
     try:

@@ -1,4 +1,5 @@
-"""Where model files come from. The only module that may touch the network.
+"""Model folders: a spec resolved to a folder (built-in, local, converted or from the hub), its
+config, family, fingerprint and memory needs, read without loading its weights.
 
 A model is named by a *spec*:
 
@@ -18,74 +19,27 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .errors import InputPathError, ModelLoadError, ModelUnavailableError
-from .index.images import ImageSpec
-from .system import atomic_write, available_memory
+from ..errors import InputPathError, ModelLoadError, ModelUnavailableError
+from ..images.decode import ImageSpec
+from ..system import atomic_write, available_memory
+from .hub import (
+    BUILTIN_PREFIX,
+    WEIGHT_FILES,
+    builtin_dir,
+    how_chosen,
+    hub_snapshot,
+    looks_like_path,
+)
 
 QUANTIZE_ROUTES = ("none", "int8")
-BUILTIN_PREFIX = "builtin:"
-BUILTIN_DIR = Path(__file__).parent / "builtin"
 
-# Only what a BLIP checkpoint needs; safetensors first (no pickle).
-_HUB_PATTERNS = ["*.json", "*.txt", "model.safetensors", "model.safetensors.index.json", "model-*.safetensors"]
-_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-# An original (Salesforce or mmpretrain) BLIP checkpoint given as a model is converted (blipsearch.convert).
+# An original (Salesforce or mmpretrain) BLIP checkpoint given as a model is converted (blipsearch.models.convert).
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def _looks_like_path(spec: str) -> bool:
-    # Hub ids are exactly "owner/name".
-    return spec.startswith((".", "/", "~")) or spec.count("/") != 1 or os.sep != "/" and os.sep in spec
-
-
-_OPTION = {"retrieval": "--model", "caption": "--caption-model", "vqa": "--vqa-model", "tokenizer": "--tokenizer"}
-_ARGUMENT = {"retrieval": "model", "caption": "caption_model", "vqa": "vqa_model", "tokenizer": "tokenizer"}
-
-
-def _setting(role: str) -> str:
-    """How the model of ``role`` is chosen, on the command line and in Python."""
-    return f"{_OPTION.get(role, '--model')} (Library's {_ARGUMENT.get(role, 'model')}= in Python)"
-
-
-def _unavailable(spec: str, reason: str, role: str) -> ModelUnavailableError:
-    option = _OPTION.get(role, "--model")
-    argument = _ARGUMENT.get(role, "model")
-    never = "" if _offline() else " (set HF_HUB_OFFLINE=1 to never try the network)"
-    what = "Tokenizer" if role == "tokenizer" else "Model"
-    demo = "" if role == "tokenizer" else f"; or try the bundled demo model with {option} builtin:shapes"
-    return ModelUnavailableError(
-        f"{what} {spec!r} is not on this machine and can't be downloaded ({reason}). "
-        f"Connect to the network and run again (the files are cached for later offline use); "
-        f"or, on a connected machine, run `hf download {spec}` and copy the folder here, "
-        f"then pass {option} PATH ({argument}=PATH in Python){never}{demo}."
-    )
-
-
-@contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """transformers' own warnings and progress bars off while it loads or saves a model: blipsearch
-    says what it does in its own words."""
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        hf_logging.enable_progress_bar()
 
 
 def resolve_model_dir(spec: str, role: str = "retrieval") -> Path:
@@ -95,15 +49,7 @@ def resolve_model_dir(spec: str, role: str = "retrieval") -> Path:
     ``caption`` or ``vqa``).
     """
     if spec.startswith(BUILTIN_PREFIX):
-        name = spec[len(BUILTIN_PREFIX):]
-        path = BUILTIN_DIR / name / role
-        if not (path / "config.json").is_file():
-            known = sorted(p.name for p in BUILTIN_DIR.iterdir() if p.is_dir()) if BUILTIN_DIR.is_dir() else []
-            raise ModelUnavailableError(
-                f"There is no built-in {role} model {name!r}"
-                + (f"; built-in models: {', '.join('builtin:' + k for k in known)}." if known else ".")
-            )
-        return path
+        return builtin_dir(spec, role)
 
     local = Path(spec).expanduser()
     if local.is_dir():
@@ -115,50 +61,14 @@ def resolve_model_dir(spec: str, role: str = "retrieval") -> Path:
     if local.exists():
         raise InputPathError(f"{spec} is a file: a model is a folder (config.json, weights, tokenizer files), "
                              f"or an original BLIP checkpoint ({', '.join(CHECKPOINT_SUFFIXES)}) to convert.")
-    if _looks_like_path(spec):
-        raise ModelUnavailableError(f"Model folder {spec} does not exist: check {_setting(role)}: a folder, a hub "
+    if looks_like_path(spec):
+        raise ModelUnavailableError(f"Model folder {spec} does not exist: check {how_chosen(role)}: a folder, a hub "
                                     "id such as Salesforce/blip-itm-base-coco, or builtin:shapes.")
-    return _hub_snapshot(spec, role)
-
-
-_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
-_TOKENIZER_PATTERNS = ["tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json", "config.json"]
-
-
-def resolve_tokenizer_dir(spec: str) -> Path:
-    """A folder holding the tokenizer named by ``spec`` (a folder, ``builtin:NAME`` or a hub id): only
-    its tokenizer files are fetched from the hub, never its weights."""
-    if spec.startswith(BUILTIN_PREFIX):
-        return resolve_model_dir(spec)
-    local = Path(spec).expanduser()
-    if local.is_dir():
-        if not any((local / name).is_file() for name in _TOKENIZER_FILES):
-            raise InputPathError(f"{spec} holds no tokenizer.json or vocab.txt: it is not a tokenizer folder.")
-        return local.resolve()
-    if _looks_like_path(spec):
-        raise InputPathError(f"Tokenizer folder {spec} does not exist: give --tokenizer a folder or a hub id "
-                             "such as google-bert/bert-base-uncased.")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-    try:
-        path = Path(snapshot_download(spec, allow_patterns=_TOKENIZER_PATTERNS, local_files_only=True))
-    except (LocalEntryNotFoundError, FileNotFoundError, OSError):
-        if _offline():
-            raise _unavailable(spec, "HF_HUB_OFFLINE is set and it is not in the Hugging Face cache",
-                               "tokenizer") from None
-        try:
-            path = Path(snapshot_download(spec, allow_patterns=_TOKENIZER_PATTERNS))
-        except (HfHubHTTPError, OSError, ValueError) as exc:
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise _unavailable(spec, first_line, "tokenizer") from None
-    if any((path / name).is_file() for name in _TOKENIZER_FILES):
-        return path
-    raise _unavailable(spec, "the repository has no tokenizer files", "tokenizer")
+    return hub_snapshot(spec, role)
 
 
 def converted_dir(checkpoint: Path, role: str) -> Path:
-    """The Hugging Face folder converted from an original BLIP ``.pth`` (see :mod:`blipsearch.convert`),
+    """The Hugging Face folder converted from an original BLIP ``.pth`` (see :mod:`.convert`),
     made once per file and head and kept in the user's cache; the tokenizer is
     ``$BLIPSEARCH_TOKENIZER`` or bert-base-uncased."""
     import platformdirs
@@ -256,37 +166,6 @@ def check_memory(spec: str, path: Path, bytes_per_weight: int, device: Any) -> N
         )
 
 
-def _hub_snapshot(repo_id: str, role: str) -> Path:
-    # Imported here so that local and built-in models never import the hub client.
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-    try:
-        path = Path(snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS, local_files_only=True))
-        if _has_weights(path):
-            return path
-    except (LocalEntryNotFoundError, FileNotFoundError, OSError):
-        pass
-    if _offline():
-        raise _unavailable(repo_id, "HF_HUB_OFFLINE is set and it is not in the Hugging Face cache", role)
-    try:
-        path = Path(snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS))
-        if not _has_weights(path):
-            # Older repositories only have pickled weights; transformers loads
-            # them with torch.load(weights_only=True).
-            path = Path(snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS + ["pytorch_model.bin"]))
-    except (HfHubHTTPError, OSError, ValueError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise _unavailable(repo_id, first_line, role) from None
-    if not _has_weights(path):
-        raise _unavailable(repo_id, "the repository has no model weights", role)
-    return path
-
-
-def _has_weights(path: Path) -> bool:
-    return any((path / name).is_file() for name in _WEIGHT_FILES) or any(path.glob("model-*.safetensors"))
-
-
 Stamp = tuple[tuple[str, int, int, int, int], ...]
 """Per file that decides the vectors: (name, size, mtime_ns, ctime_ns, inode)."""
 
@@ -357,7 +236,7 @@ def fingerprint(model_dir: Path) -> str:
         p.name
         for p in model_dir.iterdir()
         if p.name in ("config.json", "preprocessor_config.json", "processor_config.json")
-        or p.name in _WEIGHT_FILES
+        or p.name in WEIGHT_FILES
         or (p.name.startswith("model-") and p.name.endswith(".safetensors"))
     )
     stamp = tuple(

@@ -32,9 +32,10 @@ import numpy.typing as npt
 import torch
 from PIL import Image
 
-from .errors import InputPathError, SettingsError
-from .model import CrossAttention, RetrievalModel
-from .text import pre_caption
+from ..errors import InputPathError, SettingsError
+from ..text import pre_caption
+from .base import RetrievalModel
+from .blip import CrossAttention
 
 
 def default_layer(depth: int) -> int:

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from .text import MAX_TOKENS, pre_caption
+from ..text import MAX_TOKENS, pre_caption
 
 _PREFIX = "text_encoder."
 
@@ -126,7 +126,7 @@ class TextQueryEncoder:
         return ids, mask
 
     def embed_texts(self, texts: list[str]) -> npt.NDArray[np.float32]:
-        """256-d L2-normalized ITC vectors, as :meth:`blipsearch.model.RetrievalModel.embed_texts`."""
+        """256-d L2-normalized ITC vectors, as :meth:`blipsearch.models.base.RetrievalModel.embed_texts`."""
         if not texts:
             return np.zeros((0, self.dim), np.float32)
         ids, mask = self.tokenize(texts)

@@ -22,8 +22,8 @@ import os
 import re
 from dataclasses import dataclass
 
-from .errors import InputPathError
-from .text import checked
+from ..errors import InputPathError
+from ..text import checked
 
 _WEIGHTED = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*\*(.*)$", re.DOTALL)
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from .errors import InputPathError, ModelLoadError
+from ..errors import InputPathError, ModelLoadError
 
 if TYPE_CHECKING:
     import torch
@@ -315,7 +315,7 @@ def blip_tokenizer(spec: str) -> Any:
     """The tokenizer named by ``spec`` with BLIP's two extra tokens: ``[DEC]`` (bos) then ``[ENC]``."""
     from transformers import AutoTokenizer, BertTokenizer
 
-    from .loading import resolve_tokenizer_dir
+    from .hub import resolve_tokenizer_dir
 
     folder = resolve_tokenizer_dir(spec)
     try:
@@ -397,7 +397,7 @@ def convert(source: Path, out: Path, head: Head | None = None, tokenizer: str = 
         config_dict = infer_config(hf, chosen, ids)
     from transformers import BlipConfig
 
-    from .loading import quiet_transformers
+    from .hub import quiet_transformers
 
     model = _model_class(chosen)(BlipConfig(**config_dict))
     result = model.load_state_dict(hf, strict=False)

@@ -27,8 +27,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from .model import RetrievalModel
-from .text import MAX_TOKENS, pre_caption
+from ..text import MAX_TOKENS, pre_caption
+from .base import RetrievalModel
 
 
 @dataclass(frozen=True, eq=False)
