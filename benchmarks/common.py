@@ -133,7 +133,7 @@ def synthetic_library(workdir: Path, images: int, checkpoint: Path, name: str = 
     its files hard links to 16 camera-sized JPEGs (so that reranking decodes real photos)."""
     import shutil
 
-    from vector_index import clustered
+    from vector_data import clustered
 
     from blipsearch import Library
     from blipsearch.store.database import utcnow, vector_to_bytes

@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import save
-from vector_index import clustered
+from vector_data import clustered
 
 
 def planted(n: int, seed: int = 0) -> tuple[np.ndarray, set[tuple[int, int]]]:

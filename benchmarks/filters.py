@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import save
-from vector_index import clustered
+from vector_data import clustered
 
 
 def main() -> None:
@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="100000,1000000")
     parser.add_argument("--queries", type=int, default=50)
     args = parser.parse_args()
-    from blipsearch.index.vectors import EXACT_SUBSET_LIMIT, VectorIndex
+    from blipsearch.ann.index import EXACT_SUBSET_LIMIT, VectorIndex
 
     queries = clustered(args.queries, seed=1)
     result: dict[str, object] = {"exact_subset_limit": EXACT_SUBSET_LIMIT}

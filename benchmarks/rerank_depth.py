@@ -29,7 +29,7 @@ QUERY = "a dog running on the beach"
 
 def quality(depths: list[int], scenes: int, workdir: Path) -> dict[str, dict[str, float]]:
     from blipsearch import Library
-    from blipsearch.search.evaluation import evaluate
+    from blipsearch.evaluation import evaluate
     from blipsearch.shapes.world import generate, write_folder
 
     folder = workdir / f"shapes-test-{scenes}"

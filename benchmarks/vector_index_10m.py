@@ -34,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import save  # noqa: E402
-from vector_index import hard_set  # noqa: E402
+from vector_data import hard_set  # noqa: E402
 
 DIM = 256
 SHARD = 1_000_000

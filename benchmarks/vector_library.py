@@ -39,7 +39,7 @@ from sqlalchemy import text
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import save  # noqa: E402
-from vector_index import hard_set  # noqa: E402
+from vector_data import hard_set  # noqa: E402
 
 FP = "bench-model"
 DIM = 256
@@ -79,9 +79,9 @@ def _fill(url: str, count: int) -> None:
 
 
 def _child(args: argparse.Namespace) -> None:
-    from blipsearch.index import vectors as vectors_module
-    from blipsearch.index.mirror import VectorMirror
-    from blipsearch.index.vectors import VectorIndex
+    from blipsearch.ann import index as vectors_module
+    from blipsearch.ann.index import VectorIndex
+    from blipsearch.ann.mirror import VectorMirror
     from blipsearch.store.database import Database, bytes_to_vectors
 
     vectors_module.DEFAULT_MEMORY_BUDGET = args.budget_mb << 20
@@ -100,7 +100,7 @@ def _child(args: argparse.Namespace) -> None:
         del parts
         index = VectorIndex.build(DIM, all_ids, everything)
     elif args.step == "recall":  # of the file's index on held-out queries, against exact search
-        from blipsearch.index.vectors import _streamed_top
+        from blipsearch.ann.index import _streamed_top
         loaded = VectorIndex.load(path)
         assert loaded is not None
         index = loaded[0]

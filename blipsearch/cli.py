@@ -1274,7 +1274,7 @@ def eval_command(ctx: click.Context, images_dir: Path, captions: Path, split: st
     """
     import tempfile
 
-    from .search.evaluation import evaluate, format_table
+    from .evaluation import evaluate, format_table
 
     explicit = ctx.get_parameter_source("library") == click.core.ParameterSource.COMMANDLINE
     with _errors(), tempfile.TemporaryDirectory(prefix="blipsearch-eval-") as tmp:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Generic, TypeVar
 
 from . import failpoints
+from .errors import InputPathError
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -215,3 +216,13 @@ class _Slot(Generic[Item, Result]):
         self.result: Result | None = None
         self.error: BaseException | None = None
         self.done = False
+
+
+def root_path(path: str | os.PathLike[str] | bytes) -> bytes:
+    """A folder or file given by a user as an absolute byte path; it must exist (a missing root
+    must delete nothing)."""
+    raw = os.fsencode(os.path.expanduser(os.fsdecode(path)) if not isinstance(path, bytes) else path)
+    absolute = os.path.abspath(raw)
+    if not os.path.exists(absolute):
+        raise InputPathError(f"{os.fsdecode(absolute)} does not exist (is the disk mounted?).")
+    return absolute

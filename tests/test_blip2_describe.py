@@ -13,7 +13,6 @@ from click.testing import CliRunner
 from conftest import draw_image
 from tiny_blip2 import QUERIES, make_tiny_blip2_generator
 
-from blipsearch.models import loading
 from blipsearch.cli import main
 from blipsearch.describe import (
     AnswerSettings,
@@ -23,6 +22,7 @@ from blipsearch.describe import (
 )
 from blipsearch.describe.blip2 import Blip2Answerer, Blip2Captioner
 from blipsearch.errors import ModelLoadError
+from blipsearch.models import loading
 
 
 @pytest.fixture(scope="module", params=["opt", "t5"])

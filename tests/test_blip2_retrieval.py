@@ -89,7 +89,7 @@ def test_search_equals_brute_force_max_sim(library: Library, reference) -> None:
 
 def test_a_shortlist_smaller_than_the_library_is_scored_exactly(library: Library,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    import blipsearch.library as module
+    import blipsearch.search.searcher as module
 
     full = library.search("a red circle", k=12, rerank_hits=False)
     monkeypatch.setattr(module, "MULTI_SHORTLIST", 5)

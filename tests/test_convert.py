@@ -17,10 +17,10 @@ from click.testing import CliRunner
 from conftest import draw_image
 from tiny_blip import widen, write_tokenizer
 
-from blipsearch.models import convert as conv
 from blipsearch.cli import main
 from blipsearch.errors import ModelLoadError, ModelUnavailableError
 from blipsearch.images.decode import ImageSpec
+from blipsearch.models import convert as conv
 from blipsearch.models.retrieval import load_retrieval_model
 
 SIZE = 32

@@ -13,9 +13,9 @@ from conftest import draw_image
 from blipsearch import Library
 from blipsearch.cli import main
 from blipsearch.errors import InputPathError
+from blipsearch.evaluation import evaluate, load_captions, recall_at
 from blipsearch.images.decode import load_pixels
 from blipsearch.rerank.itm import match_scores
-from blipsearch.search.evaluation import evaluate, load_captions, recall_at
 
 CAPTIONS = [
     ["a red circle left of a blue square", "a blue square right of a red circle"],

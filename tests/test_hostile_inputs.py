@@ -595,11 +595,11 @@ def _is_int(value: str, low: int, high: int) -> bool:
 @pytest.fixture
 def stubbed(monkeypatch: pytest.MonkeyPatch) -> None:
     """`serve` and `watch` return at once instead of running until Ctrl-C."""
-    import blipsearch.library
+    import blipsearch.index.run
     import blipsearch.web.server
 
     monkeypatch.setattr(blipsearch.web.server, "serve", lambda lib, settings, announce: None)
-    monkeypatch.setattr(blipsearch.library, "watch", lambda *args, **kwargs: None)
+    monkeypatch.setattr(blipsearch.index.run, "watch", lambda *args, **kwargs: None)
 
 
 def numeric_cases(w: World) -> list[tuple[list[str], str]]:

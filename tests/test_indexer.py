@@ -13,6 +13,7 @@ from conftest import StopAfterFirstBatch, draw_image, fs
 from PIL import Image
 
 from blipsearch import Library
+from blipsearch.ann.index import VectorIndex
 from blipsearch.errors import (
     InputPathError,
     LibraryError,
@@ -20,7 +21,6 @@ from blipsearch.errors import (
     ModelMismatchError,
 )
 from blipsearch.images.decode import load_pixels
-from blipsearch.index.vectors import VectorIndex
 from blipsearch.store.schema import ImageRow
 
 

@@ -218,7 +218,7 @@ def test_searches_arriving_together_share_one_vector_search(lib: Library, monkey
     import threading
     import time
 
-    from blipsearch.index.vectors import VectorIndex
+    from blipsearch.ann.index import VectorIndex
 
     texts = ["a dog", "a red circle", "two people in the snow", "a boat on a lake", "a cat"]
     alone = {t: [(h.id, round(h.itc, 5)) for h in lib.search(t, k=3 + n, rerank_hits=False)]

@@ -12,10 +12,10 @@ import pytest
 from click.testing import CliRunner
 
 from blipsearch import Library
+from blipsearch.ann import index as vectors_module
+from blipsearch.ann.index import VectorIndex, VectorSource, choose_kind
 from blipsearch.cli import main
 from blipsearch.errors import SettingsError
-from blipsearch.index import vectors as vectors_module
-from blipsearch.index.vectors import VectorIndex, VectorSource, choose_kind
 
 
 def clustered(n: int, dim: int = 256, clusters: int = 64, seed: int = 0) -> np.ndarray:

@@ -101,14 +101,14 @@ def run_texts(world: hostile.World, texts: list[str], tally: Tally, label: str, 
 
 
 def run_numbers(world: hostile.World, tally: Tally) -> None:
-    import blipsearch.library
+    import blipsearch.index.run
     import blipsearch.web.server
 
     (world.tmp / "num-labels.txt").write_text("red circle\nblue square\n")
     (world.tmp / "num-choices.txt").write_text("circle\nsquare\nstar\n")
-    real = blipsearch.web.server.serve, blipsearch.library.watch
+    real = blipsearch.web.server.serve, blipsearch.index.run.watch
     blipsearch.web.server.serve = lambda lib, settings, announce: None  # type: ignore[assignment]
-    blipsearch.library.watch = lambda *args, **kwargs: None  # type: ignore[assignment]
+    blipsearch.index.run.watch = lambda *args, **kwargs: None  # type: ignore[assignment]
     try:
         for command, option in hostile.numeric_cases(world):
             entry = f"{command[0]} {option}"
@@ -116,7 +116,7 @@ def run_numbers(world: hostile.World, tally: Tally) -> None:
                 tally.run("command line numbers", entry, value, lambda c=command, o=option, v=value:
                           hostile.cli_outcome(hostile.invoke([*c, f"{o}={v}"], world), v))
     finally:
-        blipsearch.web.server.serve, blipsearch.library.watch = real  # type: ignore[assignment]
+        blipsearch.web.server.serve, blipsearch.index.run.watch = real  # type: ignore[assignment]
 
 
 def report(tally: Tally, inputs: dict[str, int], seconds: float, args: argparse.Namespace) -> str:

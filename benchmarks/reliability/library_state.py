@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from blipsearch.index.vectors import VectorIndex  # noqa: E402
-from blipsearch.library import VECTORS_FILE  # noqa: E402
+from blipsearch.ann.index import VectorIndex
+from blipsearch.workspace import VECTORS_FILE  # noqa: E402
 from blipsearch.store.location import DB_FILE  # noqa: E402
 
 BLIPSEARCH = [str(Path(sys.executable).parent / "blipsearch")]

@@ -11,8 +11,8 @@ import numpy.typing as npt
 
 from ..errors import ImageError
 from ..images.decode import ImageSpec, hash_bytes, pixels_from_bytes, read_file
-from ..index.indexer import ProgressFactory, no_progress
 from ..options import AnswerSettings, CaptionSettings
+from ..progress import ProgressFactory, no_progress
 from ..store.database import Database
 from .blip import Answerer, Captioner
 from .decoding import ChoiceScore

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 from sqlalchemy import delete, select
 
+from ..ann.index import VectorIndex
 from ..errors import ImageError, InputPathError
 from ..images.decode import (
     DecodedImage,
@@ -39,36 +40,16 @@ from ..images.decode import (
     hash_bytes,
     read_file,
 )
+from ..progress import ProgressFactory, no_progress
 from ..rerank.cache import TokenCache
 from ..similarity import pooled_one
 from ..store.database import Database, StoredRow, utcnow, vector_to_bytes
 from ..store.schema import FailureRow, ImageRow
 from ..store.thumbnails import ThumbnailStore
-from .vectors import VectorIndex
 from .walk import FileEntry, WalkResult, walk
 
 if TYPE_CHECKING:
     import torch
-
-
-class Progress(Protocol):
-    def update(self, n: int = 1) -> object: ...
-    def close(self) -> object: ...
-
-
-ProgressFactory = Callable[[int, str], Progress]
-
-
-class _NoProgress:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def no_progress(total: int, desc: str) -> Progress:
-    return _NoProgress()
 
 
 @dataclass

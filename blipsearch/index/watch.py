@@ -2,7 +2,7 @@
 
 File-system events (watchdog: inotify on Linux, FSEvents on macOS, ReadDirectoryChangesW
 on Windows) only say *where* to look. Once no event has come for ``settle`` seconds,
-the folders they touched are indexed again with :meth:`Library.index`, with the same
+the folders they touched are indexed again by the library's index run, with the same
 incremental rules and failure handling as ``blipsearch index``: unchanged files are
 skipped, moved ones keep their vectors (a move's source and destination folders are
 indexed in one run), deleted ones are removed, broken ones are recorded. A folder
@@ -19,8 +19,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..library import Library
     from .indexer import IndexReport
+
+IndexRun = Callable[..., "IndexReport"]
+"""Indexes a list of folders, with the keyword options of :meth:`blipsearch.library.Library.index`."""
 
 DEFAULT_SETTLE_S = 2.0
 
@@ -73,27 +75,29 @@ class _Collector:
             return taken
 
 
-def watch(lib: Library, roots: list[bytes], *, settle: float = DEFAULT_SETTLE_S,
+def watch(index: IndexRun, library_folder: os.PathLike[str] | str, roots: list[bytes], *,
+          settle: float = DEFAULT_SETTLE_S,
           on_update: Callable[[list[bytes], IndexReport], None] = lambda folders, report: None,
           stop: threading.Event | None = None, **index_options: Any) -> None:
-    """Index ``roots`` now, then again wherever files change, until ``stop`` is set (or Ctrl-C)."""
+    """Index ``roots`` now with ``index``, then again wherever files change, until ``stop`` is set (or
+    Ctrl-C). Changes inside ``library_folder`` (the library's own files) are not photos."""
     from watchdog.observers import Observer
 
     stop = stop or threading.Event()
-    collector = _Collector(os.fsencode(lib.location))
+    collector = _Collector(os.fsencode(library_folder))
     observer = Observer()
     for root in roots:
         observer.schedule(collector, os.fsdecode(root), recursive=True)  # type: ignore[arg-type]
     observer.start()  # before the first run: nothing that changes meanwhile is missed
     try:
-        on_update(roots, lib.index(list(roots), **index_options))
+        on_update(roots, index(list(roots), **index_options))
         while not stop.wait(min(0.2, settle / 4)):
             paths = collector.take(settle)
             if not paths:
                 continue
             folders = affected_folders(paths, roots)
             if folders:
-                on_update(folders, lib.index(list(folders), allow_empty=True, **index_options))
+                on_update(folders, index(list(folders), allow_empty=True, **index_options))
     finally:
         observer.stop()
         observer.join(10)

@@ -1,3 +1,3 @@
-"""Finding photos: composite query terms (:mod:`.query`), text and image search over the vector
-index and the full text (:mod:`.searcher`), near-duplicates (:mod:`.duplicates`) and retrieval
-evaluation (:mod:`.evaluation`)."""
+"""Finding photos: composite query terms (:mod:`.query`), a query image's vector (:mod:`.images`),
+text and image search over the vector index and the full text (:mod:`.searcher`), and
+near-duplicates (:mod:`.duplicates`)."""

@@ -23,13 +23,7 @@ import numpy.typing as npt
 
 from ..store.database import Database, bytes_to_vectors
 from ..system import Coalescer
-from .vectors import (
-    RECALL_TARGET,
-    IndexHeader,
-    VectorIndex,
-    VectorSource,
-    is_tuned_size,
-)
+from .index import RECALL_TARGET, IndexHeader, VectorIndex, VectorSource, is_tuned_size
 
 # (model fingerprint, dimension, query (1, dim), how many)
 _Search = tuple[str, int, npt.NDArray[np.float32], int]

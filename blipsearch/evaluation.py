@@ -24,14 +24,14 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from ..errors import InputPathError
-from ..index.indexer import ProgressFactory, no_progress
-from ..library import Library
-from ..models.base import RetrievalModel
-from ..options import DEFAULT_RERANK_DEPTH
-from ..rerank.itm import match_scores
-from ..similarity import text_image_scores
-from ..store.database import bytes_to_query_vectors
+from .errors import InputPathError
+from .library import Library
+from .models.base import RetrievalModel
+from .options import DEFAULT_RERANK_DEPTH
+from .progress import ProgressFactory, no_progress
+from .rerank.itm import match_scores
+from .similarity import text_image_scores
+from .store.database import bytes_to_query_vectors
 
 KS = (1, 5, 10)
 
@@ -107,7 +107,7 @@ class _TokenCache:
     """
 
     def __init__(self, model: RetrievalModel, paths: list[Path]) -> None:
-        from ..images.decode import load_pixels
+        from .images.decode import load_pixels
 
         self.model, self.paths, self._load = model, paths, load_pixels
         self.tokens: dict[int, torch.Tensor] = {}
