@@ -25,8 +25,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from blipsearch.ann.index import VectorIndex
-from blipsearch.workspace import VECTORS_FILE  # noqa: E402
 from blipsearch.store.location import DB_FILE  # noqa: E402
+from blipsearch.workspace import VECTORS_FILE  # noqa: E402
 
 BLIPSEARCH = [str(Path(sys.executable).parent / "blipsearch")]
 LABELS = ["a red circle", "a blue square", "a green triangle", "a yellow star", "a purple square"]
