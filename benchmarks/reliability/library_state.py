@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from blipsearch.ann.index import VectorIndex
+from blipsearch.ann.index import VectorIndex  # noqa: E402
 from blipsearch.store.location import DB_FILE  # noqa: E402
 from blipsearch.workspace import VECTORS_FILE  # noqa: E402
 
