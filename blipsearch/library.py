@@ -37,7 +37,15 @@ from .index.watch import DEFAULT_SETTLE_S
 from .options import DEFAULT_RERANK_DEPTH
 from .progress import ProgressFactory, no_progress
 from .rerank.cache import TokenCache
-from .results import Explanation, Failure, Hit, ImageData, ImageInfo, ImageQuery
+from .results import (
+    Explanation,
+    Failure,
+    Hit,
+    ImageData,
+    ImageInfo,
+    ImageQuery,
+    MatchSet,
+)
 from .search.duplicates import DEFAULT_THRESHOLD, DuplicateGroup
 from .search.query import Term
 from .search.searcher import Searcher
@@ -183,7 +191,8 @@ class Library:
     # -- queries ------------------------------------------------------------------------------------
     def search(self, text: str, k: int = 10, *, rerank_depth: int = DEFAULT_RERANK_DEPTH, rerank_hits: bool = True,
                hybrid: bool = False, tag: str | None = None, filters: Filters = NO_FILTERS,
-               offset: int = 0, terms: Sequence[Term] = ()) -> list[Hit]:
+               offset: int = 0, terms: Sequence[Term] = (), all: bool = False, min_match: float = 0.5,
+               sort: str = "score", max_check: int | None = None) -> list[Hit] | MatchSet:
         """Text to image: ITC cosine shortlist, the top ``rerank_depth`` reranked with ITM.
 
         ``terms`` make it a composite query: more texts and images, weighted, negative ones
@@ -196,9 +205,16 @@ class Library:
         ``filters`` (folder, capture dates, tag; ``tag`` is a shorthand) narrow
         the images before ranking. ``offset`` skips that many of the best
         (paging: ``offset=20, k=20`` is the second page); ranks count from the top.
+
+        With ``all``, the answer is a :class:`~blipsearch.results.MatchSet` instead: every photo
+        whose ITM match probability for ``text`` is at least ``min_match``, ordered by ``sort``
+        (``"score"``, ``"date"``, ``"-date"``: newest first), after scoring at most ``max_check``
+        photos; ``k``, ``offset``, ``rerank_depth`` and ``hybrid`` do not apply to it.
         """
-        return self._searcher.search(text, k, rerank_depth=rerank_depth, rerank_hits=rerank_hits, hybrid=hybrid,
-                                     tag=tag, filters=filters, offset=offset, terms=terms)
+        return (self._searcher.matches(text, min_match=min_match, sort=sort, max_check=max_check, tag=tag,
+                                       filters=filters, terms=terms) if all else
+                self._searcher.search(text, k, rerank_depth=rerank_depth, rerank_hits=rerank_hits, hybrid=hybrid,
+                                      tag=tag, filters=filters, offset=offset, terms=terms))
 
     def similar(self, image: ImageQuery, k: int = 10, *, filters: Filters = NO_FILTERS,
                 offset: int = 0) -> list[Hit]:

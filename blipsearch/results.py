@@ -28,14 +28,52 @@ class Hit:
     keyword: float | None = None  # full-text relevance, in hybrid search
     caption: str | None = None
     answer: str | None = None
+    match: float | None = None  # in a match set: the match probability that decided it (``itm``)
+    date: str | None = None  # in a match set: when the photo was taken (else its file time), ISO 8601
 
     def to_dict(self) -> dict[str, Any]:
-        """Ranking fields always; ``caption`` and ``answer`` when they were asked for."""
+        """Ranking fields always; ``caption``, ``answer``, ``match`` and ``date`` when they were asked for."""
         out = asdict(self)
-        for key in ("caption", "answer"):
+        for key in ("caption", "answer", "match", "date"):
             if out[key] is None:
                 del out[key]
         return out
+
+
+@dataclass(frozen=True)
+class MatchSet:
+    """Every photo whose match probability for the search text is at least ``min_match``, found by
+    scoring the ITC ranking with ITM in growing batches until a stopping rule says the rest are
+    unlikely to match (see :meth:`blipsearch.search.searcher.Searcher.matches`). Iterating it gives
+    the matches, in ``sort`` order; ``others`` are the best of the photos checked that did not match."""
+
+    hits: list[Hit]
+    others: list[Hit]
+    min_match: float
+    sort: str
+    checked: int  # photos scored with ITM, the closest by ITC first
+    searched: int  # photos the search could reach (those that pass the filters)
+    stopped: str  # "all" (every photo checked), "rule" (the stopping rule) or "max-check" (the bound)
+    expected_missed: float  # matches beyond those checked, if they are no denser than in the last batch
+
+    def __iter__(self) -> Any:
+        return iter(self.hits)
+
+    def __len__(self) -> int:
+        return len(self.hits)
+
+    def __getitem__(self, index: int) -> Hit:
+        return self.hits[index]
+
+    def summary(self) -> dict[str, Any]:
+        """The set's counts and how far the search went, for a JSON summary line."""
+        return {"matches": len(self.hits), "min_match": self.min_match, "sort": self.sort, "checked": self.checked,
+                "searched": self.searched, "stopped": self.stopped,
+                "expected_missed": round(self.expected_missed, 2)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.summary(), "hits": [h.to_dict() for h in self.hits],
+                "others": [h.to_dict() for h in self.others]}
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ class Reranked:
     score: float
     itm: float | None  # None when the image could not be read again
     itm_logit: float | None
+    more_matches: tuple[float, ...] = ()  # each further text's match probability, in ``more``'s order
 
 
 def match_scores(logits: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
@@ -95,12 +96,16 @@ def rerank(
         chunk = readable[start : start + batch_size]
         batch = torch.stack([tokens[i] for i, _ in chunk])
         logit, prob = match_scores(model.itm_logits([text] * len(chunk), batch))
+        others: list[npt.NDArray[np.float32]] = []
         if more:
             positive = 1.0 + sum(w for _, w in more if w > 0)
             for other, weight in more:
-                logit = logit + weight * match_scores(model.itm_logits([other] * len(chunk), batch))[0]
+                other_logit, other_prob = match_scores(model.itm_logits([other] * len(chunk), batch))
+                logit = logit + weight * other_logit
+                others.append(other_prob)
             logit = logit / positive
-        for (image_id, itc), lg, pr in zip(chunk, logit, prob):
-            scored.append(Reranked(image_id, itc, float(lg) + itc, float(pr), float(lg)))
+        for n, ((image_id, itc), lg, pr) in enumerate(zip(chunk, logit, prob)):
+            scored.append(Reranked(image_id, itc, float(lg) + itc, float(pr), float(lg),
+                                   tuple(float(o[n]) for o in others)))
     scored.sort(key=lambda r: r.score, reverse=True)
     return scored + unreadable

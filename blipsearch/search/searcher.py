@@ -1,5 +1,6 @@
 """Text to image and image to image: an ITC shortlist from the vector index (fused with the full
-text when hybrid), the best reranked with ITM; composite queries; near-duplicates."""
+text when hybrid), the best reranked with ITM; match sets (every photo ITM matches); composite
+queries; near-duplicates."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import InputPathError
+from ..errors import InputPathError, SettingsError
 from ..filters import NO_FILTERS, Filters
 from ..options import DEFAULT_RERANK_DEPTH
-from ..rerank.itm import rerank
-from ..results import Hit, ImageQuery
+from ..rerank.itm import Reranked, rerank
+from ..results import Hit, ImageQuery, MatchSet
 from ..similarity import (
     MULTI_FACTOR,
     MULTI_SHARE,
@@ -33,6 +34,18 @@ if TYPE_CHECKING:
     from ..models.base import RetrievalModel
     from ..models.loading import ModelIdentity
     from ..workspace import Workspace
+
+
+# Match sets: the ITC ranking is scored by ITM in batches of FIRST_BATCH, doubling up to MAX_BATCH.
+# The search stops after a batch with no match whose best cosine lies more than STOP_MARGIN below
+# the lowest cosine of any match so far (with no match yet: after MIN_CHECK photos). The numbers
+# are measured on the shapes world by benchmarks/match_sets.py (BENCHMARKS.md, "Match sets").
+FIRST_BATCH = 16
+MAX_BATCH = 256
+MIN_CHECK = 32
+STOP_MARGIN = 0.02
+SORTS = ("score", "date", "-date")
+OTHERS = 24  # photos checked that did not match, kept to show as "more that might match"
 
 
 class Searcher:
@@ -135,6 +148,82 @@ class Searcher:
             Hit(rank=offset + n + 1, id=i, path=os.fsdecode(rows[i].path), score=score, itc=itc[i], itm=itm,
                 keyword=keyword.get(i))
             for n, (i, score, itm) in enumerate(results[offset:wanted])
+        ]
+
+    def matches(self, text: str, *, min_match: float = 0.5, sort: str = "score", max_check: int | None = None,
+                tag: str | None = None, filters: Filters = NO_FILTERS, terms: Sequence[Term] = ()) -> MatchSet:
+        """Every photo whose ITM match probability for ``text`` is at least ``min_match`` (see
+        :class:`~blipsearch.results.MatchSet`), best first or by capture time (``sort="date"``,
+        ``"-date"`` newest first). ``terms`` change the ITC ranking the photos are checked in; a
+        negative text's match of at least ``min_match`` keeps a photo out. At most ``max_check``
+        photos are scored."""
+        if not text.strip():
+            raise InputPathError("The search text is empty.")
+        if not 0.0 <= min_match <= 1.0:
+            raise SettingsError(f"The least match probability must lie in 0..1, not {min_match}.")
+        if sort not in SORTS:
+            raise SettingsError(f"A match set is sorted by {', '.join(SORTS)}, not {sort!r}.")
+        if max_check is not None and max_check < 1:
+            raise SettingsError(f"The most photos to check must be at least 1, not {max_check}.")
+        if tag is not None:
+            filters = replace(filters, tag=Filters.make(tag=tag).tag)
+        ws = self.ws
+        model = ws.searchable(load=True)
+        query = ws.embed_query(model, text)
+        if terms:
+            query = self._composite(model, query, terms)
+        among = self._allowed(model, filters)
+        searched = len(among) if among is not None else len(ws.vectors.get(model.fingerprint))
+        limit = min(searched, max_check or searched)
+        more = [(t.text, t.weight) for t in terms if t.text is not None]
+        negatives = [n for n, (_, weight) in enumerate(more) if weight < 0]
+        matched: list[Reranked] = []
+        missed: list[Reranked] = []
+        seen: set[int] = set()
+        batch, lowest, last_rate = FIRST_BATCH, float("inf"), 0.0
+        stopped = "all"
+        while len(seen) < limit:
+            width = min(limit, len(seen) + batch)
+            new = [(i, s) for i, s in self._nearest(model, query, width, among).items() if i not in seen]
+            new = new[: width - len(seen)]
+            if not new:
+                break
+            seen.update(i for i, _ in new)
+            rows = ws.db.refs_by_id([i for i, _ in new])
+            found = 0
+            for r in rerank(ws.model, text, [(i, s) for i, s in new if i in rows], rows, cache=ws.token_cache,
+                            more=more):
+                if r.itm is not None and r.itm >= min_match and not any(r.more_matches[n] >= min_match
+                                                                         for n in negatives):
+                    matched.append(r)
+                    lowest = min(lowest, r.itc)
+                    found += 1
+                else:
+                    missed.append(r)
+            last_rate = (found + 1) / (len(new) + 2)  # Laplace: a batch of no match still allows one
+            if found == 0 and len(seen) >= MIN_CHECK and new[0][1] < lowest - STOP_MARGIN:
+                stopped = "rule"
+                break
+            batch = min(2 * batch, MAX_BATCH)
+        if stopped == "all" and len(seen) < searched:
+            stopped = "max-check"
+        return MatchSet(self._match_hits(matched, sort, True), self._match_hits(missed, "score", False)[:OTHERS],
+                        min_match, sort, len(seen), searched, stopped,
+                        0.0 if len(seen) >= searched else last_rate * (searched - len(seen)))
+
+    def _match_hits(self, scored: list[Reranked], sort: str, with_dates: bool) -> list[Hit]:
+        ids = [r.id for r in scored]
+        rows = self.ws.db.refs_by_id(ids)
+        dates = self.ws.db.capture_times(ids) if with_dates else {}
+        if sort == "score":
+            ordered = sorted(scored, key=lambda r: -r.score)
+        else:
+            sign = -1 if sort == "-date" else 1
+            ordered = sorted(scored, key=lambda r: (sign * dates[r.id].timestamp(), -r.score))
+        return [
+            Hit(rank=n + 1, id=r.id, path=os.fsdecode(rows[r.id].path), score=r.score, itc=r.itc, itm=r.itm,
+                match=r.itm, date=dates[r.id].isoformat() if r.id in dates else None)
+            for n, r in enumerate(ordered) if r.id in rows
         ]
 
     def similar(self, image: ImageQuery, k: int = 10, *, filters: Filters = NO_FILTERS,

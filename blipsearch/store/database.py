@@ -453,6 +453,17 @@ class Database:
                              session.execute(select(*cols).where(ImageRow.id.in_(ids[start : start + 500]))))
         return found
 
+    def capture_times(self, ids: list[int]) -> dict[int, datetime]:
+        """{id: when the photo was taken}, or its file's modification time when that is unknown (as the
+        date filters compare them)."""
+        found: dict[int, datetime] = {}
+        with self.reader() as session:
+            for start in range(0, len(ids), 500):
+                for i, taken, mtime_ns in session.execute(select(ImageRow.id, ImageRow.taken_at, ImageRow.mtime_ns)
+                                                          .where(ImageRow.id.in_(ids[start : start + 500]))):
+                    found[i] = taken if taken is not None else datetime.fromtimestamp(mtime_ns / 1e9)
+        return found
+
     def images_by_id(self, ids: list[int]) -> dict[int, ImageRow]:
         with self.reader() as session:
             rows = session.scalars(select(ImageRow).where(ImageRow.id.in_(ids))).all()

@@ -1,0 +1,130 @@
+"""Match sets: every photo whose ITM match probability for the text is at least the cut-off, found by
+scoring the ITC ranking in growing batches, compared with scoring every photo."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from blipsearch import Library
+from blipsearch.errors import BlipsearchError
+from blipsearch.filters import Filters
+from blipsearch.rerank.itm import rerank
+from blipsearch.search import searcher
+from blipsearch.search.query import Term
+from blipsearch.shapes import world
+
+
+@pytest.fixture(scope="module")
+def scenes() -> list[world.Scene]:
+    return world.generate("test", 120, seed=3)
+
+
+@pytest.fixture(scope="module")
+def shapes_library(tmp_path_factory: pytest.TempPathFactory, scenes: list[world.Scene]) -> Path:
+    folder = tmp_path_factory.mktemp("shapes")
+    world.write_folder(folder / "photos", scenes)
+    with Library(folder / "library", model="builtin:shapes", device="cpu") as lib:
+        lib.index([folder / "photos"])
+    return folder / "library"
+
+
+@pytest.fixture
+def lib(shapes_library: Path) -> Library:
+    with Library(shapes_library, device="cpu") as library:
+        yield library
+
+
+def brute_force(lib: Library, text: str, more: list[tuple[str, float]] = ()) -> dict[int, tuple[float, tuple[float, ...]]]:
+    """{id: (the text's match probability, the further texts')} for every photo of the library."""
+    ids = sorted(lib.db.refs_by_id(list(range(1, 1000))))
+    assert len(ids) == 120
+    rows = lib.db.refs_by_id(ids)
+    return {r.id: (r.itm, r.more_matches) for r in rerank(lib.model, text, [(i, 0.0) for i in ids], rows,
+                                                           more=list(more))}
+
+
+def queries(scenes: list[world.Scene]) -> list[str]:
+    return [scenes[i].caption for i in (0, 7, 19, 33, 58, 91)]
+
+
+def test_a_match_set_equals_scoring_every_photo(lib: Library, scenes: list[world.Scene]) -> None:
+    reached = 0
+    for text in queries(scenes):
+        found = lib.search(text, all=True)
+        truth = {i for i, (p, _) in brute_force(lib, text).items() if p >= 0.5}
+        assert truth, text  # each caption's own scene matches
+        assert {h.id for h in found} == truth, text
+        assert all(h.match is not None and h.match >= 0.5 and h.match == h.itm for h in found)
+        assert [h.score for h in found] == sorted((h.score for h in found), reverse=True)
+        assert found.searched == 120 and found.checked <= 120
+        reached += found.checked < 120
+    assert reached >= 3  # most sets were complete well before every photo was scored
+
+
+def test_the_rule_stops_early_and_its_recall_is_measured(lib: Library, scenes: list[world.Scene]) -> None:
+    found_total = truth_total = 0
+    for text in queries(scenes):
+        found = lib.search(text, all=True)
+        assert found.stopped == "rule" and found.checked < found.searched
+        truth = {i for i, (p, _) in brute_force(lib, text).items() if p >= 0.5}
+        found_total += len({h.id for h in found} & truth)
+        truth_total += len(truth)
+        assert 0 < found.expected_missed < found.searched - found.checked
+    assert found_total / truth_total == 1.0
+
+
+def test_max_check_bounds_the_work(lib: Library, scenes: list[world.Scene]) -> None:
+    found = lib.search(scenes[0].caption, all=True, max_check=20)
+    assert found.checked == 20 and found.stopped == "max-check"
+    everything = lib.search(scenes[0].caption, all=True, max_check=10_000)
+    assert {h.id for h in found} <= {h.id for h in everything}
+
+
+def test_a_cut_off_of_zero_checks_every_photo(lib: Library, scenes: list[world.Scene]) -> None:
+    found = lib.search(scenes[0].caption, all=True, min_match=0.0)
+    assert len(found) == 120 and found.checked == 120 and found.stopped == "all" and found.expected_missed == 0
+
+
+def test_nonsense_matches_nothing_after_a_short_look(lib: Library) -> None:
+    found = lib.search("zxqv blorp 12345", all=True)
+    looked, batch = 0, searcher.FIRST_BATCH
+    while looked < searcher.MIN_CHECK:  # whole batches, until at least MIN_CHECK photos
+        looked, batch = looked + batch, 2 * batch
+    assert len(found) == 0 and found.stopped == "rule" and found.checked == looked < 120
+    assert len(found.others) == searcher.OTHERS
+    assert [h.score for h in found.others] == sorted((h.score for h in found.others), reverse=True)
+
+
+def test_date_order_and_newest_first(lib: Library, scenes: list[world.Scene]) -> None:
+    found = lib.search(scenes[0].caption, all=True, min_match=0.0, sort="date")
+    dates = [datetime.fromisoformat(h.date) for h in found]
+    assert dates == sorted(dates) and len(dates) == 120
+    newest = lib.search(scenes[0].caption, all=True, min_match=0.0, sort="-date")
+    assert [datetime.fromisoformat(h.date) for h in newest] == sorted(dates, reverse=True)
+    assert [h.rank for h in newest] == list(range(1, 121))
+
+
+def test_a_negative_text_keeps_its_matches_out(lib: Library, scenes: list[world.Scene]) -> None:
+    text, other = scenes[0].caption, scenes[0].alt_captions[0]  # the same content, said another way
+    terms = [Term(text=other, weight=-1.0)]
+    found = lib.search(text, all=True, min_match=0.01, terms=terms)
+    truth = {i for i, (p, more) in brute_force(lib, text, [(other, -1.0)]).items() if p >= 0.01 and more[0] < 0.01}
+    assert {h.id for h in found} == truth
+    kept_out = {h.id for h in lib.search(other, all=True, min_match=0.01)}
+    assert kept_out and not kept_out & {h.id for h in found}
+
+
+def test_filters_narrow_the_set(lib: Library, scenes: list[world.Scene]) -> None:
+    every = lib.search(scenes[0].caption, all=True, min_match=0.0)
+    some = lib.search(scenes[0].caption, all=True, min_match=0.0,
+                      filters=Filters.make(min_size="9999x9999"))
+    assert len(every) == 120 and len(some) == 0 and some.searched == 0
+
+
+@pytest.mark.parametrize("kwargs", [{"min_match": 1.5}, {"sort": "size"}, {"max_check": 0}])
+def test_bad_settings_are_refused(lib: Library, kwargs: dict[str, object]) -> None:
+    with pytest.raises(BlipsearchError):
+        lib.search("a red circle", all=True, **kwargs)
