@@ -128,3 +128,21 @@ def test_filters_narrow_the_set(lib: Library, scenes: list[world.Scene]) -> None
 def test_bad_settings_are_refused(lib: Library, kwargs: dict[str, object]) -> None:
     with pytest.raises(BlipsearchError):
         lib.search("a red circle", all=True, **kwargs)
+
+
+def test_the_http_api_gives_the_same_set(lib: Library, scenes: list[world.Scene]) -> None:
+    from fastapi.testclient import TestClient
+
+    from blipsearch.web.app import ServeSettings, create_app
+
+    text = scenes[7].caption
+    expected = lib.search(text, all=True, sort="-date", min_match=0.2)
+    with TestClient(create_app(lib, ServeSettings(warm=False)), base_url="http://127.0.0.1:8000") as client:
+        answer = client.get("/api/search", params={"q": text, "all": 1, "sort": "-date", "min_match": 0.2}).json()
+        refused = client.get("/api/search", params={"q": text, "all": 1, "sort": "size"})
+    assert [h["id"] for h in answer["hits"]] == [h.id for h in expected]
+    assert [h["match"] for h in answer["hits"]] == [h.match for h in expected]
+    assert [h["date"] for h in answer["hits"]] == [h.date for h in expected]
+    assert {k: answer[k] for k in expected.summary()} == expected.summary()
+    assert [h["id"] for h in answer["others"]] == [h.id for h in expected.others]
+    assert refused.status_code == 422 and "error" in refused.json()

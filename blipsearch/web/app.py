@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Body, Depends, FastAPI, Query, Request
 from fastapi import Path as PathParam
@@ -204,12 +204,25 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
         without: Annotated[list[str], Query(alias="not", description="Look away from this text.")] = [],  # noqa: B006
         like: Annotated[list[int], Query(description="Also look like this indexed image (its id).")] = [],  # noqa: B006
         unlike: Annotated[list[int], Query(description="Look unlike this indexed image.")] = [],  # noqa: B006
+        all: Annotated[bool, Query(description="Every photo that matches (`search --all`): a match set.")] = False,
+        min_match: Annotated[float, Query(ge=0, le=1, description="With `all`: the least match probability.")] = 0.5,
+        sort: Annotated[Literal["score", "date", "-date"], Query(description="With `all`: best first, by capture "
+                                                                       "time, or newest first.")] = "score",
+        max_check: Annotated[int | None, Query(ge=1, le=10_000_000, description="With `all`: the most photos "
+                                                                               "scored by ITM.")] = None,
     ) -> dict[str, Any]:
         """Text to image: the CLI's `search --json` hits (`rank`, `id`, `path`, `score`, `itc`, `itm`); with
-        `and`, `not`, `like`, `unlike`, a composite query as `blipsearch search --and/--not/--like/--unlike`."""
-        depth = 0 if no_rerank else (settings.rerank_depth if rerank_depth is None else rerank_depth)
+        `and`, `not`, `like`, `unlike`, a composite query as `blipsearch search --and/--not/--like/--unlike`.
+        With `all`, a match set as `blipsearch search --all`: `hits` are the matches (each with `match` and
+        `date`), `others` the best photos checked that did not match, with the set's counts."""
         terms = ([text_term(t) for t in also] + [text_term(t, -1) for t in without]
                  + [Term(image=i) for i in like] + [Term(image=i, weight=-1.0) for i in unlike])
+        if all:
+            found = lib.search(q, all=True, min_match=min_match, sort=sort, max_check=max_check, filters=filters,
+                               terms=terms)
+            return {"query": q, "filters": filters.to_dict(), **found.summary(), "hits": hit_dicts(found.hits),
+                    "others": hit_dicts(found.others)}
+        depth = 0 if no_rerank else (settings.rerank_depth if rerank_depth is None else rerank_depth)
         hits = lib.search(q, k, rerank_depth=depth, rerank_hits=depth > 0, hybrid=hybrid, filters=filters,
                           offset=offset, terms=terms)
         return {"query": q, "k": k, "offset": offset, "reranked": depth > 0, "filters": filters.to_dict(),
