@@ -12,6 +12,11 @@ virtualenv), median of ``--runs``:
   vision-token cache holding the candidates (one search fills it first);
 - on the offline demo (200 shapes-world pictures, the built-in model), the
   same two ways.
+
+With ``--compare SRC`` (a checkout of other code, e.g. ``git worktree add /tmp/old REV``) it
+times only the commands that start without a model (``--help``, ``status``,
+``search --no-rerank``), in-process, for this checkout and for SRC (``PYTHONPATH=SRC``), the two
+alternating run by run so that both see the same machine; it prints both medians and their ratio.
 """
 
 from __future__ import annotations
@@ -82,11 +87,38 @@ def measure(options: list[str], query_image: Path, runs: int) -> dict[str, dict[
     return {"in_process": cold, "with_serve": warm}
 
 
+LIGHT = ("--help", "status", "search --no-rerank")
+
+
+def compare(source: Path, libraries: dict[str, list[str]], runs: int) -> dict[str, dict[str, float]]:
+    """Median whole-process seconds of the LIGHT commands for this checkout and for ``source``."""
+    here = str(Path(__file__).resolve().parent.parent)
+    envs = {"this": {**os.environ, "BLIPSEARCH_IN_PROCESS": "1", "PYTHONPATH": here},
+            "other": {**os.environ, "BLIPSEARCH_IN_PROCESS": "1", "PYTHONPATH": str(source.resolve())}}
+    found = commands(Path("unused"))
+    result: dict[str, dict[str, float]] = {}
+    for where, options in libraries.items():
+        for name in LIGHT:
+            args = found[name] if name == "--help" else [*found[name], *options]
+            if name == "--help" and where != next(iter(libraries)):
+                continue
+            times: dict[str, list[float]] = {"this": [], "other": []}
+            for _ in range(runs):
+                for side in ("other", "this"):
+                    times[side].append(timed(args, envs[side], 1))
+            label = name if name == "--help" else f"{where}: {name}"
+            result[label] = {side: statistics.median(t) for side, t in times.items()}
+            result[label]["ratio"] = result[label]["this"] / result[label]["other"]
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "blipsearch-bench")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--images", type=int, default=5000)
+    parser.add_argument("--compare", type=Path, default=None, metavar="SRC",
+                        help="time --help, status and search --no-rerank against the code in SRC")
     args = parser.parse_args()
 
     checkpoint = make_base_checkpoint(args.workdir / "blip-base-random")
@@ -94,14 +126,23 @@ def main() -> None:
     base = ["--library", str(library), "--token-cache-gb", "1"]
     photo = library / "files" / "000001.jpg"
     env = {**os.environ, "BLIPSEARCH_IN_PROCESS": "1"}
-    timed(["search", "a red circle left of a blue square", *base], env, 1)  # fills the token cache
-    result: dict[str, object] = {"base": measure(base, photo, args.runs)}
-
     demo = args.workdir / "cold-demo"
     shutil.rmtree(demo, ignore_errors=True)
     subprocess.run([str(BIN), "demo-photos", str(demo / "photos")], check=True, stdout=subprocess.DEVNULL)
     subprocess.run([str(BIN), "index", str(demo / "photos"), "--model", "builtin:shapes", "--library",
                     str(demo / "library")], check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if args.compare is not None:
+        found = compare(args.compare, {"base": base, "demo": ["--library", str(demo / "library")]}, args.runs)
+        path = save("cold_start_compare", {"other": str(args.compare), "runs": args.runs, "commands": found})
+        print(f"| command | this checkout | {args.compare} | ratio |")
+        print("|---|---|---|---|")
+        for name, row in found.items():
+            print(f"| `{name}` | {row['this']:.3f} s | {row['other']:.3f} s | {row['ratio']:.3f} |")
+        print(f"written to {path}")
+        return
+    timed(["search", "a red circle left of a blue square", *base], env, 1)  # fills the token cache
+    result: dict[str, object] = {"base": measure(base, photo, args.runs)}
+
     result["demo"] = measure(["--library", str(demo / "library")], demo / "photos" / "images" / "00001.png",
                              args.runs)
     path = save("cold_start", result)
