@@ -204,17 +204,18 @@ def invoke(args: list[str], w: World | None = None) -> Result:
     """Run the command line in this process. With ``w``, every command opens ``w``'s library
     object (its models stay loaded between calls); without, the command opens what it is told."""
     from blipsearch import cli
+    from blipsearch.cli import options
 
     runner = CliRunner()
     if w is None:
         return runner.invoke(cli.main, args, catch_exceptions=True)
-    real = cli._open
+    real = options._open
     with w.cli_lock:
-        cli._open = lambda *a, **k: w.lib  # type: ignore[assignment]
+        options._open = lambda *a, **k: w.lib  # type: ignore[assignment]
         try:
             return runner.invoke(cli.main, args, catch_exceptions=True)
         finally:
-            cli._open = real  # type: ignore[assignment]
+            options._open = real  # type: ignore[assignment]
 
 
 def cli_outcome(result: Result, given: str = "") -> str:

@@ -1,0 +1,5 @@
+"""``python -m blipsearch.cli``."""
+
+from . import main
+
+main()

@@ -1,0 +1,242 @@
+"""Finding images and texts: ``search``, ``similar``, ``lookup``, ``duplicates``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from ..errors import BlipsearchError
+from ..filters import Filters
+from ..options import DEFAULT_RERANK_DEPTH, AnswerSettings, CaptionSettings
+from ..search.query import image_term, text_term
+from ..text import same_answer
+from .options import (
+    HEADER,
+    TEXT,
+    Amount,
+    PositiveInt,
+    _choices_option,
+    _display,
+    _echo_path,
+    _filter_options,
+    _json_line,
+    _nonempty,
+    _output_flags,
+    _percent,
+    _print_hits,
+    _read_choices,
+    with_existing_library,
+    with_served_library,
+)
+
+if TYPE_CHECKING:
+    from ..library import Library
+
+
+@click.command()
+@click.argument("text", type=TEXT, callback=_nonempty)
+@_output_flags
+@click.option("--rerank-depth", type=PositiveInt(0), default=DEFAULT_RERANK_DEPTH, show_default=True,
+              help="Rerank this many of the best ITC candidates with the ITM head "
+                   "(each costs one vision-encoder pass plus one cross-attention pass).")
+@click.option("--no-rerank", is_flag=True,
+              help="Rank by ITC cosine only: no image is read or matched again, and no model is loaded (TEXT is "
+                   "embedded by a numpy copy of the text encoder).")
+@click.option("--hybrid", is_flag=True,
+              help="Also match the words of TEXT against captions, file and folder names "
+                   "(full text), fused with the vector ranking before reranking.")
+@click.option("--and", "also", multiple=True, type=TEXT, metavar="TEXT",
+              help="Also look for TEXT (repeatable; `2*TEXT` weighs it twice). See 'Composite queries' below.")
+@click.option("--not", "without", multiple=True, type=TEXT, metavar="TEXT",
+              help="Look away from TEXT: its vector is subtracted and its ITM match lowers the score.")
+@click.option("--like", "like", multiple=True, type=TEXT, metavar="IMAGE",
+              help="Also look like IMAGE (a file, or an indexed image's id; ITC only; repeatable).")
+@click.option("--unlike", "unlike", multiple=True, type=TEXT, metavar="IMAGE", help="Look unlike IMAGE (ITC only).")
+@click.option("--tag", type=TEXT, metavar="LABEL", help="Only images tagged LABEL (see `index --tags`).")
+@click.option("--caption", "with_caption", is_flag=True, help="Add a generated caption to each hit (cached).")
+@click.option("--ask", "question", type=TEXT, metavar="QUESTION", help="Ask each hit a question; adds `answer`.")
+@click.option("--answer", "expected", type=TEXT, metavar="VALUE",
+              help="With --ask: keep only the hits whose answer is VALUE (e.g. --ask 'is there a dog?' --answer yes).")
+@click.option("--examine", type=PositiveInt(), default=None,
+              help="With --answer: how many top hits to ask. Default: max(k, --rerank-depth).")
+@_choices_option
+@_filter_options
+@with_served_library
+def search(lib: Library, text: str, k: int, as_json: bool, paths_only: str | None, rerank_depth: int,
+           no_rerank: bool, hybrid: bool, tag: str | None, with_caption: bool, question: str | None, expected: str | None,
+           examine: int | None, choices_file: Path | None, shortlist: int, filters: Filters,
+           also: tuple[str, ...], without: tuple[str, ...], like: tuple[str, ...], unlike: tuple[str, ...]) -> None:
+    """Find the images that best match TEXT.
+
+    Candidates come from the vector index by cosine similarity (ITC); the best
+    --rerank-depth are rescored by BLIP's image-text matching head, and ranked
+    by ITM logit + cosine as in the BLIP paper. Output: rank; score (for
+    reranked hits ITM logit + cosine, higher is better and often below 0; for
+    the others the cosine); match (ITM's probability that the photo matches
+    TEXT, a dash when not reranked); path.
+
+    \b
+    Examples:
+      blipsearch search "a red circle left of a blue square" -k 5
+      blipsearch search "sunset over the sea" --paths0 | xargs -0 ls -l
+      blipsearch search "a dog in the park" --caption
+      blipsearch search "birthday cake" --hybrid
+      blipsearch search "a street at night" --ask "is it raining?" --answer yes
+      blipsearch search "a kitchen" --ask "what room is it?" --answer kitchen --choices rooms.txt
+      blipsearch search "the beach" --folder ~/Pictures/Trips --after 2024-06 --before 2024-09
+      blipsearch search "a beach" --and "2*sunset" --not "people"
+      blipsearch search "at night" --like ~/Pictures/street.jpg
+
+    \b
+    Composite queries: ITC ranks by the normalized weighted sum of the vectors
+    of TEXT (weight 1) and of each --and/--like term, minus each --not/--unlike
+    term; ITM reranking adds the weighted ITM logits of the texts (--not ones
+    subtracted) over the sum of the positive weights. `match` stays TEXT's.
+    """
+    if expected is not None and question is None:
+        raise click.UsageError("--answer needs --ask QUESTION.")
+    if choices_file is not None and question is None:
+        raise click.UsageError("--choices needs --ask QUESTION.")
+    answers = AnswerSettings(choices=_read_choices(choices_file), shortlist=shortlist)
+    if expected is not None and answers.choices and not any(same_answer(c, expected) for c in answers.choices):
+        raise click.UsageError(f"--answer {expected!r} is not one of the {len(answers.choices)} choices in "
+                               f"{choices_file}.")
+    depth = 0 if no_rerank else rerank_depth
+    wanted = (examine or max(k, depth)) if expected is not None else k
+    try:
+        terms = ([text_term(t) for t in also] + [text_term(t, -1) for t in without]
+                 + [image_term(i) for i in like] + [image_term(i, -1) for i in unlike])
+    except BlipsearchError as exc:
+        raise click.UsageError(str(exc)) from None
+    hits = lib.search(text, wanted, rerank_depth=depth, rerank_hits=depth > 0, hybrid=hybrid, filters=filters,
+                      terms=terms)
+    settings = CaptionSettings() if with_caption else None
+    if expected is not None:
+        hits = lib.describe(hits, question=question, answers=answers)
+        examined = len(hits)
+        kept = lib.keep_answer(hits, expected)
+        hits = kept[:k]
+        shown = f" (showing {len(hits)})" if len(hits) < len(kept) else ""
+        click.echo(f"Asked {question!r} of the top {examined} hits: {len(kept)} answered {expected!r}{shown}.",
+                   err=True)
+        if settings is not None:
+            hits = lib.describe(hits, caption=settings)
+    elif settings is not None or question is not None:
+        hits = lib.describe(hits, caption=settings, question=question, answers=answers)
+    if not hits and tag is not None:
+        click.echo(f"No indexed image is tagged {tag!r} (tags come from `blipsearch index --tags FILE`).", err=True)
+    _print_hits(hits, as_json, paths_only)
+    if filters and not as_json and not paths_only:
+        click.echo(f"{lib.count(filters):,} indexed photos match the filters.", err=True)
+    _warn_unsearchable(lib)
+
+
+def _warn_unsearchable(lib: Library) -> None:
+    missing, images = lib.unsearchable()
+    if missing:
+        click.echo(f"Note: {missing} of {images} indexed images have no vector from this model yet "
+                   "and can't be found (an interrupted `index --reindex`?): run that index command again "
+                   "to finish.", err=True)
+
+
+@click.command()
+@click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=bytes))
+@_output_flags
+@click.option("--tag", type=TEXT, metavar="LABEL", help="Only images tagged LABEL (see `index --tags`).")
+@_filter_options
+@with_served_library
+def similar(lib: Library, image: bytes, k: int, as_json: bool, paths_only: str | None, tag: str | None,
+            filters: Filters) -> None:
+    """Find the images that look most like IMAGE (any image file, indexed or not).
+
+    \b
+    Examples:
+      blipsearch similar ~/Pictures/beach/IMG_0042.jpg -k 5
+      blipsearch similar download.png --paths0 | xargs -0 ls -l
+      blipsearch similar cat.jpg --folder ~/Pictures/2023"""
+    _print_hits(lib.similar(image, k, filters=filters), as_json, paths_only)
+    _warn_unsearchable(lib)
+
+
+@click.command()
+@click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=bytes))
+@click.option("-k", "--top-k", "k", type=PositiveInt(), default=10, show_default=True, help="Number of results.")
+@click.option("--rerank-depth", type=PositiveInt(0), default=DEFAULT_RERANK_DEPTH, show_default=True,
+              help="Rerank this many of the best ITC texts with the ITM head (the image is encoded once).")
+@click.option("--no-rerank", is_flag=True, help="Rank by ITC cosine only.")
+@click.option("--source", type=click.Choice(["texts", "captions"]), default="texts", show_default=True,
+              help="Match against the text collection, or the library's generated captions.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per text per line.")
+@with_served_library
+def lookup(lib: Library, image: bytes, k: int, rerank_depth: int, no_rerank: bool, source: str,
+           as_json: bool) -> None:
+    """Find the texts that best describe IMAGE.
+
+    \b
+    Examples:
+      blipsearch texts add product-descriptions.csv
+      blipsearch lookup photo.jpg -k 3
+      blipsearch lookup photo.jpg --source captions --json
+    """
+    hits = lib.lookup(image, k, rerank_depth=rerank_depth, rerank_hits=not no_rerank, source=source)
+    if hits and not as_json:
+        click.echo(HEADER + "text")
+    for hit in hits:
+        if as_json:
+            _json_line(hit.to_dict())
+        else:
+            click.echo(f"{hit.rank:3d}  {hit.score:7.3f}  {_percent(hit.itm)}  {hit.text}")
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:6.1f} MB"
+
+
+@click.command()
+@click.option("--threshold", type=Amount(0, strict=True), default=0.95, show_default=True,
+              help="Least ITC cosine between two photos for them to count as copies (1.0: only identical "
+                   "vectors; lower finds edits and crops, and sooner photos of the same scene).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per group per line.")
+@click.option("--paths", "paths_only", flag_value="\n",
+              help="Print only the copies after each group's best, one path per line (what you might move away).")
+@click.option("-0", "--paths0", "paths_only", flag_value="\0", help="The same, each path ended by a NUL byte.")
+@click.option("--tag", type=TEXT, metavar="LABEL", help="Only images tagged LABEL (see `index --tags`).")
+@_filter_options
+@with_existing_library
+def duplicates(lib: Library, threshold: float, as_json: bool, paths_only: str | None, tag: str | None,
+               filters: Filters) -> None:
+    """Find photos that are copies of each other: the same shot resized, re-encoded, lightly cropped
+    or byte for byte.
+
+    Every pair of indexed photos whose ITC vectors reach --threshold joins a
+    group; the best copy (most pixels, then largest file) comes first, byte-identical
+    files are marked `same`. Nothing is changed or deleted. Output: per group, the
+    best copy, then each other copy with its cosine to the best.
+
+    \b
+    Examples:
+      blipsearch duplicates
+      blipsearch duplicates --folder ~/Pictures/2024 --threshold 0.97
+      blipsearch duplicates --paths0 | xargs -0 mv -t ~/possible-duplicates/
+    """
+    if threshold > 1:
+        raise click.BadParameter("it is a cosine: at most 1.", param_hint="--threshold")
+    groups = lib.duplicates(threshold, filters=filters)
+    for group in groups:
+        if paths_only:
+            for copy in group.copies[1:]:
+                _echo_path(copy.path, paths_only)
+        elif as_json:
+            _json_line(group.to_dict())
+        else:
+            click.echo(f"group {group.rank}: {len(group.copies)} photos")
+            for n, copy in enumerate(group.copies):
+                mark = "best" if n == 0 else "same" if copy.exact else f"{copy.similarity:.3f}"
+                dims = f"{copy.width}x{copy.height}" if copy.width and copy.height else "?"
+                click.echo(f"  {mark:>6}  {dims:>11}  {_megabytes(copy.size)}  {_display(copy.path)}")
+    if not paths_only and not as_json:
+        photos = sum(len(g.copies) for g in groups)
+        click.echo(f"{len(groups)} groups, {photos} photos, at cosine >= {threshold:g}" if groups else
+                   f"No two photos reach cosine {threshold:g}.", err=True)
