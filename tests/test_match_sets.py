@@ -146,3 +146,25 @@ def test_the_http_api_gives_the_same_set(lib: Library, scenes: list[world.Scene]
     assert {k: answer[k] for k in expected.summary()} == expected.summary()
     assert [h["id"] for h in answer["others"]] == [h.id for h in expected.others]
     assert refused.status_code == 422 and "error" in refused.json()
+
+
+def test_the_command_line_gives_the_same_set(lib: Library, scenes: list[world.Scene], shapes_library: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from blipsearch.cli import main
+
+    text = scenes[19].caption
+    expected = lib.search(text, all=True, sort="date", min_match=0.2)
+    runner = CliRunner()
+    result = runner.invoke(main, ["search", text, "--all", "--sort", "date", "--min-match", "0.2", "--json",
+                                  "--library", str(shapes_library)])
+    assert result.exit_code == 0, result.output
+    *hits, summary = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [h["id"] for h in hits] == [h.id for h in expected] and summary == expected.summary()
+    said = runner.invoke(main, ["search", "zxqv blorp 12345", "--all", "--library", str(shapes_library)])
+    assert said.exit_code == 0 and "No photo matches 'zxqv blorp 12345' (50% or more)" in said.stderr
+    assert "checked the 48 closest of 120" in said.stderr
+    refused = runner.invoke(main, ["search", text, "--all", "--hybrid", "--library", str(shapes_library)])
+    assert refused.exit_code == 2 and "--all" in refused.output

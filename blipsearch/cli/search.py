@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -61,13 +61,23 @@ if TYPE_CHECKING:
               help="With --ask: keep only the hits whose answer is VALUE (e.g. --ask 'is there a dog?' --answer yes).")
 @click.option("--examine", type=PositiveInt(), default=None,
               help="With --answer: how many top hits to ask. Default: max(k, --rerank-depth).")
+@click.option("--all", "match_set", is_flag=True,
+              help="Every photo that matches TEXT (ITM match probability at least --min-match), not the k best: "
+                   "the closest photos by cosine are checked in growing batches until the rest are unlikely to match.")
+@click.option("--min-match", type=click.FloatRange(0, 1), default=0.5, show_default=True, metavar="P",
+              help="With --all: the least match probability of a photo in the set.")
+@click.option("--sort", type=click.Choice(["score", "date", "-date"]), default="score", show_default=True,
+              help="With --all: best first, by capture time (else file time), or newest first.")
+@click.option("--max-check", type=PositiveInt(), default=None, metavar="N",
+              help="With --all: score at most N photos (the set may then miss some).")
 @_choices_option
 @_filter_options
 @with_served_library
 def search(lib: Library, text: str, k: int, as_json: bool, paths_only: str | None, rerank_depth: int,
            no_rerank: bool, hybrid: bool, tag: str | None, with_caption: bool, question: str | None, expected: str | None,
            examine: int | None, choices_file: Path | None, shortlist: int, filters: Filters,
-           also: tuple[str, ...], without: tuple[str, ...], like: tuple[str, ...], unlike: tuple[str, ...]) -> None:
+           also: tuple[str, ...], without: tuple[str, ...], like: tuple[str, ...], unlike: tuple[str, ...],
+           match_set: bool, min_match: float, sort: str, max_check: int | None) -> None:
     """Find the images that best match TEXT.
 
     Candidates come from the vector index by cosine similarity (ITC); the best
@@ -88,6 +98,13 @@ def search(lib: Library, text: str, k: int, as_json: bool, paths_only: str | Non
       blipsearch search "the beach" --folder ~/Pictures/Trips --after 2024-06 --before 2024-09
       blipsearch search "a beach" --and "2*sunset" --not "people"
       blipsearch search "at night" --like ~/Pictures/street.jpg
+      blipsearch search "a dog on the beach" --all --sort date
+
+    \b
+    Match sets (--all): every photo whose match probability for TEXT is at
+    least --min-match, in score or date order; the last line says how many
+    photos were checked (with --json, a line of counts: matches, checked,
+    searched, stopped, expected_missed).
 
     \b
     Composite queries: ITC ranks by the normalized weighted sum of the vectors
@@ -110,6 +127,15 @@ def search(lib: Library, text: str, k: int, as_json: bool, paths_only: str | Non
                  + [image_term(i) for i in like] + [image_term(i, -1) for i in unlike])
     except BlipsearchError as exc:
         raise click.UsageError(str(exc)) from None
+    if match_set:
+        if hybrid or no_rerank or question is not None or with_caption:
+            raise click.UsageError("--all finds the photos ITM matches: it takes no --hybrid, --no-rerank, "
+                                   "--caption or --ask.")
+        found = lib.search(text, all=True, min_match=min_match, sort=sort, max_check=max_check, filters=filters,
+                           terms=terms)
+        _print_match_set(found, text, as_json, paths_only)
+        _warn_unsearchable(lib)
+        return
     hits = lib.search(text, wanted, rerank_depth=depth, rerank_hits=depth > 0, hybrid=hybrid, filters=filters,
                       terms=terms)
     settings = CaptionSettings() if with_caption else None
@@ -131,6 +157,35 @@ def search(lib: Library, text: str, k: int, as_json: bool, paths_only: str | Non
     if filters and not as_json and not paths_only:
         click.echo(f"{lib.count(filters):,} indexed photos match the filters.", err=True)
     _warn_unsearchable(lib)
+
+
+def _print_match_set(found: Any, text: str, as_json: bool, paths_only: str | None) -> None:
+    """The matches as search prints hits (with the capture date when sorted by it), then how far the
+    search went: a JSON line of counts, or a sentence on stderr; with no match, the closest photos."""
+    summary = {k: v for k, v in found.to_dict().items() if k not in ("hits", "others")}
+    by_date = summary["sort"] != "score"
+    if as_json or paths_only:
+        _print_hits(found.hits, as_json, paths_only)
+        if as_json:
+            _json_line(summary)
+        return
+    if found.hits:
+        click.echo(HEADER + ("date        " if by_date else "") + "path")
+        for hit in found.hits:
+            day = f"{hit.date[:10]}  " if by_date else ""
+            click.echo(f"{hit.rank:3d}  {hit.score:7.3f}  {_percent(hit.itm)}  {day}{_display(hit.path)}")
+    checked = (f"checked all {summary['checked']:,}" if summary["stopped"] == "all" else
+               f"checked the {summary['checked']:,} closest of {summary['searched']:,}")
+    share = f"{round(100 * summary['min_match'])}%"
+    if found.hits:
+        word = "photo matches" if len(found.hits) == 1 else "photos match"
+        click.echo(f"{len(found.hits):,} {word} ({share} or more) · {checked}"
+                   + (" (--max-check reached)" if summary["stopped"] == "max-check" else "") + ".", err=True)
+        return
+    click.echo(f"No photo matches {text!r} ({share} or more) · {checked}.", err=True)
+    if found.others:
+        click.echo("The closest photos checked:", err=True)
+        _print_hits(found.others[:10], False, None)
 
 
 def _warn_unsearchable(lib: Library) -> None:
