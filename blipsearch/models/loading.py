@@ -1,17 +1,9 @@
-"""Model folders: a spec resolved to a folder (built-in, local, converted or from the hub), its
-config, family, fingerprint and memory needs, read without loading its weights.
+"""Model folders: a spec (see :mod:`.hub` for the kinds) resolved to a folder, built-in, local,
+converted from an original checkpoint or from the hub; its config, family, fingerprint and memory
+needs, read without loading its weights.
 
-A model is named by a *spec*:
-
-- ``builtin:NAME``: a small checkpoint shipped inside the package
-  (``blipsearch/builtin/NAME/<role>/``);
-- a local directory in the Hugging Face hub layout (config, safetensors
-  weights, tokenizer files, image processor config);
-- a hub id such as ``Salesforce/blip-itm-base-coco``: taken from the local
-  Hugging Face cache, downloaded once when it is not there.
-
-:func:`resolve_model_dir` turns a spec into a directory or fails within
-seconds with a message that says what to do; it never retries for long.
+:func:`resolve_model_dir` turns a spec into a directory or fails within seconds with a message
+that says what to do; it never retries for long.
 """
 
 from __future__ import annotations
