@@ -168,3 +168,33 @@ def test_the_command_line_gives_the_same_set(lib: Library, scenes: list[world.Sc
     assert "checked the 48 closest of 120" in said.stderr
     refused = runner.invoke(main, ["search", text, "--all", "--hybrid", "--library", str(shapes_library)])
     assert refused.exit_code == 2 and "--all" in refused.output
+
+
+def test_the_search_box_keys_reach_the_same_search(lib: Library, scenes: list[world.Scene],
+                                                   shapes_library: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from blipsearch.cli import main
+
+    def lines(*args: str) -> list[dict[str, object]]:
+        result = CliRunner().invoke(main, ["search", *args, "--json", "--library", str(shapes_library)])
+        assert result.exit_code == 0, result.output
+        return [json.loads(line) for line in result.stdout.splitlines()]
+
+    text, other = scenes[0].caption, scenes[0].alt_captions[0]
+    *hits, summary = lines(f"{text} all:yes sort:-date min:0.2")
+    expected = lib.search(text, all=True, sort="-date", min_match=0.2)
+    assert [h["id"] for h in hits] == [h.id for h in expected] and summary == expected.summary()
+    *hits, summary = lines(f'{text} -"{other}"', "--all", "--min-match", "0.01")
+    expected = lib.search(text, all=True, min_match=0.01, terms=[Term(text=other, weight=-1.0)])
+    assert [h["id"] for h in hits] == [h.id for h in expected] and summary == expected.summary()
+    *hits, summary = lines(f"{text} size:9999x9999", "--all")
+    assert hits == [] and summary["searched"] == 0
+    plain = lines("a red circle colour:red", "--plain", "--no-rerank", "-k", "3")
+    assert [h["id"] for h in plain] == [h.id for h in lib.search("a red circle colour:red", 3, rerank_hits=False)]
+    refused = CliRunner().invoke(main, ["search", "a red circle colour:red", "--library", str(shapes_library)])
+    assert refused.exit_code == 2 and 'At character 14, "colour:red": colour is not a search key' in refused.output
+    only_keys = CliRunner().invoke(main, ["search", "sort:date", "--library", str(shapes_library)])
+    assert only_keys.exit_code == 2 and "no words to search for" in only_keys.output

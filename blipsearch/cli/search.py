@@ -61,6 +61,7 @@ if TYPE_CHECKING:
               help="With --ask: keep only the hits whose answer is VALUE (e.g. --ask 'is there a dog?' --answer yes).")
 @click.option("--examine", type=PositiveInt(), default=None,
               help="With --answer: how many top hits to ask. Default: max(k, --rerank-depth).")
+@click.option("--plain", is_flag=True, help="Search for TEXT as typed: no keys, quotes or +/- terms are read in it.")
 @click.option("--all", "match_set", is_flag=True,
               help="Every photo that matches TEXT (ITM match probability at least --min-match), not the k best: "
                    "the closest photos by cosine are checked in growing batches until the rest are unlikely to match.")
@@ -77,7 +78,7 @@ def search(lib: Library, text: str, k: int, as_json: bool, paths_only: str | Non
            no_rerank: bool, hybrid: bool, tag: str | None, with_caption: bool, question: str | None, expected: str | None,
            examine: int | None, choices_file: Path | None, shortlist: int, filters: Filters,
            also: tuple[str, ...], without: tuple[str, ...], like: tuple[str, ...], unlike: tuple[str, ...],
-           match_set: bool, min_match: float, sort: str, max_check: int | None) -> None:
+           match_set: bool, min_match: float, sort: str, max_check: int | None, plain: bool) -> None:
     """Find the images that best match TEXT.
 
     Candidates come from the vector index by cosine similarity (ITC); the best
@@ -99,6 +100,14 @@ def search(lib: Library, text: str, k: int, as_json: bool, paths_only: str | Non
       blipsearch search "a beach" --and "2*sunset" --not "people"
       blipsearch search "at night" --like ~/Pictures/street.jpg
       blipsearch search "a dog on the beach" --all --sort date
+      blipsearch search 'beach sunset -people camera:canon after:2024-06 all:yes sort:date'
+
+    \b
+    The search box's language (TEXT, unless --plain): words and "quoted phrases"
+    are the search text; +TEXT and -TEXT (or 2*TEXT) are --and and --not terms;
+    keys: after:DATE before:DATE camera:TEXT format:NAME in:FOLDER size:WxH
+    tag:LABEL like:IMAGE unlike:IMAGE min:P sort:score|date|-date all:yes.
+    A key it doesn't know, or a value it can't read, is an error naming where.
 
     \b
     Match sets (--all): every photo whose match probability for TEXT is at
@@ -112,6 +121,10 @@ def search(lib: Library, text: str, k: int, as_json: bool, paths_only: str | Non
     term; ITM reranking adds the weighted ITM logits of the texts (--not ones
     subtracted) over the sum of the positive weights. `match` stays TEXT's.
     """
+    text, parsed_terms, filters, box = _read_box(text, plain, filters)
+    match_set = box.all if box.all is not None else match_set
+    min_match = box.min_match if box.min_match is not None else min_match
+    sort = box.sort or sort
     if expected is not None and question is None:
         raise click.UsageError("--answer needs --ask QUESTION.")
     if choices_file is not None and question is None:
@@ -124,7 +137,7 @@ def search(lib: Library, text: str, k: int, as_json: bool, paths_only: str | Non
     wanted = (examine or max(k, depth)) if expected is not None else k
     try:
         terms = ([text_term(t) for t in also] + [text_term(t, -1) for t in without]
-                 + [image_term(i) for i in like] + [image_term(i, -1) for i in unlike])
+                 + [image_term(i) for i in like] + [image_term(i, -1) for i in unlike]) + parsed_terms
     except BlipsearchError as exc:
         raise click.UsageError(str(exc)) from None
     if match_set:
@@ -157,6 +170,29 @@ def search(lib: Library, text: str, k: int, as_json: bool, paths_only: str | Non
     if filters and not as_json and not paths_only:
         click.echo(f"{lib.count(filters):,} indexed photos match the filters.", err=True)
     _warn_unsearchable(lib)
+
+
+def _read_box(text: str, plain: bool, filters: Filters) -> tuple[str, list[Any], Filters, Any]:
+    """TEXT in the search box's language (:mod:`blipsearch.search.language`): the search text, its
+    terms, the options' filters with the box's added (the box's folders besides the options', its
+    other keys in their place), and what the box said of --all, --min-match and --sort."""
+    from dataclasses import fields, replace
+
+    from ..search.language import parse_query
+
+    try:
+        box = parse_query(text, plain=plain)
+        narrowed = box.filters()
+    except BlipsearchError as exc:
+        raise click.UsageError(str(exc)) from None
+    if not box.text.strip():
+        raise click.UsageError("TEXT holds no words to search for, only keys: add some (or use --plain).")
+    empty = Filters()
+    given = {f.name: getattr(narrowed, f.name) for f in fields(Filters) if f.name != "min_probability"
+             and getattr(narrowed, f.name) != getattr(empty, f.name)}
+    if "folders" in given:
+        given["folders"] = tuple(dict.fromkeys(filters.folders + given["folders"]))
+    return box.text, list(box.terms), replace(filters, **given), box
 
 
 def _print_match_set(found: Any, text: str, as_json: bool, paths_only: str | None) -> None:
