@@ -3,7 +3,7 @@
     VARIANTS='{"base": {}, "b256": {"retrieval_batch": 256}}' N_TRAIN=20000 \
         OUT=out python benchmarks/shapes_sweep.py
 
-Each variant (``blipsearch.shapes.train.Hyper`` overrides as JSON; ``sizes.X``
+Each variant (``blipsearch.shapes.recipe.Hyper`` overrides as JSON; ``sizes.X``
 for model sizes, ``image_size`` for the world's resolution) trains only the
 retrieval model, in its own process, all at once on one GPU (CPU works, slowly).
 Each is scored on the 400-scene test split (``evaluate.retrieval_metrics``)
@@ -98,17 +98,19 @@ def run_variant(name, overrides):
     from pathlib import Path
 
     import torch
+    from transformers import BlipImageProcessorPil
 
-    from blipsearch.shapes import evaluate, train, world
+    from blipsearch.shapes import checkpoint, evaluate, objectives, recipe, world
+    from blipsearch.shapes.data import Pool
     size = int(overrides.pop("image_size", 64))
     world.IMAGE_SIZE = size
-    hp = train.Hyper()
+    hp = recipe.Hyper()
     hp.train_images = N_TRAIN
     for k, v in overrides.items():
         set_path(hp, k, v)
     data = np.load(pool_file(size, hp.train_images))
     pairs = [tuple(map(tuple, p)) for p in json.loads(str(data["pairs"]))]
-    pool = train.Pool.__new__(train.Pool)
+    pool = Pool.__new__(Pool)
     pool.objects = world.all_objects()
     index = {o: i for i, o in enumerate(pool.objects)}
     pool.images = torch.from_numpy(data["imgs"]).permute(0, 3, 1, 2).contiguous()
@@ -116,11 +118,11 @@ def run_variant(name, overrides):
     pool.right = torch.tensor([index[r] for l, r in pairs])
     pool.keys = pool.left * len(pool.objects) + pool.right
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    tok = train.build_tokenizer(Path(f"/tmp/tok_{name}"))
+    tok = checkpoint.build_tokenizer(Path(f"/tmp/tok_{name}"))
     test = world.generate("test", 400, 0)
-    processor = train.BlipImageProcessorPil(**{k: v for k, v in train.preprocessor_config().items() if k not in ("image_processor_type", "processor_class")})
+    processor = BlipImageProcessorPil(**{k: v for k, v in checkpoint.preprocessor_config().items() if k not in ("image_processor_type", "processor_class")})
     t = time.time()
-    model = train.train_retrieval(pool, tok, hp, 0, device)
+    model = objectives.train_retrieval(pool, tok, hp, 0, device)
     wall = time.time() - t
     metrics = evaluate.retrieval_metrics(model, tok, processor, test, k=hp.rerank_k)
     pr = probe(model, pool, test, device)

@@ -121,22 +121,22 @@ def test_cli(tmp_path: Path) -> None:
 
 
 def test_parallel_rendering_equals_serial() -> None:
-    from blipsearch.shapes import train
+    from blipsearch.shapes import data
 
     serial = world.generate("train", 6, seed=5)
-    parallel = train.render_scenes("train", 6, seed=5, workers=2)
+    parallel = data.render_scenes("train", 6, seed=5, workers=2)
     assert [s.key for s in parallel] == [s.key for s in serial]
     for a, b in zip(parallel, serial):
         assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
 
 
 def test_cached_tokenization_equals_tokenizer(tmp_path: Path) -> None:
-    from blipsearch.shapes import train
+    from blipsearch.shapes import checkpoint, objectives
 
-    tok = train.build_tokenizer(tmp_path)
+    tok = checkpoint.build_tokenizer(tmp_path)
     texts = ["a red circle left of a blue square", "an orange star to the right of a green triangle", "what shape is on the left?"]
     for first in (None, tok.bos_token_id):
-        ids, mask = train.tokenize(tok, texts + texts[:1], torch.device("cpu"), first=first)
+        ids, mask = objectives.tokenize(tok, texts + texts[:1], torch.device("cpu"), first=first)
         ref_ids, ref_mask = evaluate.tokenize(tok, texts + texts[:1])
         if first is not None:
             ref_ids[:, 0] = first
@@ -147,24 +147,24 @@ def test_cached_tokenization_equals_tokenizer(tmp_path: Path) -> None:
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "vocab.txt").write_text("\n".join(words[:7] + words[7:][::-1]) + "\n")
     other = type(tok)(str(tmp_path / "other" / "vocab.txt"), do_lower_case=True)
-    other_ids, _ = train.tokenize(other, texts, torch.device("cpu"))
+    other_ids, _ = objectives.tokenize(other, texts, torch.device("cpu"))
     assert torch.equal(other_ids, evaluate.tokenize(other, texts)[0])
-    assert not torch.equal(other_ids, train.tokenize(tok, texts, torch.device("cpu"))[0])
+    assert not torch.equal(other_ids, objectives.tokenize(tok, texts, torch.device("cpu"))[0])
 
 
 def test_hyperparameter_overrides() -> None:
-    from blipsearch.shapes import train
+    from blipsearch.shapes import recipe
 
-    hp = train.Hyper()
-    train.override(hp, "retrieval_steps=12")
-    train.override(hp, "sizes.patch_size=4")
-    train.override(hp, "alt_caption_prob=0.1")
-    train.override(hp, "itc_changed_negatives=false")
+    hp = recipe.Hyper()
+    recipe.override(hp, "retrieval_steps=12")
+    recipe.override(hp, "sizes.patch_size=4")
+    recipe.override(hp, "alt_caption_prob=0.1")
+    recipe.override(hp, "itc_changed_negatives=false")
     assert (hp.retrieval_steps, hp.sizes.patch_size, hp.alt_caption_prob, hp.itc_changed_negatives) == (12, 4, 0.1, False)
     assert isinstance(hp.retrieval_steps, int)
     for bad in ("retrieval_steps", "no_such_field=1", "retrieval_steps=many", "itc_changed_negatives=maybe"):
         with pytest.raises((AttributeError, ValueError)):
-            train.override(hp, bad)
+            recipe.override(hp, bad)
 
 
 def test_world_module_does_not_load_the_library() -> None:
@@ -323,7 +323,7 @@ def test_training_command_end_to_end(tmp_path: Path) -> None:
 
 
 def test_batches_smaller_sets_than_a_batch() -> None:
-    from blipsearch.shapes.train import batches
+    from blipsearch.shapes.data import batches
 
     drawn = list(itertools.islice(batches(10, 256, torch.Generator().manual_seed(0)), 3))
     assert [sorted(b.tolist()) for b in drawn] == [list(range(10))] * 3
