@@ -180,6 +180,7 @@ class Searcher:
         matched: list[Reranked] = []
         missed: list[Reranked] = []
         seen: set[int] = set()
+        paths: dict[int, str] = {}
         batch, lowest, last_rate = FIRST_BATCH, float("inf"), 0.0
         stopped = "all"
         while len(seen) < limit:
@@ -190,6 +191,7 @@ class Searcher:
                 break
             seen.update(i for i, _ in new)
             rows = ws.db.refs_by_id([i for i, _ in new])
+            paths.update((i, os.fsdecode(row.path)) for i, row in rows.items())
             found = 0
             for r in rerank(ws.model, text, [(i, s) for i, s in new if i in rows], rows, cache=ws.token_cache,
                             more=more):
@@ -207,23 +209,22 @@ class Searcher:
             batch = min(2 * batch, MAX_BATCH)
         if stopped == "all" and len(seen) < searched:
             stopped = "max-check"
-        return MatchSet(self._match_hits(matched, sort, True), self._match_hits(missed, "score", False)[:OTHERS],
+        return MatchSet(self._match_hits(matched, paths, sort, True),
+                        self._match_hits(missed, paths, "score", False)[:OTHERS],
                         min_match, sort, len(seen), searched, stopped,
                         0.0 if len(seen) >= searched else last_rate * (searched - len(seen)))
 
-    def _match_hits(self, scored: list[Reranked], sort: str, with_dates: bool) -> list[Hit]:
-        ids = [r.id for r in scored]
-        rows = self.ws.db.refs_by_id(ids)
-        dates = self.ws.db.capture_times(ids) if with_dates else {}
+    def _match_hits(self, scored: list[Reranked], paths: dict[int, str], sort: str, with_dates: bool) -> list[Hit]:
+        dates = self.ws.db.capture_times([r.id for r in scored]) if with_dates else {}
         if sort == "score":
             ordered = sorted(scored, key=lambda r: -r.score)
         else:
             sign = -1 if sort == "-date" else 1
             ordered = sorted(scored, key=lambda r: (sign * dates[r.id].timestamp(), -r.score))
         return [
-            Hit(rank=n + 1, id=r.id, path=os.fsdecode(rows[r.id].path), score=r.score, itc=r.itc, itm=r.itm,
+            Hit(rank=n + 1, id=r.id, path=paths[r.id], score=r.score, itc=r.itc, itm=r.itm,
                 match=r.itm, date=dates[r.id].isoformat() if r.id in dates else None)
-            for n, r in enumerate(ordered) if r.id in rows
+            for n, r in enumerate(ordered)
         ]
 
     def similar(self, image: ImageQuery, k: int = 10, *, filters: Filters = NO_FILTERS,
