@@ -198,3 +198,47 @@ def test_the_search_box_keys_reach_the_same_search(lib: Library, scenes: list[wo
     assert refused.exit_code == 2 and 'At character 14, "colour:red": colour is not a search key' in refused.output
     only_keys = CliRunner().invoke(main, ["search", "sort:date", "--library", str(shapes_library)])
     assert only_keys.exit_code == 2 and "no words to search for" in only_keys.output
+
+
+def test_the_http_api_reads_q_as_the_box(lib: Library, scenes: list[world.Scene], shapes_library: Path) -> None:
+    """q's keys give what the parameters give; /api/query says how a box reads; a file in like: is
+    refused (a request never names a file the server opens); browsing takes keys only."""
+    from fastapi.testclient import TestClient
+
+    from blipsearch.web.app import ServeSettings, create_app
+
+    text, other = scenes[3].caption, scenes[3].alt_captions[0]
+    folder = str(shapes_library.parent / "photos")
+    with TestClient(create_app(lib, ServeSettings(warm=False)), base_url="http://127.0.0.1:8000") as client:
+        def get(path: str, **params: object) -> dict:
+            response = client.get(path, params=params)
+            assert response.status_code == 200, response.text
+            return response.json()
+
+        by_box = get("/api/search", q=f'{text} -"{other}" all:yes sort:date min:0.2 in:{folder}')
+        by_params = get("/api/search", q=text, all=1, sort="date", min_match=0.2, folder=folder, **{"not": other})
+        assert [h["id"] for h in by_box["hits"]] == [h["id"] for h in by_params["hits"]]
+        assert {k: by_box[k] for k in ("matches", "checked", "searched", "sort", "min_match")} == {
+            k: by_params[k] for k in ("matches", "checked", "searched", "sort", "min_match")}
+        assert by_box["understood"]["terms"] == [{"text": other, "weight": -1.0}]
+        top = get("/api/search", q=f"{text} like:{by_box['others'][0]['id']} all:no", k=5)
+        assert "matches" not in top and len(top["hits"]) == 5
+        assert [h["id"] for h in top["hits"]] == [h.id for h in lib.search(
+            text, 5, terms=[Term(image=by_box["others"][0]["id"])])]
+        plain = get("/api/search", q="a red circle colour:red", plain=True, no_rerank=True, k=3)
+        assert plain["understood"]["text"] == "a red circle colour:red"
+        read = get("/api/query", q="a dog camera:\"iphone 13\" after:2024-06")
+        assert read["searches"] and read["understood"]["camera"] == "iphone 13"
+        assert read["filters"]["after"].startswith("2024-06-01")
+        assert get("/api/query", q="after:2024 tag:x")["searches"] is False
+        assert get("/api/images", q=f"in:{folder}/none", k=5)["images"] == []
+        assert len(get("/api/images", q=f"in:{folder}", k=5)["images"]) == 5
+        for path, params, status, says in [
+            ("/api/search", {"q": "a red circle colour:red"}, 400, 'At character 14, "colour:red"'),
+            ("/api/query", {"q": "a dog after:soon"}, 400, 'At character 7, "after:soon"'),
+            ("/api/search", {"q": "a dog like:/etc/passwd"}, 400, "indexed image's id"),
+            ("/api/search", {"q": "sort:date in:/x"}, 400, "no words to search for"),
+            ("/api/images", {"q": "a dog in:/x"}, 400, "search keys only"),
+        ]:
+            refused = client.get(path, params=params)
+            assert refused.status_code == status and says in refused.json()["error"], refused.text

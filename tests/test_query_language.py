@@ -113,8 +113,8 @@ def test_plain_takes_the_whole_input_as_the_search_text(query: str) -> None:
 ERRORS = [
     # (query, 1-based position, token, part of the reason)
     ("beach colour:red", 7, "colour:red", ("colour is not a search key; keys are after, all, before, camera, "
-                                           "format, in, like, min, size, sort, tag, unlike (use --plain to "
-                                           "search for the words as typed).")),
+                                           "format, in, like, min, size, sort, tag, unlike (to search for "
+                                           'the words as typed: --plain, or "Words as typed" on the page).')),
     ("東京 colour:red", 4, "colour:red", "colour is not a search key"),
     ("dogs beach: sand", 6, "beach:", "beach is not a search key"),
     ("mailto:me", 1, "mailto:me", "mailto is not a search key"),
@@ -159,7 +159,8 @@ def test_the_example_error_reads_in_full() -> None:
         parse_query("beach sunset colour:red")
     assert str(caught.value) == (
         'At character 14, "colour:red": colour is not a search key; keys are after, all, before, camera, format, '
-        "in, like, min, size, sort, tag, unlike (use --plain to search for the words as typed).")
+        "in, like, min, size, sort, tag, unlike (to search for the words as typed: --plain, or "
+        '"Words as typed" on the page).')
 
 
 def test_images_given_as_paths(tmp_path: Path) -> None:

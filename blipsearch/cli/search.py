@@ -174,25 +174,18 @@ def search(lib: Library, text: str, k: int, as_json: bool, paths_only: str | Non
 
 def _read_box(text: str, plain: bool, filters: Filters) -> tuple[str, list[Any], Filters, Any]:
     """TEXT in the search box's language (:mod:`blipsearch.search.language`): the search text, its
-    terms, the options' filters with the box's added (the box's folders besides the options', its
-    other keys in their place), and what the box said of --all, --min-match and --sort."""
-    from dataclasses import fields, replace
-
+    terms, the options' filters narrowed by the box's keys, and what the box said of --all,
+    --min-match and --sort."""
     from ..search.language import parse_query
 
     try:
         box = parse_query(text, plain=plain)
-        narrowed = box.filters()
+        narrowed = box.narrow(filters)
     except BlipsearchError as exc:
         raise click.UsageError(str(exc)) from None
     if not box.text.strip():
         raise click.UsageError("TEXT holds no words to search for, only keys: add some (or use --plain).")
-    empty = Filters()
-    given = {f.name: getattr(narrowed, f.name) for f in fields(Filters) if f.name != "min_probability"
-             and getattr(narrowed, f.name) != getattr(empty, f.name)}
-    if "folders" in given:
-        given["folders"] = tuple(dict.fromkeys(filters.folders + given["folders"]))
-    return box.text, list(box.terms), replace(filters, **given), box
+    return box.text, list(box.terms), narrowed, box
 
 
 def _print_match_set(found: Any, text: str, as_json: bool, paths_only: str | None) -> None:

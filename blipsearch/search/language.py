@@ -31,7 +31,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Any, NamedTuple
 
 from ..errors import InputPathError
@@ -80,6 +80,21 @@ class ParsedQuery:
     def filters(self) -> Filters:
         return Filters.make(folders=self.folders, after=self.after, before=self.before, tag=self.tag,
                             camera=self.camera, min_size=self.min_size, formats=self.formats)
+
+    def narrow(self, filters: Filters) -> Filters:
+        """``filters`` (a command's options, a request's parameters) with the keys' added: the keys'
+        folders besides the given ones, each other key in place of the given value."""
+        made, empty = self.filters(), Filters()
+        given = {f.name: getattr(made, f.name) for f in fields(Filters) if f.name != "min_probability"
+                 and getattr(made, f.name) != getattr(empty, f.name)}
+        if "folders" in given:
+            given["folders"] = tuple(dict.fromkeys(filters.folders + given["folders"]))
+        return replace(filters, **given)
+
+    @property
+    def searches(self) -> bool:
+        """Whether it asks for a search: it has words or a text term (keys alone only narrow)."""
+        return bool(self.text.strip()) or any(t.text is not None for t in self.terms)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able, every field present: for the HTTP API to echo what it understood."""
@@ -185,8 +200,8 @@ def parse_query(text: str, *, plain: bool = False) -> ParsedQuery:
 def _read_key(key: str, value: str, found: dict[str, Any], terms: list[Term]) -> None:
     """Check ``key``'s ``value`` and record it in ``found`` (ParsedQuery's fields) or ``terms``."""
     if key not in SEARCH_KEYS:
-        raise InputPathError(f"{key} is not a search key; keys are {', '.join(sorted(SEARCH_KEYS))} (use --plain "
-                             "to search for the words as typed).")
+        raise InputPathError(f"{key} is not a search key; keys are {', '.join(sorted(SEARCH_KEYS))} (to search for "
+                             "the words as typed: --plain, or \"Words as typed\" on the page).")
     if not value.strip() or (key == "format" and not value.replace(",", "").strip()):
         raise InputPathError(f"{key}: has no value; write {SEARCH_KEYS[key].split()[0]}.")
     if key in ("like", "unlike"):
@@ -226,6 +241,11 @@ def _read_key(key: str, value: str, found: dict[str, Any], terms: list[Term]) ->
         found["all"] = _YES_NO[value.lower()]
 
 
+def help_rows() -> list[tuple[str, str]]:
+    """Each key's syntax and meaning, for the page's help table."""
+    return [tuple(line.split("  ", 1)) for line in SEARCH_KEYS.values()]  # type: ignore[misc]
+
+
 def help_text() -> str:
     """The language in a few lines, with examples: for --help, the README and the page's "?"."""
     keys = "\n".join(f"  {line}" for line in SEARCH_KEYS.values())
@@ -234,7 +254,8 @@ def help_text() -> str:
         "-word or -\"a phrase\" looks away from a text, +word adds one, 2*word or -0.5*word weighs it.\n"
         f"KEY:VALUE narrows the search (keys in any case, values quoted when they hold spaces):\n{keys}\n"
         "A word is a key only when it starts with letters and a colon: 12:30 and http://x.org stay words,\n"
-        'and so does anything quoted ("colour:red"); an unknown key is an error. --plain takes all as typed.\n'
+        'and so does anything quoted ("colour:red"); an unknown key is an error. --plain (on the page,\n'
+        '"Words as typed") takes all of it as typed.\n'
         "Examples:\n"
         "  beach sunset -people camera:canon after:2024-06 before:2024-09\n"
         '  "a red car" in:~/Pictures/Trips format:heic size:1920x1080 camera:"iphone 13"\n'

@@ -46,6 +46,7 @@ from ..errors import (
 from ..filters import DEFAULT_MIN_PROBABILITY, NO_FILTERS, Filters
 from ..library import Hit, ImageData, Library
 from ..options import DEFAULT_RERANK_DEPTH
+from ..search.language import ParsedQuery, help_rows, parse_query
 from ..search.query import Term, text_term
 from .security import Guard, SecurityMiddleware
 
@@ -113,6 +114,20 @@ def _filters(tag: Tag = None, folder: Folder = [], after: After = None,  # noqa:
 
 
 Narrowed = Annotated[Filters, Depends(_filters)]
+Box = Annotated[str, Query(min_length=1, max_length=2000, description="What to look for, in the search box's "
+                           "language: words, \"phrases\", -not +and, keys such as `after:2024-06`, "
+                           "`camera:canon`, `in:FOLDER`, `all:yes`, `sort:date` (see `/api/query`).")]
+Plain = Annotated[bool, Query(description="Take `q` as typed: no keys, signs or quotes read.")]
+
+
+def _read_box(q: str, plain: bool, filters: Filters) -> tuple[ParsedQuery, Filters]:
+    """``q`` in the search box's language, and the request's filters narrowed by its keys. An image in
+    it is an indexed image's id: a request never names a file the server opens."""
+    box = parse_query(q, plain=plain)
+    if any(t.image is not None and not isinstance(t.image, int) for t in box.terms):
+        raise InputPathError("like: and unlike: take an indexed image's id here (a photo's id in the results), "
+                             "not a file.")
+    return box, box.narrow(filters)
 
 
 # -- errors -------------------------------------------------------------------------------------
@@ -192,13 +207,14 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
     # -- search ------------------------------------------------------------------------------
     @app.get("/api/search", tags=["search"])
     def search(
-        q: Annotated[str, Query(min_length=1, max_length=2000, description="What to look for.")],
+        q: Box,
         k: K = 20,
         offset: Offset = 0,
         rerank_depth: Annotated[int | None, Query(ge=0, le=1000, description="ITC candidates rescored by ITM.")] = None,
         no_rerank: Annotated[bool, Query(description="Rank by ITC cosine only (fast).")] = False,
         hybrid: Annotated[bool, Query(description="Also match words against captions and file names.")] = False,
         filters: Narrowed = NO_FILTERS,
+        plain: Plain = False,
         also: Annotated[list[str], Query(alias="and", description="Also look for this text (`2*text` weighs it "
                                                                "twice; repeatable).")] = [],  # noqa: B006
         without: Annotated[list[str], Query(alias="not", description="Look away from this text.")] = [],  # noqa: B006
@@ -214,19 +230,35 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
         """Text to image: the CLI's `search --json` hits (`rank`, `id`, `path`, `score`, `itc`, `itm`); with
         `and`, `not`, `like`, `unlike`, a composite query as `blipsearch search --and/--not/--like/--unlike`.
         With `all`, a match set as `blipsearch search --all`: `hits` are the matches (each with `match` and
-        `date`), `others` the best photos checked that did not match, with the set's counts."""
+        `date`), `others` the best photos checked that did not match, with the set's counts. `q` is read
+        as the CLI reads TEXT (its keys go with the parameters, and win over `all`, `min_match` and
+        `sort`); `understood` says how it was read."""
+        box, filters = _read_box(q, plain, filters)
+        if not box.text.strip():
+            raise InputPathError("q holds no words to search for, only keys: add some (or set plain)." if q.strip()
+                                 else "The search text is empty.")
         terms = ([text_term(t) for t in also] + [text_term(t, -1) for t in without]
-                 + [Term(image=i) for i in like] + [Term(image=i, weight=-1.0) for i in unlike])
-        if all:
-            found = lib.search(q, all=True, min_match=min_match, sort=sort, max_check=max_check, filters=filters,
-                               terms=terms)
-            return {"query": q, "filters": filters.to_dict(), **found.summary(), "hits": hit_dicts(found.hits),
-                    "others": hit_dicts(found.others)}
+                 + [Term(image=i) for i in like] + [Term(image=i, weight=-1.0) for i in unlike] + list(box.terms))
+        understood = box.to_dict()
+        if box.all if box.all is not None else all:
+            found = lib.search(box.text, all=True, min_match=box.min_match if box.min_match is not None else min_match,
+                               sort=box.sort or sort, max_check=max_check, filters=filters, terms=terms)
+            return {"query": q, "understood": understood, "filters": filters.to_dict(), **found.summary(),
+                    "hits": hit_dicts(found.hits), "others": hit_dicts(found.others)}
         depth = 0 if no_rerank else (settings.rerank_depth if rerank_depth is None else rerank_depth)
-        hits = lib.search(q, k, rerank_depth=depth, rerank_hits=depth > 0, hybrid=hybrid, filters=filters,
+        hits = lib.search(box.text, k, rerank_depth=depth, rerank_hits=depth > 0, hybrid=hybrid, filters=filters,
                           offset=offset, terms=terms)
-        return {"query": q, "k": k, "offset": offset, "reranked": depth > 0, "filters": filters.to_dict(),
-                "matched": lib.count(filters), "hits": hit_dicts(hits)}
+        return {"query": q, "understood": understood, "k": k, "offset": offset, "reranked": depth > 0,
+                "filters": filters.to_dict(), "matched": lib.count(filters), "hits": hit_dicts(hits)}
+
+    @app.get("/api/query", tags=["search"])
+    def query(q: Annotated[str, Query(max_length=2000, description="A search box's text.")] = "",
+              plain: Plain = False, filters: Narrowed = NO_FILTERS) -> dict[str, Any]:
+        """How a search box's text reads: its search text, terms and keys (`understood`), the filters they
+        make with the request's, and whether it searches (words or a text term) or only narrows a
+        browse. A key it doesn't know, or a value it can't read, is a 400 naming the position."""
+        box, narrowed = _read_box(q, plain, filters) if q.strip() else (parse_query(""), filters)
+        return {"query": q, "understood": box.to_dict(), "filters": narrowed.to_dict(), "searches": box.searches}
 
     @app.post("/api/search/image", tags=["search"],
               openapi_extra={"requestBody": {"required": True, "content": {
@@ -250,8 +282,16 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
                              "hits": await run_in_threadpool(hit_dicts, hits)})
 
     @app.get("/api/images", tags=["images"])
-    def images(k: K = 40, offset: Offset = 0, filters: Narrowed = NO_FILTERS) -> dict[str, Any]:
+    def images(k: K = 40, offset: Offset = 0, filters: Narrowed = NO_FILTERS,
+               q: Annotated[str | None, Query(max_length=2000, description="Search keys that narrow the browse, "
+                                                                           "as in a search's `q`; no words.")] = None,
+               ) -> dict[str, Any]:
         """Browse: the images that pass the filters, the most recently added first."""
+        if q is not None and q.strip():
+            box, filters = _read_box(q, False, filters)
+            if box.searches or box.terms:
+                raise InputPathError("Browsing takes search keys only (after:, in:, tag:, ...); search for words "
+                                     "with /api/search.")
         found = lib.recent(k, filters=filters, offset=offset)
         versions = lib.content_hashes([i for i, _ in found])
         return {"k": k, "offset": offset, "filters": filters.to_dict(), "images": [
@@ -361,7 +401,7 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
         return templates.TemplateResponse(request, "index.html", {
             "status": info, "notice": notice, "labels": [label for label, _ in lib.labels()],
             "params": request.query_params, "folders": request.query_params.getlist("folder"),
-            "rerank_depth": settings.rerank_depth,
+            "rerank_depth": settings.rerank_depth, "help_rows": help_rows(),
         })
 
     @app.get("/failures", response_class=HTMLResponse, include_in_schema=False)

@@ -1,65 +1,123 @@
-// The search page: results first by ITC cosine, reordered when ITM reranking is done.
-// The address holds the search (?q=, ?like=, filters, ?image= for an open photo), so a search can
-// be bookmarked, shared and opened directly. Everything comes from this server's /api.
+// The search page. A text search answers with a match set: the photos BLIP's image-text matching
+// (ITM) says match, under a heading with their count, then the closest that did not match ("More that
+// might match"), then on demand the next closest by cosine, which ITM has not checked. `all:no` in the
+// box gives the best 40 instead, reranked. One scale on every tile: the match probability where ITM
+// scored the photo, no badge where it did not.
+// The address holds the box's text (?q=, ?plain=1), a photo's likes (?like=) and an open photo
+// (?image=), so a search can be bookmarked, shared and opened directly. The filters panel writes keys
+// into the box. Everything comes from this server's /api.
 "use strict";
 
 (() => {
-  const PAGE = 40;           // results per page
+  const PAGE = 40;           // photos per page of the top-k and cosine lists
   const $ = (id) => document.getElementById(id);
-  const form = $("search"), q = $("q"), grid = $("grid"), state = $("state"), notice = $("notice");
-  const more = $("more"), dialog = $("detail"), queryImage = $("query-image");
-  let current = null;        // {kind: "text"|"like"|"upload", ...} the search on screen
+  const form = $("search"), q = $("q"), results = $("results"), state = $("state"), notice = $("notice");
+  const more = $("more"), dialog = $("detail"), queryImage = $("query-image"), plain = $("plain");
+  const PANEL = ["folder", "after", "before", "tag", "sort"];  // inputs whose data-key they write into the box
+  let current = null;        // the search on screen: {kind: "text"|"browse"|"like"|"upload", ...}
   let controller = null;     // aborts the requests of a search that was replaced
-  let shown = [];            // hits on screen
+  let shown = [];            // the photos on screen, in order
+  let paging = null;         // how "More photos" goes on: {url(offset), offset, badge}
   const rerankDepth = Number(document.querySelector("main").dataset.rerankDepth || 16);
   const hasTexts = Number(document.querySelector("main").dataset.texts || 0) > 0;
-  const BROWSE = {kind: "browse"};  // no query: the photos most recently added (that pass the filters)
 
-  // -- the address ------------------------------------------------------------------------------
-  function filterParams() {
-    const params = new URLSearchParams();
-    const folder = $("folder").value.trim();
-    if (folder) params.append("folder", folder);
-    for (const name of ["after", "before", "tag"]) {
-      const value = $(name).value.trim();
-      if (value) params.set(name, value);
+  // -- the box's keys -----------------------------------------------------------------------------
+  // Tokens as blipsearch.search.language reads them: whitespace-separated, double quotes joining.
+  function tokens(text) {
+    const found = [];
+    const re = /(?:[^\s"]+|"(?:[^"\\]|\\.)*"?)+/g;
+    let m;
+    while ((m = re.exec(text))) found.push(m[0]);
+    return found;
+  }
+
+  function quoted(value) {
+    return /[\s"]/.test(value) ? `"${value.replace(/\\/g, "\\\\").replace(/"/g, '\\"')}"` : value;
+  }
+
+  function withKey(text, key, value) {
+    // The box's text with `key:` set to value, where it was (at the end when it wasn't), or taken out
+    // when value is empty.
+    const head = new RegExp(`^${key}:(?!//)`, "i");
+    const put = value ? `${key}:${quoted(value)}` : null;
+    const out = [];
+    let placed = false;
+    for (const t of tokens(text)) {
+      if (!head.test(t)) out.push(t);
+      else if (!placed && put) { out.push(put); placed = true; }
     }
-    return params;
+    if (put && !placed) out.push(put);
+    return out.join(" ");
   }
 
-  function searchKey(search) {
-    return search ? addressFor(search, null) : "";
+  function boxSays(key, understood) {
+    // What the box says for a key of the panel, as the panel would show it.
+    if (!understood) return null;
+    if (key === "in") return understood.folders.length ? understood.folders[0] : "";
+    if (key === "sort") return understood.sort && understood.sort !== "score" ? understood.sort : "";
+    return understood[key] || "";
   }
 
-  function fromAddress() {
-    const params = new URLSearchParams(location.search);
-    q.value = params.get("q") || "";
-    $("folder").value = params.get("folder") || "";
-    for (const name of ["after", "before", "tag"]) $(name).value = params.get(name) || "";
-    if (params.get("folder") || params.get("after") || params.get("before") || params.get("tag")) {
+  function showPanel(understood) {
+    // The panel shows what the box says (a month such as after:2024-06 has no day to show).
+    const day = (d) => (d && /^\d{4}-\d{2}-\d{2}$/.test(d) ? d : "");
+    $("folder").value = understood.folders.length ? understood.folders[0] : "";
+    $("after").value = day(understood.after);
+    $("before").value = day(understood.before);
+    $("tag").value = understood.tag || "";
+    $("sort").value = understood.sort && understood.sort !== "score" ? understood.sort : "";
+    if (understood.folders.length || understood.after || understood.before || understood.tag || understood.sort) {
       $("filters").open = true;
     }
-    const image = params.get("image") ? Number(params.get("image")) : null;
-    let search = BROWSE;
-    if (params.get("like")) search = {kind: "like", id: Number(params.get("like"))};
-    else if (q.value.trim()) search = {kind: "text", text: q.value.trim()};
-    if (search && current && searchKey(search) === searchKey(current)) {
-      // Only the open photo changed (back or forward): the results on screen stay.
-      if (image) openDetail(image, false); else closeDetail();
-      return;
-    }
-    closeDetail();
-    if (search !== BROWSE || !notice.textContent) start(search, image);
-    else if (image) openDetail(image, false);
   }
 
+  function fromPanel(input) {
+    const value = input.value.trim();
+    const understood = current && current.box === q.value.trim() ? current.understood : null;
+    if (boxSays(input.dataset.key, understood) === value) return;  // the box says so already
+    const text = withKey(q.value, input.dataset.key, value);
+    if (text === q.value.trim()) return;
+    q.value = text;
+    rerun();
+  }
+
+  // -- the address ------------------------------------------------------------------------------
   function addressFor(search, image) {
-    const params = filterParams();
-    if (search && search.kind === "text") params.set("q", search.text);
+    const params = new URLSearchParams();
+    if (search && (search.kind === "text" || search.kind === "browse") && search.box) params.set("q", search.box);
+    if (search && search.plain) params.set("plain", "1");
     if (search && search.kind === "like") params.set("like", String(search.id));
     if (image) params.set("image", String(image));
     const text = params.toString();
     return "/" + (text ? "?" + text : "");
+  }
+
+  function searchFor(box, isPlain) {
+    return box ? {kind: "text", box, plain: isPlain} : {kind: "browse", box: "", plain: false};
+  }
+
+  function fromAddress() {
+    const params = new URLSearchParams(location.search);
+    let box = params.get("q") || "";
+    // Addresses from before the box had keys: their filters become keys.
+    for (const [name, key] of [["folder", "in"], ["after", "after"], ["before", "before"], ["tag", "tag"]]) {
+      if (params.get(name)) box = withKey(box, key, params.get(name));
+    }
+    q.value = box;
+    plain.checked = params.get("plain") === "1";
+    const image = params.get("image") ? Number(params.get("image")) : null;
+    const search = params.get("like") ? {kind: "like", id: Number(params.get("like"))} : searchFor(box.trim(), plain.checked);
+    if (current && addressFor(search, null) === addressFor(current, null)) {
+      // Only the open photo changed (back or forward): the results on screen stay.
+      if (image) openDetail(image, false); else closeDetail();
+      return;
+    }
+    if (["folder", "after", "before", "tag"].some((name) => params.has(name))) {
+      history.replaceState(null, "", addressFor(search, image));
+    }
+    closeDetail();
+    if (search.kind !== "browse" || search.box || !notice.textContent) start(search, image);
+    else if (image) openDetail(image, false);
   }
 
   function remember(search, image, replace) {
@@ -82,6 +140,15 @@
     return body;
   }
 
+  function boxParams(search, extra, list = false) {
+    // list: the closest by cosine for a match set's page, whatever the box's all: says.
+    const params = new URLSearchParams(extra);
+    const box = list && !search.plain ? withKey(search.box || "", "all", "") : search.box;
+    if (box) params.set("q", box);
+    if (search.plain) params.set("plain", "true");
+    return params;
+  }
+
   function say(text) {
     notice.textContent = text || "";
     notice.hidden = !text;
@@ -93,108 +160,235 @@
     controller = new AbortController();
     current = search;
     shown = [];
-    grid.replaceChildren();
+    paging = null;
+    results.replaceChildren();
     more.hidden = true;
+    state.textContent = "";
     say("");
     const welcome = $("welcome");
-    if (welcome) welcome.hidden = search !== BROWSE;
+    if (welcome) welcome.hidden = search.kind !== "browse" || Boolean(search.box);
     showQueryImage(search);
-    load(search, 0, controller.signal).catch(failed);
+    run(search, controller.signal).catch(failed);
     if (openImage) openDetail(openImage, false);
   }
 
   function failed(error) {
     if (error.name === "AbortError") return;
     state.textContent = "";
+    state.classList.remove("busy");
     say(error.message);
   }
 
-  function urlFor(search, offset, rerank) {
-    const params = filterParams();
-    params.set("k", String(PAGE));
-    params.set("offset", String(offset));
-    if (search.kind === "text") {
-      params.set("q", search.text);
-      if (!rerank) params.set("no_rerank", "true");
-      return "/api/search?" + params;
-    }
-    if (search.kind === "like") return `/api/images/${search.id}/similar?` + params;
-    if (search.kind === "browse") return "/api/images?" + params;
-    return "/api/search/image?" + params;
-  }
-
-  async function fetchHits(search, offset, rerank, signal) {
-    if (search.kind === "upload") {
-      return api(urlFor(search, offset, false), {
-        method: "POST", body: search.file, signal,
-        headers: {"Content-Type": search.file.type || "application/octet-stream"},
-      });
-    }
-    return api(urlFor(search, offset, rerank), {signal});
-  }
-
-  async function load(search, offset, signal) {
-    const words = search.kind === "text" ? `“${search.text}”` : "this photo";
-    state.textContent = offset ? "Loading more…" : search === BROWSE ? "" : `Searching for ${words}…`;
-    // Beyond the reranked top, the order is the cosine order whether reranked or not: no ITM needed.
-    const reranks = search.kind === "text" && offset < rerankDepth;
-    const first = await fetchHits(search, offset, false, signal);
-    if (search !== current) return;
-    render(first.hits || first.images, offset);
-    if (!shown.length) {
-      state.textContent = "";
-      if (!offset) say(noResults(search));
-      return;
-    }
-    if (!reranks) {
-      state.textContent = summary(search, false);
-      return;
-    }
-    state.textContent = `${summary(search, false)} · reranking with BLIP's image-text matching…`;
-    state.classList.add("busy");
-    try {
-      const better = await fetchHits(search, offset, true, signal);
+  async function run(search, signal) {
+    if (search.kind === "text" || search.box) {
+      // How the box reads: a key it can't read is a sentence; keys alone narrow a browse.
+      const read = await api("/api/query?" + boxParams(search, {}), {signal});
       if (search !== current) return;
-      render(better.hits, offset);
-      state.textContent = summary(search, true);
-    } finally {
-      state.classList.remove("busy");
+      showPanel(read.understood);
+      if (!read.searches) {
+        search.kind = "browse";
+        search.understood = read.understood;
+      } else {
+        search.understood = read.understood;
+      }
     }
+    if (search.kind === "text" && search.understood.all !== false) return matchSet(search, signal);
+    if (search.kind === "text") return topK(search, signal);
+    return list(search, signal);
   }
 
-  function summary(search, reranked) {
-    const n = shown.length;
-    if (search === BROWSE) {
-      return filterParams().toString() ? "Photos that pass the filters, the most recently added first"
-        : "The most recently added photos";
+  async function matchSet(search, signal) {
+    const words = `“${search.understood.text}”`;
+    // First the closest by cosine, at once; then the set, when ITM has checked enough of them.
+    state.textContent = `Checking the photos closest to ${words} with BLIP's image-text matching…`;
+    state.classList.add("busy");
+    const closest = await api("/api/search?" + boxParams(search, {k: PAGE, no_rerank: "true"}, true), {signal});
+    if (search !== current) return;
+    if (!closest.hits.length) {
+      state.classList.remove("busy");
+      state.textContent = "";
+      say(noResults(search));
+      return;
     }
-    const what = search.kind === "text" ? `for “${search.text}”` : "that look like this photo";
-    const how = reranked ? `, the best ${Math.min(n, rerankDepth)} reranked by image-text matching` : "";
-    return `${n}${more.hidden ? "" : "+"} photo${n === 1 ? "" : "s"} ${what}${how}`;
+    show([{hits: closest.hits}]);
+    const found = await api("/api/search?" + boxParams(search, {all: "true"}), {signal});
+    if (search !== current) return;
+    state.classList.remove("busy");
+    const n = found.matches, checked = found.checked;
+    const depth = found.stopped === "all" ? `checked all ${checked}` : `checked the ${checked.toLocaleString()} closest`;
+    const least = percent(found.min_match);
+    const groups = [];
+    if (n) {
+      const heading = `${n.toLocaleString()} photo${n === 1 ? "" : "s"} match${n === 1 ? "es" : ""} · ${depth}`;
+      if (found.sort === "score") groups.push({title: heading, id: "matches", hits: found.hits});
+      else {
+        groups.push({title: heading, id: "matches", hits: []});
+        for (const [month, hits] of byMonth(found.hits)) groups.push({subtitle: month, hits});
+      }
+      if (found.others.length) groups.push({title: "More that might match", hits: found.others});
+      state.textContent = found.stopped === "rule" && found.expected_missed >= 1
+        ? `The rest are less likely to match: about ${Math.round(found.expected_missed)} more might, further down.`
+        : "";
+    } else {
+      groups.push({sentence: `Nothing here matches ${words}: BLIP's image-text matching checked the `
+        + `${checked.toLocaleString()} closest photo${checked === 1 ? "" : "s"} and gave none ${least} or more. `
+        + "The nearest ones are below.", hits: []});
+      groups.push({title: "The nearest photos", hits: found.others});
+      state.textContent = "";
+    }
+    show(groups);
+    // Further down: the next by cosine, which ITM has not checked.
+    const after = checked;
+    paging = {
+      url: (offset) => "/api/search?" + boxParams(search, {k: PAGE, offset: after + offset, no_rerank: "true"}, true),
+      offset: 0, title: "Not checked: the next closest by similarity",
+    };
+    more.hidden = found.stopped === "all" || checked >= found.searched;
+  }
+
+  async function topK(search, signal) {
+    const words = `“${search.understood.text}”`;
+    state.textContent = `Searching for ${words}…`;
+    const url = (offset, rerank) => "/api/search?" + boxParams(search, {k: PAGE, offset, ...(rerank ? {} : {no_rerank: "true"})});
+    const first = await api(url(0, false), {signal});
+    if (search !== current) return;
+    if (!first.hits.length) {
+      state.textContent = "";
+      say(noResults(search));
+      return;
+    }
+    show([{hits: first.hits}]);
+    state.textContent = `${first.hits.length} closest to ${words} · reranking the best ${rerankDepth} with BLIP's image-text matching…`;
+    state.classList.add("busy");
+    const better = await api(url(0, true), {signal});
+    if (search !== current) return;
+    state.classList.remove("busy");
+    show([{hits: better.hits}]);
+    state.textContent = `The best ${Math.min(rerankDepth, better.hits.length)} of the photos closest to ${words}, `
+      + "reranked by image-text matching, then the rest by similarity";
+    paging = {url: (offset) => url(offset, false), offset: better.hits.length, append: true};
+    more.hidden = better.hits.length < PAGE;
+  }
+
+  async function list(search, signal) {
+    // Browse (most recently added, narrowed by the box's keys) or photos like one.
+    const params = boxParams(search, {k: PAGE});
+    const url = (offset) => {
+      params.set("offset", String(offset));
+      if (search.kind === "like") return `/api/images/${search.id}/similar?${params}`;
+      if (search.kind === "browse") return `/api/images?${params}`;
+      return `/api/search/image?${params}`;
+    };
+    const body = await fetchList(search, url(0), signal);
+    if (search !== current) return;
+    const hits = body.hits || body.images;
+    if (!hits.length) {
+      say(noResults(search));
+      return;
+    }
+    show([{hits}]);
+    state.textContent = search.kind === "browse"
+      ? (search.box ? "Photos that pass the filters, the most recently added first" : "The most recently added photos")
+      : "The photos that look like this photo, most alike first";
+    paging = {url, offset: hits.length, append: true, upload: search.kind === "upload"};
+    more.hidden = hits.length < PAGE;
+  }
+
+  function fetchList(search, url, signal) {
+    if (search.kind !== "upload") return api(url, {signal});
+    return api(url, {method: "POST", body: search.file, signal,
+                     headers: {"Content-Type": search.file.type || "application/octet-stream"}});
+  }
+
+  async function loadMore() {
+    if (!paging || !current) return;
+    const search = current, signal = controller.signal;
+    more.disabled = true;
+    try {
+      const body = await fetchList(search, paging.url(paging.offset), signal);
+      if (search !== current) return;
+      const seen = new Set(shown.map((h) => h.id));
+      const hits = (body.hits || body.images).filter((h) => !seen.has(h.id));
+      const got = (body.hits || body.images).length;
+      paging.offset += got;
+      if (paging.append) appendTo(results.lastElementChild, hits);
+      else {
+        if (!paging.section) paging.section = section({title: paging.title, hits: []});
+        appendTo(paging.section, hits);
+      }
+      more.hidden = got < PAGE;
+    } catch (error) {
+      failed(error);
+    } finally {
+      more.disabled = false;
+    }
   }
 
   function noResults(search) {
-    const filtered = filterParams().toString() !== "";
-    if (filtered) return "No photo matches these filters: widen the folder, the dates or the tag.";
-    return search.kind === "like" ? "No other photo to compare with." : "No photo to show: the library has none yet.";
+    if (search.kind === "like") return "No other photo to compare with.";
+    const u = search.understood;
+    const narrowed = u && (u.folders.length || u.after || u.before || u.tag || u.camera || u.min_size || u.formats.length);
+    if (narrowed) return "No photo passes these filters: widen the folder, the dates or the other keys.";
+    return "No photo to show: the library has none yet.";
   }
 
-  function render(hits, offset) {
-    const focused = document.activeElement && document.activeElement.dataset
-      ? document.activeElement.dataset.id : null;
-    shown = shown.slice(0, offset).concat(hits);
-    const items = shown.slice(offset).map(tile);
-    if (offset) {
-      while (grid.children.length > offset) grid.lastChild.remove();
-      grid.append(...items);
-    } else {
-      grid.replaceChildren(...items);
+  function byMonth(hits) {
+    const groups = new Map();
+    for (const hit of hits) {
+      const date = hit.date ? new Date(hit.date) : null;
+      const month = date && !isNaN(date) ? date.toLocaleDateString(undefined, {year: "numeric", month: "long"}) : "No date";
+      if (!groups.has(month)) groups.set(month, []);
+      groups.get(month).push(hit);
     }
-    more.hidden = hits.length < PAGE;
+    return groups;
+  }
+
+  // -- drawing ----------------------------------------------------------------------------------
+  function show(groups) {
+    const focused = document.activeElement && document.activeElement.dataset ? document.activeElement.dataset.id : null;
+    shown = [];
+    results.replaceChildren();
+    for (const group of groups) section(group);
     if (focused) {
-      const again = grid.querySelector(`a[data-id="${focused}"]`);
+      const again = results.querySelector(`a.hit[data-id="${focused}"]`);
       if (again) again.focus();
     }
+  }
+
+  function section(group) {
+    const part = document.createElement("section");
+    part.className = "group";
+    if (group.id) part.id = group.id;
+    if (group.title || group.subtitle) {
+      const h = document.createElement(group.title ? "h2" : "h3");
+      h.textContent = group.title || group.subtitle;
+      part.append(h);
+    }
+    if (group.sentence) {
+      const p = document.createElement("p");
+      p.className = "nothing";
+      p.textContent = group.sentence;
+      part.append(p);
+    }
+    if (group.hits.length || !group.sentence) {
+      const ol = document.createElement("ol");
+      ol.className = "grid";
+      part.append(ol);
+      appendTo(part, group.hits);
+    }
+    results.append(part);
+    return part;
+  }
+
+  function appendTo(part, hits) {
+    let ol = part.querySelector("ol.grid");
+    if (!ol) {
+      ol = document.createElement("ol");
+      ol.className = "grid";
+      part.append(ol);
+    }
+    ol.append(...hits.map(tile));
+    shown = shown.concat(hits);
   }
 
   function tile(hit) {
@@ -203,23 +397,27 @@
     a.className = "hit";
     a.href = addressFor(current, hit.id);
     a.dataset.id = String(hit.id);
-    a.dataset.rank = String(hit.rank);
     const name = hit.path.split("/").pop();
-    a.title = hit.rank ? `${hit.rank}. ${hit.path}` : hit.path;
     const img = document.createElement("img");
     img.src = hit.thumbnail;
     img.alt = name;
     img.loading = "lazy";
     img.decoding = "async";
-    const badge = document.createElement("span");
-    badge.className = "score";
     a.append(img);
-    if (hit.itc !== undefined) {
-      const reranked = hit.itm !== null && hit.itm !== undefined;
-      badge.textContent = reranked ? percent(hit.itm) : hit.itc.toFixed(3);
-      badge.title = reranked ? `match probability (ITM); score ${hit.score.toFixed(3)}` : "ITC cosine";
+    const scored = hit.itm !== null && hit.itm !== undefined;
+    const facts = [hit.path];
+    if (hit.date) facts.push(`taken ${when(hit.date)}`);
+    if (scored) {
+      const badge = document.createElement("span");
+      badge.className = "score";
+      badge.textContent = percent(hit.itm);
+      badge.title = "The probability that the photo matches, by BLIP's image-text matching";
       a.append(badge);
+      facts.push(`match ${percent(hit.itm)}`);
+    } else if (hit.itc !== undefined) {
+      facts.push(`not checked by image-text matching; similarity ${hit.itc.toFixed(3)}`);
     }
+    a.title = facts.join("\n");
     li.append(a);
     return li;
   }
@@ -256,9 +454,9 @@
     $("meta").replaceChildren();
     $("lookup").hidden = true;
     $("heat").checked = false;
-    const heatToggle = $("heat-toggle");
-    heatToggle.hidden = !(search && search.kind === "text");
-    if (search && search.kind === "text") $("heat-query").textContent = search.text;
+    const text = search && search.kind === "text" ? (search.understood ? search.understood.text : search.box) : null;
+    $("heat-toggle").hidden = !text;
+    if (text) $("heat-query").textContent = text;
     $("similar").href = addressFor({kind: "like", id}, null);
     $("original").href = `/api/images/${id}/original`;
     if (!dialog.open) dialog.showModal();
@@ -349,9 +547,10 @@
 
   function toggleHeat() {
     const img = $("detail-img");
-    if ($("heat").checked && current && current.kind === "text") {
+    const text = $("heat-query").textContent;
+    if ($("heat").checked && text) {
       img.classList.add("busy");
-      img.src = `/api/images/${detailId}/explain?` + new URLSearchParams({q: current.text});
+      img.src = `/api/images/${detailId}/explain?` + new URLSearchParams({q: text});
     } else {
       img.src = img.dataset.preview;
     }
@@ -373,23 +572,32 @@
   }
 
   // -- keyboard ---------------------------------------------------------------------------------
-  function columns() {
-    const tiles = grid.querySelectorAll("a.hit");
-    if (tiles.length < 2) return 1;
-    const top = tiles[0].getBoundingClientRect().top;
-    let n = 0;
-    for (const t of tiles) { if (Math.abs(t.getBoundingClientRect().top - top) > 2) break; n += 1; }
-    return Math.max(1, n);
-  }
-
   function move(event) {
-    const tiles = Array.from(grid.querySelectorAll("a.hit"));
+    // Left and right go through the photos in order; up and down to the nearest photo in the row
+    // above or below, across the headings between groups.
+    const tiles = Array.from(results.querySelectorAll("a.hit"));
     const at = tiles.indexOf(document.activeElement);
     if (at < 0 || dialog.open) return;
-    const step = {ArrowRight: 1, ArrowLeft: -1, ArrowDown: columns(), ArrowUp: -columns()}[event.key];
-    if (!step) return;
+    let next = null;
+    if (event.key === "ArrowRight" || event.key === "ArrowLeft") {
+      next = tiles[Math.min(tiles.length - 1, Math.max(0, at + (event.key === "ArrowRight" ? 1 : -1)))];
+    } else if (event.key === "ArrowDown" || event.key === "ArrowUp") {
+      const down = event.key === "ArrowDown";
+      const here = tiles[at].getBoundingClientRect();
+      const middle = here.left + here.width / 2;
+      const rows = tiles.map((t) => t.getBoundingClientRect())
+        .map((r, i) => ({i, r})).filter(({r}) => (down ? r.top > here.top + 2 : r.top < here.top - 2));
+      if (rows.length) {
+        const row = down ? Math.min(...rows.map(({r}) => r.top)) : Math.max(...rows.map(({r}) => r.top));
+        const inRow = rows.filter(({r}) => Math.abs(r.top - row) <= 2);
+        inRow.sort((a, b) => Math.abs(a.r.left + a.r.width / 2 - middle) - Math.abs(b.r.left + b.r.width / 2 - middle));
+        next = tiles[inRow[0].i];
+      }
+    } else {
+      return;
+    }
     event.preventDefault();
-    const next = tiles[Math.min(tiles.length - 1, Math.max(0, at + step))];
+    if (!next) return;
     next.focus();
     next.scrollIntoView({block: "nearest"});
   }
@@ -413,33 +621,42 @@
 
   // -- wiring -----------------------------------------------------------------------------------
   function rerun() {
-    // The text typed, else the search on screen (a photo's likes, a dropped image) with new filters.
-    const text = q.value.trim();
-    const search = text ? {kind: "text", text} : current && current.kind !== "text" ? current : BROWSE;
+    // The box's text, else the search on screen (a photo's likes, a dropped image), else browsing.
+    const box = q.value.trim();
+    const search = box || !current || current.kind === "text" || current.kind === "browse"
+      ? searchFor(box, plain.checked) : current;
     remember(search, null, false);
     start(search);
   }
   form.addEventListener("submit", (event) => { event.preventDefault(); rerun(); });
-  for (const id of ["after", "before", "tag"]) $(id).addEventListener("change", rerun);
-  grid.addEventListener("click", (event) => {
+  for (const id of PANEL) $(id).addEventListener("change", (event) => fromPanel(event.target));
+  $("folder").addEventListener("keydown", (event) => {
+    if (event.key !== "Enter") return;
+    event.preventDefault();
+    fromPanel(event.target);
+  });
+  plain.addEventListener("change", rerun);
+  results.addEventListener("click", (event) => {
     const a = event.target.closest("a.hit");
     if (!a || event.metaKey || event.ctrlKey || event.shiftKey || event.button !== 0) return;
     event.preventDefault();
     openDetail(Number(a.dataset.id));
   });
-  grid.addEventListener("keydown", move);
-  more.addEventListener("click", () => {
-    if (current) load(current, shown.length, controller.signal).catch(failed);
-  });
+  results.addEventListener("keydown", move);
+  more.addEventListener("click", loadMore);
   $("close").addEventListener("click", closeDetail);
   dialog.addEventListener("close", () => {
     const id = lastDetail;
     detailId = null;
     if (new URLSearchParams(location.search).has("image")) remember(current, null, true);
-    const back = id !== null && grid.querySelector(`a[data-id="${id}"]`);
+    const back = id !== null && results.querySelector(`a.hit[data-id="${id}"]`);
     if (back) back.focus();
   });
   dialog.addEventListener("click", (event) => { if (event.target === dialog) closeDetail(); });
+  const help = $("help");
+  $("help-open").addEventListener("click", () => help.showModal());
+  $("help-close").addEventListener("click", () => help.close());
+  help.addEventListener("click", (event) => { if (event.target === help) help.close(); });
   $("ask").addEventListener("submit", ask);
   $("heat").addEventListener("change", toggleHeat);
   $("detail-img").addEventListener("load", () => $("detail-img").classList.remove("busy"));
@@ -470,11 +687,15 @@
     searchFile(event.dataTransfer.files[0]);
   });
   document.addEventListener("keydown", (event) => {
-    if (event.key === "/" && document.activeElement !== q && !dialog.open
-        && !["INPUT", "SELECT", "TEXTAREA"].includes(document.activeElement.tagName)) {
+    const typing = ["INPUT", "SELECT", "TEXTAREA"].includes(document.activeElement.tagName);
+    if (typing || dialog.open || help.open) return;
+    if (event.key === "/") {
       event.preventDefault();
       q.focus();
       q.select();
+    } else if (event.key === "?") {
+      event.preventDefault();
+      help.showModal();
     }
   });
   window.addEventListener("popstate", fromAddress);
