@@ -301,6 +301,24 @@ def test_searching_looking_asking_and_filtering_in_a_browser(browser, shapes_lib
     assert [p for p in problems if p != refused] == []
 
 
+def test_the_api_docs_render_offline(browser, shapes_library: Path, live_server) -> None:  # type: ignore[no-untyped-def]
+    """/docs lists the operations of the OpenAPI 3.1 document, with nothing loaded from elsewhere."""
+    server = live_server(Library(shapes_library / "library", device="cpu"), ServeSettings(warm=False))
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    problems: list[str] = []
+    outside: list[str] = []
+    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+    page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(server.url) else None)
+    page.goto(server.url + "/docs")
+    expect(page.locator(".opblock-summary-path[data-path='/api/search']").first).to_be_visible()
+    expect(page.locator(".swagger-ui .info .title")).to_contain_text("blipsearch")
+    expect(page.get_by_text("Unable to render this definition")).to_have_count(0)
+    _shot(page, "11-api-docs")
+    page.close()
+    assert problems == [] and outside == []
+
+
 def test_an_empty_library_says_what_to_do(browser, tmp_path: Path, live_server) -> None:  # type: ignore[no-untyped-def]
     lib = Library(tmp_path / "empty", device="cpu")
     page = browser.new_page()

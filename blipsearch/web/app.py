@@ -25,7 +25,6 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Body, Depends, FastAPI, Query, Request
 from fastapi import Path as PathParam
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -34,20 +33,16 @@ from starlette.concurrency import run_in_threadpool
 from .. import __version__
 from ..errors import (
     BlipsearchError,
-    ImageChangedError,
     ImageError,
     InputPathError,
-    ModelLoadError,
-    ModelMismatchError,
-    ModelUnavailableError,
-    SettingsError,
-    UnknownImageError,
 )
 from ..filters import DEFAULT_MIN_PROBABILITY, NO_FILTERS, Filters
 from ..library import Hit, ImageData, Library
 from ..options import DEFAULT_RERANK_DEPTH
 from ..search.language import ParsedQuery, help_rows, parse_query
 from ..search.query import Term, text_term
+from .errors import error as _error
+from .errors import install as install_errors
 from .security import Guard, SecurityMiddleware
 
 HERE = Path(__file__).parent
@@ -130,47 +125,9 @@ def _read_box(q: str, plain: bool, filters: Filters) -> tuple[ParsedQuery, Filte
     return box, box.narrow(filters)
 
 
-# -- errors -------------------------------------------------------------------------------------
-_STATUS: list[tuple[type[BaseException], int]] = [
-    (UnknownImageError, 404),
-    (ImageChangedError, 409),
-    (ImageError, 422),
-    (SettingsError, 400),
-    (InputPathError, 400),
-    (ModelUnavailableError, 503),
-    (ModelLoadError, 503),
-    (ModelMismatchError, 409),
-    (BlipsearchError, 409),  # the library's state: empty, no texts, no captions yet
-]
-
-
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
-
-
-def _blipsearch_error(request: Request, exc: Exception) -> JSONResponse:
-    status = next(code for kind, code in _STATUS if isinstance(exc, kind))
-    return _error(status, str(exc))
-
-
-def _validation_error(request: Request, exc: Exception) -> JSONResponse:
-    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
-    parts = []
-    for err in errors:
-        where = ".".join(str(p) for p in err.get("loc", ())[1:]) or "request"
-        parts.append(f"{where}: {err.get('msg', 'invalid')}")
-    return _error(422, "; ".join(parts) or "Invalid request.")
-
-
-def _database_error(request: Request, exc: Exception) -> JSONResponse:
-    return _error(500, f"Database error: {getattr(exc, 'orig', None) or exc}")
-
-
 # -- the app ----------------------------------------------------------------------------------------
 def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastAPI:
     """The web app over ``lib``, which it uses from many threads and closes on shutdown."""
-    from sqlalchemy.exc import SQLAlchemyError
-
     warmth = _Warmth()
 
     @asynccontextmanager
@@ -191,9 +148,7 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
         lifespan=lifespan,
     )
     app.state.warmth = warmth
-    app.add_exception_handler(BlipsearchError, _blipsearch_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(SQLAlchemyError, _database_error)
+    install_errors(app)
     app.add_middleware(SecurityMiddleware, guard=Guard.for_binding(settings.host, settings.token,
                                                                    settings.allowed_hosts))
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
@@ -479,10 +434,14 @@ def _check_pixels(data: bytes, limit: int) -> Response | None:
 
 
 def _docs(app: FastAPI) -> None:
-    """Swagger UI at /docs from the files of the swagger-ui-bundle package: nothing from the internet."""
-    from swagger_ui_bundle import swagger_ui_path
+    """Swagger UI (5.x: it reads the OpenAPI 3.1 document FastAPI makes) at /docs, from the files of
+    the swagger-ui-py package: nothing from the internet."""
+    import importlib.util
 
-    app.mount("/docs/assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+    spec = importlib.util.find_spec("swagger_ui")  # its files only: the package's handlers are not needed
+    assert spec is not None and spec.submodule_search_locations, "pip install swagger-ui-py"
+    assets = Path(next(iter(spec.submodule_search_locations))) / "static"
+    app.mount("/docs/assets", StaticFiles(directory=assets), name="docs-assets")
 
     @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
     def docs() -> HTMLResponse:

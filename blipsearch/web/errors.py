@@ -1,0 +1,122 @@
+"""Every error the HTTP API answers is ``{"error": "one sentence"}`` with a status: 400 a request it
+can't take (a parameter out of its range or of the wrong type, bad JSON, a date it can't read), 404
+no such image or route, 405 a route that takes another method, 409 the library can't answer yet
+(empty, no texts, the file changed), 413 too large, 415 not an image body, 422 an image it can't
+read, 500 the database failed, 503 the model can't be loaded."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from ..errors import (
+    BlipsearchError,
+    ImageChangedError,
+    ImageError,
+    InputPathError,
+    ModelLoadError,
+    ModelMismatchError,
+    ModelUnavailableError,
+    SettingsError,
+    UnknownImageError,
+)
+
+STATUS: list[tuple[type[BaseException], int]] = [
+    (UnknownImageError, 404),
+    (ImageChangedError, 409),
+    (ImageError, 422),
+    (SettingsError, 400),
+    (InputPathError, 400),
+    (ModelUnavailableError, 503),
+    (ModelLoadError, 503),
+    (ModelMismatchError, 409),
+    (BlipsearchError, 409),  # the library's state: empty, no texts, no captions yet
+]
+_SHOWN = 40  # characters of a refused value an error shows
+_NUMBER = re.compile(r"[-+]?\d+(\.\d*)?([eE][-+]?\d+)?")
+
+
+def error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _shown(value: Any) -> str:
+    text = repr(value) if isinstance(value, str) and not _NUMBER.fullmatch(value) else str(value)
+    return text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
+
+
+def reason(err: dict[str, Any]) -> str:
+    """One pydantic validation error as a sentence: what is wrong with which parameter."""
+    where = [str(p) for p in err.get("loc", ())]
+    name = ".".join(where[1:]) if len(where) > 1 else "the request"
+    kind, ctx, value = err.get("type", ""), err.get("ctx") or {}, err.get("input")
+    if kind == "json_invalid":
+        return f"The request body is not valid JSON ({ctx.get('error', 'it does not parse')})."
+    if where[:1] == ["body"] and len(where) == 1:
+        return "The request needs a JSON body."
+    if kind == "missing":
+        return f"{name} is required."
+    sentences = {
+        "greater_than_equal": f"{name} must be at least {ctx.get('ge')}",
+        "greater_than": f"{name} must be more than {ctx.get('gt')}",
+        "less_than_equal": f"{name} must be at most {ctx.get('le')}",
+        "less_than": f"{name} must be less than {ctx.get('lt')}",
+        "int_parsing": f"{name} must be a whole number",
+        "int_from_float": f"{name} must be a whole number",
+        "float_parsing": f"{name} must be a number",
+        "bool_parsing": f"{name} must be true or false",
+        "literal_error": f"{name} must be one of {ctx.get('expected')}",
+        "string_too_short": f"{name} must not be empty" if ctx.get("min_length") == 1
+        else f"{name} must be at least {ctx.get('min_length')} characters long",
+        "string_too_long": f"{name} must be at most {ctx.get('max_length')} characters long",
+        "string_type": f"{name} must be a string",
+        "string_pattern_mismatch": f"{name} must match {ctx.get('pattern')}",
+    }
+    said = sentences.get(kind)
+    if said is None:
+        return f"{name}: {err.get('msg', 'invalid')}."
+    if kind in ("string_too_long",) or value in (None, ""):
+        return said + "."
+    return f"{said}, not {_shown(value)}."
+
+
+def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    return error(400, " ".join(dict.fromkeys(reason(e) for e in errors)) or "The request is not valid.")
+
+
+def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        message = f"There is no {request.url.path} here; the HTTP API is described at /docs."
+    elif exc.status_code == 405:
+        allowed = (exc.headers or {}).get("allow") or (exc.headers or {}).get("Allow")
+        message = f"{request.url.path} does not take {request.method}" + (f"; it takes {allowed}." if allowed else ".")
+    elif exc.status_code == 400 and "parsing the body" in str(exc.detail):
+        message = "The request body can't be read: send JSON in UTF-8."
+    else:
+        message = str(exc.detail) if str(exc.detail).endswith(".") else f"{exc.detail}."
+    return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
+
+
+def _blipsearch_error(request: Request, exc: Exception) -> JSONResponse:
+    return error(next(code for kind, code in STATUS if isinstance(exc, kind)), str(exc))
+
+
+def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    return error(500, f"Database error: {getattr(exc, 'orig', None) or exc}")
+
+
+def install(app: FastAPI) -> None:
+    """Answer every error of ``app`` in the shape above."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    app.add_exception_handler(BlipsearchError, _blipsearch_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(SQLAlchemyError, _database_error)
