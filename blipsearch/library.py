@@ -34,7 +34,7 @@ from .index.indexer import IndexReport
 from .index.run import Indexing
 from .index.status import LibraryState
 from .index.watch import DEFAULT_SETTLE_S
-from .options import DEFAULT_RERANK_DEPTH
+from .options import DEFAULT_RERANK_DEPTH, DEFAULT_VQA_MODEL
 from .progress import ProgressFactory, no_progress
 from .rerank.cache import TokenCache
 from .results import (
@@ -104,6 +104,11 @@ class Library:
     @property
     def model_spec(self) -> str:
         return self.parts.model_spec
+
+    @property
+    def vqa_model(self) -> str:
+        """The VQA model questions are asked of: ``--vqa-model``, else the built-in family's, else BLIP's."""
+        return self.parts.companion(self.requested_vqa_model, DEFAULT_VQA_MODEL)
 
     @property
     def quantize(self) -> str:

@@ -136,8 +136,11 @@ def test_searching_looking_asking_and_filtering_in_a_browser(browser, shapes_lib
     _images_loaded(page)
     _shot(page, "02-results")
 
-    # Arrow keys move between photos, Enter opens one, Escape closes it.
-    page.locator("a.hit").first.focus()
+    # ArrowDown goes from the box into the results, the arrow keys move between photos, Enter opens
+    # one, Escape closes it.
+    page.locator("#q").focus()
+    page.keyboard.press("ArrowDown")
+    expect(page.locator("a.hit").first).to_be_focused()
     page.keyboard.press("ArrowRight")
     expect(page.locator("a.hit").nth(1)).to_be_focused()
     second = _grid(page)[1]
@@ -150,6 +153,9 @@ def test_searching_looking_asking_and_filtering_in_a_browser(browser, shapes_lib
     info = _get(f"{base}/api/images/{second}")
     expect(page.locator("#detail-name")).to_have_text(os.path.basename(info["path"]))
     expect(page.locator("#meta")).to_contain_text(info["path"])
+    # A photo smaller than a preview is shown as its own file, not a re-encoding (these are 64 px PNGs).
+    expect(page.locator("#detail-img")).to_have_attribute("src", info["original"])
+    expect(page.locator("#question")).to_have_attribute("placeholder", "What shape is on the left?")
 
     page.fill("#question", "what color is the left shape?")
     page.press("#question", "Enter")
@@ -160,14 +166,27 @@ def test_searching_looking_asking_and_filtering_in_a_browser(browser, shapes_lib
     _shot(page, "03-detail")
 
     page.check("#heat")
-    expect(page.locator("#detail-img")).to_have_attribute("src", re.compile(r"/explain\?q="))
+    expect(page.locator("#detail-img")).to_have_attribute("src", re.compile(r"^blob:"))
     expect(page.locator("#detail-img")).not_to_have_class(re.compile("busy"))
+    with urllib.request.urlopen(f"{base}/api/images/{second}/explain?" + urlencode({"q": described})) as response:
+        itm = float(response.headers["x-match-probability"])
+    shown = "<1%" if itm < 0.005 else ">99%" if 0.995 < itm < 1 else f"{round(itm * 100)}%"
+    expect(page.locator("#heat-legend")).to_be_visible()
+    expect(page.locator("#heat-match")).to_have_text(f"match {shown} ·")
+    expect(page.locator("#heat-legend")).to_contain_text("less")
     _shot(page, "04-detail-heat-map")
 
     page.keyboard.press("Escape")
     expect(dialog).to_be_hidden()
     expect(page).not_to_have_url(re.compile("image="))  # the dialog's close event takes it out of the address
     expect(page.locator("a.hit").nth(1)).to_be_focused()
+    # Back after closing leaves the search (the photo's history entry went with it): here, to the home page.
+    page.go_back()
+    expect(page).to_have_url(base + "/")
+    expect(page.locator("#q")).to_have_value("")
+    page.go_forward()
+    expect(page).to_have_url(f"{base}/?" + urlencode({"q": described}))
+    expect(page.locator("#matches h2")).to_be_visible()
 
     # "Similar photos" from the detail view.
     page.locator("a.hit").first.click()
@@ -287,6 +306,15 @@ def test_searching_looking_asking_and_filtering_in_a_browser(browser, shapes_lib
     _shot(phone, "08-phone-detail")
     phone.close()
 
+    # Ids that are not in the library: a sentence, not an empty photo view or a broken image.
+    page.goto(base + "/?image=99999")
+    expect(page.locator("#notice")).to_have_text("No photo 99999 in this library.")
+    expect(page.locator("#detail")).to_be_hidden()
+    expect(page).not_to_have_url(re.compile("image="))
+    page.goto(base + "/?like=99999")
+    expect(page.locator("#notice")).to_have_text("No photo 99999 in this library.")
+    expect(page.locator("#query-image")).to_be_hidden()
+
     # An address from before the box had keys: its filters become keys. No results, and the failures page.
     page.goto(base + "/?" + urlencode({"q": QUERY, "after": "2999-01-01"}))
     expect(page.locator("#notice")).to_contain_text("No photo passes these filters")
@@ -297,8 +325,10 @@ def test_searching_looking_asking_and_filtering_in_a_browser(browser, shapes_lib
     _shot(page, "09-failures")
     page.close()
     refused = "console error: Failed to load resource: the server responded with a status of 400 (Bad Request)"
-    assert problems.count(refused) == 1  # colour:red, refused by /api/query; nothing else went wrong
-    assert [p for p in problems if p != refused] == []
+    missing = "console error: Failed to load resource: the server responded with a status of 404 (Not Found)"
+    assert problems.count(refused) == 1  # colour:red, refused by /api/query
+    assert problems.count(missing) == 2  # photo 99999's details and its likes; nothing else went wrong
+    assert [p for p in problems if p not in (refused, missing)] == []
 
 
 def test_the_api_docs_render_offline(browser, shapes_library: Path, live_server) -> None:  # type: ignore[no-untyped-def]

@@ -65,6 +65,7 @@ HELD_OUT: frozenset[tuple[str, str, str]] = frozenset(
 
 SPLITS: tuple[str, ...] = ("train", "test")
 QUESTION_TYPES: tuple[str, ...] = ("color", "shape", "yesno")
+EXAMPLE_QUESTION = "what shape is on the left?"  # one of the question forms, true of every scene
 
 Obj = tuple[str, str]
 """An object: (color, shape)."""
@@ -148,7 +149,7 @@ def questions(left: Obj, right: Obj, rng: np.random.Generator) -> list[QA]:
     qa = [
         QA(f"what color is the {left[1]} on the left?", left[0], "color"),
         QA(f"what color is the {right[1]} on the right?", right[0], "color"),
-        QA("what shape is on the left?", left[1], "shape"),
+        QA(EXAMPLE_QUESTION, left[1], "shape"),
         QA("what shape is on the right?", right[1], "shape"),
     ]
     present = [left, right]

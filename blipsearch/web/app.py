@@ -326,11 +326,24 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
     @app.get("/api/images/{image_id}/explain", tags=["describe"], response_class=Response)
     def explain(image_id: ImageId,
                 q: Annotated[str, Query(min_length=1, max_length=2000, description="The text to explain.")]) -> Response:
-        """A heat map over the image of where the ITM head found the text (Grad-CAM), as a PNG."""
-        picture = lib.explain(image_id, q).overlay()
+        """A heat map over the image of where the ITM head found the text (Grad-CAM), as a PNG; the
+        `x-match-probability` header is the pair's ITM match probability."""
+        explained = lib.explain(image_id, q)
         out = io.BytesIO()
-        picture.save(out, "PNG")
-        return Response(out.getvalue(), media_type="image/png", headers={"cache-control": "private, max-age=3600"})
+        explained.overlay().save(out, "PNG")
+        return Response(out.getvalue(), media_type="image/png", headers={
+            "cache-control": "private, max-age=3600", "x-match-probability": f"{explained.itm:.6f}"})
+
+    @app.get("/explain-legend.png", include_in_schema=False)
+    def explain_legend() -> Response:
+        """The heat map's colours, coldest to hottest, as a strip for the page's legend."""
+        from PIL import Image
+
+        from ..models.explain import COLORMAP
+
+        out = io.BytesIO()
+        Image.fromarray(COLORMAP[None, :, :].repeat(8, axis=0)).save(out, "PNG")
+        return Response(out.getvalue(), media_type="image/png", headers={"cache-control": "public, max-age=86400"})
 
     # -- the library -------------------------------------------------------------------------------
     @app.get("/api/status", tags=["library"])
@@ -356,7 +369,7 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
         return templates.TemplateResponse(request, "index.html", {
             "status": info, "notice": notice, "labels": [label for label, _ in lib.labels()],
             "params": request.query_params, "folders": request.query_params.getlist("folder"),
-            "rerank_depth": settings.rerank_depth, "help_rows": help_rows(),
+            "rerank_depth": settings.rerank_depth, "help_rows": help_rows(), "ask_example": _ask_example(lib),
         })
 
     @app.get("/failures", response_class=HTMLResponse, include_in_schema=False)
@@ -365,6 +378,15 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
             "status": lib.status(), "failures": lib.failures()})
 
     return app
+
+
+def _ask_example(lib: Library) -> str:
+    """A question the library's VQA model can answer, for the Ask box's placeholder."""
+    if lib.vqa_model == "builtin:shapes":
+        from ..shapes.world import EXAMPLE_QUESTION
+
+        return EXAMPLE_QUESTION[0].upper() + EXAMPLE_QUESTION[1:]
+    return "How many people are there?"
 
 
 def _notice(info: dict[str, Any], warmth: _Warmth) -> str | None:

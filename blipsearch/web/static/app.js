@@ -176,6 +176,11 @@
     if (error.name === "AbortError") return;
     state.textContent = "";
     state.classList.remove("busy");
+    if (current && current.kind === "like" && error.status === 404) {
+      queryImage.hidden = true;
+      say(`No photo ${current.id} in this library.`);
+      return;
+    }
     say(error.message);
   }
 
@@ -287,6 +292,8 @@
       return;
     }
     show([{hits}]);
+    const pending = queryImage.querySelector("img[data-src]");
+    if (pending) pending.src = pending.dataset.src;
     state.textContent = search.kind === "browse"
       ? (search.box ? "Photos that pass the filters, the most recently added first" : "The most recently added photos")
       : "The photos that look like this photo, most alike first";
@@ -432,7 +439,9 @@
     if (queryImage.hidden) return;
     const img = document.createElement("img");
     img.alt = "The photo searched by";
-    img.src = search.kind === "like" ? `/api/images/${search.id}/thumbnail` : URL.createObjectURL(search.file);
+    // A photo of the library shows once its likes came back: an id it doesn't have shows no broken image.
+    if (search.kind === "upload") img.src = URL.createObjectURL(search.file);
+    else img.dataset.src = `/api/images/${search.id}/thumbnail`;
     const text = document.createElement("span");
     text.textContent = search.kind === "like" ? "Photos like this one" : `Photos like ${search.file.name || "the dropped image"}`;
     queryImage.append(img, text);
@@ -441,11 +450,15 @@
   // -- the detail view --------------------------------------------------------------------------
   let detailId = null;       // the photo open in the detail view, while it loads and shows
   let lastDetail = null;     // the last one opened: focus returns to its tile on closing
+  let pushedDetail = false;  // opening it added a history entry: closing it goes back over that entry
+  const PREVIEW = 1600;      // the longest side of /preview: a smaller photo is shown as it is
+  const SHOWN_AS_IS = /\.(jpe?g|png|gif|webp)$/i;  // formats every browser shows
 
   async function openDetail(id, push = true) {
     detailId = lastDetail = id;
     const search = current;
     if (push) remember(search, id, false);
+    pushedDetail = push;
     $("detail-name").textContent = `Photo ${id}`;
     $("detail-img").removeAttribute("src");
     $("caption").textContent = "";
@@ -454,6 +467,7 @@
     $("meta").replaceChildren();
     $("lookup").hidden = true;
     $("heat").checked = false;
+    $("heat-legend").hidden = true;
     const text = search && search.kind === "text" ? (search.understood ? search.understood.text : search.box) : null;
     $("heat-toggle").hidden = !text;
     if (text) $("heat-query").textContent = text;
@@ -464,13 +478,19 @@
       const info = await api(`/api/images/${id}`);
       if (detailId !== id) return;
       const name = info.path.split("/").pop();
+      const small = info.width && Math.max(info.width, info.height) < PREVIEW && SHOWN_AS_IS.test(info.path);
+      const picture = small ? info.original : info.preview;  // the file itself rather than a re-encoding
       $("detail-name").textContent = name;
-      $("detail-img").src = info.preview;
+      $("detail-img").src = picture;
       $("detail-img").alt = name;
-      $("detail-img").dataset.preview = info.preview;
+      $("detail-img").dataset.preview = picture;
       facts(info);
     } catch (error) {
-      $("detail-name").textContent = error.message;
+      if (detailId !== id) return;
+      // No such photo (an old address, a photo removed since): say so, rather than an empty view.
+      pushedDetail = false;
+      closeDetail();
+      say(error.status === 404 ? `No photo ${id} in this library.` : error.message);
       return;
     }
     caption(id);
@@ -545,14 +565,30 @@
     }
   }
 
-  function toggleHeat() {
-    const img = $("detail-img");
+  async function toggleHeat() {
+    const img = $("detail-img"), legend = $("heat-legend"), id = detailId;
     const text = $("heat-query").textContent;
-    if ($("heat").checked && text) {
-      img.classList.add("busy");
-      img.src = `/api/images/${detailId}/explain?` + new URLSearchParams({q: text});
-    } else {
+    if (!$("heat").checked || !text) {
+      legend.hidden = true;
       img.src = img.dataset.preview;
+      return;
+    }
+    img.classList.add("busy");
+    try {
+      const response = await fetch(`/api/images/${id}/explain?` + new URLSearchParams({q: text}),
+                                   {credentials: "same-origin"});
+      if (!response.ok) throw new Error((await response.json()).error);
+      const picture = URL.createObjectURL(await response.blob());
+      if (detailId !== id || !$("heat").checked) return;
+      img.src = picture;
+      const p = Number(response.headers.get("x-match-probability"));
+      $("heat-match").textContent = `match ${percent(p)} ·`;
+      $("heat-match").title = "The probability that the photo matches the text, by BLIP's image-text matching";
+      legend.hidden = false;
+    } catch (error) {
+      img.classList.remove("busy");
+      $("heat").checked = false;
+      if (detailId === id) $("answer").textContent = error.message;
     }
   }
 
@@ -629,6 +665,14 @@
     start(search);
   }
   form.addEventListener("submit", (event) => { event.preventDefault(); rerun(); });
+  q.addEventListener("keydown", (event) => {
+    // ArrowDown from the box goes into the results.
+    const first = results.querySelector("a.hit");
+    if (event.key !== "ArrowDown" || !first) return;
+    event.preventDefault();
+    first.focus();
+    first.scrollIntoView({block: "nearest"});
+  });
   for (const id of PANEL) $(id).addEventListener("change", (event) => fromPanel(event.target));
   $("folder").addEventListener("keydown", (event) => {
     if (event.key !== "Enter") return;
@@ -648,7 +692,11 @@
   dialog.addEventListener("close", () => {
     const id = lastDetail;
     detailId = null;
-    if (new URLSearchParams(location.search).has("image")) remember(current, null, true);
+    if (new URLSearchParams(location.search).has("image")) {
+      // Opened by a click: back over its history entry, so that Back then leaves the search.
+      if (pushedDetail) history.back(); else remember(current, null, true);
+    }
+    pushedDetail = false;
     const back = id !== null && results.querySelector(`a.hit[data-id="${id}"]`);
     if (back) back.focus();
   });
