@@ -42,9 +42,9 @@ def main() -> None:
       blipsearch search "a dog running on the beach"
       blipsearch similar ~/Pictures/beach.jpg
     Offline demo with the bundled model, in a library of its own:
-      blipsearch demo-photos demo
-      blipsearch index demo --model builtin:shapes --library demo-library
-      blipsearch serve --library demo-library
+      blipsearch demo-photos demo/photos
+      blipsearch index demo/photos --model builtin:shapes --library demo/library --captions
+      blipsearch serve --library demo/library
     """
 
 

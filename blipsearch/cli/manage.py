@@ -146,10 +146,10 @@ def demo_photos(folder: Path, count: int, seed: int) -> None:
 
     \b
     Example:
-      blipsearch demo-photos demo
-      blipsearch index demo --model builtin:shapes --library demo-library
-      blipsearch search "a red circle left of a blue square" --library demo-library -k 5
-      blipsearch eval demo demo/captions.jsonl --model builtin:shapes
+      blipsearch demo-photos demo/photos
+      blipsearch index demo/photos --model builtin:shapes --library demo/library --captions
+      blipsearch search "a red circle left of a blue square" --library demo/library -k 5
+      blipsearch eval demo/photos demo/photos/captions.jsonl --model builtin:shapes
     """
     from ..shapes.world import generate, write_folder
 

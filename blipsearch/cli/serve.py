@@ -46,7 +46,7 @@ def serve(lib: Library, host: str, port: int, token: str | None, allowed_hosts: 
     \b
     Examples:
       blipsearch serve                                  # http://127.0.0.1:8000/
-      blipsearch serve --library demo-library --open
+      blipsearch serve --library demo/library --open
       blipsearch serve --host 0.0.0.0 --port 8080       # reachable from the network, with a token
       curl 'http://127.0.0.1:8000/api/search?q=a+dog+on+the+beach&k=5'
     """
