@@ -37,11 +37,13 @@ from ..errors import (
     InputPathError,
 )
 from ..filters import DEFAULT_MIN_PROBABILITY, NO_FILTERS, Filters
+from ..images.formats import FORMAT_EXTENSIONS
 from ..library import Hit, ImageData, Library
 from ..options import DEFAULT_RERANK_DEPTH
 from ..search.language import ParsedQuery, help_rows, parse_query
 from ..search.query import Term, text_term
 from .errors import error as _error
+from .errors import document as document_errors
 from .errors import install as install_errors
 from .security import Guard, SecurityMiddleware
 
@@ -86,8 +88,12 @@ ImageId = Annotated[int, PathParam(ge=1, le=2**63 - 1, description="The image's 
 K = Annotated[int, Query(ge=1, le=500, description="Number of results.")]
 Offset = Annotated[int, Query(ge=0, le=100_000, description="Skip this many of the best (paging).")]
 Folder = Annotated[list[str], Query(description="Only images below this folder (repeatable).")]
-After = Annotated[str | None, Query(description="Taken on or after: 2024, 2024-07, 2024-07-14.")]
-Before = Annotated[str | None, Query(description="Taken before: 2025, 2024-08, 2024-07-15.")]
+# What parse_date reads (empty: no bound), as a pattern for the document and the request's check.
+_DATE = (r"^([0-9]{4}(-(0[1-9]|1[0-2])(-(0[1-9]|[12][0-9]|3[01])(T([01][0-9]|2[0-3]):[0-5][0-9]"
+         r"(:[0-5][0-9](\.[0-9]{1,6})?)?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])?)?)?)?)?$")
+After = Annotated[str | None, Query(pattern=_DATE, description="Taken on or after: 2024, 2024-07, 2024-07-14, "
+                                                               "2024-07-14T18:30.")]
+Before = Annotated[str | None, Query(pattern=_DATE, description="Taken before: 2025, 2024-08, 2024-07-15.")]
 Tag = Annotated[str | None, Query(description="Only images tagged with this label (index --tags).")]
 
 
@@ -96,8 +102,10 @@ MinProbability = Annotated[float, Query(ge=0, le=1, description="With tag: the l
 
 
 Camera = Annotated[str | None, Query(description="Only images whose EXIF make and model contain this, any case.")]
-MinSize = Annotated[str | None, Query(description="Only images at least this wide and high: 1920x1080.")]
-Format = Annotated[list[str], Query(description="Only images of this format (jpeg, png, heic, ...; repeatable).")]
+MinSize = Annotated[str | None, Query(pattern=r"^([1-9][0-9]{0,5}x[1-9][0-9]{0,5})?$",
+                                      description="Only images at least this wide and high: 1920x1080.")]
+FormatName = Literal[("", *FORMAT_EXTENSIONS)]  # type: ignore[valid-type]  # "": no filter, as an empty field
+Format = Annotated[list[FormatName], Query(description="Only images of this format (repeatable; empty: any).")]
 
 
 def _filters(tag: Tag = None, folder: Folder = [], after: After = None,  # noqa: B006 - FastAPI copies defaults
@@ -149,6 +157,7 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
     )
     app.state.warmth = warmth
     install_errors(app)
+    document_errors(app)
     app.add_middleware(SecurityMiddleware, guard=Guard.for_binding(settings.host, settings.token,
                                                                    settings.allowed_hosts))
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")

@@ -38,6 +38,9 @@ STATUS: list[tuple[type[BaseException], int]] = [
     (BlipsearchError, 409),  # the library's state: empty, no texts, no captions yet
 ]
 _SHOWN = 40  # characters of a refused value an error shows
+_DAY = "a date: use 2024, 2024-07, 2024-07-14 or 2024-07-14T18:30"
+_PATTERNS = {"after": _DAY, "before": _DAY,
+             "min_size": "a size: use WIDTHxHEIGHT in pixels, both at least 1, e.g. 1920x1080"}
 _NUMBER = re.compile(r"[-+]?\d+(\.\d*)?([eE][-+]?\d+)?")
 
 
@@ -61,6 +64,8 @@ def reason(err: dict[str, Any]) -> str:
         return "The request needs a JSON body."
     if kind == "missing":
         return f"{name} is required."
+    if kind == "string_pattern_mismatch" and name in _PATTERNS:
+        return f"{name}: {_shown(value)} is not {_PATTERNS[name]}."
     sentences = {
         "greater_than_equal": f"{name} must be at least {ctx.get('ge')}",
         "greater_than": f"{name} must be more than {ctx.get('gt')}",
@@ -120,3 +125,61 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(SQLAlchemyError, _database_error)
+
+
+_MEANING = {
+    400: "A request it can't take: a parameter out of its range or of the wrong type, bad JSON, a date or "
+         "search key it can't read.",
+    404: "No such image (or route).",
+    409: "The library can't answer yet (no photos, no texts, another model), or the file changed since it "
+         "was indexed.",
+    413: "The upload is too large (bytes or pixels).",
+    415: "The body is not an image.",
+    422: "The image can't be read.",
+    503: "The model can't be loaded.",
+}
+_IMAGE = (400, 404, 409)
+_MODEL = (409, 503)
+ROUTE_ERRORS: dict[str, tuple[int, ...]] = {
+    "/api/search": (400, 404, *_MODEL),
+    "/api/query": (400,),
+    "/api/search/image": (400, 413, 415, 422, *_MODEL),
+    "/api/images": (400, 409),
+    "/api/images/{image_id}": (400, 404),
+    "/api/images/{image_id}/similar": (*_IMAGE, 503),
+    "/api/images/{image_id}/thumbnail": (*_IMAGE, 422),
+    "/api/images/{image_id}/preview": (*_IMAGE, 422),
+    "/api/images/{image_id}/original": _IMAGE,
+    "/api/images/{image_id}/caption": (*_IMAGE, 422, 503),
+    "/api/images/{image_id}/ask": (*_IMAGE, 422, 503),
+    "/api/images/{image_id}/lookup": (*_IMAGE, 503),
+    "/api/images/{image_id}/explain": (*_IMAGE, 422, 503),
+}
+"""The error statuses each route can answer with (every one in the shape of ``Error``)."""
+
+
+def document(app: FastAPI) -> None:
+    """``app``'s OpenAPI document with each route's error statuses (:data:`ROUTE_ERRORS`), all of them
+    ``{"error": string}``, in place of FastAPI's 422 validation-error shape, which this API never sends."""
+    from fastapi.openapi.utils import get_openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes,
+                               description=app.description)
+            schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+            for unused in ("HTTPValidationError", "ValidationError"):
+                schemas.pop(unused, None)
+            schemas["Error"] = {"type": "object", "required": ["error"], "additionalProperties": False,
+                                "properties": {"error": {"type": "string", "description": "One sentence."}}}
+            body = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+            for path, operations in spec.get("paths", {}).items():
+                for operation in operations.values():
+                    answers = operation.setdefault("responses", {})
+                    answers.pop("422", None)
+                    for code in ROUTE_ERRORS.get(path, ()):
+                        answers[str(code)] = {"description": _MEANING[code], "content": body}
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
