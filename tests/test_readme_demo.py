@@ -21,7 +21,7 @@ BIN = Path(sys.executable).parent
 def _demo_recipe() -> list[str]:
     """The blipsearch commands of the Makefile's demo target, with its variables at their defaults."""
     text = (ROOT / "Makefile").read_text()
-    recipe = re.search(r"^demo:.*\n((?:\t.*\n)+)", text, re.M)
+    recipe = re.search(r"^demo:.*\n((?:\t.*\n)+)", text, re.MULTILINE)
     assert recipe, "the Makefile has a demo target"
     commands = []
     for line in recipe[1].splitlines():
@@ -37,7 +37,7 @@ def _readme_block() -> list[str]:
     """The commands of the first bash block under "Try it offline", comments and the venv's activation left out."""
     text = (ROOT / "README.md").read_text()
     section = text[text.index("## Try it offline in a minute"):]
-    block = re.search(r"```bash\n(.*?)```", section, re.S)
+    block = re.search(r"```bash\n(.*?)```", section, re.DOTALL)
     assert block
     lines = [line.split("  #")[0].strip() for line in block[1].splitlines()]
     lines = [line for line in lines if line and not line.startswith(". ")]
@@ -54,7 +54,7 @@ def _free_port() -> int:
 def _run(command: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     argv = shlex.split(command)
     argv[0] = str(BIN / "blipsearch")
-    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=300, check=False)
 
 
 def _serve(command: str, cwd: Path, env: dict[str, str]) -> dict[str, object]:

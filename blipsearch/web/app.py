@@ -42,8 +42,8 @@ from ..library import Hit, ImageData, Library
 from ..options import DEFAULT_RERANK_DEPTH
 from ..search.language import ParsedQuery, help_rows, parse_query
 from ..search.query import Term, text_term
-from .errors import error as _error
 from .errors import document as document_errors
+from .errors import error as _error
 from .errors import install as install_errors
 from .security import Guard, SecurityMiddleware
 
