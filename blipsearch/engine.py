@@ -3,10 +3,10 @@
 A search from a fresh process pays for importing torch and transformers and for
 loading the model, seconds before the first vector is compared. While ``blipsearch
 serve`` runs for a library it already has all of that in memory, so it also listens
-on a Unix socket of its own, and ``search``, ``similar``, ``lookup``, ``caption`` and
-``ask`` hand their :class:`~blipsearch.Library` calls to it there: the same calls, on
-the same library, printed by the same code, in a process that imports neither
-(:class:`Engine` stands in for the library).
+on a Unix socket of its own, and ``search``, ``similar``, ``lookup``, ``caption``,
+``ask``, ``explain``, ``tag`` and ``texts add`` hand their :class:`~blipsearch.Library`
+calls to it there: the same calls, on the same library, printed by the same code, in a
+process that imports neither (:class:`Engine` stands in for the library).
 
 Only the user who started the server can reach it: the socket lies in the user's
 private runtime folder (mode 0700, e.g. ``$XDG_RUNTIME_DIR/blipsearch``), is itself
@@ -28,6 +28,7 @@ import json
 import os
 import socket
 import stat
+import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from .errors import BlipsearchError
 IN_PROCESS_ENV = "BLIPSEARCH_IN_PROCESS"
 # The Library calls the command line makes that a server may answer.
 CALLS = frozenset({"search", "similar", "lookup", "caption", "ask", "describe", "keep_answer", "unsearchable",
-                   "count"})
+                   "count", "explain", "tag", "add_texts"})
 CONNECT_TIMEOUT_S = 2.0
 
 
@@ -97,6 +98,18 @@ def encode(value: Any) -> Any:
         return {"$type": value.kind, "fields": encode(value.fields)}
     if isinstance(value, dict):
         return {"$dict": {str(k): encode(v) for k, v in value.items()}}
+    numpy = sys.modules.get("numpy")  # (only a process that made an array can have one to send)
+    if numpy is not None and isinstance(value, numpy.generic):
+        return value.item()
+    if numpy is not None and isinstance(value, numpy.ndarray):
+        array = numpy.ascontiguousarray(value)
+        return {"$array": {"dtype": array.dtype.str, "shape": list(array.shape),
+                           "data": base64.b64encode(array.tobytes()).decode("ascii")}}
+    pillow = sys.modules.get("PIL.Image")
+    if pillow is not None and isinstance(value, pillow.Image):
+        picture = value if value.mode in ("1", "L", "RGB", "RGBA") else value.convert("RGBA")
+        return {"$image": {"mode": picture.mode, "size": list(picture.size),
+                           "data": base64.b64encode(picture.tobytes()).decode("ascii")}}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
         out = {"$type": type(value).__name__, "fields": encode(fields)}
@@ -120,6 +133,16 @@ def decode(value: Any, types: dict[str, type]) -> Any:
         return datetime.fromisoformat(value["$datetime"])
     if "$dict" in value:
         return {k: decode(v, types) for k, v in value["$dict"].items()}
+    if "$array" in value:
+        import numpy
+
+        spec = value["$array"]
+        return numpy.frombuffer(base64.b64decode(spec["data"]), numpy.dtype(spec["dtype"])).reshape(spec["shape"])
+    if "$image" in value:
+        from PIL import Image
+
+        spec = value["$image"]
+        return Image.frombytes(spec["mode"], tuple(spec["size"]), base64.b64decode(spec["data"]))
     if "$type" in value:
         fields = decode(value["fields"], types)
         kind = types.get(value["$type"])
@@ -154,8 +177,9 @@ def light_types() -> dict[str, type]:
     from .filters import Filters
     from .options import AnswerSettings, CaptionSettings
     from .search.query import Term
+    from .text import TextEntry
 
-    return {t.__name__: t for t in (Filters, CaptionSettings, AnswerSettings, Term)}
+    return {t.__name__: t for t in (Filters, CaptionSettings, AnswerSettings, Term, TextEntry)}
 
 
 # -- the command line's side ---------------------------------------------------------------------------
@@ -248,6 +272,9 @@ class Engine:
         return status, answer if isinstance(answer, dict) else {}
 
     def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        return self._call(name, args, kwargs, self._types)
+
+    def _call(self, name: str, args: Any, kwargs: dict[str, Any], types: dict[str, type]) -> Any:
         request = {"call": name, "settings": self.settings, "args": encode(list(args)), "kwargs": encode(kwargs)}
         try:
             status, answer = self._exchange(request)
@@ -261,7 +288,7 @@ class Engine:
             raise kind(str(answer["error"]))
         if status != 200 or "result" not in answer:
             raise EngineGone(f"The `blipsearch serve` answering for this library failed (HTTP {status}).")
-        return decode(answer["result"], self._types)
+        return decode(answer["result"], types)
 
     def close(self) -> None:
         self._connection.close()
@@ -287,6 +314,17 @@ class Engine:
 
     def keep_answer(self, hits: list[Any], expected: str) -> Any:
         return self.call("keep_answer", hits, expected)
+
+    def explain(self, image: Any, text: str, **kwargs: Any) -> Any:
+        from .results import Explanation  # (numpy and Pillow, to draw the picture here)
+
+        return self._call("explain", [_absolute(image), text], kwargs, {**self._types, "Explanation": Explanation})
+
+    def tag(self, images: list[Any], labels: list[str], **kwargs: Any) -> Any:
+        return self.call("tag", [_absolute(i) for i in images], labels, **kwargs)
+
+    def add_texts(self, entries: list[Any]) -> tuple[int, int]:
+        return tuple(self.call("add_texts", entries))  # type: ignore[return-value]
 
     def count(self, filters: Any = None) -> int:
         return int(self.call("count", *([filters] if filters is not None else [])))

@@ -316,8 +316,14 @@ class Library:
     def caption_library(self, paths: list[str | os.PathLike[str] | bytes] | None = None,
                         settings: CaptionSettings = CaptionSettings(), *, batch_size: int = 8,
                         progress: ProgressFactory = no_progress) -> int:
-        """Caption every indexed image (below ``paths``) that has no caption from this model and settings."""
+        """Caption every indexed image (below ``paths``) that has no caption from this model and settings
+        (the model loads only if one has none)."""
         return self._describing.caption_library(paths, settings, batch_size=batch_size, progress=progress)
+
+    def caption_fingerprint(self) -> str:
+        """The caption model's fingerprint, read from its files while it is not loaded (a missing model
+        fails here, within seconds, without loading any weights)."""
+        return self._describing.caption_fingerprint()
 
     def describe(self, hits: list[Hit], caption: CaptionSettings | None = None,
                  question: str | None = None, answers: AnswerSettings = AnswerSettings()) -> list[Hit]:

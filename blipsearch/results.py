@@ -104,7 +104,7 @@ class Explanation:
 
     def overlay(self, size: int | None = None) -> PILImage:
         """The photo (longest side ``size``, when given) with the heat map over it."""
-        from .models.explain import overlay
+        from .images.heat import overlay
 
         photo = self.image
         if size is not None and max(photo.size) != size:

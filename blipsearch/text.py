@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from typing import Any
 
 from .errors import InputPathError
 
@@ -59,3 +61,19 @@ def same_answer(answer: str, expected: str) -> bool:
         return " ".join(s.lower().strip().rstrip(".!?").split())
 
     return norm(answer) == norm(expected)
+
+
+@dataclass(frozen=True)
+class TextEntry:
+    """A text of a library's collection (see :mod:`blipsearch.texts`), with the id and metadata of its file."""
+
+    text: str
+    external_id: str | None = None
+    meta: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        checked(self.text, "A text")
+        checked(self.external_id or "", "A text's id")
+        if "\0" in self.text or "\0" in (self.external_id or ""):
+            raise InputPathError(f"The text {self.text[:60]!r} holds a NUL character, which the database can't "
+                                 "store.")

@@ -217,3 +217,43 @@ def test_caption_settings_beyond_the_model_are_clear_errors(captioner: Captioner
         captioner.caption(pixels, CaptionSettings(max_length=positions + 1))
     with pytest.raises(SettingsError, match="leaving none for the caption"):
         captioner.caption(pixels, CaptionSettings(prompt="a picture of " * 5, max_length=10, min_length=1))
+
+
+def test_an_index_run_with_nothing_to_caption_or_tag_loads_no_model(library_dir: Path, tiny_model: Path,
+                                                                     tiny_captioner: Path, photos: Path,
+                                                                     tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from blipsearch.describe import service
+    from blipsearch.models import retrieval
+
+    loaded: list[str] = []
+
+    def counted(name: str, load):  # type: ignore[no-untyped-def]
+        def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+            loaded.append(name)
+            return load(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(service, "load_captioner", counted("caption", service.load_captioner))
+    monkeypatch.setattr(retrieval, "load_retrieval_model", counted("retrieval", retrieval.load_retrieval_model))
+    labels = tmp_path / "labels.txt"
+    labels.write_text("red\nblue\ngreen\n")
+    command = ["index", str(photos), "--captions", "--tags", str(labels), "--json", "--library", str(library_dir),
+               "--model", str(tiny_model), "--caption-model", str(tiny_captioner)]
+
+    def run() -> dict[str, int]:
+        out = CliRunner().invoke(main, command)
+        assert out.exit_code == 0, out.output
+        return json.loads(out.stdout.splitlines()[-1])  # type: ignore[no-any-return]
+
+    first = run()
+    assert (first["added"], first["captioned"], first["tagged"]) == (12, 12, 12)
+    assert sorted(loaded) == ["caption", "retrieval"]
+    loaded.clear()
+    again = run()  # everything indexed, captioned and tagged: no model has work
+    assert (again["unchanged"], again["captioned"], again["tagged"]) == (12, 0, 0)
+    assert loaded == []
+    draw_image(40).save(photos / "garden" / "new.png")  # one new photo: each model loads for it
+    third = run()
+    assert (third["added"], third["captioned"], third["tagged"]) == (1, 1, 1)
+    assert sorted(loaded) == ["caption", "retrieval"]

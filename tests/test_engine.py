@@ -228,3 +228,37 @@ def test_a_command_waits_for_nothing_when_no_server_runs(tmp_path: Path, runtime
     start = time.perf_counter()
     assert Engine.find(tmp_path / "nowhere", open_settings()) is None
     assert time.perf_counter() - start < 0.5
+
+
+def test_explain_tag_and_texts_add_are_answered_by_the_server(served, photos: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    _, _, options = served
+    photo = str(photos / "holiday" / "img01.png")
+    labels = tmp_path / "labels.txt"
+    labels.write_text("red\nblue\ngreen\nsquare\n")
+    for args in (["tag", photo, str(photos / "garden" / "img07.png"), "--labels", str(labels)],
+                 ["tag", photo, "--labels", str(labels), "--json", "-k", "2"]):
+        code, out, err, torch = shell(*args, *options)
+        assert not torch, (args, err)  # the server did the work
+        expected = in_process(monkeypatch, *args, *options)
+        if "--json" in args:  # (the server's floats went through JSON: compared as numbers)
+            got, want = json.loads(out), json.loads(expected[1])
+            assert [t["label"] for t in got["tags"]] == [t["label"] for t in want["tags"]]
+            assert all(abs(a["score"] - b["score"]) < 1e-6 for a, b in zip(got["tags"], want["tags"]))
+        else:
+            assert (code, out, err) == expected, args
+
+    served_png, local_png = tmp_path / "served.png", tmp_path / "local.png"
+    code, out, err, torch = shell("explain", photo, "a red square", "--out", str(served_png), "--json", *options)
+    assert code == 0 and not torch, err
+    expected = in_process(monkeypatch, "explain", photo, "a red square", "--out", str(local_png), "--json", *options)
+    got, want = json.loads(out), json.loads(expected[1])
+    assert got["heat"] == want["heat"] and abs(got["itm"] - want["itm"]) < 1e-6
+    assert served_png.read_bytes() == local_png.read_bytes()  # the same picture, drawn here from the server's map
+
+    more = tmp_path / "more.txt"
+    more.write_text("a red square\na yellow star\na green triangle\n")  # one already in the collection
+    code, out, err, torch = shell("texts", "add", str(more), *options)
+    assert (code, out, torch) == (0, "2 added, 1 already present\n", False), err
+    # The server's library has them now, embedded: the same command here finds nothing to add.
+    assert in_process(monkeypatch, "texts", "add", str(more), *options)[1] == "0 added, 3 already present\n"

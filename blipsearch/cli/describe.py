@@ -95,7 +95,7 @@ def ask(lib: Library, images: tuple[bytes, ...], question: str, beams: int, max_
               help="Longest side of the picture written, in pixels.")
 @click.option("--json", "as_json", is_flag=True,
               help="Also print the map itself: one JSON object with the grid of weights (summing to 1).")
-@with_library
+@functools.partial(with_library, served=True)
 def explain(lib: Library, image: bytes, text: str, out: Path, size: int, as_json: bool) -> None:
     """Show where in IMAGE the image-text matching head finds TEXT (Grad-CAM on its cross-attention).
 

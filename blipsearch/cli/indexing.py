@@ -95,7 +95,8 @@ def index(lib: Library, paths: tuple[bytes, ...], batch_size: int | None, worker
     if labels_file is not None and "{}" not in template:
         raise click.UsageError("--template needs {} where the label goes.")
     if captions:
-        lib.captioner.check(settings)  # load (or fail) before a long run, never halfway through
+        # A missing caption model fails before a long run; its weights load only for an image to caption.
+        lib.caption_fingerprint()
     recorded = lib.db.library().model or ""
     if lib.requested_model is None and recorded.startswith("builtin:"):
         click.echo(f"Note: this library's model is {recorded}, a toy model for the demo pictures, which finds "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -41,7 +42,7 @@ def texts() -> None:
 @click.option("--format", "fmt", type=click.Choice(["auto", "lines", "jsonl", "csv"]), default="auto",
               show_default=True, help="auto: by extension (.jsonl/.ndjson, .csv/.tsv, else one text per line).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object of counts.")
-@with_library
+@functools.partial(with_library, served=True)
 def texts_add(lib: Library, file: Path, fmt: str, as_json: bool) -> None:
     """Add the texts in FILE; texts already there are skipped, new ones embedded.
 
@@ -103,7 +104,7 @@ def texts_remove(lib: Library, ids: tuple[str, ...]) -> None:
 @click.option("--rerank-depth", type=PositiveInt(0), default=DEFAULT_RERANK_DEPTH, show_default=True,
               help="Rescore this many of the best labels by ITC with the ITM head.")
 @click.option("--json", "as_json", is_flag=True, help='One {"path", "tags": [...]} object per image per line.')
-@with_library
+@functools.partial(with_library, served=True)
 def tag(lib: Library, images: tuple[bytes, ...], labels_file: Path, template: str, k: int, rerank_depth: int,
         as_json: bool) -> None:
     """Rank your own labels for each of IMAGES (zero-shot tagging).

@@ -47,9 +47,22 @@ class Describing:
             ws = self.ws
             with ws.load_lock:
                 if self._captioner is None:
-                    self._captioner = load_captioner(
-                        ws.companion(ws.requested_caption_model, DEFAULT_CAPTION_MODEL), ws.device)
+                    self._captioner = load_captioner(self._caption_spec(), ws.device)
         return self._captioner
+
+    def _caption_spec(self) -> str:
+        return self.ws.companion(self.ws.requested_caption_model, DEFAULT_CAPTION_MODEL)
+
+    def caption_fingerprint(self) -> str:
+        """The caption model's fingerprint: the loaded one's, else read from its files, no weights loaded.
+        Finding the files is what fails for a model that is missing (offline, mistyped), within seconds."""
+        if self._captioner is not None:
+            return self._captioner.fingerprint
+        from ..models.loading import fingerprint, model_family, resolve_model_dir
+
+        spec = self._caption_spec()
+        model_family(spec, "caption")  # a config that is no BLIP (-2) checkpoint is refused here too
+        return fingerprint(resolve_model_dir(spec, "caption"))
 
     @property
     def answerer(self) -> Answerer:
@@ -77,10 +90,14 @@ class Describing:
     def caption_library(self, paths: list[str | os.PathLike[str] | bytes] | None = None,
                         settings: CaptionSettings = CaptionSettings(), *, batch_size: int = 8,
                         progress: ProgressFactory = no_progress) -> int:
-        """Caption every indexed image (below ``paths``) that has no caption from this model and settings."""
+        """Caption every indexed image (below ``paths``) that has no caption from this model and settings;
+        the model loads only when one needs a caption."""
         ws = self.ws
-        todo = ws.db.uncaptioned([root_path(p) for p in paths] if paths else None, self.captioner.fingerprint,
+        todo = ws.db.uncaptioned([root_path(p) for p in paths] if paths else None, self.caption_fingerprint(),
                                  settings.cache_key)
+        if not todo:
+            return 0
+        self.captioner.check(settings)
         done = caption_paths(ws.db, self.captioner, [p for _, p in todo], settings, batch_size, progress)
         return sum(d.text is not None for d in done)
 

@@ -28,7 +28,7 @@ from ..rerank.itm import match_scores
 from ..similarity import max_sim
 from ..store.database import Database, bytes_to_vectors, utcnow, vector_to_bytes
 from ..store.schema import CaptionRow, TextRow
-from ..text import checked
+from ..text import TextEntry, checked
 
 if TYPE_CHECKING:
     import torch
@@ -37,20 +37,6 @@ if TYPE_CHECKING:
 
 USER = "user"
 CAPTIONS = "caption"
-
-
-@dataclass(frozen=True)
-class TextEntry:
-    text: str
-    external_id: str | None = None
-    meta: dict[str, Any] | None = None
-
-    def __post_init__(self) -> None:
-        checked(self.text, "A text")
-        checked(self.external_id or "", "A text's id")
-        if "\0" in self.text or "\0" in (self.external_id or ""):
-            raise InputPathError(f"The text {self.text[:60]!r} holds a NUL character, which the database can't "
-                                 "store.")
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import numpy as np
 from ..errors import InputPathError, LibraryError
 from ..filters import DEFAULT_MIN_PROBABILITY
 from ..images.decode import load_pixels
+from ..models.loading import ModelIdentity
 from ..options import DEFAULT_RERANK_DEPTH
 from ..progress import ProgressFactory, no_progress
 from ..results import ImageQuery
@@ -92,11 +93,17 @@ class Texts:
                     template: str = DEFAULT_TEMPLATE, k: int = 5, rerank_depth: int = DEFAULT_RERANK_DEPTH,
                     progress: ProgressFactory = no_progress) -> int:
         """Store the top ``k`` labels of every indexed image (below ``paths``) not tagged yet with this
-        vocabulary."""
+        vocabulary. The model loads only when an image is not tagged yet."""
         ws = self.ws
+        roots = [root_path(p) for p in paths] if paths else None
+        recorded = ws.db.library().model_fingerprint
+        identity = ws.loaded_model or ModelIdentity.of(ws.model_spec, ws.quantize)
+        if recorded is not None and identity.fingerprint == recorded and not ws.db.untagged(
+                roots, recorded, Vocabulary.key_of(Vocabulary.checked(labels, template), template)):
+            return 0
         model = ws.texts_model()
         vocabulary = Vocabulary.make(model, labels, template)
-        todo = ws.db.untagged([root_path(p) for p in paths] if paths else None, model.fingerprint, vocabulary.key)
+        todo = ws.db.untagged(roots, model.fingerprint, vocabulary.key)
         bar = progress(len(todo), "Tagging")
         tagged = 0
         try:

@@ -54,10 +54,23 @@ class Vocabulary:
     @property
     def key(self) -> str:
         """Identifies labels + template, so tags from another vocabulary are kept apart."""
-        return hashlib.sha256(json.dumps([self.template, self.labels]).encode()).hexdigest()[:32]
+        return self.key_of(self.labels, self.template)
+
+    @staticmethod
+    def key_of(labels: list[str], template: str) -> str:
+        """The :attr:`key` of the vocabulary of ``labels`` (as :meth:`checked` gives them) and ``template``."""
+        return hashlib.sha256(json.dumps([template, labels]).encode()).hexdigest()[:32]
 
     @classmethod
     def make(cls, model: RetrievalModel, labels: list[str], template: str = DEFAULT_TEMPLATE) -> Vocabulary:
+        labels = cls.checked(labels, template)
+        texts = [template.replace("{}", label) for label in labels]
+        return cls(labels, template, texts, model.embed_texts(texts), model)
+
+    @staticmethod
+    def checked(labels: list[str], template: str) -> list[str]:
+        """The labels of a vocabulary, stripped and without repeats; an empty list, a label that can't be
+        stored or a template without ``{}`` is refused."""
         labels = list(dict.fromkeys(label.strip() for label in labels if label.strip()))
         if not labels:
             raise InputPathError("The label list is empty.")
@@ -67,8 +80,7 @@ class Vocabulary:
                                      "without NUL characters.")
         if "{}" not in template:
             raise InputPathError(f"The template {template!r} has no {{}} where the label goes.")
-        texts = [template.replace("{}", label) for label in labels]
-        return cls(labels, template, texts, model.embed_texts(texts), model)
+        return labels
 
     def rank(self, image_vector: npt.NDArray[np.float32], tokens: torch.Tensor | None, k: int,
              rerank_depth: int) -> list[Tag]:
