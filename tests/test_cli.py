@@ -65,13 +65,42 @@ def test_index_search_status_failures(run, photos: Path) -> None:
     assert status["model"] and status["database"].startswith("sqlite")
 
     failures = [json.loads(line) for line in run("failures", "--json", model=False).stdout.splitlines()]
-    assert failures == [{"path": str(photos / "broken.jpg"), "reason": "not an image, or a format Pillow can't read"}]
+    assert failures == [{"path": str(photos / "broken.jpg"), "reason": "not an image, or a format Pillow can't read",
+                         "retried": "once changed"}]
     (photos / "broken.jpg").unlink()
     run("index", str(photos))
     result = run("failures", model=False)
     assert result.stdout == "" and "No file failed" in result.stderr
     result = run("search", "a red circle", "--tag", "beach")
     assert result.exit_code == 0 and result.stdout == "" and "No indexed image is tagged 'beach'" in result.stderr
+
+
+def test_index_says_failed_of_failures_and_skipped_of_files_not_looked_at(run, photos: Path) -> None:
+    (photos / "broken.jpg").write_bytes(b"nope")  # can't be decoded: read again once it changes
+    draw_image(50, size=400).save(photos / "big.png")  # refused for --max-megapixels: tried every run
+    (photos / "captions.jsonl").write_text("{}\n")  # not an image format's name: never read
+    result = run("index", str(photos), "--max-megapixels", "0.1")
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    assert f"failed {photos / 'broken.jpg'}: not an image, or a format Pillow can't read" in lines
+    assert any(line.startswith(f"failed {photos / 'big.png'}: ") for line in lines)
+    assert not any(line.startswith("skipped") for line in lines)
+    assert result.stdout.strip().endswith(
+        "2 failed, 1 skipped (skipped: not of an image format by their names; --verbose lists them)")
+
+    result = run("index", str(photos), "--max-megapixels", "0.1", "--verbose", "--json")
+    lines = result.stderr.splitlines()
+    assert f"skipped {photos / 'captions.jsonl'}: '.jsonl' is not an image format's extension (a file named in " \
+           "PATHS is read whatever its name)" in lines
+    assert any(line.startswith(f"failed {photos / 'big.png'}: ") for line in lines)  # read again, failed again
+    assert not any(str(photos / "broken.jpg") in line for line in lines)  # unchanged: not read again
+    assert "1 of the failed files failed before and are unchanged: not read again" in result.stderr
+    counts = json.loads(result.stdout.splitlines()[-1])
+    assert (counts["failed"], counts["skipped"]) == (2, 1)
+    failures = {Path(f["path"]).name: f["retried"]
+                for f in map(json.loads, run("failures", "--json", model=False).stdout.splitlines())}
+    assert failures == {"broken.jpg": "once changed", "big.png": "every run"}
+    assert "--retry-failed" in run("failures", "--help", model=False).stdout
 
 
 @pytest.mark.parametrize(
