@@ -169,6 +169,27 @@ def test_a_demo_model_library_says_so_when_more_is_indexed(run, library_dir: Pat
     assert first.exit_code == 0 and "toy model" not in first.output
     again = CliRunner().invoke(main, ["index", str(photos), "--library", str(library_dir)])
     assert again.exit_code == 0 and "is builtin:shapes, a toy model" in again.stderr
+    # The same photos again, nothing added: nothing to warn of, so no note on every run.
+    for _ in range(2):
+        same = CliRunner().invoke(main, ["index", str(photos), "--library", str(library_dir)])
+        assert same.exit_code == 0 and "toy model" not in same.output
+
+
+def test_the_count_of_photos_matching_the_filters_is_said_in_good_english(run, photos: Path) -> None:
+    (photos / "solo").mkdir()
+    draw_image(60).save(photos / "solo" / "one.png")
+    assert run("index", str(photos)).exit_code == 0
+    one = run("search", "a red circle", "--folder", str(photos / "solo"))
+    assert "1 indexed photo matches the filters." in one.stderr
+    many = run("search", "a red circle", "--folder", str(photos / "garden"))
+    assert "6 indexed photos match the filters." in many.stderr
+
+
+def test_a_missing_model_is_explained_in_the_command_lines_words(library_dir: Path, photos: Path) -> None:
+    for model, option in (("Salesforce/blip-itm-base-coco", "--model PATH"), ("./no-such-model", "check --model:")):
+        result = CliRunner().invoke(main, ["index", str(photos), "--library", str(library_dir), "--model", model])
+        assert result.exit_code == 1 and option in result.output, result.output
+        assert "in Python" not in result.output
 
 
 def test_model_mismatch_is_explained(run, photos: Path, library_dir: Path, other_model: Path) -> None:

@@ -105,12 +105,6 @@ def index(lib: Library, paths: tuple[bytes, ...], batch_size: int | None, worker
     if captions:
         # A missing caption model fails before a long run; its weights load only for an image to caption.
         lib.caption_fingerprint()
-    recorded = lib.db.library().model or ""
-    if lib.requested_model is None and recorded.startswith("builtin:"):
-        click.echo(f"Note: this library's model is {recorded}, a toy model for the demo pictures, which finds "
-                   "little in real photos. Give your photos a library of their own (--library DIR), or re-embed "
-                   "this one with `blipsearch index --reindex --model Salesforce/blip-itm-base-coco PATH`.",
-                   err=True)
     if recall_target is not None and lib.set_recall_target(recall_target):
         click.echo(f"Vector index retuned to recall@10 >= {recall_target}.", err=True)
     ray = None
@@ -133,6 +127,13 @@ def index(lib: Library, paths: tuple[bytes, ...], batch_size: int | None, worker
     if verbose:
         for path in report.skipped_paths:
             click.echo(f"skipped {_display(os.fsdecode(path))}: {_skipped_why(path)}", err=True)
+    recorded = lib.db.library().model or ""
+    if lib.requested_model is None and recorded.startswith("builtin:") and report.added:
+        # (said when photos join a demo library, not on each run over the same ones)
+        click.echo(f"Note: this library's model is {recorded}, a toy model for the demo pictures, which finds "
+                   "little in real photos. Give your photos a library of their own (--library DIR), or re-embed "
+                   "this one with `blipsearch index --reindex --model Salesforce/blip-itm-base-coco PATH`.",
+                   err=True)
     counts: dict[str, int] = report.counts()
     if captions:
         counts["captioned"] = lib.caption_library(list(paths), settings, batch_size=batch_size or 8,
