@@ -13,7 +13,13 @@ class BlipsearchError(Exception):
 
 
 class ModelUnavailableError(BlipsearchError):
-    """The model's files are not on this machine and cannot be downloaded."""
+    """The model's files are not on this machine and cannot be downloaded. The message names both
+    the command line's option and Python's argument; ``command_line`` is the same advice in the
+    command line's words only (what the command line prints)."""
+
+    def __init__(self, message: str, *, command_line: str | None = None) -> None:
+        super().__init__(message)
+        self.command_line = message if command_line is None else command_line
 
 
 class ModelLoadError(BlipsearchError):

@@ -78,8 +78,14 @@ class MatchSet:
 
 @dataclass(frozen=True)
 class Failure:
+    """A file that could not be indexed. ``retried``: when an index run over its folder reads it
+    again: ``"once changed"`` (it could not be decoded: unchanged, it would fail again; ``index
+    --retry-failed`` reads it anyway) or ``"every run"`` (it could not be read, or was refused for a
+    setting)."""
+
     path: str
     reason: str
+    retried: str = "every run"
 
 
 @dataclass(frozen=True)

@@ -65,13 +65,42 @@ def test_index_search_status_failures(run, photos: Path) -> None:
     assert status["model"] and status["database"].startswith("sqlite")
 
     failures = [json.loads(line) for line in run("failures", "--json", model=False).stdout.splitlines()]
-    assert failures == [{"path": str(photos / "broken.jpg"), "reason": "not an image, or a format Pillow can't read"}]
+    assert failures == [{"path": str(photos / "broken.jpg"), "reason": "not an image, or a format Pillow can't read",
+                         "retried": "once changed"}]
     (photos / "broken.jpg").unlink()
     run("index", str(photos))
     result = run("failures", model=False)
     assert result.stdout == "" and "No file failed" in result.stderr
     result = run("search", "a red circle", "--tag", "beach")
     assert result.exit_code == 0 and result.stdout == "" and "No indexed image is tagged 'beach'" in result.stderr
+
+
+def test_index_says_failed_of_failures_and_skipped_of_files_not_looked_at(run, photos: Path) -> None:
+    (photos / "broken.jpg").write_bytes(b"nope")  # can't be decoded: read again once it changes
+    draw_image(50, size=400).save(photos / "big.png")  # refused for --max-megapixels: tried every run
+    (photos / "captions.jsonl").write_text("{}\n")  # not an image format's name: never read
+    result = run("index", str(photos), "--max-megapixels", "0.1")
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    assert f"failed {photos / 'broken.jpg'}: not an image, or a format Pillow can't read" in lines
+    assert any(line.startswith(f"failed {photos / 'big.png'}: ") for line in lines)
+    assert not any(line.startswith("skipped") for line in lines)
+    assert result.stdout.strip().endswith(
+        "2 failed, 1 skipped (skipped: not of an image format by their names; --verbose lists them)")
+
+    result = run("index", str(photos), "--max-megapixels", "0.1", "--verbose", "--json")
+    lines = result.stderr.splitlines()
+    assert f"skipped {photos / 'captions.jsonl'}: '.jsonl' is not an image format's extension (a file named in " \
+           "PATHS is read whatever its name)" in lines
+    assert any(line.startswith(f"failed {photos / 'big.png'}: ") for line in lines)  # read again, failed again
+    assert not any(str(photos / "broken.jpg") in line for line in lines)  # unchanged: not read again
+    assert "1 of the failed files failed before and are unchanged: not read again" in result.stderr
+    counts = json.loads(result.stdout.splitlines()[-1])
+    assert (counts["failed"], counts["skipped"]) == (2, 1)
+    failures = {Path(f["path"]).name: f["retried"]
+                for f in map(json.loads, run("failures", "--json", model=False).stdout.splitlines())}
+    assert failures == {"broken.jpg": "once changed", "big.png": "every run"}
+    assert "--retry-failed" in run("failures", "--help", model=False).stdout
 
 
 @pytest.mark.parametrize(
@@ -140,6 +169,27 @@ def test_a_demo_model_library_says_so_when_more_is_indexed(run, library_dir: Pat
     assert first.exit_code == 0 and "toy model" not in first.output
     again = CliRunner().invoke(main, ["index", str(photos), "--library", str(library_dir)])
     assert again.exit_code == 0 and "is builtin:shapes, a toy model" in again.stderr
+    # The same photos again, nothing added: nothing to warn of, so no note on every run.
+    for _ in range(2):
+        same = CliRunner().invoke(main, ["index", str(photos), "--library", str(library_dir)])
+        assert same.exit_code == 0 and "toy model" not in same.output
+
+
+def test_the_count_of_photos_matching_the_filters_is_said_in_good_english(run, photos: Path) -> None:
+    (photos / "solo").mkdir()
+    draw_image(60).save(photos / "solo" / "one.png")
+    assert run("index", str(photos)).exit_code == 0
+    one = run("search", "a red circle", "--folder", str(photos / "solo"))
+    assert "1 indexed photo matches the filters." in one.stderr
+    many = run("search", "a red circle", "--folder", str(photos / "garden"))
+    assert "6 indexed photos match the filters." in many.stderr
+
+
+def test_a_missing_model_is_explained_in_the_command_lines_words(library_dir: Path, photos: Path) -> None:
+    for model, option in (("Salesforce/blip-itm-base-coco", "--model PATH"), ("./no-such-model", "check --model:")):
+        result = CliRunner().invoke(main, ["index", str(photos), "--library", str(library_dir), "--model", model])
+        assert result.exit_code == 1 and option in result.output, result.output
+        assert "in Python" not in result.output
 
 
 def test_model_mismatch_is_explained(run, photos: Path, library_dir: Path, other_model: Path) -> None:

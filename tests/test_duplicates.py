@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -107,6 +108,11 @@ def test_the_command(scenes_with_copies) -> None:
     shown = run.invoke(main, ["duplicates", "--library", str(library)], catch_exceptions=False)
     assert shown.exit_code == 0 and "group 1:" in shown.stdout and " best " in shown.stdout
     assert " same " in shown.stdout and "groups," in shown.stderr
+    # Each copy's file size in a unit that shows it (these pictures are a few KB: never "0.0 MB").
+    sizes = {os.path.getsize(c["path"]) for g in map(json.loads, run.invoke(
+        main, ["duplicates", "--json", "--library", str(library)]).stdout.splitlines()) for c in g["copies"]}
+    assert "0.0 MB" not in shown.stdout and all(size < 100_000 for size in sizes)
+    assert any(f"{size / 1000:5.1f} KB" in shown.stdout for size in sizes)
     lines = run.invoke(main, ["duplicates", "--json", "--library", str(library)]).stdout.splitlines()
     groups = [json.loads(line) for line in lines]
     paths = run.invoke(main, ["duplicates", "--paths", "--library", str(library)]).stdout.splitlines()

@@ -831,3 +831,56 @@ def test_postgresql_takes_hostile_texts_as_data(postgres_url: str, tmp_path: Pat
         assert status["images"] == status["vectors"] == 12
     finally:
         w.lib.close()
+
+
+def _tiff_with_a_bad_strip(path: Path) -> None:
+    """A Group 4 fax TIFF whose strip is garbage: libtiff prints "Fax4Decode: Bad code word ..." on fd 2."""
+    import io
+
+    from PIL import Image
+
+    image = Image.new("1", (64, 64), 1)
+    for x in range(0, 64, 3):
+        for y in range(0, 64, 2):
+            image.putpixel((x, y), 0)
+    buffer = io.BytesIO()
+    image.save(buffer, "TIFF", compression="group4")
+    data = bytearray(buffer.getvalue())
+    with Image.open(io.BytesIO(bytes(data))) as tiff:
+        offset, count = tiff.tag_v2[273], tiff.tag_v2[279]
+    offset, count = (v[0] if isinstance(v, tuple) else v for v in (offset, count))
+    for k in range(offset, offset + count):
+        data[k] = 0xFF if k % 2 else 0x00
+    path.write_bytes(bytes(data))
+
+
+def test_what_libtiff_prints_goes_with_the_file_not_to_stderr(tmp_path: Path, tiny_model: Path) -> None:
+    import subprocess
+    import sys
+
+    from conftest import draw_image
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    _tiff_with_a_bad_strip(folder / "fax.tif")
+    draw_image(3).save(folder / "fine.png")
+    # The file really makes libtiff write to the process's standard error, past Python.
+    opened = subprocess.run([sys.executable, "-c", f"from PIL import Image; Image.open({str(folder / 'fax.tif')!r}).load()"],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert "Fax4Decode" in opened.stderr
+
+    def blipsearch(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "blipsearch.cli", *args, "--library", str(tmp_path / "lib"),
+                               "--model", str(tiny_model)], capture_output=True, text=True, timeout=300, check=False)
+
+    done = blipsearch("index", str(folder), "--workers", "2")
+    assert done.returncode == 0, done.stderr
+    assert "Fax4Decode" not in done.stderr and "TIFF" not in done.stderr.replace("fax.tif", "")
+    assert done.stdout.startswith("1 added, 0 updated")
+    # stderr: the file's own line, its reason without the decoder's words (those are kept for `failures`)
+    assert done.stderr.splitlines() == [(f"failed {folder / 'fax.tif'}: can't decode the image: decoder error -2 "
+                                         "(the decoder's messages: see `blipsearch failures`)")]
+    listed = blipsearch("failures", "--json")
+    [failure] = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert failure["path"] == str(folder / "fax.tif")
+    assert "decoder error" in failure["reason"] and "Fax4Decode: Bad code word" in failure["reason"]

@@ -253,6 +253,8 @@ def test_offline_hub_id_fails_fast_with_advice() -> None:
     message = str(info.value)
     assert "--model PATH" in message and "HF_HUB_OFFLINE" in message and "hf download" in message
     assert "model=PATH in Python" in message  # the README's Python users are told their argument too
+    # ... and only they: the command line's words name the option alone.
+    assert "--model PATH" in info.value.command_line and "in Python" not in info.value.command_line
     # The advice names the option of the model that is missing.
     for role, option in (("caption", "--caption-model"), ("vqa", "--vqa-model")):
         with pytest.raises(ModelUnavailableError) as info:

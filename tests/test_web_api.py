@@ -223,3 +223,9 @@ def test_openapi_and_docs_are_served_from_here(client: TestClient) -> None:
     docs = client.get("/docs").text
     assert "/docs/assets/swagger-ui-bundle.js" in docs and "http" not in docs.replace("http-equiv", "")
     assert client.get("/docs/assets/swagger-ui-bundle.js").status_code == 200
+
+
+def test_the_failures_page_says_when_each_file_is_read_again(client: TestClient, photos: Path) -> None:
+    page = client.get("/failures").text
+    assert str(photos / "broken.jpg") in page and "once it changes" in page
+    assert "blipsearch index --retry-failed" in page and "tried again by the next" not in page

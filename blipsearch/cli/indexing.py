@@ -66,22 +66,29 @@ if TYPE_CHECKING:
 @click.option("--num-gpus", type=Amount(0), default=0.0, show_default=True,
               help="With --engine ray: GPUs per embedding actor (0: actors on CPUs, one core each). "
                    "--workers sets the number of actors (default: one per CPU, or per GPU).")
+@click.option("--verbose", "-v", is_flag=True,
+              help="Also list the skipped files (in the folders, not of an image format by their names), with why.")
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON line of counts.")
 @with_library
 def index(lib: Library, paths: tuple[bytes, ...], batch_size: int | None, workers: int | None, reindex: bool,
           allow_empty: bool, captions: bool, prompt: str, beams: int, max_length: int, min_length: int,
           length_rule: str, labels_file: Path | None, template: str, tags_k: int, retry_failed: bool,
           thumbnails: bool, recall_target: float | None, engine: str, ray_address: str | None, num_gpus: float,
-          as_json: bool) -> None:
+          verbose: bool, as_json: bool) -> None:
     """Index the images in PATHS (folders, walked recursively, or files).
 
     Folders are searched for {formats} files, by their extensions; a file named
     in PATHS is taken whatever its name, and stays indexed until it is deleted.
-    New and changed images are embedded; unchanged ones are skipped; moved or
+    New and changed images are embedded; unchanged ones are not read; moved or
     renamed ones keep their vectors; deleted ones are removed. Files outside
-    PATHS are left alone. Broken files are recorded (see `blipsearch failures`)
-    and never stop the run; they are read again once they change. Ctrl-C keeps
-    every finished batch: run the same command again to resume.
+    PATHS are left alone. The counts at the end: "failed" are the files that
+    could not be indexed (each named on its own line, and recorded: see
+    `blipsearch failures`); they never stop the run, and one that could not be
+    decoded is read again once it changes, or with --retry-failed (one that
+    could not be read at all, every run). "skipped" are the files in the
+    folders that were not looked at, their names not being of an image format
+    (--verbose lists them). Ctrl-C keeps every finished batch: run the same
+    command again to resume.
 
     \b
     Examples:
@@ -89,6 +96,7 @@ def index(lib: Library, paths: tuple[bytes, ...], batch_size: int | None, worker
       blipsearch index --captions ~/Pictures
       blipsearch index --model Salesforce/blip-itm-large-coco --reindex ~/Pictures
     """
+    from ..images.messages import own_stderr
     from ..texts import read_text_file
 
     settings = _caption_settings(prompt, beams, max_length, min_length, length_rule)
@@ -97,12 +105,6 @@ def index(lib: Library, paths: tuple[bytes, ...], batch_size: int | None, worker
     if captions:
         # A missing caption model fails before a long run; its weights load only for an image to caption.
         lib.caption_fingerprint()
-    recorded = lib.db.library().model or ""
-    if lib.requested_model is None and recorded.startswith("builtin:"):
-        click.echo(f"Note: this library's model is {recorded}, a toy model for the demo pictures, which finds "
-                   "little in real photos. Give your photos a library of their own (--library DIR), or re-embed "
-                   "this one with `blipsearch index --reindex --model Salesforce/blip-itm-base-coco PATH`.",
-                   err=True)
     if recall_target is not None and lib.set_recall_target(recall_target):
         click.echo(f"Vector index retuned to recall@10 >= {recall_target}.", err=True)
     ray = None
@@ -114,16 +116,24 @@ def index(lib: Library, paths: tuple[bytes, ...], batch_size: int | None, worker
         workers = None
     elif ray_address is not None or num_gpus:
         raise click.UsageError("--ray-address and --num-gpus go with --engine ray.")
-    report = lib.index(list(paths), batch_size=batch_size, workers=workers, reindex=reindex,
-                       allow_empty=allow_empty, thumbnails=thumbnails, retry_failed=retry_failed, progress=_progress,
-                       ray=ray)
-    for path, reason in report.errors[:10]:
-        click.echo(f"skipped {_display(os.fsdecode(path))}: {reason}", err=True)
-    if len(report.errors) > 10:
-        click.echo(f"... and {len(report.errors) - 10} more (see `blipsearch failures`)", err=True)
+    with own_stderr():  # decoders' messages to descriptor 2 go with their files, the progress bar stays
+        report = lib.index(list(paths), batch_size=batch_size, workers=workers, reindex=reindex,
+                           allow_empty=allow_empty, thumbnails=thumbnails, retry_failed=retry_failed,
+                           progress=_progress, ray=ray)
+    _echo_failed(report.errors)
     if report.failed_before:
-        click.echo(f"{report.failed_before} files that failed before are unchanged and were not read again "
+        click.echo(f"{report.failed_before} of the failed files failed before and are unchanged: not read again "
                    "(`blipsearch failures` lists them; --retry-failed reads them anyway).", err=True)
+    if verbose:
+        for path in report.skipped_paths:
+            click.echo(f"skipped {_display(os.fsdecode(path))}: {_skipped_why(path)}", err=True)
+    recorded = lib.db.library().model or ""
+    if lib.requested_model is None and recorded.startswith("builtin:") and report.added:
+        # (said when photos join a demo library, not on each run over the same ones)
+        click.echo(f"Note: this library's model is {recorded}, a toy model for the demo pictures, which finds "
+                   "little in real photos. Give your photos a library of their own (--library DIR), or re-embed "
+                   "this one with `blipsearch index --reindex --model Salesforce/blip-itm-base-coco PATH`.",
+                   err=True)
     counts: dict[str, int] = report.counts()
     if captions:
         counts["captioned"] = lib.caption_library(list(paths), settings, batch_size=batch_size or 8,
@@ -134,7 +144,26 @@ def index(lib: Library, paths: tuple[bytes, ...], batch_size: int | None, worker
     if as_json:
         _json_line(counts)
     else:
-        click.echo(", ".join(f"{v} {k}" for k, v in counts.items()))
+        said = ", ".join(f"{v} {k}" for k, v in counts.items())
+        if counts["skipped"] and not verbose:
+            said += " (skipped: not of an image format by their names; --verbose lists them)"
+        click.echo(said)
+
+
+def _echo_failed(errors: list[tuple[bytes, str]], shown: int = 10) -> None:
+    """One line per file that failed, the first ``shown`` of them."""
+    from ..images.messages import without_said
+
+    for path, reason in errors[:shown]:
+        click.echo(f"failed {_display(os.fsdecode(path))}: {without_said(reason)}", err=True)
+    if len(errors) > shown:
+        click.echo(f"... and {len(errors) - shown} more failed (see `blipsearch failures`)", err=True)
+
+
+def _skipped_why(path: bytes) -> str:
+    extension = os.path.splitext(os.path.basename(path))[1]
+    what = f"{os.fsdecode(extension)!r} is not" if extension else "a name without an extension is not that of"
+    return f"{what} an image format's extension (a file named in PATHS is read whatever its name)"
 
 
 index.help = (index.help or "").replace("{formats}", FORMAT_NAMES)  # one list of formats, here and in the walk
@@ -157,7 +186,7 @@ def watch(lib: Library, folders: tuple[bytes, ...], settle: float, batch_size: i
 
     It runs until Ctrl-C. Each burst of changes is followed, once it has settled,
     by an index run over the folders it touched, with the rules of `blipsearch
-    index`: unchanged files are skipped, moved ones keep their vectors, deleted
+    index`: unchanged files are not read, moved ones keep their vectors, deleted
     ones are removed, broken ones are recorded (`blipsearch failures`). A search,
     or a running `blipsearch serve`, sees each run's photos when it ends.
 
@@ -168,6 +197,8 @@ def watch(lib: Library, folders: tuple[bytes, ...], settle: float, batch_size: i
     """
     import time as clock
 
+    from ..images.messages import own_stderr
+
     def report(changed: list[bytes], result: Any) -> None:
         counts = result.counts()
         if as_json:
@@ -176,9 +207,9 @@ def watch(lib: Library, folders: tuple[bytes, ...], settle: float, batch_size: i
             shown = ", ".join(_display(os.fsdecode(f)) for f in changed[:3]) + (" ..." if len(changed) > 3 else "")
             click.echo(f"{clock.strftime('%H:%M:%S')}  {shown}: " + ", ".join(f"{v} {k}" for k, v in counts.items()
                                                                             if v or k == "added"))
-        for path, reason in result.errors[:10]:
-            click.echo(f"skipped {_display(os.fsdecode(path))}: {reason}", err=True)
+        _echo_failed(result.errors)
 
     click.echo("Watching (Ctrl-C to stop) ...", err=True)
-    lib.watch(list(folders), settle=settle, on_update=report, batch_size=batch_size, workers=workers,
-              thumbnails=thumbnails, progress=_progress)
+    with own_stderr():  # decoders' messages to descriptor 2 go with their files
+        lib.watch(list(folders), settle=settle, on_update=report, batch_size=batch_size, workers=workers,
+                  thumbnails=thumbnails, progress=_progress)

@@ -75,12 +75,17 @@ def upgrade(lib: Library, as_json: bool) -> None:
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per failure per line.")
+@click.option("--json", "as_json", is_flag=True,
+              help='One JSON object per failure per line: "path", "reason", "retried" ("once changed" or "every run").')
 @with_existing_library
 def failures(lib: Library, as_json: bool) -> None:
     """List the files that could not be indexed, with the reason.
 
-    Each one is tried again by the next index run over its folder.
+    A file that could not be decoded is read again by an index run over its
+    folder once it changed (until then it would only fail again), or by
+    `blipsearch index --retry-failed` (after installing a decoder, say); one
+    that could not be read at all (permissions, I/O errors), or was refused for
+    a setting (--max-megapixels), is tried again by every index run.
 
     \b
     Examples:
@@ -91,7 +96,7 @@ def failures(lib: Library, as_json: bool) -> None:
         click.echo("No file failed to index.", err=True)
     for failure in found:
         if as_json:
-            _json_line({"path": failure.path, "reason": failure.reason})
+            _json_line({"path": failure.path, "reason": failure.reason, "retried": failure.retried})
         else:
             click.echo(f"{_display(failure.path)}: {failure.reason}")
 

@@ -194,8 +194,8 @@ def _errors() -> Iterator[None]:
     """Turn the errors a user can cause into one sentence and a non-zero exit, never a traceback."""
     try:
         yield
-    except BlipsearchError as exc:
-        raise click.ClickException(str(exc)) from None
+    except BlipsearchError as exc:  # (in the command line's words, where an error has them apart)
+        raise click.ClickException(getattr(exc, "command_line", None) or str(exc)) from None
     except BrokenPipeError:  # `blipsearch search ... | head`: the reader has all it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         sys.exit(1)

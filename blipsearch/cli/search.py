@@ -168,7 +168,9 @@ def search(lib: Library, text: str, k: int, as_json: bool, paths_only: str | Non
         click.echo(f"No indexed image is tagged {tag!r} (tags come from `blipsearch index --tags FILE`).", err=True)
     _print_hits(hits, as_json, paths_only)
     if filters and not as_json and not paths_only:
-        click.echo(f"{lib.count(filters):,} indexed photos match the filters.", err=True)
+        matching = lib.count(filters)
+        click.echo(f"{matching:,} indexed {'photo matches' if matching == 1 else 'photos match'} the filters.",
+                   err=True)
     _warn_unsearchable(lib)
 
 
@@ -274,8 +276,14 @@ def lookup(lib: Library, image: bytes, k: int, rerank_depth: int, no_rerank: boo
             click.echo(f"{hit.rank:3d}  {hit.score:7.3f}  {_percent(hit.itm)}  {hit.text}")
 
 
-def _megabytes(size: int) -> str:
-    return f"{size / 1e6:6.1f} MB"
+def _human_size(size: int) -> str:
+    """A file size in B, KB, MB or GB (powers of 1000, as file managers show them), 8 characters wide."""
+    if size < 1000:
+        return f"{size:6d} B"
+    for unit, scale in (("KB", 1e3), ("MB", 1e6), ("GB", 1e9)):
+        if size < 999.95 * scale or unit == "GB":
+            return f"{size / scale:5.1f} {unit}"
+    raise AssertionError("unreachable")
 
 
 @click.command()
@@ -319,7 +327,7 @@ def duplicates(lib: Library, threshold: float, as_json: bool, paths_only: str | 
             for n, copy in enumerate(group.copies):
                 mark = "best" if n == 0 else "same" if copy.exact else f"{copy.similarity:.3f}"
                 dims = f"{copy.width}x{copy.height}" if copy.width and copy.height else "?"
-                click.echo(f"  {mark:>6}  {dims:>11}  {_megabytes(copy.size)}  {_display(copy.path)}")
+                click.echo(f"  {mark:>6}  {dims:>11}  {_human_size(copy.size)}  {_display(copy.path)}")
     if not paths_only and not as_json:
         photos = sum(len(g.copies) for g in groups)
         click.echo(f"{len(groups)} groups, {photos} photos, at cosine >= {threshold:g}" if groups else

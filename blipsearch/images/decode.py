@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import math
 import os
 import stat
@@ -26,6 +27,7 @@ import numpy.typing as npt
 from PIL import ExifTags, Image, UnidentifiedImageError
 
 from ..errors import ImageError, ModelLoadError
+from .messages import SAID, chatty, kept_apart, shortened
 
 try:  # HEIC/HEIF from phones; optional at import so a broken wheel can't stop the rest.
     import pillow_heif
@@ -322,16 +324,25 @@ OnImage = Callable[[str, bytes, Image.Image, tuple[int, int]], object]
 
 def decode(data: bytes, spec: ImageSpec, on_image: OnImage | None = None) -> DecodedImage:
     """Hash, decode and preprocess the bytes of one image file. ``on_image`` sees the decoded
-    image (to make a thumbnail from it without decoding again)."""
+    image (to make a thumbnail from it without decoding again). What a C decoder writes to standard
+    error meanwhile (libtiff's warnings) is kept apart (:mod:`.messages`): with the error of a file
+    that fails, in the debug log for one that decodes."""
     content_hash = hash_bytes(data)
-    image, (width, height) = open_image(data, spec.draft_size)
+    if chatty(data):
+        read, error, said = kept_apart(lambda: _open_with_exif(data, spec))
+        if said:
+            logging.getLogger(__name__).debug("the decoder said, of %s: %s", content_hash, said)
+        if error is not None:
+            if said and isinstance(error, ImageError):
+                raise ImageError(f"{error}{SAID}{shortened(said)})",
+                                 by_settings=error.by_settings) from None
+            raise error
+        assert read is not None
+    else:
+        read = _open_with_exif(data, spec)
+    image, (width, height), exif, taken_at = read
     if on_image is not None:
         on_image(content_hash, data, image, (width, height))
-    try:
-        with Image.open(io.BytesIO(data)) as raw:
-            exif, taken_at = read_exif(raw)
-    except Exception:  # noqa: BLE001 - EXIF is optional metadata
-        exif, taken_at = None, None
     return DecodedImage(
         content_hash=content_hash,
         size=len(data),
@@ -341,6 +352,16 @@ def decode(data: bytes, spec: ImageSpec, on_image: OnImage | None = None) -> Dec
         exif=exif,
         pixels=spec.to_pixels(image),
     )
+
+
+def _open_with_exif(data: bytes, spec: ImageSpec) -> tuple[Image.Image, tuple[int, int], Any, datetime | None]:
+    image, size = open_image(data, spec.draft_size)
+    try:
+        with Image.open(io.BytesIO(data)) as raw:
+            exif, taken_at = read_exif(raw)
+    except Exception:  # noqa: BLE001 - EXIF is optional metadata
+        exif, taken_at = None, None
+    return image, size, exif, taken_at
 
 
 def pixels_from_bytes(data: bytes, spec: ImageSpec) -> npt.NDArray[np.float32]:

@@ -54,7 +54,9 @@ if TYPE_CHECKING:
 
 @dataclass
 class IndexReport:
-    """What one run did. ``failed`` counts files that could not be indexed this run."""
+    """What one run did. ``failed`` counts files that could not be indexed (``errors`` says why, for
+    those read this run); ``skipped`` the files in the folders that were not looked at, their names
+    not being of an image format (``skipped_paths``)."""
 
     added: int = 0
     updated: int = 0
@@ -62,11 +64,12 @@ class IndexReport:
     removed: int = 0
     unchanged: int = 0
     failed: int = 0
-    skipped: int = 0  # files in the folders whose names are not of an image format
+    skipped: int = 0  # files in the folders whose names are not of an image format, not read
     failed_before: int = 0  # of ``failed``: files that failed before, unchanged since, not read again
     embedded: int = 0
     interrupted: bool = False
     errors: list[tuple[bytes, str]] = field(default_factory=list)
+    skipped_paths: list[bytes] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         keys = ("added", "updated", "moved", "removed", "unchanged", "failed", "skipped")
@@ -169,7 +172,7 @@ class Indexer:
             retry_failed: bool = False) -> IndexReport:
         stored = self.db.rows_under(roots)
         found = walk(roots, stored)
-        self.report.skipped = found.skipped
+        self.report.skipped, self.report.skipped_paths = len(found.skipped), found.skipped
         seen = {f.path: f for f in found.files}
         if not allow_empty:
             _refuse_emptied_roots(roots, found, stored)

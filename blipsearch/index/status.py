@@ -75,4 +75,5 @@ class LibraryState:
 
     def failures(self) -> list[Failure]:
         """The files that could not be indexed, with the reason, by path."""
-        return [Failure(os.fsdecode(f.path), f.reason) for f in self.ws.db.failures()]
+        return [Failure(os.fsdecode(f.path), f.reason, "every run" if f.size is None else "once changed")
+                for f in self.ws.db.failures()]

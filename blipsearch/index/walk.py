@@ -31,8 +31,8 @@ class WalkResult:
     errors: list[tuple[bytes, str]] = field(default_factory=list)
     # Folders whose contents are unknown this run; nothing below them may be deleted.
     unreadable_dirs: list[bytes] = field(default_factory=list)
-    # Files left out for their names (not an image extension).
-    skipped: int = 0
+    # Files left out for their names (not an image extension), never read.
+    skipped: list[bytes] = field(default_factory=list)
 
 
 def is_image_name(name: bytes) -> bool:
@@ -98,7 +98,7 @@ def walk(roots: Iterable[bytes], indexed: Container[bytes] = frozenset()) -> Wal
                     if is_image_name(entry.name) or entry.path in indexed:
                         add_file(entry.path, entry_st)
                     else:
-                        result.skipped += 1
+                        result.skipped.append(entry.path)
             # Sorted, reversed onto the stack: folders are visited in name order.
             stack.extend(sorted(subdirs, reverse=True))
     result.files.sort(key=lambda f: f.path)

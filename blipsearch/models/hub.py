@@ -44,9 +44,10 @@ _OPTION = {"retrieval": "--model", "caption": "--caption-model", "vqa": "--vqa-m
 _ARGUMENT = {"retrieval": "model", "caption": "caption_model", "vqa": "vqa_model", "tokenizer": "tokenizer"}
 
 
-def how_chosen(role: str) -> str:
-    """How the model of ``role`` is chosen, on the command line and in Python."""
-    return f"{_OPTION.get(role, '--model')} (Library's {_ARGUMENT.get(role, 'model')}= in Python)"
+def how_chosen(role: str, python: bool = True) -> str:
+    """How the model of ``role`` is chosen: on the command line and (``python``) in Python."""
+    option = _OPTION.get(role, "--model")
+    return f"{option} (Library's {_ARGUMENT.get(role, 'model')}= in Python)" if python else option
 
 
 def unavailable(spec: str, reason: str, role: str) -> ModelUnavailableError:
@@ -55,11 +56,12 @@ def unavailable(spec: str, reason: str, role: str) -> ModelUnavailableError:
     never = "" if offline() else " (set HF_HUB_OFFLINE=1 to never try the network)"
     what = "Tokenizer" if role == "tokenizer" else "Model"
     demo = "" if role == "tokenizer" else f"; or try the bundled demo model with {option} builtin:shapes"
+    head = (f"{what} {spec!r} is not on this machine and can't be downloaded ({reason}). "
+            f"Connect to the network and run again (the files are cached for later offline use); "
+            f"or, on a connected machine, run `hf download {spec}` and copy the folder here, ")
     return ModelUnavailableError(
-        f"{what} {spec!r} is not on this machine and can't be downloaded ({reason}). "
-        f"Connect to the network and run again (the files are cached for later offline use); "
-        f"or, on a connected machine, run `hf download {spec}` and copy the folder here, "
-        f"then pass {option} PATH ({argument}=PATH in Python){never}{demo}."
+        f"{head}then pass {option} PATH ({argument}=PATH in Python){never}{demo}.",
+        command_line=f"{head}then pass {option} PATH{never}{demo}."
     )
 
 

@@ -54,8 +54,10 @@ def resolve_model_dir(spec: str, role: str = "retrieval") -> Path:
         raise InputPathError(f"{spec} is a file: a model is a folder (config.json, weights, tokenizer files), "
                              f"or an original BLIP checkpoint ({', '.join(CHECKPOINT_SUFFIXES)}) to convert.")
     if looks_like_path(spec):
-        raise ModelUnavailableError(f"Model folder {spec} does not exist: check {how_chosen(role)}: a folder, a hub "
-                                    "id such as Salesforce/blip-itm-base-coco, or builtin:shapes.")
+        advice = ": a folder, a hub id such as Salesforce/blip-itm-base-coco, or builtin:shapes."
+        raise ModelUnavailableError(f"Model folder {spec} does not exist: check {how_chosen(role)}{advice}",
+                                    command_line=f"Model folder {spec} does not exist: check "
+                                                 f"{how_chosen(role, python=False)}{advice}")
     return hub_snapshot(spec, role)
 
 
