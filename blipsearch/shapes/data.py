@@ -110,3 +110,16 @@ def change_one(left: world.Obj, right: world.Obj, rng: np.random.Generator, shap
         out = (new, right) if side == 0 else (left, new)
         if out[0] != out[1]:
             return out
+
+
+def absent_object(left: world.Obj, right: world.Obj, rng: np.random.Generator, hard_prob: float = 0.75) -> world.Obj:
+    """An object the scene does not show, the partial description's negative: with ``hard_prob``
+    one that shares a color or a shape with an object it shows (another color of its shape,
+    another shape of its color, its one object's color on the other's shape), else any."""
+    present = (left, right)
+    if rng.random() < hard_prob:
+        options = [(c, o[1]) for o in present for c in world.COLORS] + [(o[0], s) for o in present for s in world.SHAPES]
+    else:
+        options = world.all_objects()
+    options = [o for o in dict.fromkeys(options) if o not in present]
+    return options[int(rng.integers(len(options)))]

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from blipsearch.shapes.world import QUESTION_TYPES, Scene
+from blipsearch.shapes.world import QUESTION_TYPES, Scene, partial_descriptions
 from blipsearch.text import MAX_TOKENS, pre_caption
 
 CAPTION_PROMPT = "a picture of "
@@ -191,6 +191,35 @@ def retrieval_metrics(model: Any, tokenizer: Any, processor: Any, scenes: Sequen
             out.setdefault("held_out", {}).setdefault(direction, {})[method] = _recalls(r[held])
         out.setdefault("top1_errors", {}).setdefault(direction, {})[method] = _error_kinds(scenes, order)
     return out
+
+
+@torch.no_grad()
+def partial_metrics(model: Any, tokenizer: Any, processor: Any, scenes: Sequence[Scene], min_match: float = 0.5) -> dict[str, Any]:
+    """Match sets of the partial descriptions (``"a red circle"``) by ITM over every scene.
+
+    Each of the world's partial descriptions is scored against every scene (ITM match
+    probability, ``[ENC]`` first); a scene is in the text's set at ``min_match`` or more.
+    Precision, recall and F1 are pooled over all texts against ``world.satisfies``.
+    """
+    texts = partial_descriptions()
+    image_tokens, _ = encode_images(model, pixel_values(processor, [s.image for s in scenes]))
+    ids, mask = tokenize(tokenizer, texts, first_token=ENC_TOKEN)
+    n = len(scenes)
+    rows = torch.arange(len(texts)).repeat_interleave(n)
+    probs = itm_logits(model, image_tokens.cpu().repeat(len(texts), 1, 1), ids[rows], mask[rows]).softmax(-1)[:, 1]
+    found = (probs.cpu() >= min_match).view(len(texts), n)
+    truth = torch.tensor([[s.satisfies(t) for s in scenes] for t in texts])
+    both = int((found & truth).sum())
+    precision = both / int(found.sum()) if found.any() else 1.0
+    recall = both / int(truth.sum())
+    return {
+        "scenes": n,
+        "texts": len(texts),
+        "min_match": min_match,
+        "precision": round(precision, 4),
+        "recall": round(recall, 4),
+        "f1": round(2 * precision * recall / (precision + recall), 4) if precision + recall else 0.0,
+    }
 
 
 def _decode(tokenizer: Any, seqs: torch.Tensor) -> list[str]:

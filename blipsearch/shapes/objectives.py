@@ -23,7 +23,7 @@ from transformers import (
 
 from blipsearch.shapes import evaluate, world
 from blipsearch.shapes.checkpoint import make_config
-from blipsearch.shapes.data import Pool, batches, change_one, describe, perturb
+from blipsearch.shapes.data import Pool, absent_object, batches, change_one, describe, perturb
 from blipsearch.shapes.recipe import Hyper
 
 # ----------------------------------------------------------------------------- training helpers
@@ -98,8 +98,11 @@ class RetrievalObjective:
     with gradients in the main stage, read from a frozen cache in refinement.
     """
 
-    def __init__(self, model: BlipForImageTextRetrieval, pool: Pool, tokenizer: BertTokenizer, hp: Hyper, seed: int, device: torch.device, temp_init: float) -> None:
+    def __init__(self, model: BlipForImageTextRetrieval, pool: Pool, tokenizer: BertTokenizer, hp: Hyper, seed: int, device: torch.device, temp_init: float, partial: float = 0.0, partial_itc: float | None = None) -> None:
         self.model, self.pool, self.tokenizer, self.hp, self.device = model, pool, tokenizer, hp, device
+        # Weights of the partial descriptions' ITM and ITC losses ("a red circle"); 0: whole captions only.
+        self.partial, self.partial_itc = partial, partial if partial_itc is None else partial_itc
+        self.last_partial: tuple[float, float] | None = None
         # Learnable temperature, kept only for training (inference uses plain cosine).
         self.log_temp = torch.nn.Parameter(torch.tensor(math.log(temp_init), device=device))
         self.gen = torch.Generator().manual_seed(seed)
@@ -173,7 +176,59 @@ class RetrievalObjective:
         ).last_hidden_state
         logits = model.itm_head(hidden[:, 0])
         labels = torch.cat([torch.ones(b), torch.zeros(3 * b)]).long().to(device)
-        return loss_itc, F.cross_entropy(logits, labels), temp
+        loss_itm = F.cross_entropy(logits, labels)
+        if self.partial > 0:
+            p_itc, p_itm = self.partial_losses(idx, image_tokens, image_feat, temp)
+            self.last_partial = (p_itc.item(), p_itm.item())
+            loss_itc = loss_itc + self.partial_itc * p_itc
+            loss_itm = loss_itm + self.partial * p_itm
+        return loss_itc, loss_itm, temp
+
+    def partial_losses(self, idx: torch.Tensor, image_tokens: torch.Tensor, image_feat: torch.Tensor, temp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ITC, ITM) losses of partial descriptions, one object by color and shape (``world.satisfies``).
+
+        Each scene gets the description of one of its objects. ITC: text -> image over the batch,
+        every scene that shows the object a positive. ITM: the scene with its description (yes),
+        with an object it does not show, mostly one sharing a color or shape with it (no), and the
+        description with a batch scene that does not show the object, mostly one sharing a color
+        or shape with it (no; labels come from the ground truth, so a tiny batch stays right), and
+        the scene with a few words the world does not know (no).
+        """
+        pool, rng, gen, device = self.pool, self.rng, self.gen, self.device
+        b = len(idx)
+        left, right = pool.left[idx], pool.right[idx]
+        side = torch.from_numpy(rng.random(b) < 0.5)
+        obj = torch.where(side, left, right)
+        absent = torch.tensor([pool.objects.index(absent_object(*pool.pair(int(i)), rng)) for i in idx])
+        # Words the world does not know ([UNK] to the tokenizer), 1-5 of them: a short text is not a
+        # match for being short.
+        unknown = [" ".join(["zzz"] * int(k)) for k in rng.integers(1, 6, size=b)]
+        texts = [world.phrase(pool.objects[int(o)]) for o in torch.cat([obj, absent])] + unknown
+        feat, ids, mask = self.text_features(texts)
+        sat = (left[None, :] == obj[:, None]) | (right[None, :] == obj[:, None])  # [text, scene]
+        targets = sat.float().to(device)
+        logits = feat[:b] @ image_feat.T / temp  # (the absent objects' and unknown words' features go unused)
+        loss_itc = -(F.log_softmax(logits, 1) * targets / targets.sum(1, keepdim=True)).sum(1).mean()
+
+        n = len(world.SHAPES)
+        color, shape = (obj // n)[:, None], (obj % n)[:, None]
+        near = (left // n == color) | (left % n == shape) | (right // n == color) | (right % n == shape)
+        hard = (torch.rand(b, 1, generator=gen) < 0.75) & (near & ~sat).any(1, keepdim=True)
+        weights = torch.where(hard, near & ~sat, ~sat).float() + 1e-6
+        neg_image = torch.multinomial(weights, 1, generator=gen).squeeze(1)
+        ids = ids.clone()
+        ids[:, 0] = self.enc_id
+        rows = torch.cat([torch.arange(b), torch.arange(b, 2 * b), torch.arange(b), torch.arange(2 * b, 3 * b)]).to(device)
+        images = torch.cat([torch.arange(b), torch.arange(b), neg_image, torch.arange(b)]).to(device)
+        img = image_tokens[images]
+        hidden = self.model.text_encoder(
+            input_ids=ids[rows],
+            attention_mask=mask[rows],
+            encoder_hidden_states=img,
+            encoder_attention_mask=torch.ones(img.shape[:-1], dtype=torch.long, device=device),
+        ).last_hidden_state
+        labels = torch.cat([torch.ones(b), torch.zeros(b), sat[torch.arange(b), neg_image].float(), torch.zeros(b)]).long()
+        return loss_itc, F.cross_entropy(self.model.itm_head(hidden[:, 0]), labels.to(device))
 
 
 def _optimize(model: torch.nn.Module, objective: RetrievalObjective, tokens_of: Callable[[torch.Tensor], torch.Tensor], name: str, steps: int, batch: int, lr: float, hp: Hyper) -> None:
@@ -190,7 +245,8 @@ def _optimize(model: torch.nn.Module, objective: RetrievalObjective, tokens_of: 
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if step % 50 == 0 or step == steps - 1:
-            log(f"{name} {step:5d} itc {loss_itc.item():.3f} itm {loss_itm.item():.3f} temp {temp.item():.3f} {time.time() - start:.0f}s")
+            partial = "" if objective.last_partial is None else " (partial itc {:.3f} itm {:.3f})".format(*objective.last_partial)
+            log(f"{name} {step:5d} itc {loss_itc.item():.3f} itm {loss_itm.item():.3f}{partial} temp {temp.item():.3f} {time.time() - start:.0f}s")
     model.eval()
 
 
@@ -207,13 +263,16 @@ def train_retrieval(pool: Pool, tokenizer: BertTokenizer, hp: Hyper, seed: int, 
 
 
 def refine_itm(model: BlipForImageTextRetrieval, pool: Pool, tokens: torch.Tensor, tokenizer: BertTokenizer, hp: Hyper, seed: int, device: torch.device) -> BlipForImageTextRetrieval:
-    """More ITC + ITM training with the vision encoder and image projection frozen.
+    """More ITC + ITM training with the vision encoder and image projection frozen, with partial
+    descriptions ("a red circle") beside the whole captions (weights ``itm_refine_partial`` for
+    ITM, ``itm_refine_partial_itc`` for ITC).
 
     The image side is read from ``tokens`` (the frozen encoder's outputs), so a
     step costs the text encoder only; image embeddings do not change.
     """
     torch.manual_seed(seed + 3)
-    objective = RetrievalObjective(model, pool, tokenizer, replace(hp, itm_easy_frac=hp.itm_refine_easy_frac), seed + 3, device, hp.itm_refine_temp)
+    objective = RetrievalObjective(model, pool, tokenizer, replace(hp, itm_easy_frac=hp.itm_refine_easy_frac), seed + 3, device,
+                                   hp.itm_refine_temp, partial=hp.itm_refine_partial, partial_itc=hp.itm_refine_partial_itc)
     model.vision_model.requires_grad_(False)
     model.vision_proj.requires_grad_(False)
     _optimize(model, objective, lambda idx: tokens[idx].to(device), "itm-refine", hp.itm_refine_steps, hp.itm_refine_batch, hp.itm_refine_lr, hp)

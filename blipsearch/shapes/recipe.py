@@ -50,6 +50,11 @@ class Hyper:
     itm_refine_lr: float = 3e-4
     itm_refine_temp: float = 0.04
     itm_refine_easy_frac: float = 0.2
+    # Weights of partial descriptions ("a red circle": every scene showing one) in refinement's ITM
+    # and ITC losses, beside the whole captions; 0 trains whole captions only. ITC's is lower: the
+    # text encoder's [CLS] serves both kinds of text, and whole captions' R@1 must not drop.
+    itm_refine_partial: float = 1.0
+    itm_refine_partial_itc: float = 0.2
     caption_steps: int = 1500
     caption_batch: int = 128
     caption_lr: float = 5e-4

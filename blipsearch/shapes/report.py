@@ -45,16 +45,34 @@ def _refinement_note(report: dict[str, Any]) -> str:
     ref = report.get("itm_refinement")
     if not ref:
         return ""
-    before = ref["retrieval_before"]["t2i"]
     first = "The run above did not include this stage (it predates it). " if "itm_refine_steps" not in report["hyperparameters"] else ""
-    return f"""
+    runs = [*report.get("earlier_itm_refinements", []), ref]
+    text = f"""
 {first}The ITM refinement (the last stage) was run by itself on the saved
-retrieval checkpoint, {ref['device']}, {ref['wall_time_s']['itm_refine'] / 60:.1f} minutes:
-
-    {ref['command']}
-
-Before it, text -> image R@1 was {_pct(before['itc']['r1'])} % (ITC) and {_pct(before['itm']['r1'])} % (reranked).
+retrieval checkpoint{f", {len(runs)} times, each on the result of the one before" if len(runs) > 1 else ""}:
 """
+    for run in runs:
+        before = run["retrieval_before"]["t2i"]
+        partial = run.get("partial_before")
+        partial_note = f"; partial descriptions' F1 {partial['f1']:.3f}" if partial else ""
+        settings = ", ".join(f"{k} {v}" for k, v in run["settings"].items())
+        text += f"""
+    {run['command']}
+
+{run['device']}, {run['wall_time_s']['itm_refine'] / 60:.1f} minutes ({settings}). Before it, text -> image R@1 was
+{_pct(before['itc']['r1'])} % (ITC) and {_pct(before['itm']['r1'])} % (reranked){partial_note}.
+"""
+    return text
+
+
+def _partial_note(report: dict[str, Any]) -> str:
+    p = report["metrics"].get("partial")
+    if not p:
+        return ""
+    return (f"Partial descriptions (the {p['texts']} one-object texts such as \"a red circle\", each "
+            f"satisfied by every scene showing that object on either side), ITM over all {p['scenes']} test "
+            f"scenes at match probability >= {p['min_match']}: precision {_pct(p['precision'])} %, "
+            f"recall {_pct(p['recall'])} %, F1 {p['f1']:.3f}.\n\n")
 
 
 def write_readme(out: Path, report: dict[str, Any]) -> None:
@@ -100,7 +118,8 @@ negatives (ITC-mined in-batch images and texts, and captions with colors,
 shapes or sides swapped). Captioning and VQA start from the retrieval model's
 weights, as in BLIP, and train their text decoders on a frozen vision encoder.
 Last, the retrieval model's text side gets more ITC + ITM steps on the frozen
-vision encoder (ITM refinement). All settings and figures are in `TRAINING.json`.
+vision encoder (ITM refinement), with partial descriptions ("a red circle",
+matched by every scene that shows one) beside the whole captions. All settings and figures are in `TRAINING.json`.
 {_refinement_note(report)}
 Held out of training entirely: {held_out}. The test scenes below include them.
 
@@ -119,7 +138,7 @@ VQA accuracy (beam {vqa['num_beams']}, {vqa['n_questions']} questions): {_pct(vq
 shape {_pct(vqa['per_type']['shape'])} %, yes/no {_pct(vqa['per_type']['yesno'])} % (held-out scenes: {_pct(vqa['accuracy_held_out'])} %).
 Chance: color 1/6, shape 1/{len(world.SHAPES)}, yes/no 1/2.
 
-{_errors_note(ret)}{_target_note(ret)}These are toy models for a toy world: they know {len(world.COLORS)} colors, {len(world.SHAPES)} shapes and two
+{_partial_note(report)}{_errors_note(ret)}{_target_note(ret)}These are toy models for a toy world: they know {len(world.COLORS)} colors, {len(world.SHAPES)} shapes and two
 positions, and nothing else.
 """
     (out / "README.md").write_text(text)

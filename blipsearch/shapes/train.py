@@ -123,6 +123,7 @@ def run(out: Path, seed: int, hp: Hyper, command: str) -> dict[str, Any]:
     t = time.time()
     metrics = {
         "retrieval": evaluate.retrieval_metrics(retrieval, tokenizer, processor, test, k=hp.rerank_k),
+        "partial": evaluate.partial_metrics(retrieval, tokenizer, processor, test),
         "caption": evaluate.caption_metrics(caption, tokenizer, processor, test, num_beams=hp.eval_beams),
         "caption_greedy": evaluate.caption_metrics(caption, tokenizer, processor, test, num_beams=1),
         "vqa": evaluate.vqa_metrics(vqa, tokenizer, processor, test, num_beams=hp.eval_beams),
@@ -175,17 +176,22 @@ def run_refinement(out: Path, seed: int, hp: Hyper, command: str) -> dict[str, A
     processor = image_processor()
     tokens = image_tokens(model, pool, device)
     before = evaluate.retrieval_metrics(model, tokenizer, processor, test, k=hp.rerank_k)
+    partial_before = evaluate.partial_metrics(model, tokenizer, processor, test)
     t = time.time()
     refine_itm(model, pool, tokens, tokenizer, hp, seed, device)
     refine_s = round(time.time() - t, 1)
     save_checkpoint(model, tokenizer, out / "retrieval")
     report["metrics"]["retrieval"] = evaluate.retrieval_metrics(model, tokenizer, processor, test, k=hp.rerank_k)
+    report["metrics"]["partial"] = evaluate.partial_metrics(model, tokenizer, processor, test)
+    if "itm_refinement" in report:  # a checkpoint refined before: that run stays on record
+        report.setdefault("earlier_itm_refinements", []).append(report.pop("itm_refinement"))
     report["itm_refinement"] = {
         "command": command,
         "device": describe_device(device),
         "wall_time_s": {"total": round(time.time() - t0, 1), "itm_refine": refine_s},
         "settings": {k: v for k, v in asdict(hp).items() if k.startswith("itm_refine")},
         "retrieval_before": before,
+        "partial_before": partial_before,
     }
     report["checkpoint_mb"]["retrieval"] = size_mb(out / "retrieval")
     report_path.write_text(json.dumps(report, indent=2) + "\n")
@@ -207,6 +213,7 @@ def reevaluate_retrieval(out: Path, seed: int, hp: Hyper) -> dict[str, Any]:
     test = render_scenes("test", hp.test_images, seed)
     metrics = evaluate.retrieval_metrics(model, tokenizer, image_processor(), test, k=hp.rerank_k)
     report["metrics"]["retrieval"] = metrics
+    report["metrics"]["partial"] = evaluate.partial_metrics(model, tokenizer, image_processor(), test)
     report["retrieval_evaluated_on"] = describe_device(device)
     report_path.write_text(json.dumps(report, indent=2) + "\n")
     write_readme(out, report)

@@ -4,7 +4,9 @@ Every scene is a 64x64 RGB image holding two objects, one in the left half and
 one in the right half. Each object has a color and a shape; sizes, positions,
 color shades and the light background vary from image to image. A scene comes
 with a canonical caption (``"a red circle left of a blue square"``), alternative
-phrasings of the same content, and question/answer pairs.
+phrasings of the same content, and question/answer pairs. ``satisfies`` is the exact
+ground truth of any text the world knows: those captions, and partial descriptions
+naming one object (``"a red circle"``: every scene with one, on either side).
 
 Some (color, shape, side) triples are held out: no training scene ever shows,
 say, a blue circle on the left, while test scenes do. Metrics computed on
@@ -21,6 +23,7 @@ Command line (writes PNGs plus ``captions.jsonl``)::
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import math
@@ -101,6 +104,10 @@ class Scene:
         """Canonical caption first, then the alternatives."""
         return [self.caption, *self.alt_captions]
 
+    def satisfies(self, text: str) -> bool:
+        """Whether this scene fits ``text``: see :func:`satisfies`."""
+        return satisfies(self.left, self.right, text)
+
     @property
     def held_out(self) -> bool:
         """True when the scene contains a triple that the train split never shows."""
@@ -142,6 +149,38 @@ def alternative_captions(left: Obj, right: Obj) -> list[str]:
     """Other phrasings with exactly the same content as the canonical caption."""
     lp, rp = phrase(left), phrase(right)
     return [f"{rp} right of {lp}", f"{lp} to the left of {rp}", f"{rp} to the right of {lp}"]
+
+
+def partial_descriptions() -> list[str]:
+    """Texts naming one object by color and shape (``"a red circle"``), one per object, in
+    ``all_objects()`` order. A scene satisfies one when it shows that object on either side."""
+    return [phrase(o) for o in all_objects()]
+
+
+@functools.cache
+def _caption_contents() -> dict[str, tuple[Obj, Obj]]:
+    return {text: (left, right) for left, right in all_pairs()
+            for text in (canonical_caption(left, right), *alternative_captions(left, right))}
+
+
+@functools.cache
+def _partial_objects() -> dict[str, Obj]:
+    return {phrase(o): o for o in all_objects()}
+
+
+def satisfies(left: Obj, right: Obj, text: str) -> bool:
+    """The exact ground truth: whether a scene showing ``left`` and ``right`` fits ``text``.
+
+    A full caption (canonical or alternative phrasing) is satisfied by the scenes of exactly
+    that content; a partial description (``partial_descriptions()``) by every scene with that
+    object on either side. Any other text is a ``ValueError``: the world cannot judge it.
+    """
+    if text in _partial_objects():
+        return _partial_objects()[text] in (left, right)
+    content = _caption_contents().get(text)
+    if content is None:
+        raise ValueError(f"not a shapes-world caption or partial description: {text!r}")
+    return content == (left, right)
 
 
 def questions(left: Obj, right: Obj, rng: np.random.Generator) -> list[QA]:
