@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -388,6 +389,41 @@ def test_exif_zero_over_zero_is_dropped_not_stored_as_nan(tmp_path: Path) -> Non
         tags, _ = read_exif(image)
     assert tags == {"FocalLength": 50.0}
     json.dumps(tags, allow_nan=False)
+
+
+@pytest.mark.parametrize(("tags", "expected"), [
+    # (IFD0 tags, Exif IFD tags) -> the capture time read
+    (({0x0132: "2024:01:02 03:04:05"}, {}), None),  # ModifyDate only: an edit's time, not the capture's
+    (({0x0132: "2024:01:02 03:04:05"}, {0x9004: "2008:05:06 07:08:09"}), datetime(2008, 5, 6, 7, 8, 9)),
+    (({}, {0x9003: "2008:05:06 07:08:09", 0x9004: "2009:01:01 00:00:00", 0x9291: "25"}),
+     datetime(2008, 5, 6, 7, 8, 9, 250_000)),  # DateTimeOriginal first, its sub-seconds kept
+    (({}, {0x9003: "0000:00:00 00:00:00", 0x9004: "2008:05:06 07:08:09", 0x9292: "123456789"}),
+     datetime(2008, 5, 6, 7, 8, 9, 123_456)),  # a blank original: CreateDate, microseconds at most
+])
+def test_the_capture_time_is_the_original_then_the_create_date_never_the_modify_date(
+        tmp_path: Path, tags: tuple[dict[int, str], dict[int, str]], expected: datetime | None) -> None:
+    from blipsearch.images.decode import read_exif
+
+    exif = Image.Exif()
+    for tag, value in tags[0].items():
+        exif[tag] = value
+    for tag, value in tags[1].items():
+        exif.get_ifd(0x8769)[tag] = value
+    draw_image(3, 32).save(tmp_path / "dated.jpg", exif=exif)
+    with Image.open(tmp_path / "dated.jpg") as image:
+        _, taken_at = read_exif(image)
+    assert taken_at == expected
+
+
+def test_exif_strings_end_at_their_first_nul(tmp_path: Path) -> None:
+    from blipsearch.images.decode import read_exif
+
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110] = "SONY\x00\x00", "ION230\x00F"
+    draw_image(3, 32).save(tmp_path / "nul.jpg", exif=exif)
+    with Image.open(tmp_path / "nul.jpg") as image:
+        tags, _ = read_exif(image)
+    assert tags is not None and (tags["Make"], tags["Model"]) == ("SONY", "ION230")
 
 
 def test_non_utf8_file_names_round_trip(lib: Library, tmp_path: Path) -> None:

@@ -265,7 +265,8 @@ def _exif_value(value: Any) -> Any:
         items = [_exif_value(v) for v in value]
         return None if any(v is None for v in items) else items
     if isinstance(value, (int, str)):
-        return value.strip("\x00 ") if isinstance(value, str) else value
+        # A C string: what follows its first NUL is padding or garbage ("ION230\x00F").
+        return value.split("\x00", 1)[0].strip() if isinstance(value, str) else value
     try:
         number = float(value)  # IFDRational; 0/0 gives NaN, which JSON columns (PostgreSQL) refuse
     except (TypeError, ValueError, ZeroDivisionError):
@@ -274,9 +275,14 @@ def _exif_value(value: Any) -> Any:
 
 
 _EXIF_KEEP = {
-    "Make", "Model", "LensModel", "DateTimeOriginal", "DateTime", "ExposureTime",
-    "FNumber", "ISOSpeedRatings", "FocalLength", "Orientation", "Software",
+    "Make", "Model", "LensModel", "DateTimeOriginal", "DateTimeDigitized", "DateTime", "SubsecTimeOriginal",
+    "SubsecTimeDigitized", "OffsetTimeOriginal", "OffsetTimeDigitized", "ExposureTime", "FNumber",
+    "ISOSpeedRatings", "FocalLength", "Orientation", "Software",
 }
+# The capture time, as exiftool-based tools read it: DateTimeOriginal, else CreateDate
+# (DateTimeDigitized), each with its sub-seconds. Never IFD0's DateTime: that is ModifyDate, the
+# last edit (an export of a 2008 photo is not taken on the day of the export).
+_CAPTURE_TAGS = (("DateTimeOriginal", "SubsecTimeOriginal"), ("DateTimeDigitized", "SubsecTimeDigitized"))
 
 
 def _gps_degrees(dms: Any, ref: Any) -> float | None:
@@ -308,14 +314,24 @@ def read_exif(image: Image.Image) -> tuple[dict[str, Any] | None, datetime | Non
         lon = _gps_degrees(gps.get(ExifTags.GPS.GPSLongitude), gps.get(ExifTags.GPS.GPSLongitudeRef))
         if lat is not None and lon is not None:
             out["GPSLatitude"], out["GPSLongitude"] = round(lat, 7), round(lon, 7)
-    taken_at = None
-    stamp = out.get("DateTimeOriginal") or out.get("DateTime")
-    if isinstance(stamp, str):
+    return out or None, capture_time(out)
+
+
+def capture_time(exif: dict[str, Any]) -> datetime | None:
+    """The camera's capture time in :func:`read_exif`'s subset (its local time, sub-seconds kept), or None."""
+    for stamp_tag, subsec_tag in _CAPTURE_TAGS:
+        stamp = exif.get(stamp_tag)
+        if not isinstance(stamp, str):
+            continue
         try:
-            taken_at = datetime.strptime(stamp[:19], "%Y:%m:%d %H:%M:%S")
+            taken = datetime.strptime(stamp[:19], "%Y:%m:%d %H:%M:%S")
         except ValueError:
-            pass
-    return out or None, taken_at
+            continue  # "0000:00:00 00:00:00", blanks: the next tag may hold it
+        digits = str(exif.get(subsec_tag, "")).strip()
+        if digits.isdigit():
+            taken = taken.replace(microsecond=int((digits + "000000")[:6]))
+        return taken
+    return None
 
 
 # Gets (content hash, file bytes, the decoded upright image, its full upright size).
