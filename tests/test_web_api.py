@@ -170,7 +170,7 @@ def test_errors_are_one_sentence_with_a_status(client: TestClient, lib: Library)
         (client.get("/api/images/999999/thumbnail"), 404, "999999"),
         (client.get("/api/search", params={"q": QUERY, "after": "yesterday"}), 400, "not a date"),
         (client.get("/api/search", params={"q": QUERY, "after": "2024", "before": "2023"}), 400, "empty"),
-        (client.get("/api/search", params={"q": "   "}), 400, "empty"),
+        (client.get("/api/search", params={"q": "   "}), 400, "q must not be blank."),
         (client.get("/api/search", params={"q": QUERY, "k": 0}), 400, "k must be at least 1, not 0."),
         (client.get("/api/search", params={"q": QUERY, "k": -1}), 400, "k must be at least 1, not -1."),
         (client.get("/api/search", params={"q": QUERY, "k": 501}), 400, "k must be at most 500, not 501."),

@@ -42,6 +42,7 @@ from ..library import Hit, ImageData, Library
 from ..options import DEFAULT_RERANK_DEPTH
 from ..search.language import ParsedQuery, help_rows, parse_query
 from ..search.query import Term, text_term
+from .errors import NOT_BLANK
 from .errors import document as document_errors
 from .errors import error as _error
 from .errors import install as install_errors
@@ -117,7 +118,7 @@ def _filters(tag: Tag = None, folder: Folder = [], after: After = None,  # noqa:
 
 
 Narrowed = Annotated[Filters, Depends(_filters)]
-Box = Annotated[str, Query(min_length=1, max_length=2000, description="What to look for, in the search box's "
+Box = Annotated[str, Query(min_length=1, max_length=2000, pattern=NOT_BLANK, description="What to look for, in the search box's "
                            "language: words, \"phrases\", -not +and, keys such as `after:2024-06`, "
                            "`camera:canon`, `in:FOLDER`, `all:yes`, `sort:date` (see `/api/query`).")]
 Plain = Annotated[bool, Query(description="Take `q` as typed: no keys, signs or quotes read.")]
@@ -313,7 +314,7 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
 
     @app.post("/api/images/{image_id}/ask", tags=["describe"])
     def ask(image_id: ImageId,
-            question: Annotated[str, Body(embed=True, min_length=1, max_length=500)]) -> dict[str, Any]:
+            question: Annotated[str, Body(embed=True, min_length=1, max_length=500, pattern=NOT_BLANK)]) -> dict[str, Any]:
         """Ask a question about the image (BLIP visual question answering). Body: `{"question": "..."}`."""
         done = lib.ask([lib.image_file(image_id)], question)[0]
         if done.text is None:
@@ -334,7 +335,8 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
 
     @app.get("/api/images/{image_id}/explain", tags=["describe"], response_class=Response)
     def explain(image_id: ImageId,
-                q: Annotated[str, Query(min_length=1, max_length=2000, description="The text to explain.")]) -> Response:
+                q: Annotated[str, Query(min_length=1, max_length=2000, pattern=NOT_BLANK,
+                                        description="The text to explain.")]) -> Response:
         """A heat map over the image of where the ITM head found the text (Grad-CAM), as a PNG; the
         `x-match-probability` header is the pair's ITM match probability."""
         explained = lib.explain(image_id, q)

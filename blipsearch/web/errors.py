@@ -37,6 +37,7 @@ STATUS: list[tuple[type[BaseException], int]] = [
     (ModelMismatchError, 409),
     (BlipsearchError, 409),  # the library's state: empty, no texts, no captions yet
 ]
+NOT_BLANK = r"\S"  # a text parameter's pattern: more than white space
 _SHOWN = 40  # characters of a refused value an error shows
 _DAY = "a date: use 2024, 2024-07, 2024-07-14 or 2024-07-14T18:30"
 _PATTERNS = {"after": _DAY, "before": _DAY,
@@ -64,6 +65,8 @@ def reason(err: dict[str, Any]) -> str:
         return "The request needs a JSON body."
     if kind == "missing":
         return f"{name} is required."
+    if kind == "string_pattern_mismatch" and ctx.get("pattern") == NOT_BLANK:
+        return f"{name} must not be blank."
     if kind == "string_pattern_mismatch" and name in _PATTERNS:
         return f"{name}: {_shown(value)} is not {_PATTERNS[name]}."
     sentences = {
