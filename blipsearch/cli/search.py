@@ -280,10 +280,10 @@ def _human_size(size: int) -> str:
     """A file size in B, KB, MB or GB (powers of 1000, as file managers show them), 8 characters wide."""
     if size < 1000:
         return f"{size:6d} B"
-    for unit, scale in (("KB", 1e3), ("MB", 1e6), ("GB", 1e9)):
-        if size < 999.95 * scale or unit == "GB":
+    for unit, scale in (("KB", 1e3), ("MB", 1e6)):
+        if size < 999.95 * scale:  # what rounds to 1000.0 is shown in the next unit
             return f"{size / scale:5.1f} {unit}"
-    raise AssertionError("unreachable")
+    return f"{size / 1e9:5.1f} GB"
 
 
 @click.command()

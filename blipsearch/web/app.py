@@ -350,7 +350,7 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
         """The heat map's colours, coldest to hottest, as a strip for the page's legend."""
         from PIL import Image
 
-        from ..models.explain import COLORMAP
+        from ..images.heat import COLORMAP
 
         out = io.BytesIO()
         Image.fromarray(COLORMAP[None, :, :].repeat(8, axis=0)).save(out, "PNG")

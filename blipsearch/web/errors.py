@@ -103,7 +103,7 @@ def _http_error(request: Request, exc: Exception) -> JSONResponse:
     if exc.status_code == 404:
         message = f"There is no {request.url.path} here; the HTTP API is described at /docs."
     elif exc.status_code == 405:
-        allowed = (exc.headers or {}).get("allow") or (exc.headers or {}).get("Allow")
+        allowed = (exc.headers or {}).get("Allow")
         message = f"{request.url.path} does not take {request.method}" + (f"; it takes {allowed}." if allowed else ".")
     elif exc.status_code == 400 and "parsing the body" in str(exc.detail):
         message = "The request body can't be read: send JSON in UTF-8."

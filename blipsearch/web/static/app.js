@@ -60,15 +60,13 @@
 
   function showPanel(understood) {
     // The panel shows what the box says (a month such as after:2024-06 has no day to show).
-    const day = (d) => (d && /^\d{4}-\d{2}-\d{2}$/.test(d) ? d : "");
-    $("folder").value = understood.folders.length ? understood.folders[0] : "";
-    $("after").value = day(understood.after);
-    $("before").value = day(understood.before);
-    $("tag").value = understood.tag || "";
-    $("sort").value = understood.sort && understood.sort !== "score" ? understood.sort : "";
-    if (understood.folders.length || understood.after || understood.before || understood.tag || understood.sort) {
-      $("filters").open = true;
+    let any = false;
+    for (const id of PANEL) {
+      const input = $(id), says = boxSays(input.dataset.key, understood);
+      input.value = input.type === "date" && !/^\d{4}-\d{2}-\d{2}$/.test(says) ? "" : says;
+      any = any || Boolean(says);
     }
+    if (any) $("filters").open = true;
   }
 
   function fromPanel(input) {
@@ -190,12 +188,8 @@
       const read = await api("/api/query?" + boxParams(search, {}), {signal});
       if (search !== current) return;
       showPanel(read.understood);
-      if (!read.searches) {
-        search.kind = "browse";
-        search.understood = read.understood;
-      } else {
-        search.understood = read.understood;
-      }
+      search.understood = read.understood;
+      if (!read.searches) search.kind = "browse";
     }
     if (search.kind === "text" && search.understood.all !== false) return matchSet(search, signal);
     if (search.kind === "text") return topK(search, signal);
