@@ -24,8 +24,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # 2: images.generation; 3: caption keys name the beam length rule;
 # 4: library.recall_target; 5: library.family and library.queries (see blipsearch/store/migrations.py);
-# 6 (revision 0002): the full-text index kept up by triggers (text_pending; text_index_state gone).
-SCHEMA_VERSION = 6
+# 6 (revision 0002): the full-text index kept up by triggers (text_pending; text_index_state gone);
+# 7 (revision 0003): photo metadata (capture time's offset and source, XMP, places) and keywords.
+SCHEMA_VERSION = 7
 
 
 class Base(DeclarativeBase):
@@ -77,6 +78,39 @@ class ImageRow(Base):
     # The library generation whose transaction last set ``vector``: a reader whose vector index
     # mirrors generation G catches up by reading only the rows above G.
     generation: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    # -- photo metadata (blipsearch/metadata), re-read without re-embedding when ``metadata_version``
+    # is older than blipsearch's or the sidecar changed. ``taken_at`` is the wall-clock time where the
+    # photo was taken; ``taken_offset`` its offset from UTC in minutes, when known (then ``taken_utc``
+    # is the instant, in UTC); ``taken_source`` names the field it came from ("DateTimeOriginal").
+    taken_offset: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    taken_utc: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    taken_source: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    title: Mapped[str | None] = mapped_column(Text, nullable=True)
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    keywords: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)  # as written, hierarchies by "|"
+    rating: Mapped[int | None] = mapped_column(Integer, nullable=True)  # XMP's -1 (rejected) .. 5 stars
+    label: Mapped[str | None] = mapped_column(Text, nullable=True)  # a colour label ("Red")
+    latitude: Mapped[float | None] = mapped_column(Float, nullable=True)
+    longitude: Mapped[float | None] = mapped_column(Float, nullable=True)
+    place_city: Mapped[str | None] = mapped_column(Text, nullable=True)
+    place_region: Mapped[str | None] = mapped_column(Text, nullable=True)
+    place_country: Mapped[str | None] = mapped_column(Text, nullable=True)
+    place_country_code: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    # The sidecar read ("IMG_1.jpg.xmp:SIZE:MTIME_NS"), so a changed one is noticed; None: none found.
+    sidecar: Mapped[str | None] = mapped_column(Text, nullable=True)
+    metadata_warnings: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    metadata_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class KeywordRow(Base):
+    """A term an image's keywords hold, folded (case and accents) for matching: each keyword, and each
+    level of a hierarchical one ("Places|France|Paris" gives "places", "france", "paris" and the
+    whole path)."""
+
+    __tablename__ = "keywords"
+
+    image_id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    term: Mapped[str] = mapped_column(String(400), primary_key=True, index=True)
 
 
 class FailureRow(Base):
