@@ -15,11 +15,17 @@ too). Format: by file name extension, a format's name or one of its extensions
 A filtered search ranks only the matching images, so ``k=10`` returns the ten
 best matching photos, not the matching ones among the ten best of all.
 
-Dates: an image's date is its EXIF capture time when the camera recorded
-one, else its file's modification time (local time). ``after`` keeps images
-taken at or after the start of the given period, ``before`` those taken
+Dates: an image's date is its capture time (see :mod:`blipsearch.metadata.dates`:
+EXIF, then XMP) when one was recorded, else its file's modification time. ``after``
+keeps images taken at or after the start of the given period, ``before`` those taken
 before its start: ``after=2024, before=2025`` is the year 2024, and
-``after=2024-07-01, before=2024-07-02`` is one day.
+``after=2024-07-01, before=2024-07-02`` is one day. A bound without an offset is a
+wall-clock time, compared with the wall clock where each photo was taken (a photo
+taken at 23:30 in Tokyo on 14 July is of 14 July) and with file times in this
+machine's zone. A bound with an offset (``2021-04-11T15:00-05:00``, ``...Z``) is an
+instant: compared with the instant of each photo whose offset is known, and with
+the wall clock of those whose offset is not (the camera's zone being unknown, the
+bound's own wall clock, 15:00, is the best guess).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timezone
 
 from .errors import InputPathError
 from .images.formats import FORMAT_EXTENSIONS, format_extensions
@@ -66,7 +72,8 @@ def parse_formats(names: Sequence[str]) -> tuple[str, ...]:
 
 def parse_date(text: str) -> datetime:
     """The start of a year (``2024``), a month (``2024-07``), a day (``2024-07-14``) or an
-    ISO time (``2024-07-14T18:30``), as a naive local datetime."""
+    ISO time (``2024-07-14T18:30``, a wall-clock time: naive), with an offset or ``Z`` when it
+    has one (``2024-07-14T18:30-05:00``: an instant, aware)."""
     value = text.strip()
     match = _DATE.match(value)
     try:
@@ -76,12 +83,24 @@ def parse_date(text: str) -> datetime:
         parsed = datetime.fromisoformat(value)
     except ValueError:
         raise InputPathError(f"{text!r} is not a date: use 2024, 2024-07, 2024-07-14 or 2024-07-14T18:30.") from None
-    if parsed.tzinfo is not None:  # capture times are the camera's local time, without a zone
+    if parsed.tzinfo is not None:
         try:
-            parsed = parsed.astimezone().replace(tzinfo=None)
-        except OverflowError:  # 0001-01-01T00:00+14:00 is before year 1 here
-            raise InputPathError(f"{text!r} lies outside the years 1 to 9999 in local time.") from None
+            parsed.astimezone(timezone.utc)
+        except OverflowError:  # 0001-01-01T00:00+14:00 is before year 1 in UTC
+            raise InputPathError(f"{text!r} lies outside the years 1 to 9999 in UTC.") from None
     return parsed
+
+
+def instant(bound: datetime) -> datetime | None:
+    """An aware bound as a naive UTC datetime (how instants are stored); None for a naive one."""
+    return bound.astimezone(timezone.utc).replace(tzinfo=None) if bound.tzinfo is not None else None
+
+
+def _not_before(end: datetime, start: datetime) -> bool:
+    """Whether ``end`` is not after ``start``: as instants when both have offsets, else as wall clocks."""
+    if (end.tzinfo is None) != (start.tzinfo is None):
+        end, start = end.replace(tzinfo=None), start.replace(tzinfo=None)
+    return end <= start
 
 
 def _as_datetime(value: str | date | datetime | None) -> datetime | None:
@@ -140,7 +159,7 @@ class Filters:
                 raise InputPathError(f"The folder {folder!r} is not a name a file system can hold.") from None
             roots.append(os.path.abspath(raw).rstrip(b"/") or b"/")
         start, end = _as_datetime(after), _as_datetime(before)
-        if start is not None and end is not None and start >= end:
+        if start is not None and end is not None and _not_before(end, start):
             raise InputPathError("The date range is empty: `after` must be earlier than `before`.")
         probability = DEFAULT_MIN_PROBABILITY if min_probability is None else float(min_probability)
         if not 0.0 <= probability <= 1.0:

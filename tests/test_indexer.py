@@ -386,7 +386,7 @@ def test_exif_zero_over_zero_is_dropped_not_stored_as_nan(tmp_path: Path) -> Non
     gps[3], gps[4] = "E", (IFDRational(2, 1), IFDRational(0, 1), IFDRational(0, 1))
     draw_image(3, 32).save(tmp_path / "odd.jpg", exif=exif)
     with Image.open(tmp_path / "odd.jpg") as image:
-        tags, _ = read_exif(image)
+        tags = read_exif(image)
     assert tags == {"FocalLength": 50.0}
     json.dumps(tags, allow_nan=False)
 
@@ -403,6 +403,7 @@ def test_exif_zero_over_zero_is_dropped_not_stored_as_nan(tmp_path: Path) -> Non
 def test_the_capture_time_is_the_original_then_the_create_date_never_the_modify_date(
         tmp_path: Path, tags: tuple[dict[int, str], dict[int, str]], expected: datetime | None) -> None:
     from blipsearch.images.decode import read_exif
+    from blipsearch.metadata.dates import capture_time
 
     exif = Image.Exif()
     for tag, value in tags[0].items():
@@ -411,8 +412,8 @@ def test_the_capture_time_is_the_original_then_the_create_date_never_the_modify_
         exif.get_ifd(0x8769)[tag] = value
     draw_image(3, 32).save(tmp_path / "dated.jpg", exif=exif)
     with Image.open(tmp_path / "dated.jpg") as image:
-        _, taken_at = read_exif(image)
-    assert taken_at == expected
+        taken = capture_time(read_exif(image))
+    assert (taken.local if taken else None) == expected
 
 
 def test_exif_strings_end_at_their_first_nul(tmp_path: Path) -> None:
@@ -422,7 +423,7 @@ def test_exif_strings_end_at_their_first_nul(tmp_path: Path) -> None:
     exif[0x010F], exif[0x0110] = "SONY\x00\x00", "ION230\x00F"
     draw_image(3, 32).save(tmp_path / "nul.jpg", exif=exif)
     with Image.open(tmp_path / "nul.jpg") as image:
-        tags, _ = read_exif(image)
+        tags = read_exif(image)
     assert tags is not None and (tags["Make"], tags["Model"]) == ("SONY", "ION230")
 
 

@@ -135,6 +135,8 @@ def index(lib: Library, paths: tuple[bytes, ...], batch_size: int | None, worker
                    "this one with `blipsearch index --reindex --model Salesforce/blip-itm-base-coco PATH`.",
                    err=True)
     counts: dict[str, int] = report.counts()
+    if report.refreshed:  # unchanged files whose metadata was read again
+        counts["refreshed"] = report.refreshed
     if captions:
         counts["captioned"] = lib.caption_library(list(paths), settings, batch_size=batch_size or 8,
                                                   progress=_progress)

@@ -18,7 +18,6 @@ import struct
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +119,6 @@ class DecodedImage:
     size: int
     width: int | None = None
     height: int | None = None
-    taken_at: datetime | None = None
     exif: dict[str, Any] | None = None
     pixels: npt.NDArray[np.float32] | None = None
 
@@ -279,12 +277,6 @@ _EXIF_KEEP = {
     "SubsecTimeDigitized", "OffsetTimeOriginal", "OffsetTimeDigitized", "ExposureTime", "FNumber",
     "ISOSpeedRatings", "FocalLength", "Orientation", "Software",
 }
-# The capture time, as exiftool-based tools read it: DateTimeOriginal, else CreateDate
-# (DateTimeDigitized), each with its sub-seconds. Never IFD0's DateTime: that is ModifyDate, the
-# last edit (an export of a 2008 photo is not taken on the day of the export).
-_CAPTURE_TAGS = (("DateTimeOriginal", "SubsecTimeOriginal"), ("DateTimeDigitized", "SubsecTimeDigitized"))
-
-
 def _gps_degrees(dms: Any, ref: Any) -> float | None:
     try:
         degrees = float(dms[0]) + float(dms[1]) / 60 + float(dms[2]) / 3600
@@ -295,15 +287,16 @@ def _gps_degrees(dms: Any, ref: Any) -> float | None:
     return -degrees if ref in ("S", "W") else degrees
 
 
-def read_exif(image: Image.Image) -> tuple[dict[str, Any] | None, datetime | None]:
-    """A small JSON-safe subset of EXIF, and the capture time when the camera recorded one."""
+def read_exif(image: Image.Image) -> dict[str, Any] | None:
+    """A small JSON-safe subset of EXIF (the capture time is read from it by
+    :func:`blipsearch.metadata.dates.capture_time`)."""
     try:
         exif = image.getexif()
         tags = dict(exif.items())
         tags.update(exif.get_ifd(ExifTags.IFD.Exif).items())
         gps = exif.get_ifd(ExifTags.IFD.GPSInfo)
     except Exception:  # noqa: BLE001 - malformed EXIF must never fail an image
-        return None, None
+        return None
     out: dict[str, Any] = {}
     for tag, value in tags.items():
         name = ExifTags.TAGS.get(tag)
@@ -314,24 +307,7 @@ def read_exif(image: Image.Image) -> tuple[dict[str, Any] | None, datetime | Non
         lon = _gps_degrees(gps.get(ExifTags.GPS.GPSLongitude), gps.get(ExifTags.GPS.GPSLongitudeRef))
         if lat is not None and lon is not None:
             out["GPSLatitude"], out["GPSLongitude"] = round(lat, 7), round(lon, 7)
-    return out or None, capture_time(out)
-
-
-def capture_time(exif: dict[str, Any]) -> datetime | None:
-    """The camera's capture time in :func:`read_exif`'s subset (its local time, sub-seconds kept), or None."""
-    for stamp_tag, subsec_tag in _CAPTURE_TAGS:
-        stamp = exif.get(stamp_tag)
-        if not isinstance(stamp, str):
-            continue
-        try:
-            taken = datetime.strptime(stamp[:19], "%Y:%m:%d %H:%M:%S")
-        except ValueError:
-            continue  # "0000:00:00 00:00:00", blanks: the next tag may hold it
-        digits = str(exif.get(subsec_tag, "")).strip()
-        if digits.isdigit():
-            taken = taken.replace(microsecond=int((digits + "000000")[:6]))
-        return taken
-    return None
+    return out or None
 
 
 # Gets (content hash, file bytes, the decoded upright image, its full upright size).
@@ -356,7 +332,7 @@ def decode(data: bytes, spec: ImageSpec, on_image: OnImage | None = None) -> Dec
         assert read is not None
     else:
         read = _open_with_exif(data, spec)
-    image, (width, height), exif, taken_at = read
+    image, (width, height), exif = read
     if on_image is not None:
         on_image(content_hash, data, image, (width, height))
     return DecodedImage(
@@ -364,20 +340,23 @@ def decode(data: bytes, spec: ImageSpec, on_image: OnImage | None = None) -> Dec
         size=len(data),
         width=width,
         height=height,
-        taken_at=taken_at,
         exif=exif,
         pixels=spec.to_pixels(image),
     )
 
 
-def _open_with_exif(data: bytes, spec: ImageSpec) -> tuple[Image.Image, tuple[int, int], Any, datetime | None]:
+def _open_with_exif(data: bytes, spec: ImageSpec) -> tuple[Image.Image, tuple[int, int], Any]:
     image, size = open_image(data, spec.draft_size)
+    return image, size, exif_of(data)
+
+
+def exif_of(data: bytes) -> dict[str, Any] | None:
+    """:func:`read_exif` of an image file's bytes (None when it has none, or they can't be read)."""
     try:
         with Image.open(io.BytesIO(data)) as raw:
-            exif, taken_at = read_exif(raw)
+            return read_exif(raw)
     except Exception:  # noqa: BLE001 - EXIF is optional metadata
-        exif, taken_at = None, None
-    return image, size, exif, taken_at
+        return None
 
 
 def pixels_from_bytes(data: bytes, spec: ImageSpec) -> npt.NDArray[np.float32]:

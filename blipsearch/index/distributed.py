@@ -100,7 +100,7 @@ class _Embed:
             for job, vector in zip(embed, vectors):
                 job.vector = np.asarray(vector, np.float32)
                 job.data.pixels = None  # type: ignore[union-attr]
-        return {"n": batch["n"], "result": [pickle.dumps((j.data, j.vector, j.error, j.unreadable, j.retry))
+        return {"n": batch["n"], "result": [pickle.dumps((j.data, j.vector, j.error, j.unreadable, j.retry, j.meta))
                                             for j in jobs]}
 
 
@@ -152,5 +152,5 @@ class RayIndexer(Indexer):
         for batch in results.iter_batches(batch_size=None, batch_format="numpy"):
             for n, blob in zip(batch["n"], batch["result"]):
                 job = jobs[int(n)]
-                job.data, job.vector, job.error, job.unreadable, job.retry = pickle.loads(blob)
+                job.data, job.vector, job.error, job.unreadable, job.retry, job.meta = pickle.loads(blob)
                 yield job

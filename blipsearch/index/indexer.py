@@ -40,12 +40,14 @@ from ..images.decode import (
     hash_bytes,
     read_file,
 )
+from ..metadata.read import PhotoMetadata
 from ..progress import ProgressFactory, no_progress
 from ..rerank.cache import TokenCache
 from ..similarity import pooled_one
 from ..store.database import Database, StoredRow, utcnow, vector_to_bytes
 from ..store.schema import FailureRow, ImageRow
 from ..store.thumbnails import ThumbnailStore
+from . import metadata
 from .walk import FileEntry, WalkResult, walk
 
 if TYPE_CHECKING:
@@ -67,11 +69,13 @@ class IndexReport:
     skipped: int = 0  # files in the folders whose names are not of an image format, not read
     failed_before: int = 0  # of ``failed``: files that failed before, unchanged since, not read again
     embedded: int = 0
+    refreshed: int = 0  # unchanged files whose metadata was read again (see blipsearch.index.metadata)
     interrupted: bool = False
     errors: list[tuple[bytes, str]] = field(default_factory=list)
     skipped_paths: list[bytes] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
+        """Each file in one of these (``refreshed`` files are among the ``unchanged``, and said apart)."""
         keys = ("added", "updated", "moved", "removed", "unchanged", "failed", "skipped")
         return {k: getattr(self, k) for k in keys}
 
@@ -85,6 +89,7 @@ class _Job:
     unreadable: bool = False  # the file could not be read (permissions, I/O), as opposed to decoded
     retry: bool = False  # its failure may go with other settings or another run: not remembered
     vector: np.ndarray | None = None  # embedded already, elsewhere (another engine's workers)
+    meta: PhotoMetadata | None = None  # read with its bytes
 
 
 class Embedder(Protocol):
@@ -102,9 +107,10 @@ class Embedder(Protocol):
 
 
 def prepare(job: _Job, spec: ImageSpec, known_hashes: set[str] | frozenset[str],
-            on_image: OnImage | None = None) -> _Job:
-    """Read and hash a job's file, and decode it unless its content is in ``known_hashes`` (embedded
-    already: its vector is copied); any failure is the job's ``error``, never raised."""
+            on_image: OnImage | None = None, sidecars: dict[bytes, tuple[int, int]] | None = None) -> _Job:
+    """Read and hash a job's file, decode it unless its content is in ``known_hashes`` (embedded
+    already: its vector is copied), and read its metadata (``sidecars``: those the walk saw); any
+    failure is the job's ``error``, never raised."""
     try:
         try:
             data = read_file(job.entry.path)
@@ -116,6 +122,7 @@ def prepare(job: _Job, spec: ImageSpec, known_hashes: set[str] | frozenset[str],
             job.data = DecodedImage(content_hash=content_hash, size=len(data))
         else:
             job.data = decode(data, spec, on_image)
+        job.meta = metadata.safely_read(job.entry.path, data, job.data.exif, sidecars)
     except ImageError as exc:
         job.error = str(exc)
         job.retry = job.unreadable or exc.by_settings
@@ -155,6 +162,7 @@ class Indexer:
         self.thumbnails = thumbnails
         # Held while the in-memory index changes: searches may run beside the run, in other threads.
         self.vectors_lock = vectors_lock or nullcontext()
+        self._sidecars: dict[bytes, tuple[int, int]] = {}  # the .xmp files the walk saw
 
     @property
     def batch_size(self) -> int:
@@ -179,11 +187,15 @@ class Indexer:
         # Files that failed to decode, unchanged since: failing again is all they would do.
         failed = {} if retry_failed else self.db.failed_files_under(roots)
 
+        self._sidecars = found.sidecars
         jobs: list[_Job] = []
+        stale: list[tuple[StoredRow, FileEntry]] = []
         for entry in found.files:
             row = stored.get(entry.path)
             if row is not None and row.model == self.fp and (row.size, row.mtime_ns) == (entry.size, entry.mtime_ns):
                 self.report.unchanged += 1
+                if metadata.out_of_date(row, metadata.sidecar_now(entry.path, found.sidecars)):
+                    stale.append((row, entry))
             elif row is None and failed.get(entry.path) == (entry.size, entry.mtime_ns):
                 self.report.failed += 1
                 self.report.failed_before += 1
@@ -213,6 +225,8 @@ class Indexer:
 
         try:
             self._process(jobs)
+            self.report.refreshed = metadata.refresh(self.db, stale, workers=self.workers or 2,
+                                                     listing=found.sidecars, progress=self.progress)
             self._record_walk_errors(found.errors)
             self._remove_missing(missing, roots, seen, error_paths, found.unreadable_dirs)
         except KeyboardInterrupt:
@@ -234,7 +248,7 @@ class Indexer:
     def _prepare(self, job: _Job, *, decode_known: bool = False) -> _Job:
         """Read, hash, and decode only when the content is new (runs in worker threads)."""
         return prepare(job, self.model.image_spec, set() if decode_known else self._known_hashes,
-                       self.thumbnails.put_decoded if self.thumbnails is not None else None)
+                       self.thumbnails.put_decoded if self.thumbnails is not None else None, self._sidecars)
 
     def _prepared(self, jobs: list[_Job]) -> Iterator[_Job]:
         """Jobs in order, prepared by a thread pool with bounded read-ahead."""
@@ -337,11 +351,11 @@ class Indexer:
                     and row.model == self.fp
                     and row.content_hash == data.content_hash
                 ):
-                    # Touched but not changed: record the new stat, keep the vector.
+                    # Touched but not changed: record the new stat (and the metadata read), keep the vector.
                     session.execute(
                         ImageRow.__table__.update()
                         .where(ImageRow.id == row.id)
-                        .values(size=job.entry.size, mtime_ns=job.entry.mtime_ns)
+                        .values(size=job.entry.size, mtime_ns=job.entry.mtime_ns, **_columns(job))
                     )
                     report.unchanged += 1
                     self._clear_failure(session, path)
@@ -351,7 +365,7 @@ class Indexer:
                     session.execute(
                         ImageRow.__table__.update()
                         .where(ImageRow.id == moved_from.id)
-                        .values(path=path, size=job.entry.size, mtime_ns=job.entry.mtime_ns)
+                        .values(path=path, size=job.entry.size, mtime_ns=job.entry.mtime_ns, **_columns(job))
                     )
                     report.moved += 1
                     self._clear_failure(session, path)
@@ -363,16 +377,11 @@ class Indexer:
                     content_hash=data.content_hash,
                     model=self.fp,
                     indexed_at=now,
+                    **_columns(job),
                 )
                 if id(job) in new_vectors:
                     vector = new_vectors[id(job)]
-                    values.update(
-                        vector=vector_to_bytes(vector),
-                        width=data.width,
-                        height=data.height,
-                        taken_at=data.taken_at,
-                        exif=data.exif,
-                    )
+                    values.update(vector=vector_to_bytes(vector), width=data.width, height=data.height)
                 elif (twin := copies.get(data.content_hash)) is not None:
                     # Same bytes as an image already embedded: reuse its vector and metadata.
                     vector = np.frombuffer(twin["vector"], np.float32)
@@ -491,6 +500,11 @@ def _refuse_emptied_roots(roots: list[bytes], found: WalkResult, stored: dict[by
                 f"{os.fsdecode(root)} holds no images now, but {indexed} indexed images were in it: is a disk "
                 "unmounted? Nothing was changed. If they were deleted on purpose, run again with --allow-empty."
             )
+
+
+def _columns(job: _Job) -> dict[str, object]:
+    """The metadata columns of a job's image (none when its metadata was not read)."""
+    return job.meta.columns() if job.meta is not None else {}
 
 
 def _below_any(path: bytes, folders: list[bytes], inclusive: bool = False) -> bool:

@@ -33,6 +33,8 @@ class WalkResult:
     unreadable_dirs: list[bytes] = field(default_factory=list)
     # Files left out for their names (not an image extension), never read.
     skipped: list[bytes] = field(default_factory=list)
+    # XMP sidecars seen (``IMG_1.jpg.xmp``, ``IMG_1.xmp``): {path: (size, mtime_ns)}; not skipped files.
+    sidecars: dict[bytes, tuple[int, int]] = field(default_factory=dict)
 
 
 def is_image_name(name: bytes) -> bool:
@@ -97,6 +99,8 @@ def walk(roots: Iterable[bytes], indexed: Container[bytes] = frozenset()) -> Wal
                 elif stat.S_ISREG(entry_st.st_mode):
                     if is_image_name(entry.name) or entry.path in indexed:
                         add_file(entry.path, entry_st)
+                    elif entry.name.lower().endswith(b".xmp"):
+                        result.sidecars[os.fsencode(entry.path)] = (entry_st.st_size, entry_st.st_mtime_ns)
                     else:
                         result.skipped.append(entry.path)
             # Sorted, reversed onto the stack: folders are visited in name order.

@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from .. import failpoints
 from ..errors import LibraryError, SchemaError
-from ..filters import Filters
+from ..filters import Filters, instant
 from ..similarity import pooled
 from . import fulltext, revisions
 from .migrations import LEGACY_SCHEMA, upgrade
@@ -91,6 +91,29 @@ class StoredRow:
     mtime_ns: int
     content_hash: str
     model: str | None
+    metadata_version: int | None = None  # of the metadata reading that filled the row (None: before it)
+    sidecar: str | None = None  # the sidecar read then (see blipsearch.metadata.read)
+
+
+def _date_bound(bound: datetime, after: bool):  # type: ignore[no-untyped-def]
+    """Images taken at or after ``bound`` (``after``), or before it, as :mod:`blipsearch.filters` says."""
+    def side(column, value):  # type: ignore[no-untyped-def]
+        return column >= value if after else column < value
+
+    # File times are instants: a naive bound is local time here; kept within a 64-bit column's range.
+    try:
+        seconds = bound.timestamp()
+    except (ValueError, OverflowError):  # before year 1 in some time zone: earlier than any file
+        seconds = -1e12
+    ns = min(max(int(seconds * 1e9), -(2**63)), 2**63 - 1)
+    by_file_time = and_(ImageRow.taken_at.is_(None), side(ImageRow.mtime_ns, ns))
+    wall = bound.replace(tzinfo=None)
+    utc = instant(bound)
+    if utc is None:  # a wall-clock bound: every capture time's wall clock
+        return or_(and_(ImageRow.taken_at.is_not(None), side(ImageRow.taken_at, wall)), by_file_time)
+    return or_(and_(ImageRow.taken_utc.is_not(None), side(ImageRow.taken_utc, utc)),
+               and_(ImageRow.taken_utc.is_(None), ImageRow.taken_at.is_not(None), side(ImageRow.taken_at, wall)),
+               by_file_time)
 
 
 def _kept(min_probability: float):  # type: ignore[no-untyped-def]
@@ -316,16 +339,18 @@ class Database:
         return self._rows(or_(ImageRow.model.is_(None), ImageRow.model != fp))
 
     def _rows(self, where) -> dict[bytes, StoredRow]:  # type: ignore[no-untyped-def]
-        cols = (ImageRow.id, ImageRow.path, ImageRow.size, ImageRow.mtime_ns, ImageRow.content_hash, ImageRow.model)
+        cols = (ImageRow.id, ImageRow.path, ImageRow.size, ImageRow.mtime_ns, ImageRow.content_hash, ImageRow.model,
+                ImageRow.metadata_version, ImageRow.sidecar)
         with self.reader() as session:
             return {r.path: StoredRow(*r) for r in session.execute(select(*cols).where(where))}
 
     @staticmethod
     def embedded_by_hash(session: Session, hashes: set[str], fp: str) -> dict[str, dict]:
-        """For each content hash already embedded by model ``fp``: its vector and image metadata."""
+        """For each content hash already embedded by model ``fp``: its vector and pixel size (the rest of
+        the metadata is read from each file: its sidecar and file time are its own)."""
         found: dict[str, dict] = {}
         hashes_list = list(hashes)
-        cols = (ImageRow.content_hash, ImageRow.vector, ImageRow.width, ImageRow.height, ImageRow.taken_at, ImageRow.exif)
+        cols = (ImageRow.content_hash, ImageRow.vector, ImageRow.width, ImageRow.height)
         for start in range(0, len(hashes_list), 500):
             chunk = hashes_list[start : start + 500]
             stmt = select(*cols).where(
@@ -398,17 +423,8 @@ class Database:
             where.append(or_(*((ImageRow.path >= lo) & (ImageRow.path < hi)
                                for lo, hi in map(path_range, filters.folders))))
         for bound, keep in ((filters.after, True), (filters.before, False)):
-            if bound is None:
-                continue
-            # A naive datetime is local time, as file times are shown; kept within a 64-bit column's range.
-            try:
-                seconds = bound.timestamp()
-            except (ValueError, OverflowError):  # before year 1 in some time zone: earlier than any file
-                seconds = -1e12
-            ns = min(max(int(seconds * 1e9), -(2**63)), 2**63 - 1)
-            taken = ImageRow.taken_at >= bound if keep else ImageRow.taken_at < bound
-            modified = ImageRow.mtime_ns >= ns if keep else ImageRow.mtime_ns < ns
-            where.append(or_(and_(ImageRow.taken_at.is_not(None), taken), and_(ImageRow.taken_at.is_(None), modified)))
+            if bound is not None:
+                where.append(_date_bound(bound, keep))
         if filters.min_width:
             where.append(ImageRow.width >= filters.min_width)
         if filters.min_height:
