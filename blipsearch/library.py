@@ -28,6 +28,7 @@ from .ann.index import VectorIndex
 from .describe import Answerer, AnswerSettings, Captioner, CaptionSettings
 from .describe.batch import Described
 from .describe.service import Describing
+from .export.sidecars import SidecarReport, Sidecars
 from .filters import DEFAULT_MIN_PROBABILITY, NO_FILTERS, Filters
 from .index.distributed import RaySettings
 from .index.indexer import IndexReport
@@ -99,6 +100,7 @@ class Library:
         self._texts = Texts(ws)
         self._describing = Describing(ws)
         self._state = LibraryState(ws)
+        self._sidecars = Sidecars(ws, self._describing.caption_fingerprint)
 
     # -- models ---------------------------------------------------------------------------------
     @property
@@ -332,6 +334,21 @@ class Library:
         return self._describing.describe(hits, caption, question, answers)
 
     keep_answer = staticmethod(Describing.keep_answer)
+
+    # -- sidecars for photo managers ---------------------------------------------------------------
+    def write_sidecars(self, paths: list[str | os.PathLike[str] | bytes] | None = None, *, captions: bool = True,
+                       tags: bool = True, name: str | None = None, dry_run: bool = False, remove: bool = False,
+                       caption_settings: CaptionSettings = CaptionSettings(),
+                       min_probability: float = DEFAULT_MIN_PROBABILITY,
+                       progress: ProgressFactory = no_progress) -> SidecarReport:
+        """Write the stored captions (those of the caption model with ``caption_settings``) and tags
+        of the indexed images at or below ``paths`` (all when None) into their XMP sidecars, keeping
+        whatever else the sidecars hold; ``remove`` takes out what blipsearch wrote instead, and
+        ``dry_run`` only reports. ``name``: "photo.ext.xmp" or "photo.xmp" (None: the sidecar a
+        photo has, else "photo.ext.xmp"). See :mod:`blipsearch.export.sidecars`."""
+        return self._sidecars.write(paths, captions=captions, tags=tags, name=name, dry_run=dry_run, remove=remove,
+                                    caption_settings=caption_settings, min_probability=min_probability,
+                                    progress=progress)
 
     # -- state -----------------------------------------------------------------------------------------
     def count(self, filters: Filters = NO_FILTERS) -> int:
