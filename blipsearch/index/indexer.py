@@ -342,6 +342,7 @@ class Indexer:
                     # one whose content turned bad leaves the index.
                     if job.stored is not None and not job.unreadable:
                         session.execute(delete(ImageRow).where(ImageRow.id == job.stored.id))
+                        metadata.forget_keywords(session, [job.stored.id])
                         faiss_remove.append(job.stored.id)
                     continue
                 data = job.data
@@ -357,6 +358,7 @@ class Indexer:
                         .where(ImageRow.id == row.id)
                         .values(size=job.entry.size, mtime_ns=job.entry.mtime_ns, **_columns(job))
                     )
+                    metadata.keep_keywords(session, row.id, job.meta, new=False)
                     report.unchanged += 1
                     self._clear_failure(session, path)
                     continue
@@ -367,6 +369,7 @@ class Indexer:
                         .where(ImageRow.id == moved_from.id)
                         .values(path=path, size=job.entry.size, mtime_ns=job.entry.mtime_ns, **_columns(job))
                     )
+                    metadata.keep_keywords(session, moved_from.id, job.meta, new=False)
                     report.moved += 1
                     self._clear_failure(session, path)
                     continue
@@ -396,10 +399,12 @@ class Indexer:
                     session.add(image)
                     session.flush()
                     image_id = image.id
+                    metadata.keep_keywords(session, image_id, job.meta, new=True)
                     report.added += 1
                 else:
                     session.execute(ImageRow.__table__.update().where(ImageRow.id == row.id).values(**values))
                     image_id = row.id
+                    metadata.keep_keywords(session, image_id, job.meta, new=False)
                     report.updated += 1
                 faiss_add.append((image_id, pooled_one(vector, self.vectors.dim)))
                 self._clear_failure(session, path)
@@ -478,6 +483,7 @@ class Indexer:
             generation = self.db.bump_generation(session, by=1 if gone else 0)
             for start in range(0, len(gone), 500):
                 session.execute(delete(ImageRow).where(ImageRow.id.in_(gone[start : start + 500])))
+            metadata.forget_keywords(session, gone)
             for start in range(0, len(stale_failures), 500):
                 session.execute(delete(FailureRow).where(FailureRow.path.in_(stale_failures[start : start + 500])))
         with self.vectors_lock:

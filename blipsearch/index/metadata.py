@@ -7,16 +7,17 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
-from sqlalchemy import update
+from sqlalchemy import delete, insert, update
 from sqlalchemy.orm import Session
 
 from ..errors import ImageError
 from ..images.decode import read_file
 from ..metadata import METADATA_VERSION
 from ..metadata.read import PhotoMetadata, read_metadata, sidecar_signature
+from ..metadata.xmp import keyword_terms
 from ..progress import ProgressFactory, no_progress
 from ..store.database import Database, StoredRow
-from ..store.schema import ImageRow
+from ..store.schema import ImageRow, KeywordRow
 from .walk import FileEntry
 
 # Rows written per transaction when only metadata changes.
@@ -46,6 +47,24 @@ def out_of_date(row: StoredRow, sidecar: str | None) -> bool:
 def write(session: Session, image_id: int, meta: PhotoMetadata) -> None:
     """Set the metadata of image ``image_id`` in the caller's transaction."""
     session.execute(update(ImageRow).where(ImageRow.id == image_id).values(**meta.columns()))
+    keep_keywords(session, image_id, meta, new=False)
+
+
+def keep_keywords(session: Session, image_id: int, meta: PhotoMetadata | None, *, new: bool) -> None:
+    """Make the keyword terms of image ``image_id`` those of ``meta`` (``new``: it has none yet)."""
+    if meta is None:
+        return
+    if not new:
+        session.execute(delete(KeywordRow).where(KeywordRow.image_id == image_id))
+    terms = keyword_terms(meta.keywords)
+    if terms:
+        session.execute(insert(KeywordRow), [{"image_id": image_id, "term": t} for t in sorted(terms)])
+
+
+def forget_keywords(session: Session, image_ids: list[int]) -> None:
+    """Delete the keyword terms of images that leave the library."""
+    for start in range(0, len(image_ids), 500):
+        session.execute(delete(KeywordRow).where(KeywordRow.image_id.in_(image_ids[start : start + 500])))
 
 
 def refresh(db: Database, stale: list[tuple[StoredRow, FileEntry]], *, workers: int,

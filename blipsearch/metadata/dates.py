@@ -33,7 +33,7 @@ _EXIF_TAGS = (
     ("DateTimeDigitized", "SubsecTimeDigitized", "OffsetTimeDigitized", "CreateDate"),
 )
 # XMP dates in the order they are preferred (their names as the XMP reader gives them).
-XMP_DATE_FIELDS = ("exif:DateTimeOriginal", "xmp:CreateDate", "photoshop:DateCreated")
+XMP_DATE_FIELDS = ("exif:DateTimeOriginal", "xmp:CreateDate", "photoshop:DateCreated", "xmp:DateCreated")
 FILE_TIME = "file time"
 QUICKTIME = "QuickTime:CreateDate"
 

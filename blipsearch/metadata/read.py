@@ -4,29 +4,17 @@ position. Reading never fails a photo: what can't be read is a warning kept with
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..images.decode import exif_of
-from . import METADATA_VERSION
+from PIL import Image
+
+from ..images.decode import read_exif
+from . import METADATA_VERSION, xmp
 from .dates import CaptureTime, capture_time, media_created
-
-
-def find_sidecar(path: bytes, listing: Mapping[bytes, tuple[int, int]] | None = None) -> tuple[bytes, int, int] | None:
-    root, _ = os.path.splitext(path)
-    for candidate in (path + b".xmp", path + b".XMP", root + b".xmp", root + b".XMP"):
-        if listing is not None:
-            if candidate in listing:
-                return (candidate, *listing[candidate])
-            continue
-        try:
-            st = os.stat(candidate)
-        except OSError:
-            continue
-        return candidate, st.st_size, st.st_mtime_ns
-    return None
 
 
 @dataclass(frozen=True)
@@ -62,20 +50,34 @@ class PhotoMetadata:
         }
 
 
+def read_metadata(path: bytes, data: bytes, exif: dict[str, Any] | None = None,
+                  listing: Mapping[bytes, tuple[int, int]] | None = None) -> PhotoMetadata:
+    """The metadata of the file at ``path`` whose bytes are ``data`` (``exif``: its EXIF subset, when
+    decoding read it already; ``listing``: the sidecars a folder walk saw, {path: (size, mtime_ns)}).
+    The sidecar's XMP wins over the file's own where both say a thing."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if exif is None:
+                exif = read_exif(image)
+            inside = xmp.embedded(data, image)
+    except Exception:  # noqa: BLE001 - a file Pillow can't open may still hold a packet
+        inside = xmp.embedded(data)
+    found = xmp.find_sidecar(path, listing)
+    facts = xmp.merged(inside, xmp.read_sidecar(found[0])) if found is not None else inside
+    return PhotoMetadata(
+        exif=exif, taken=capture_time(exif, facts.dates, media_created(data)), title=facts.title,
+        description=facts.description, keywords=facts.keywords, rating=facts.rating, label=facts.label,
+        sidecar=_signature(found), warnings=facts.warnings,
+    )
+
+
 def sidecar_signature(path: bytes, listing: Mapping[bytes, tuple[int, int]] | None = None) -> str | None:
     """How the sidecar of ``path`` is now ("NAME:SIZE:MTIME_NS"), or None when it has none."""
-    found = find_sidecar(path, listing)
+    return _signature(xmp.find_sidecar(path, listing))
+
+
+def _signature(found: tuple[bytes, int, int] | None) -> str | None:
     if found is None:
         return None
     where, size, mtime_ns = found
     return f"{os.fsdecode(os.path.basename(where))}:{size}:{mtime_ns}"
-
-
-def read_metadata(path: bytes, data: bytes, exif: dict[str, Any] | None = None,
-                  listing: Mapping[bytes, tuple[int, int]] | None = None) -> PhotoMetadata:
-    """The metadata of the file at ``path`` whose bytes are ``data`` (``exif``: its EXIF subset, when
-    decoding read it already; ``listing``: the sidecars a folder walk saw, {path: (size, mtime_ns)})."""
-    if exif is None:
-        exif = exif_of(data)
-    taken = capture_time(exif, (), media_created(data))
-    return PhotoMetadata(exif=exif, taken=taken, sidecar=sidecar_signature(path, listing))
