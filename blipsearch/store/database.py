@@ -31,7 +31,7 @@ from .. import failpoints
 from ..errors import LibraryError, SchemaError
 from ..filters import Filters
 from ..similarity import pooled
-from . import fulltext, revisions
+from . import cascade, fulltext, revisions
 from .migrations import LEGACY_SCHEMA, upgrade
 from .schema import (
     SCHEMA_VERSION,
@@ -155,6 +155,7 @@ class Database:
                     session.flush()
                     revisions.stamp(session.connection(), revisions.HEAD)
                     self.fulltext = fulltext.install(session.connection())
+                    cascade.install(session.connection())
                 elif outdated:
                     self.bump_generation(session, by=0)  # the write lock, then look again
                     conn = session.connection()
