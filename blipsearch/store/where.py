@@ -56,19 +56,20 @@ def _folded_in(session: Session, columns: list[Any], wanted: str) -> ColumnEleme
     return or_(*found) if found else false()
 
 
-def near_box(latitude: float, longitude: float, km: float) -> ColumnElement[bool]:
-    """A latitude and longitude box holding every position within ``km`` (a circle on the sphere):
-    split in two where it crosses the antimeridian, all longitudes where it holds a pole."""
+def near_bounds(latitude: float, longitude: float, km: float) -> tuple[float, float, list[tuple[float, float]]]:
+    """(south, north, longitude ranges) of a box holding every position within ``km`` of this one (a
+    circle on the sphere): two longitude ranges where it crosses the antimeridian, all of them where it
+    holds a pole."""
     angle = km / EARTH_KM  # radians of arc
-    dlat = math.degrees(angle)
-    south, north = latitude - dlat, latitude + dlat
-    lat = ImageRow.latitude.between(max(south, -90.0), min(north, 90.0))
+    dlat = math.degrees(angle) * (1 + 1e-9) + 1e-9  # (a hair wider: the exact distance decides)
+    south, north = max(latitude - dlat, -90.0), min(latitude + dlat, 90.0)
+    everywhere = [(-180.0, 180.0)]
     if south <= -90.0 or north >= 90.0 or angle >= math.pi / 2:
-        return and_(lat, ImageRow.longitude.is_not(None))
+        return south, north, everywhere
     # The widest longitude of the circle: asin(sin(angle) / cos(latitude)).
     spread = math.sin(angle) / math.cos(math.radians(latitude))
     if spread >= 1.0:
-        return and_(lat, ImageRow.longitude.is_not(None))
+        return south, north, everywhere
     dlon = math.degrees(math.asin(spread)) * (1 + 1e-9) + 1e-9
     west, east = longitude - dlon, longitude + dlon
     ranges = [(max(west, -180.0), min(east, 180.0))]
@@ -76,7 +77,14 @@ def near_box(latitude: float, longitude: float, km: float) -> ColumnElement[bool
         ranges.append((west + 360.0, 180.0))
     if east > 180.0:
         ranges.append((-180.0, east - 360.0))
-    return and_(lat, or_(*(ImageRow.longitude.between(lo, hi) for lo, hi in ranges)))
+    return south, north, ranges
+
+
+def near_box(latitude: float, longitude: float, km: float) -> ColumnElement[bool]:
+    """Images whose position lies in :func:`near_bounds`' box."""
+    south, north, ranges = near_bounds(latitude, longitude, km)
+    return and_(ImageRow.latitude.between(south, north),
+                or_(*(ImageRow.longitude.between(lo, hi) for lo, hi in ranges)))
 
 
 def conditions(session: Session, fp: str, filters: Filters) -> list[ColumnElement[bool]]:
