@@ -1,4 +1,5 @@
-"""Filters that narrow a search before ranking: folder, capture date, camera, size, format, tag.
+"""Filters that narrow a search before ranking: folder, capture date, camera, size, format, tag, and
+the metadata photo managers write (keyword, rating, label) and the place a photo was taken.
 
 Tags: ``index --tags`` stores each image's top labels with the ITM match
 probability of each; a label counts as the image's tag when that probability
@@ -11,6 +12,15 @@ part (``camera="canon"``, ``camera="iphone 13"``). Size: at least so many pixels
 wide and high (``min_size="1920x1080"``; a portrait photo must then be 1920 wide
 too). Format: by file name extension, a format's name or one of its extensions
 (``jpeg`` takes .jpg, .jpeg and .jpe; ``heic`` takes .heif too); several are or-ed.
+
+Keywords (XMP ``dc:subject`` and ``lr:hierarchicalSubject``): ``keyword="paris"`` keeps images with
+the keyword Paris or a hierarchical keyword with Paris as a level ("Places|France|Paris"); a whole
+path ("places|france|paris") matches too. Case and accents don't count. Several keywords: an image
+must have all of them. Rating: at least so many stars (0..5); an image without a rating counts as 0
+and a rejected one (-1) as less than any, so ``rating=0`` leaves out only the rejected. Label: the
+colour label, whole ("red" keeps "Red"). Place: a city, region or country name, whole, or a country
+code ("paris", "ile-de-france", "france", "fr"). Near: within ``within_km`` (1 km unless told) of a
+position, by great circle distance.
 
 A filtered search ranks only the matching images, so ``k=10`` returns the ten
 best matching photos, not the matching ones among the ten best of all.
@@ -30,6 +40,7 @@ bound's own wall clock, 15:00, is the best guess).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -38,12 +49,20 @@ from datetime import date, datetime, timezone
 
 from .errors import InputPathError
 from .images.formats import FORMAT_EXTENSIONS, format_extensions
+from .metadata.folding import fold
+from .metadata.places import EARTH_KM, valid_position
 from .text import checked
 
 DEFAULT_MIN_PROBABILITY = 0.5
 # A camera's make and model are a few words; SQLite refuses LIKE patterns over 50,000 bytes.
 MAX_CAMERA = 1000
 MAX_SIZE = 999_999  # pixels, as WxH has at most 6 digits each
+MAX_TERM = 400  # a keyword term as the keywords table holds it
+MAX_RATING = 5
+DEFAULT_WITHIN_KM = 1.0
+MAX_WITHIN_KM = round(EARTH_KM * math.pi, 1)  # half the way round: everywhere
+_NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)"
+_NEAR = re.compile(rf"^\s*({_NUMBER})\s*,\s*({_NUMBER})\s*(?:,\s*({_NUMBER})\s*)?$")
 _DATE = re.compile(r"^(\d{4})(?:-(\d{1,2})(?:-(\d{1,2}))?)?$")
 _SIZE = re.compile(r"^\s*(\d{1,6})\s*[xX×]\s*(\d{1,6})\s*$")
 
@@ -103,6 +122,47 @@ def _not_before(end: datetime, start: datetime) -> bool:
     return end <= start
 
 
+def parse_near(text: str) -> tuple[float, float, float | None]:
+    """``LAT,LON`` or ``LAT,LON,KM`` in decimal degrees (south and west negative) as (lat, lon, km or
+    None)."""
+    match = _NEAR.match(text)
+    if not match:
+        raise InputPathError(f"{text!r} is not a position: use LATITUDE,LONGITUDE in decimal degrees, south and "
+                             "west negative, e.g. 48.8584,2.2945 (optionally ,KM after them).")
+    return float(match[1]), float(match[2]), float(match[3]) if match[3] else None
+
+
+def _position(near: str | tuple[float, float] | None, within_km: float | str | None) -> tuple[
+        tuple[float, float] | None, float]:
+    if near is None or near == "":
+        if within_km not in (None, ""):
+            raise InputPathError("`within` needs `near`: a distance from where?")
+        return None, DEFAULT_WITHIN_KM
+    if isinstance(near, str):
+        lat, lon, km = parse_near(near)
+        if km is not None and within_km not in (None, ""):
+            raise InputPathError("The distance is given twice: in `near` (LAT,LON,KM) and in `within`.")
+        within_km = km if km is not None else within_km
+    else:
+        lat, lon = (float(x) for x in near)
+    if not valid_position(lat, lon) and not (lat == 0.0 and lon == 0.0):
+        raise InputPathError(f"{lat:g},{lon:g} is not a position: latitude lies in -90..90, longitude in -180..180.")
+    try:
+        km = DEFAULT_WITHIN_KM if within_km in (None, "") else float(within_km)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise InputPathError(f"{within_km!r} is not a distance: give kilometres, e.g. 2.5.") from None
+    if not 0.0 < km <= MAX_WITHIN_KM:
+        raise InputPathError(f"A distance must lie above 0 and at most {MAX_WITHIN_KM:,} km, not {km:g}.")
+    return (lat, lon), km
+
+
+def _folded(text: str | None, what: str, limit: int = MAX_TERM) -> str | None:
+    value = fold(_filter_text(text, what))
+    if len(value) > limit:
+        raise InputPathError(f"{what} is {len(value):,} characters long: at most {limit:,} are stored.")
+    return value or None
+
+
 def _as_datetime(value: str | date | datetime | None) -> datetime | None:
     if value is None or value == "":
         return None
@@ -135,6 +195,12 @@ class Filters:
     min_width: int = 0
     min_height: int = 0
     extensions: tuple[str, ...] = ()  # lower case, with the dot
+    keywords: tuple[str, ...] = ()  # folded (blipsearch.metadata.folding); all must match
+    rating: int | None = None  # at least so many stars
+    label: str | None = None  # folded
+    place: str | None = None  # folded
+    near: tuple[float, float] | None = None  # latitude, longitude
+    within_km: float = DEFAULT_WITHIN_KM
 
     @classmethod
     def make(
@@ -147,6 +213,12 @@ class Filters:
         camera: str | None = None,
         min_size: str | tuple[int, int] | None = None,
         formats: Sequence[str] = (),
+        keyword: str | Sequence[str] | None = None,
+        rating: int | str | None = None,
+        label: str | None = None,
+        place: str | None = None,
+        near: str | tuple[float, float] | None = None,
+        within_km: float | str | None = None,
     ) -> Filters:
         """Filters from what a user typed: folders expanded (``~``) and made absolute, dates parsed."""
         roots = []
@@ -174,12 +246,25 @@ class Filters:
         if camera is not None and len(camera) > MAX_CAMERA:
             raise InputPathError(f"The camera is {len(camera):,} characters long: a camera's make and model "
                                  f"are at most {MAX_CAMERA:,}.")
+        words = [keyword] if isinstance(keyword, str) else list(keyword or ())
+        keywords = tuple(dict.fromkeys(k for k in (_folded(w, "The keyword") for w in words) if k))
+        stars: int | None = None
+        if rating is not None and rating != "":
+            try:
+                stars = int(rating)
+            except (TypeError, ValueError):
+                raise InputPathError(f"{rating!r} is not a rating: give a whole number of stars, 0 to 5.") from None
+            if not 0 <= stars <= MAX_RATING:
+                raise InputPathError(f"A rating is 0 to {MAX_RATING} stars, not {stars}.")
+        position, km = _position(near, within_km)
         return cls(tuple(dict.fromkeys(roots)), start, end, _filter_text(tag, "The tag") or None,
-                   probability, camera, width, height, parse_formats(formats))
+                   probability, camera, width, height, parse_formats(formats), keywords, stars,
+                   _folded(label, "The label"), _folded(place, "The place"), position, km)
 
     def __bool__(self) -> bool:
         return bool(self.folders or self.after or self.before or self.tag or self.camera or self.min_width
-                    or self.min_height or self.extensions)
+                    or self.min_height or self.extensions or self.keywords or self.rating is not None
+                    or self.label or self.place or self.near)
 
     def to_dict(self) -> dict[str, object]:
         out: dict[str, object] = {}
@@ -198,6 +283,17 @@ class Filters:
             out["min_size"] = f"{self.min_width}x{self.min_height}"
         if self.extensions:
             out["extensions"] = list(self.extensions)
+        if self.keywords:
+            out["keywords"] = list(self.keywords)
+        if self.rating is not None:
+            out["rating"] = self.rating
+        if self.label:
+            out["label"] = self.label
+        if self.place:
+            out["place"] = self.place
+        if self.near:
+            out["near"] = list(self.near)
+            out["within_km"] = self.within_km
         return out
 
 

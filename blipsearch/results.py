@@ -4,7 +4,7 @@ kinds of image a query can be."""
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Union
 
@@ -120,9 +120,16 @@ class Explanation:
         return overlay(photo, self.heat)
 
 
+def _offset(minutes: int) -> str:
+    sign = "+" if minutes >= 0 else "\u2212"  # a minus sign, as a time zone is written
+    return f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+
+
 @dataclass(frozen=True)
 class ImageInfo:
-    """What the library knows of one indexed image."""
+    """What the library knows of one indexed image: its file, its capture time and where that came
+    from, the metadata its photo manager wrote (title, description, keywords, rating, colour label)
+    and where it was taken (GPS position and place)."""
 
     id: int
     path: str
@@ -136,9 +143,40 @@ class ImageInfo:
     content_hash: str
     indexed_at: datetime
     tags: list[dict[str, Any]]
+    taken_offset: int | None = None  # minutes from UTC, when the photo says
+    taken_source: str | None = None  # the field the capture time came from ("DateTimeOriginal")
+    title: str | None = None
+    description: str | None = None
+    keywords: list[str] = field(default_factory=list)  # as written, hierarchies joined by "|"
+    rating: int | None = None  # -1 (rejected) .. 5 stars
+    label: str | None = None
+    latitude: float | None = None
+    longitude: float | None = None
+    place: dict[str, str | None] | None = None  # city, region, country, country_code
+
+    @property
+    def taken(self) -> str:
+        """When the photo was taken, and from what: "taken 2021-04-11 15:47:53 −05:00 (DateTimeOriginal)",
+        or its file's modification time when the photo doesn't say."""
+        if self.taken_at is None:
+            return f"file time {self.modified:%Y-%m-%d %H:%M:%S}"
+        zone = f" {_offset(self.taken_offset)}" if self.taken_offset is not None else ""
+        source = f" ({self.taken_source})" if self.taken_source else ""
+        return f"taken {self.taken_at:%Y-%m-%d %H:%M:%S}{zone}{source}"
+
+    @property
+    def place_name(self) -> str | None:
+        """"Paris, Île-de-France, France" (a region named as its city said once)."""
+        if not self.place:
+            return None
+        city, region, country = (self.place.get(k) for k in ("city", "region", "country"))
+        return ", ".join(p for p in (city, None if region == city else region, country) if p) or None
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         for key in ("taken_at", "modified", "indexed_at"):
             out[key] = out[key].isoformat() if out[key] is not None else None
+        out["taken"] = self.taken
+        if self.place:
+            out["place"] = {**self.place, "name": self.place_name}
         return out

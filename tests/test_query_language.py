@@ -113,7 +113,8 @@ def test_plain_takes_the_whole_input_as_the_search_text(query: str) -> None:
 ERRORS = [
     # (query, 1-based position, token, part of the reason)
     ("beach colour:red", 7, "colour:red", ("colour is not a search key; keys are after, all, before, camera, "
-                                           "format, in, like, min, size, sort, tag, unlike (to search for "
+                                           "format, in, keyword, label, like, min, near, place, rating, size, "
+                                           "sort, tag, unlike (to search for "
                                            'the words as typed: --plain, or "Words as typed" on the page).')),
     ("東京 colour:red", 4, "colour:red", "colour is not a search key"),
     ("dogs beach: sand", 6, "beach:", "beach is not a search key"),
@@ -159,7 +160,8 @@ def test_the_example_error_reads_in_full() -> None:
         parse_query("beach sunset colour:red")
     assert str(caught.value) == (
         'At character 14, "colour:red": colour is not a search key; keys are after, all, before, camera, format, '
-        "in, like, min, size, sort, tag, unlike (to search for the words as typed: --plain, or "
+        "in, keyword, label, like, min, near, place, rating, size, sort, tag, unlike (to search for the words as "
+        "typed: --plain, or "
         '"Words as typed" on the page).')
 
 
@@ -193,12 +195,13 @@ def test_to_dict_is_json_and_echoes_every_field() -> None:
         "text": "cat", "terms": [{"text": "dog", "weight": -1.0}, {"text": "a toy", "weight": 2.0},
                                  {"image": 5, "weight": 1.0}],
         "folders": ["/p"], "after": "2024", "before": None, "tag": "t", "camera": "c", "min_size": "10x20",
-        "formats": ["png"], "min_match": 0.25, "sort": "-date", "all": True}
+        "formats": ["png"], "keywords": [], "rating": None, "label": None, "place": None, "near": None,
+        "min_match": 0.25, "sort": "-date", "all": True}
 
 
 def test_help_names_every_key() -> None:
-    assert sorted(SEARCH_KEYS) == ["after", "all", "before", "camera", "format", "in", "like", "min", "size",
-                                   "sort", "tag", "unlike"]
+    assert sorted(SEARCH_KEYS) == ["after", "all", "before", "camera", "format", "in", "keyword", "label", "like",
+                                   "min", "near", "place", "rating", "size", "sort", "tag", "unlike"]
     text = help_text()
     for key, line in SEARCH_KEYS.items():
         assert line.startswith(f"{key}:") and "\n" not in line

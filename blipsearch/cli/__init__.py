@@ -52,7 +52,7 @@ def main() -> None:
 for command in (indexing.index, indexing.watch, search.search, describe.caption, describe.ask, search.similar,
                 search.duplicates, texts.texts, search.lookup, texts.tag, manage.demo_photos, manage.convert,
                 manage.status, manage.upgrade, manage.failures, serve.serve, describe.explain, manage.eval_command,
-                xmp.xmp):
+                xmp.xmp, manage.image):
     main.add_command(command)
 del command
 

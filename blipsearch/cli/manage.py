@@ -1,4 +1,4 @@
-"""The library and its models: ``status``, ``upgrade``, ``failures``, ``convert``, ``demo-photos``
+"""The library and its models: ``status``, ``upgrade``, ``image``, ``failures``, ``convert``, ``demo-photos``
 and ``eval``."""
 
 from __future__ import annotations
@@ -72,6 +72,45 @@ def upgrade(lib: Library, as_json: bool) -> None:
         _json_line(info)
     else:
         click.echo(f"{lib.db.display_url} is at schema {SCHEMA_VERSION} (revision {revision}).")
+
+
+@click.command()
+@click.argument("image_id", metavar="ID", type=PositiveInt(1, 2**63 - 1))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object (EXIF and tags included).")
+@with_existing_library
+def image(lib: Library, image_id: int, as_json: bool) -> None:
+    """Show what the library knows of the indexed image ID (search results give
+    ids): its file, when it was taken and from what, its title, description,
+    keywords, rating and colour label, and where it was taken.
+
+    \b
+    Examples:
+      blipsearch image 1042
+      blipsearch image 1042 --json"""
+    info = lib.image(image_id).to_dict()
+    if as_json:
+        _json_line(info)
+        return
+    for key, value in image_lines(info):
+        click.echo(f"{key + ':':<13} {value}")
+
+
+def image_lines(info: dict) -> list[tuple[str, str]]:  # type: ignore[type-arg]
+    """(name, text) of each thing known of an image, from its ``to_dict()``; the unknown left out."""
+    rating = info.get("rating")
+    stars = None if rating is None else "rejected" if rating < 0 else f"{'*' * rating}{'-' * (5 - rating)} ({rating})"
+    place = info.get("place") or {}
+    latitude, longitude = info.get("latitude"), info.get("longitude")
+    camera_size = f"{info['width']} x {info['height']}" if info.get("width") else None
+    rows = [
+        ("id", info["id"]), ("path", _display(info["path"])), ("date", info["taken"]), ("title", info.get("title")),
+        ("description", info.get("description")), ("keywords", ", ".join(info.get("keywords") or []) or None),
+        ("rating", stars), ("label", info.get("label")), ("place", place.get("name")),
+        ("position", None if latitude is None or longitude is None else f"{latitude:.6f}, {longitude:.6f}"),
+        ("camera", info.get("camera")), ("pixels", camera_size), ("bytes", f"{info['size']:,}"),
+        ("tags", ", ".join(t["label"] for t in info.get("tags") or [] if t.get("kept")) or None),
+    ]
+    return [(key, str(value)) for key, value in rows if value is not None]
 
 
 @click.command()

@@ -271,11 +271,14 @@ def _filter_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(func)
     def wrapper(*args: Any, folders: tuple[bytes, ...], after: str | None, before: str | None, camera: str | None,
-                min_size: str | None, formats: tuple[str, ...], min_probability: float, **kwargs: Any) -> Any:
+                min_size: str | None, formats: tuple[str, ...], min_probability: float, keywords: tuple[str, ...],
+                rating: int | None, label: str | None, place: str | None, near: str | None, within: float | None,
+                **kwargs: Any) -> Any:
         try:
             filters = Filters.make(folders=list(folders), after=after, before=before, tag=kwargs.get("tag"),
                                    min_probability=min_probability, camera=camera, min_size=min_size,
-                                   formats=[f for value in formats for f in value.split(",")])
+                                   formats=[f for value in formats for f in value.split(",")], keyword=keywords,
+                                   rating=rating, label=label, place=place, near=near, within_km=within)
         except BlipsearchError as exc:
             raise click.UsageError(str(exc)) from None
         return func(*args, filters=filters, **kwargs)
@@ -293,6 +296,21 @@ def _filter_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--format", "formats", multiple=True, metavar="NAME",
                      help="Only images of this format, by file extension: jpeg, png, heic, webp, ... "
                           "(repeatable, or comma-separated)."),
+        click.option("--keyword", "keywords", multiple=True, type=TEXT, metavar="WORD",
+                     help="Only images with this keyword, or a level of a hierarchical one (Places|France|Paris), "
+                          "any case and accents (repeatable: all of them)."),
+        click.option("--rating", type=PositiveInt(0, 5), metavar="N",
+                     help="Only images rated at least N stars, 0 to 5 (unrated counts as 0; 0 leaves out the "
+                          "rejected)."),
+        click.option("--label", type=TEXT, metavar="TEXT", help="Only images with this colour label, any case: red."),
+        click.option("--place", type=TEXT, metavar="NAME",
+                     help="Only images taken in this city, region or country (their GPS position's place), or "
+                          "country code; any case and accents: paris, 'ile-de-france', france, fr."),
+        click.option("--near", metavar="LAT,LON",
+                     help="Only images taken near this position, in decimal degrees (south and west negative): "
+                          "48.8584,2.2945."),
+        click.option("--within", type=Amount(0, strict=True, maximum=20015.1), metavar="KM",
+                     help="With --near: how near, in kilometres  [default: 1]."),
         click.option("--min-probability", type=Amount(0), default=DEFAULT_MIN_PROBABILITY, show_default=True,
                      help="With --tag: a stored label counts as an image's tag when ITM's match probability "
                           "for it is at least this."),

@@ -6,8 +6,8 @@
   phrase: its words join the search text, or it is one value (``camera:"iphone 13"``).
 * ``-word`` / ``-"a phrase"`` is a negative text term (``--not``), ``+word`` a positive one (``--and``);
   ``2*sunset``, ``+2*sunset`` and ``-0.5*people`` weigh one (:func:`~.query.weighted`'s reading).
-* ``KEY:VALUE`` narrows or steers the search; :data:`SEARCH_KEYS` lists the keys. ``in:`` and ``format:``
-  may repeat (``format:jpeg,png`` too), ``like:``/``unlike:`` too (an image's id or a file, as
+* ``KEY:VALUE`` narrows or steers the search; :data:`SEARCH_KEYS` lists the keys. ``in:``, ``keyword:`` and
+  ``format:`` may repeat (``format:jpeg,png`` too), ``like:``/``unlike:`` too (an image's id or a file, as
   :func:`~.query.image_term` reads it, ``like:2*1042`` weighted); any other key is given at most once.
   Keys are case-insensitive, values keep their case (``sort:`` and ``all:`` values are read in any case).
 
@@ -46,8 +46,14 @@ SEARCH_KEYS: dict[str, str] = {
     "camera": 'camera:TEXT  the EXIF camera (make and model) contains TEXT, any case: canon, "iphone 13"',
     "format": "format:NAME  of this format: jpeg, png, heic, webp, ... (repeatable, or comma-separated)",
     "in": "in:FOLDER  below this folder, ~ for home (repeatable)",
+    "keyword": 'keyword:WORD  has this keyword or level of one, any case and accents: paris, "new york" '
+               "(repeatable: all of them)",
+    "label": "label:TEXT  has this colour label, any case: red",
     "like": "like:IMAGE  also look like this image: an indexed image's id or a file (like:2*ID weighs it)",
+    "near": "near:LAT,LON  taken within 1 km of this position, in decimal degrees (near:LAT,LON,KM within KM)",
     "min": "min:P  with all: the least match probability, 0 to 1 (e.g. min:0.7)",
+    "place": 'place:NAME  taken in this city, region or country, or country code: paris, "ile-de-france", fr',
+    "rating": "rating:N  rated at least N stars, 0 to 5 (rating:0 leaves out only the rejected)",
     "size": "size:WxH  at least W pixels wide and H high: size:1920x1080",
     "sort": "sort:ORDER  with all: score (best first), date (oldest first) or -date (newest first)",
     "tag": "tag:LABEL  tagged with LABEL (index --tags)",
@@ -55,7 +61,7 @@ SEARCH_KEYS: dict[str, str] = {
 }
 SORTS = ("score", "date", "-date")  # as the searcher's match sets sort
 _YES_NO = {"yes": True, "true": True, "1": True, "no": False, "false": False, "0": False}
-_REPEATABLE = {"in", "format", "like", "unlike"}
+_REPEATABLE = {"in", "format", "like", "unlike", "keyword"}
 _KEY = re.compile(r"([A-Za-z]+):(?!//)")
 _SHOWN = 60  # characters of a token an error message shows
 
@@ -73,22 +79,33 @@ class ParsedQuery:
     camera: str | None = None
     min_size: str | None = None  # "WxH", validated
     formats: tuple[str, ...] = ()
+    keywords: tuple[str, ...] = ()  # as typed
+    rating: int | None = None
+    label: str | None = None
+    place: str | None = None
+    near: str | None = None  # "LAT,LON" or "LAT,LON,KM", validated
     min_match: float | None = None
     sort: str | None = None  # "score" | "date" | "-date"
     all: bool | None = None
 
     def filters(self) -> Filters:
         return Filters.make(folders=self.folders, after=self.after, before=self.before, tag=self.tag,
-                            camera=self.camera, min_size=self.min_size, formats=self.formats)
+                            camera=self.camera, min_size=self.min_size, formats=self.formats,
+                            keyword=self.keywords, rating=self.rating, label=self.label, place=self.place,
+                            near=self.near)
 
     def narrow(self, filters: Filters) -> Filters:
         """``filters`` (a command's options, a request's parameters) with the keys' added: the keys'
-        folders besides the given ones, each other key in place of the given value."""
+        folders and keywords besides the given ones, each other key in place of the given value."""
         made, empty = self.filters(), Filters()
         given = {f.name: getattr(made, f.name) for f in fields(Filters) if f.name != "min_probability"
                  and getattr(made, f.name) != getattr(empty, f.name)}
         if "folders" in given:
             given["folders"] = tuple(dict.fromkeys(filters.folders + given["folders"]))
+        if "keywords" in given:
+            given["keywords"] = tuple(dict.fromkeys(filters.keywords + given["keywords"]))
+        if "near" in given and "within_km" not in given and self.near and self.near.count(",") == 1:
+            given["within_km"] = made.within_km  # near:LAT,LON is 1 km, whatever --within said
         return replace(filters, **given)
 
     @property
@@ -100,7 +117,9 @@ class ParsedQuery:
         """JSON-able, every field present: for the HTTP API to echo what it understood."""
         return {"text": self.text, "terms": [_term_dict(t) for t in self.terms], "folders": list(self.folders),
                 "after": self.after, "before": self.before, "tag": self.tag, "camera": self.camera,
-                "min_size": self.min_size, "formats": list(self.formats), "min_match": self.min_match,
+                "min_size": self.min_size, "formats": list(self.formats), "keywords": list(self.keywords),
+                "rating": self.rating, "label": self.label, "place": self.place, "near": self.near,
+                "min_match": self.min_match,
                 "sort": self.sort, "all": self.all}
 
 
@@ -165,7 +184,7 @@ def parse_query(text: str, *, plain: bool = False) -> ParsedQuery:
         return ParsedQuery(text=text, terms=())
     words: list[str] = []
     terms: list[Term] = []
-    found: dict[str, Any] = {"folders": [], "formats": []}
+    found: dict[str, Any] = {"folders": [], "formats": [], "keywords": []}
     given: dict[str, int] = {}  # a key -> where it was first given
     for token in _tokens(text):
         head, value = token.head, token.value
@@ -194,7 +213,7 @@ def parse_query(text: str, *, plain: bool = False) -> ParsedQuery:
         except InputPathError as exc:
             raise _error(token.start, token.raw, _because(exc)) from None
     return ParsedQuery(text=" ".join(words), terms=tuple(terms), folders=tuple(found.pop("folders")),
-                       formats=tuple(found.pop("formats")), **found)
+                       formats=tuple(found.pop("formats")), keywords=tuple(found.pop("keywords")), **found)
 
 
 def _read_key(key: str, value: str, found: dict[str, Any], terms: list[Term]) -> None:
@@ -220,9 +239,17 @@ def _read_key(key: str, value: str, found: dict[str, Any], terms: list[Term]) ->
     elif key == "size":
         made = Filters.make(min_size=value)
         found["min_size"] = f"{made.min_width}x{made.min_height}"
-    elif key in ("tag", "camera"):
+    elif key in ("tag", "camera", "label", "place"):
         Filters.make(**{key: value})
         found[key] = value
+    elif key == "keyword":
+        Filters.make(keyword=value)
+        found["keywords"].append(value)
+    elif key == "rating":
+        found["rating"] = Filters.make(rating=value.strip()).rating
+    elif key == "near":
+        Filters.make(near=value)
+        found["near"] = value.strip()
     elif key == "min":
         try:
             probability = float(value)
@@ -259,5 +286,7 @@ def help_text() -> str:
         "Examples:\n"
         "  beach sunset -people camera:canon after:2024-06 before:2024-09\n"
         '  "a red car" in:~/Pictures/Trips format:heic size:1920x1080 camera:"iphone 13"\n'
-        "  a dog on the beach all:yes min:0.7 sort:-date like:1042 unlike:~/blurry.jpg"
+        "  a dog on the beach all:yes min:0.7 sort:-date like:1042 unlike:~/blurry.jpg\n"
+        '  sunset place:lisbon keyword:family rating:4 label:red near:38.69,-9.21,2'
+
     )

@@ -15,7 +15,6 @@ import numpy.typing as npt
 from sqlalchemy import (
     URL,
     Engine,
-    and_,
     create_engine,
     event,
     func,
@@ -30,9 +29,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from .. import failpoints
 from ..errors import LibraryError, SchemaError
-from ..filters import Filters, instant
+from ..filters import Filters
 from ..similarity import pooled
-from . import fulltext, revisions
+from . import cascade, fulltext, revisions
 from .migrations import LEGACY_SCHEMA, upgrade
 from .schema import (
     SCHEMA_VERSION,
@@ -44,6 +43,7 @@ from .schema import (
     TagRow,
     TextRow,
 )
+from .where import filtered_ids, kept_tags, path_range
 
 VECTOR_DTYPE = np.float32
 # The PostgreSQL advisory lock an index run holds (any 64-bit number; this one spells "blipsrch").
@@ -95,44 +95,12 @@ class StoredRow:
     sidecar: str | None = None  # the sidecar read then (see blipsearch.metadata.read)
 
 
-def _date_bound(bound: datetime, after: bool):  # type: ignore[no-untyped-def]
-    """Images taken at or after ``bound`` (``after``), or before it, as :mod:`blipsearch.filters` says."""
-    def side(column, value):  # type: ignore[no-untyped-def]
-        return column >= value if after else column < value
-
-    # File times are instants: a naive bound is local time here; kept within a 64-bit column's range.
-    try:
-        seconds = bound.timestamp()
-    except (ValueError, OverflowError):  # before year 1 in some time zone: earlier than any file
-        seconds = -1e12
-    ns = min(max(int(seconds * 1e9), -(2**63)), 2**63 - 1)
-    by_file_time = and_(ImageRow.taken_at.is_(None), side(ImageRow.mtime_ns, ns))
-    wall = bound.replace(tzinfo=None)
-    utc = instant(bound)
-    if utc is None:  # a wall-clock bound: every capture time's wall clock
-        return or_(and_(ImageRow.taken_at.is_not(None), side(ImageRow.taken_at, wall)), by_file_time)
-    return or_(and_(ImageRow.taken_utc.is_not(None), side(ImageRow.taken_utc, utc)),
-               and_(ImageRow.taken_utc.is_(None), ImageRow.taken_at.is_not(None), side(ImageRow.taken_at, wall)),
-               by_file_time)
-
-
-def _kept(min_probability: float):  # type: ignore[no-untyped-def]
-    """Stored labels that count as tags (see :mod:`blipsearch.filters`)."""
-    return or_(TagRow.probability.is_(None), TagRow.probability >= min_probability)
-
-
 class ImageRef(NamedTuple):
     id: int
     path: bytes
     content_hash: str
     size: int
     mtime_ns: int
-
-
-def path_range(root: bytes) -> tuple[bytes, bytes]:
-    """Byte bounds [lo, hi) of every path strictly inside directory ``root``."""
-    prefix = root.rstrip(b"/") + b"/"
-    return prefix, prefix[:-1] + b"0"  # "0" is the byte after "/"
 
 
 class Database:
@@ -189,6 +157,7 @@ class Database:
                     session.flush()
                     revisions.stamp(session.connection(), revisions.HEAD)
                     self.fulltext = fulltext.install(session.connection())
+                    cascade.install(session.connection())
                 elif outdated:
                     self.bump_generation(session, by=0)  # the write lock, then look again
                     conn = session.connection()
@@ -417,40 +386,15 @@ class Database:
         return np.asarray(ids, np.int64)
 
     def filtered_ids(self, fp: str, filters: Filters) -> npt.NDArray[np.int64]:
-        """Ids of the searchable images of model ``fp`` that pass ``filters``."""
-        where = [ImageRow.model == fp, ImageRow.vector.is_not(None)]
-        if filters.folders:
-            where.append(or_(*((ImageRow.path >= lo) & (ImageRow.path < hi)
-                               for lo, hi in map(path_range, filters.folders))))
-        for bound, keep in ((filters.after, True), (filters.before, False)):
-            if bound is not None:
-                where.append(_date_bound(bound, keep))
-        if filters.min_width:
-            where.append(ImageRow.width >= filters.min_width)
-        if filters.min_height:
-            where.append(ImageRow.height >= filters.min_height)
-        if filters.camera:
-            make, model = (func.coalesce(ImageRow.exif[k].as_string(), "") for k in ("Make", "Model"))
-            where.append(func.lower(make + " " + model).contains(filters.camera, autoescape=True))
-        stmt = select(ImageRow.id, ImageRow.path) if filters.extensions else select(ImageRow.id)
-        stmt = stmt.where(*where)
-        if filters.tag:
-            stmt = stmt.where(ImageRow.content_hash.in_(
-                select(TagRow.content_hash).where(func.lower(TagRow.label) == filters.tag.lower(), TagRow.model == fp,
-                                                  _kept(filters.min_probability))))
+        """Ids of the searchable images of model ``fp`` that pass ``filters`` (see :mod:`.where`)."""
         with self.reader() as session:
-            if not filters.extensions:
-                return np.asarray(session.scalars(stmt.order_by(ImageRow.id)).all(), np.int64)
-            # By extension, in Python: SQL's LIKE on bytes differs between databases (and in case).
-            wanted = tuple(os.fsencode(e) for e in filters.extensions)
-            return np.asarray([i for i, path in session.execute(stmt.order_by(ImageRow.id))
-                               if bytes(path).lower().endswith(wanted)], np.int64)
+            return filtered_ids(session, fp, filters)
 
     def labels(self, fp: str, min_probability: float) -> list[tuple[str, int]]:
         """(tag label, number of images it is a tag of) of model ``fp``, most used first."""
         with self.reader() as session:
             stmt = (select(TagRow.label, func.count(func.distinct(TagRow.content_hash)).label("n"))
-                    .where(TagRow.model == fp, _kept(min_probability)).group_by(TagRow.label)
+                    .where(TagRow.model == fp, kept_tags(min_probability)).group_by(TagRow.label)
                     .order_by(text("n DESC"), TagRow.label))
             return [(label, int(n)) for label, n in session.execute(stmt)]
 
@@ -587,8 +531,8 @@ class Database:
 __all__ = [
     "Database",
     "ImageRef",
-    "StoredRow",
     "SQLAlchemyError",
+    "StoredRow",
     "bytes_to_query_vectors",
     "bytes_to_vectors",
     "path_range",

@@ -1,9 +1,9 @@
-"""Full-text search over captions, file and folder names.
+"""Full-text search over captions, the XMP title, description and keywords, file and folder names.
 
 SQLite uses an FTS5 table ranked by BM25; PostgreSQL uses its own full-text search (a ``tsvector``
 column with a GIN index, ranked by ``ts_rank_cd``). The text index is derived data kept in step with
 the tables in the same commits, never rebuilt whole: triggers on ``images`` and ``captions`` queue the
-ids of the images whose path, content or captions changed (``text_pending``), and every write
+ids of the images whose path, content, captions, title, description or keywords changed (``text_pending``), and every write
 transaction rewrites those images' text rows before it commits (:func:`apply_pending`). A search only
 reads, so a read-only library is searched as it is.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 
-from sqlalchemy import Connection, column, delete, select, table, text
+from sqlalchemy import Connection, column, delete, inspect, select, table, text
 from sqlalchemy.orm import Session
 
 from ..errors import LibraryError
@@ -37,8 +37,8 @@ TEXT_LOCK_KEY = 0x626C69707374_7874
 _SQLITE_TRIGGERS = (
     "CREATE TRIGGER IF NOT EXISTS text_pending_image_added AFTER INSERT ON images "
     "BEGIN INSERT INTO text_pending (image_id) VALUES (NEW.id); END",
-    "CREATE TRIGGER IF NOT EXISTS text_pending_image_changed AFTER UPDATE OF path, content_hash ON images "
-    "WHEN OLD.path IS NOT NEW.path OR OLD.content_hash IS NOT NEW.content_hash "
+    "CREATE TRIGGER IF NOT EXISTS text_pending_image_changed AFTER UPDATE OF {columns} ON images "
+    "WHEN {changed} "
     "BEGIN INSERT INTO text_pending (image_id) VALUES (NEW.id); END",
     "CREATE TRIGGER IF NOT EXISTS text_pending_image_gone AFTER DELETE ON images "
     "BEGIN INSERT INTO text_pending (image_id) VALUES (OLD.id); END",
@@ -55,8 +55,7 @@ _POSTGRES_TRIGGERS = (
     BEGIN
       IF TG_OP = 'DELETE' THEN
         INSERT INTO text_pending (image_id) VALUES (OLD.id);
-      ELSIF TG_OP = 'INSERT' OR OLD.path IS DISTINCT FROM NEW.path
-            OR OLD.content_hash IS DISTINCT FROM NEW.content_hash THEN
+      ELSIF TG_OP = 'INSERT' OR {changed} THEN
         INSERT INTO text_pending (image_id) VALUES (NEW.id);
       END IF;
       RETURN NULL;
@@ -71,11 +70,27 @@ _POSTGRES_TRIGGERS = (
       END IF;
       RETURN NULL;
     END $$ LANGUAGE plpgsql""",
-    "CREATE OR REPLACE TRIGGER text_pending_image AFTER INSERT OR UPDATE OF path, content_hash OR DELETE "
+    "CREATE OR REPLACE TRIGGER text_pending_image AFTER INSERT OR UPDATE OF {columns} OR DELETE "
     "ON images FOR EACH ROW EXECUTE FUNCTION blipsearch_text_pending_image()",
     "CREATE OR REPLACE TRIGGER text_pending_caption AFTER INSERT OR UPDATE OF caption, content_hash OR DELETE "
     "ON captions FOR EACH ROW EXECUTE FUNCTION blipsearch_text_pending_caption()",
 )
+
+
+# The columns of ``images`` whose change rewrites its text row: path and content (name, folders,
+# captions), and since schema 8 the XMP title, description and keywords.
+_TEXT_COLUMNS = ("path", "content_hash")
+_METADATA_COLUMNS = ("title", "description", "keywords")
+
+
+def _triggers(dialect: str, columns: tuple[str, ...]) -> list[str]:
+    if dialect == "sqlite":
+        changed = " OR ".join(f"OLD.{c} IS NOT NEW.{c}" for c in columns)
+        return [t.replace("{columns}", ", ".join(columns)).replace("{changed}", changed) for t in _SQLITE_TRIGGERS]
+    # (json has no equality: keywords are compared as text)
+    changed = " OR ".join(f"OLD.{c}::text IS DISTINCT FROM NEW.{c}::text" if c == "keywords"
+                          else f"OLD.{c} IS DISTINCT FROM NEW.{c}" for c in columns)
+    return [t.replace("{columns}", ", ".join(columns)).replace("{changed}", changed) for t in _POSTGRES_TRIGGERS]
 
 
 def query_words(query: str) -> list[str]:
@@ -121,15 +136,17 @@ def install(conn: Connection, *, rebuild: bool = False) -> bool:
             "CREATE VIRTUAL TABLE IF NOT EXISTS text_index USING "
             "fts5(caption, name, folders, tokenize='unicode61 remove_diacritics 2')"
         ))
-        triggers = _SQLITE_TRIGGERS
+        # (a trigger of an older schema is replaced: CREATE TRIGGER IF NOT EXISTS would keep it)
+        conn.execute(text("DROP TRIGGER IF EXISTS text_pending_image_changed"))
     else:
         conn.execute(text(
             "CREATE TABLE IF NOT EXISTS text_index (id BIGINT PRIMARY KEY, body TEXT NOT NULL, "
             "doc tsvector GENERATED ALWAYS AS (to_tsvector('simple', body)) STORED)"
         ))
         conn.execute(text("CREATE INDEX IF NOT EXISTS ix_text_index_doc ON text_index USING GIN (doc)"))
-        triggers = _POSTGRES_TRIGGERS
-    for statement in triggers:
+    have = {c["name"] for c in inspect(conn).get_columns("images")}
+    columns = _TEXT_COLUMNS + tuple(c for c in _METADATA_COLUMNS if c in have)  # (revision 0002 runs before 0003)
+    for statement in _triggers(dialect, columns):
         conn.execute(text(statement))
     if rebuild:
         conn.execute(text("DELETE FROM text_pending"))
@@ -168,26 +185,36 @@ _TEXT_INDEX = {"sqlite": table("text_index", column("rowid")), "postgresql": tab
 def _rewrite(session: Session, dialect: str, ids: list[int]) -> None:
     text_index = _TEXT_INDEX[dialect]
     session.execute(delete(text_index).where(list(text_index.c)[0].in_(ids)))
-    images = session.execute(select(ImageRow.id, ImageRow.path, ImageRow.content_hash)
-                             .where(ImageRow.id.in_(ids))).all()
+    images = session.execute(select(ImageRow.id, ImageRow.path, ImageRow.content_hash, ImageRow.title,
+                                    ImageRow.description, ImageRow.keywords).where(ImageRow.id.in_(ids))).all()
     if not images:
         return
     captions: dict[str, list[str]] = {}
-    for hashes in _chunks(sorted({h for _, _, h in images})):
+    for hashes in _chunks(sorted({row.content_hash for row in images})):
         for content_hash, caption in session.execute(
             select(CaptionRow.content_hash, CaptionRow.caption).where(CaptionRow.content_hash.in_(hashes))
             .order_by(CaptionRow.created_at, CaptionRow.model, CaptionRow.prompt)
         ):
             captions.setdefault(content_hash, []).append(caption)
     rows = []
-    for image_id, path, content_hash in images:
+    for image_id, path, content_hash, title, description, keywords in images:
         name, folders = _path_words(bytes(path))
-        caption = " ".join(dict.fromkeys(captions.get(content_hash, [])))
+        caption = " ".join(dict.fromkeys([*captions.get(content_hash, []), *_metadata_words(title, description,
+                                                                                            keywords)]))
         if dialect == "sqlite":
             rows.append({"id": image_id, "caption": caption, "name": name, "folders": folders})
         else:
             rows.append({"id": image_id, "body": f"{caption} {name} {folders}"})
     session.execute(_INSERT[dialect], rows)
+
+
+def _metadata_words(title: str | None, description: str | None, keywords: object) -> list[str]:
+    """The title, description and keywords (their levels as words) an image's text row holds with its
+    captions."""
+    found = [t for t in (title, description) if t]
+    if isinstance(keywords, list):
+        found += [" ".join(_WORD.findall(str(k))) for k in keywords if k]
+    return [t for t in found if t.strip()]
 
 
 _INSERT = {

@@ -22,6 +22,12 @@ def possible_id(image_id: int) -> bool:
     return 1 <= image_id < 2**63
 
 
+def _place(row: ImageRow) -> dict[str, str | None] | None:
+    place = {"city": row.place_city, "region": row.place_region, "country": row.place_country,
+             "country_code": row.place_country_code}
+    return place if any(place.values()) else None
+
+
 class Photos:
     """The indexed photos of one database, one at a time, with their thumbnails in ``thumbnails``."""
 
@@ -55,6 +61,9 @@ class Photos:
             id=row.id, path=os.fsdecode(row.path), size=row.size, width=row.width, height=row.height,
             taken_at=row.taken_at, modified=datetime.fromtimestamp(row.mtime_ns / 1e9), camera=camera,
             exif=row.exif, content_hash=row.content_hash, indexed_at=row.indexed_at, tags=tags,
+            taken_offset=row.taken_offset, taken_source=row.taken_source, title=row.title,
+            description=row.description, keywords=list(row.keywords or []), rating=row.rating, label=row.label,
+            latitude=row.latitude, longitude=row.longitude, place=_place(row),
         )
 
     def file(self, image_id: int) -> bytes:

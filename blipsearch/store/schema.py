@@ -25,8 +25,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 # 2: images.generation; 3: caption keys name the beam length rule;
 # 4: library.recall_target; 5: library.family and library.queries (see blipsearch/store/migrations.py);
 # 6 (revision 0002): the full-text index kept up by triggers (text_pending; text_index_state gone);
-# 7 (revision 0003): photo metadata (capture time's offset and source, XMP, places) and keywords.
-SCHEMA_VERSION = 7
+# 7 (revision 0003): photo metadata (capture time's offset and source, XMP, places) and keywords;
+# 8 (revision 0004): title, description and keywords in the full-text index; keywords go with their image.
+SCHEMA_VERSION = 8
 
 
 class Base(DeclarativeBase):

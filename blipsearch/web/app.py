@@ -36,7 +36,7 @@ from ..errors import (
     ImageError,
     InputPathError,
 )
-from ..filters import DEFAULT_MIN_PROBABILITY, NO_FILTERS, Filters
+from ..filters import DEFAULT_MIN_PROBABILITY, MAX_WITHIN_KM, NO_FILTERS, Filters
 from ..images.formats import FORMAT_EXTENSIONS
 from ..library import Hit, ImageData, Library
 from ..options import DEFAULT_RERANK_DEPTH
@@ -109,12 +109,30 @@ FormatName = Literal[("", *FORMAT_EXTENSIONS)]  # type: ignore[valid-type]  # ""
 Format = Annotated[list[FormatName], Query(description="Only images of this format (repeatable; empty: any).")]
 
 
+Keyword = Annotated[list[str], Query(description="Only images with this keyword, or a level of a "
+                                     "hierarchical one (Places|France|Paris), any case and accents (repeatable: all "
+                                     "of them).")]
+Rating = Annotated[int | None, Query(ge=0, le=5, description="Only images rated at least this many stars (unrated "
+                                                              "counts as 0, rejected as less).")]
+Label = Annotated[str | None, Query(max_length=400, description="Only images with this colour label, any case.")]
+Place = Annotated[str | None, Query(max_length=400, description="Only images taken in this city, region or country "
+                                                               "(or country code), any case and accents.")]
+# LAT,LON in decimal degrees; the ranges are checked by Filters.make (-90..90, -180..180).
+_POSITION = r"^\s*[-+]?[0-9]{1,3}(\.[0-9]{0,15})?\s*,\s*[-+]?[0-9]{1,3}(\.[0-9]{0,15})?\s*$"
+Near = Annotated[str | None, Query(pattern=_POSITION, description="Only images taken near this position: LAT,LON "
+                                   "in decimal degrees, latitude -90..90, longitude -180..180 (48.8584,2.2945).")]
+Within = Annotated[float | None, Query(gt=0, le=MAX_WITHIN_KM, description="With near: how near, in km (default 1).")]
+
+
 def _filters(tag: Tag = None, folder: Folder = [], after: After = None,  # noqa: B006 - FastAPI copies defaults
              before: Before = None, min_probability: MinProbability = DEFAULT_MIN_PROBABILITY,
-             camera: Camera = None, min_size: MinSize = None, format: Format = []) -> Filters:  # noqa: B006
+             camera: Camera = None, min_size: MinSize = None, format: Format = [],  # noqa: B006
+             keyword: Keyword = [], rating: Rating = None, label: Label = None,  # noqa: B006
+             place: Place = None, near: Near = None, within: Within = None) -> Filters:
     """The filters of a search or a browse, from its query parameters."""
     return Filters.make(folders=folder, after=after, before=before, tag=tag, min_probability=min_probability,
-                        camera=camera, min_size=min_size, formats=format)
+                        camera=camera, min_size=min_size, formats=format, keyword=keyword, rating=rating,
+                        label=label, place=place, near=near, within_km=within)
 
 
 Narrowed = Annotated[Filters, Depends(_filters)]

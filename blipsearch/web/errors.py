@@ -41,7 +41,8 @@ NOT_BLANK = r"\S"  # a text parameter's pattern: more than white space
 _SHOWN = 40  # characters of a refused value an error shows
 _DAY = "a date: use 2024, 2024-07, 2024-07-14 or 2024-07-14T18:30"
 _PATTERNS = {"after": _DAY, "before": _DAY,
-             "min_size": "a size: use WIDTHxHEIGHT in pixels, both at least 1, e.g. 1920x1080"}
+             "min_size": "a size: use WIDTHxHEIGHT in pixels, both at least 1, e.g. 1920x1080",
+             "near": "a position: use LATITUDE,LONGITUDE in decimal degrees, e.g. 48.8584,2.2945"}
 _NUMBER = re.compile(r"[-+]?\d+(\.\d*)?([eE][-+]?\d+)?")
 
 

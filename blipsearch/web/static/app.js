@@ -328,7 +328,8 @@
   function noResults(search) {
     if (search.kind === "like") return "No other photo to compare with.";
     const u = search.understood;
-    const narrowed = u && (u.folders.length || u.after || u.before || u.tag || u.camera || u.min_size || u.formats.length);
+    const narrowed = u && (u.folders.length || u.after || u.before || u.tag || u.camera || u.min_size || u.formats.length ||
+      (u.keywords && u.keywords.length) || u.rating != null || u.label || u.place || u.near);
     if (narrowed) return "No photo passes these filters: widen the folder, the dates or the other keys.";
     return "No photo to show: the library has none yet.";
   }
@@ -493,8 +494,20 @@
 
   function facts(info) {
     const rows = [["File", info.path], ["Size", bytes(info.size) + (info.width ? ` · ${info.width} × ${info.height}` : "")]];
-    if (info.taken_at) rows.push(["Taken", when(info.taken_at)]);
-    rows.push(["Modified", when(info.modified)]);
+    // The capture time as the photo says it (its own clock, offset and source), not this browser's zone.
+    rows.push(["Date", info.taken]);
+    if (info.taken_at) rows.push(["Modified", when(info.modified)]);
+    if (info.title) rows.push(["Title", info.title]);
+    if (info.description) rows.push(["Description", info.description]);
+    if (info.keywords && info.keywords.length) rows.push(["Keywords", info.keywords.join(", ")]);
+    if (info.rating != null) {
+      rows.push(["Rating", info.rating < 0 ? "rejected" : "★".repeat(info.rating) + "☆".repeat(5 - info.rating)]);
+    }
+    if (info.label) rows.push(["Label", info.label]);
+    if (info.place && info.place.name) rows.push(["Place", info.place.name]);
+    if (info.latitude != null && info.longitude != null) {
+      rows.push(["Position", `${info.latitude.toFixed(6)}, ${info.longitude.toFixed(6)}`]);
+    }
     if (info.camera) rows.push(["Camera", info.camera]);
     if (info.tags && info.tags.length) rows.push(["Tags", info.tags.map((t) => t.label).join(", ")]);
     const dl = $("meta");
