@@ -44,6 +44,7 @@ from ..metadata.read import PhotoMetadata
 from ..progress import ProgressFactory, no_progress
 from ..rerank.cache import TokenCache
 from ..similarity import pooled_one
+from ..store import cascade
 from ..store.database import Database, StoredRow, utcnow, vector_to_bytes
 from ..store.schema import FailureRow, ImageRow
 from ..store.thumbnails import ThumbnailStore
@@ -342,7 +343,7 @@ class Indexer:
                     # one whose content turned bad leaves the index.
                     if job.stored is not None and not job.unreadable:
                         session.execute(delete(ImageRow).where(ImageRow.id == job.stored.id))
-                        metadata.forget_keywords(session, [job.stored.id])
+                        cascade.forget_keywords(session, [job.stored.id])
                         faiss_remove.append(job.stored.id)
                     continue
                 data = job.data
@@ -483,7 +484,7 @@ class Indexer:
             generation = self.db.bump_generation(session, by=1 if gone else 0)
             for start in range(0, len(gone), 500):
                 session.execute(delete(ImageRow).where(ImageRow.id.in_(gone[start : start + 500])))
-            metadata.forget_keywords(session, gone)
+            cascade.forget_keywords(session, gone)
             for start in range(0, len(stale_failures), 500):
                 session.execute(delete(FailureRow).where(FailureRow.path.in_(stale_failures[start : start + 500])))
         with self.vectors_lock:

@@ -61,12 +61,6 @@ def keep_keywords(session: Session, image_id: int, meta: PhotoMetadata | None, *
         session.execute(insert(KeywordRow), [{"image_id": image_id, "term": t} for t in sorted(terms)])
 
 
-def forget_keywords(session: Session, image_ids: list[int]) -> None:
-    """Delete the keyword terms of images that leave the library."""
-    for start in range(0, len(image_ids), 500):
-        session.execute(delete(KeywordRow).where(KeywordRow.image_id.in_(image_ids[start : start + 500])))
-
-
 def refresh(db: Database, stale: list[tuple[StoredRow, FileEntry]], *, workers: int,
             listing: Mapping[bytes, tuple[int, int]] | None = None,
             progress: ProgressFactory = no_progress) -> int:
