@@ -88,3 +88,36 @@ def test_affected_folders_climb_to_what_exists(tmp_path: Path) -> None:
                             fs(root / "x" / "y"), fs(tmp_path / "elsewhere" / "b.jpg")}, [fs(root)])
     assert got == [fs(root / "x")]  # y is below x; outside the roots is ignored
     assert affected_folders({fs(root / "new.jpg")}, [fs(root)]) == [fs(root)]
+
+
+def test_watch_reads_an_edited_sidecar_without_embedding(tmp_path: Path, tiny_model: Path, library_dir: Path) -> None:
+    from blipsearch.store.schema import ImageRow
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    draw_image(1).save(photos / "one.png")
+    lib = Library(library_dir, model=str(tiny_model))
+    stop = threading.Event()
+    runs: list[object] = []
+    thread = threading.Thread(target=lib.watch, args=([photos],),
+                              kwargs={"settle": 0.3, "stop": stop, "on_update": lambda folders, report: runs.append(report)})
+    thread.start()
+
+    def row() -> ImageRow | None:
+        with lib.db.reader() as session:
+            return session.query(ImageRow).one_or_none()
+
+    try:
+        _wait_for(lambda: len(runs) >= 1 and row() is not None)
+        vector = row().vector  # type: ignore[union-attr]
+        (photos / "one.png.xmp").write_text(  # as a photo manager saves a rating and a keyword
+            '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+            '<rdf:Description xmlns:xmp="http://ns.adobe.com/xap/1.0/" xmlns:dc="http://purl.org/dc/elements/1.1/"'
+            ' xmp:Rating="4"><dc:subject><rdf:Bag><rdf:li>harbour</rdf:li></rdf:Bag></dc:subject>'
+            "</rdf:Description></rdf:RDF></x:xmpmeta>")
+        _wait_for(lambda: (row().rating, row().keywords) == (4, ["harbour"]))  # type: ignore[union-attr]
+        assert row().vector == vector and runs[-1].refreshed == 1 and runs[-1].embedded == 0  # type: ignore[union-attr,attr-defined]
+    finally:
+        stop.set()
+        thread.join(30)
+    lib.close()
