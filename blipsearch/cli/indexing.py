@@ -87,8 +87,13 @@ def index(lib: Library, paths: tuple[bytes, ...], batch_size: int | None, worker
     decoded is read again once it changes, or with --retry-failed (one that
     could not be read at all, every run). "skipped" are the files in the
     folders that were not looked at, their names not being of an image format
-    (--verbose lists them). Ctrl-C keeps every finished batch: run the same
-    command again to resume.
+    (--verbose lists them; XMP sidecars are not among them). Each photo's
+    metadata is read with it: the capture time and its offset, the XMP of its
+    sidecar (IMG_1.jpg.xmp, else IMG_1.xmp) and of the file, the place of its
+    GPS position. "refreshed" (shown when there are any) are unchanged photos
+    whose metadata was read again, without embedding them: their sidecar
+    changed, or an older blipsearch read them. Ctrl-C keeps every finished
+    batch: run the same command again to resume.
 
     \b
     Examples:
