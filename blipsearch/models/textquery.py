@@ -1,19 +1,29 @@
-"""A text query's ITC vector without torch: BLIP's unimodal text encoder in numpy.
+"""A text query's ITC vector without torch: BLIP's text encoder, or BLIP-2's Q-Former, in numpy.
 
 A search that reranks nothing needs one thing from the model: the query's 256-d
-vector, ``text_proj(text_encoder(ids, mask)[:, 0])`` L2-normalized (the text
-encoder without its cross-attention: no image attached). Importing torch and
-transformers and loading the whole checkpoint takes most of the seconds a fresh
-``blipsearch search --no-rerank`` spends; this reads only the text encoder's
-self-attention and feed-forward weights straight from the safetensors file
-(about a third of BLIP-base's), tokenizes with the checkpoint's own
-``tokenizer.json`` (the ``tokenizers`` library, no transformers), and runs the
-same layers in float32. Tests hold it to the transformers model's vectors.
+vector. Both retrieval families compute it with the same BERT layers in the same
+order (post-LayerNorm self-attention, then a GELU feed-forward), under other names:
+
+- BLIP (``BlipForImageTextRetrieval``): ``text_proj(text_encoder(ids, mask)[:, 0])``,
+  the text encoder without its cross-attention (no image attached);
+- BLIP-2 (``Blip2ForImageTextRetrieval``): ``text_projection(qformer(embeddings(ids),
+  query_length=0)[:, 0])``, the Q-Former on the text alone: no query tokens, so no
+  cross-attention and its text feed-forward (``intermediate``/``output``, not the
+  queries' ``*_query``); the embeddings' LayerNorm is the Q-Former's ``layernorm``.
+
+Then L2-normalized. Importing torch and transformers and loading the whole
+checkpoint takes most of the seconds a fresh ``blipsearch search --no-rerank``
+spends (BLIP-2's: its 1.17 billion weights, nearly all the ViT-g). This reads only
+these layers' tensors from the checkpoint's safetensors, one file or the shards its
+``model.safetensors.index.json`` maps (never the vision encoder's: the names read are
+kept in :attr:`TextQueryEncoder.read`), tokenizes with the checkpoint's own
+``tokenizer.json`` (the ``tokenizers`` library, no transformers), and runs the layers
+in float32. Tests hold it to the transformers models' vectors.
 
 It is used when a process has not loaded the model anyway (a reranked search
 loads it to rerank, and then embeds the text with it). Checkpoints it can't read
-(no ``tokenizer.json``, pickled weights, another architecture) take the torch
-path, unchanged.
+(no ``tokenizer.json``, pickled or bfloat16 weights, another architecture) take the
+torch path, unchanged.
 """
 
 from __future__ import annotations
@@ -21,19 +31,83 @@ from __future__ import annotations
 import json
 import math
 import threading
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from ..text import MAX_TOKENS, pre_caption
 
-_PREFIX = "text_encoder."
-
 
 class Unsupported(Exception):
     """The checkpoint is not one this encoder reads; the torch model will embed the text."""
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where a family's checkpoint keeps its text path: the config section and tensor names."""
+
+    config: str  # the text encoder's section of config.json
+    embeddings: str  # holds word_embeddings and position_embeddings
+    embed_norm: str  # the LayerNorm after them
+    layers: str  # the encoder's layers, numbered from 0
+    self_attention: str  # a layer's self-attention (query, key, value) under it
+    projection: str  # first token -> ITC vector
+
+
+LAYOUTS = {
+    "blip": _Layout("text_config", "text_encoder.embeddings.", "text_encoder.embeddings.LayerNorm",
+                    "text_encoder.encoder.layer.", "attention.self.", "text_proj"),
+    "blip-2": _Layout("qformer_config", "embeddings.", "qformer.layernorm",
+                      "qformer.encoder.layer.", "attention.attention.", "text_projection"),
+}
+
+
+class _Tensors:
+    """A checkpoint's tensors by name, each read when asked for (float32), from ``model.safetensors``
+    or from the shard ``model.safetensors.index.json`` names for it; ``read`` lists those read."""
+
+    def __init__(self, path: Path, files: ExitStack) -> None:
+        self.path, self.files = path, files
+        self.opened: dict[str, Any] = {}
+        self.read: list[str] = []
+        single, index = path / "model.safetensors", path / "model.safetensors.index.json"
+        try:
+            if single.is_file():
+                self.where = dict.fromkeys(self._file(single.name).keys(), single.name)
+            elif index.is_file():
+                shards = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+                self.where = {str(name): str(file) for name, file in shards.items()}
+            else:
+                raise Unsupported("no model.safetensors or model.safetensors.index.json")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise Unsupported(f"weights: {exc}") from None
+
+    def _file(self, name: str) -> Any:
+        if name not in self.opened:
+            from safetensors import safe_open
+
+            if Path(name).name != name or not (self.path / name).is_file():
+                raise Unsupported(f"no weights file {name!r}")
+            self.opened[name] = self.files.enter_context(safe_open(str(self.path / name), framework="numpy"))
+        return self.opened[name]
+
+    def __call__(self, name: str) -> npt.NDArray[np.float32]:
+        if name not in self.where:
+            raise Unsupported(f"no tensor {name}")
+        try:
+            tensor = self._file(self.where[name]).get_tensor(name)
+        except TypeError as exc:  # numpy has no bfloat16
+            raise Unsupported(f"{name}: {exc}") from None
+        self.read.append(name)
+        return np.ascontiguousarray(tensor, dtype=np.float32)
+
+    def linear(self, name: str) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """Weight and bias (a LayerNorm's too)."""
+        return self(name + ".weight"), self(name + ".bias")
 
 
 @dataclass(frozen=True)
@@ -56,61 +130,51 @@ class _Layer:
 
 
 class TextQueryEncoder:
-    """ITC vectors of texts from a BLIP retrieval checkpoint folder, in numpy."""
+    """ITC vectors of texts from a BLIP or BLIP-2 retrieval checkpoint folder, in numpy."""
 
     def __init__(self, path: Path) -> None:
         try:
             config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-            if config.get("model_type") != "blip":
-                raise Unsupported(f"a {config.get('model_type')} model")  # BLIP-2's text goes through its Q-Former
-            text = config["text_config"]
+            layout = LAYOUTS.get(config.get("model_type"))
+            if layout is None:
+                raise Unsupported(f"a {config.get('model_type')} model")
+            text = config[layout.config]
             self.heads = int(text["num_attention_heads"])
             self.eps = float(text.get("layer_norm_eps", 1e-12))
             activation = text.get("hidden_act", "gelu")
             layers = int(text["num_hidden_layers"])
             self.dim = int(config.get("image_text_hidden_size", 256))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise Unsupported(f"config: {exc}") from None
         if activation != "gelu" or text.get("position_embedding_type", "absolute") != "absolute":
             raise Unsupported(f"activation {activation!r}")
-        weights, tokenizer = path / "model.safetensors", path / "tokenizer.json"
-        if not weights.is_file() or not tokenizer.is_file():
-            raise Unsupported("no model.safetensors or tokenizer.json")
+        tokenizer = path / "tokenizer.json"
+        if not tokenizer.is_file():
+            raise Unsupported("no tokenizer.json")
 
-        from safetensors import safe_open
         from tokenizers import Tokenizer
 
-        self.tokenizer = Tokenizer.from_file(str(tokenizer))
-        self.tokenizer.no_padding()
-        self.tokenizer.enable_truncation(MAX_TOKENS)
-        with safe_open(str(weights), framework="numpy") as f:
-            names = set(f.keys())
-
-            def get(name: str) -> npt.NDArray[np.float32]:
-                if name not in names:
-                    raise Unsupported(f"no tensor {name}")
-                return np.ascontiguousarray(f.get_tensor(name), dtype=np.float32)
-
-            def linear(name: str) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-                return get(name + ".weight"), get(name + ".bias")
-
-            def norm(name: str) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-                return get(name + ".weight"), get(name + ".bias")
-
-            self.words = get(_PREFIX + "embeddings.word_embeddings.weight")
-            self.positions = get(_PREFIX + "embeddings.position_embeddings.weight")
-            self.embed_norm = norm(_PREFIX + "embeddings.LayerNorm")
+        with ExitStack() as files:
+            get = _Tensors(path, files)
+            self.words = get(layout.embeddings + "word_embeddings.weight")
+            self.positions = get(layout.embeddings + "position_embeddings.weight")
+            self.embed_norm = get.linear(layout.embed_norm)
             self.layers = []
             for n in range(layers):
-                at = f"{_PREFIX}encoder.layer.{n}."
+                at = f"{layout.layers}{n}."
                 self.layers.append(_Layer(
-                    *linear(at + "attention.self.query"), *linear(at + "attention.self.key"),
-                    *linear(at + "attention.self.value"), *linear(at + "attention.output.dense"), norm(at + "attention.output.LayerNorm"),
-                    *linear(at + "intermediate.dense"), *linear(at + "output.dense"), norm(at + "output.LayerNorm"),
+                    *get.linear(at + layout.self_attention + "query"), *get.linear(at + layout.self_attention + "key"),
+                    *get.linear(at + layout.self_attention + "value"), *get.linear(at + "attention.output.dense"),
+                    get.linear(at + "attention.output.LayerNorm"), *get.linear(at + "intermediate.dense"),
+                    *get.linear(at + "output.dense"), get.linear(at + "output.LayerNorm"),
                 ))
-            self.proj, self.proj_bias = linear("text_proj")
+            self.proj, self.proj_bias = get.linear(layout.projection)
+        self.read: tuple[str, ...] = tuple(get.read)
         if self.proj.shape[0] != self.dim:
-            raise Unsupported("text_proj does not give image_text_hidden_size")
+            raise Unsupported(f"{layout.projection} does not give image_text_hidden_size")
+        self.tokenizer = Tokenizer.from_file(str(tokenizer))
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(min(MAX_TOKENS, len(self.positions)))
         self.lock = threading.Lock()  # the tokenizer's settings are shared
 
     def tokenize(self, texts: list[str]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
