@@ -97,7 +97,7 @@ def _text_embeds(folder: Path, texts: list[str]) -> tuple[np.ndarray, np.ndarray
     import torch
     from transformers import Blip2ForImageTextRetrieval
 
-    net = Blip2ForImageTextRetrieval.from_pretrained(folder).eval()
+    net = Blip2ForImageTextRetrieval.from_pretrained(folder, dtype=torch.float32).eval()
     model = load_retrieval_model(str(folder), "cpu")
     pixels = np.stack([model.image_spec.to_pixels(draw_image(s)) for s in range(6)])
     with torch.no_grad():
@@ -158,21 +158,29 @@ def test_blip2_sharded_checkpoint(blip2: Path, tmp_path: Path) -> None:
     assert sorted(encoder.read) == sorted(TextQueryEncoder(blip2).read)
     theirs, _, _ = _text_embeds(sharded, TEXTS)
     assert np.abs(encoder.embed_texts(TEXTS) - theirs).max() < 1e-5
-    # A tensor the index names in a missing shard, or bfloat16 weights (numpy has no bfloat16): torch path.
+    # A tensor the index names in a missing shard: the torch path.
     index = json.loads((sharded / "model.safetensors.index.json").read_text())
     index["weight_map"]["text_projection.weight"] = "model-gone.safetensors"
     (sharded / "model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(Unsupported):
         TextQueryEncoder(sharded)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_blip2_half_precision_weights(blip2: Path, tmp_path: Path, dtype: str) -> None:
+    """Weights stored in 16 bits are widened to float32 as torch widens them (numpy has no bfloat16:
+    its bits are the upper half of a float32's)."""
     import torch
     from safetensors.torch import load_file, save_file
 
-    half = tmp_path / "bf16"
+    half = tmp_path / dtype
     shutil.copytree(blip2, half)
-    save_file({n: t.to(torch.bfloat16) for n, t in load_file(str(blip2 / "model.safetensors")).items()},
+    save_file({n: t.to(getattr(torch, dtype)) for n, t in load_file(str(blip2 / "model.safetensors")).items()},
               str(half / "model.safetensors"))
-    with pytest.raises(Unsupported):
-        TextQueryEncoder(half)
+    ours = TextQueryEncoder(half).embed_texts(TEXTS)
+    theirs, _, _ = _text_embeds(half, TEXTS)
+    assert np.abs(ours - theirs).max() < 1e-5
+    assert np.abs(ours - TextQueryEncoder(blip2).embed_texts(TEXTS)).max() > 1e-4  # other (rounded) weights
 
 
 def test_blip2_no_rerank_search_loads_no_model(blip2: Path, photos: Path, library_dir: Path) -> None:

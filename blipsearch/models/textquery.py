@@ -13,25 +13,26 @@ order (post-LayerNorm self-attention, then a GELU feed-forward), under other nam
 
 Then L2-normalized. Importing torch and transformers and loading the whole
 checkpoint takes most of the seconds a fresh ``blipsearch search --no-rerank``
-spends (BLIP-2's: its 1.17 billion weights, nearly all the ViT-g). This reads only
-these layers' tensors from the checkpoint's safetensors, one file or the shards its
-``model.safetensors.index.json`` maps (never the vision encoder's: the names read are
-kept in :attr:`TextQueryEncoder.read`), tokenizes with the checkpoint's own
-``tokenizer.json`` (the ``tokenizers`` library, no transformers), and runs the layers
-in float32. Tests hold it to the transformers models' vectors.
+spends (BLIP-2's: a 1.17-billion-weight model, nearly all of it the ViT-g). This
+maps the checkpoint's safetensors, one file or the shards its
+``model.safetensors.index.json`` names, and reads only these layers' tensors (never
+the vision encoder's: the names read are kept in :attr:`TextQueryEncoder.read`);
+it tokenizes with the checkpoint's own ``tokenizer.json`` (the ``tokenizers``
+library, no transformers) and runs the layers in float32 (16-bit weights widened as
+torch widens them). Tests hold it to the transformers models' vectors.
 
 It is used when a process has not loaded the model anyway (a reranked search
 loads it to rerank, and then embeds the text with it). Checkpoints it can't read
-(no ``tokenizer.json``, pickled or bfloat16 weights, another architecture) take the
-torch path, unchanged.
+(no ``tokenizer.json``, pickled weights, another architecture) take the torch
+path, unchanged.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import mmap
 import threading
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,18 +67,27 @@ LAYOUTS = {
 }
 
 
-class _Tensors:
-    """A checkpoint's tensors by name, each read when asked for (float32), from ``model.safetensors``
-    or from the shard ``model.safetensors.index.json`` names for it; ``read`` lists those read."""
+# safetensors dtypes read, as numpy's (the format is little-endian); bfloat16 is read as its 16 bits.
+_DTYPES = {"F32": "<f4", "F16": "<f2", "BF16": "<u2", "F64": "<f8"}
 
-    def __init__(self, path: Path, files: ExitStack) -> None:
-        self.path, self.files = path, files
-        self.opened: dict[str, Any] = {}
+
+class _Tensors:
+    """A checkpoint's tensors by name, from ``model.safetensors`` or from the shard that
+    ``model.safetensors.index.json`` names for each, as float32; ``read`` lists those asked for.
+
+    The files are memory-mapped and a float32 tensor is a read-only view of its bytes (the
+    safetensors layout: an 8-byte header length, a JSON header of dtypes, shapes and offsets,
+    the data): nothing is copied, and only the pages of the tensors used are ever read.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.files: dict[str, tuple[mmap.mmap, int, dict[str, Any]]] = {}
         self.read: list[str] = []
         single, index = path / "model.safetensors", path / "model.safetensors.index.json"
         try:
             if single.is_file():
-                self.where = dict.fromkeys(self._file(single.name).keys(), single.name)
+                self.where = dict.fromkeys(self._file(single.name)[2], single.name)
             elif index.is_file():
                 shards = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
                 self.where = {str(name): str(file) for name, file in shards.items()}
@@ -86,24 +96,34 @@ class _Tensors:
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise Unsupported(f"weights: {exc}") from None
 
-    def _file(self, name: str) -> Any:
-        if name not in self.opened:
-            from safetensors import safe_open
-
+    def _file(self, name: str) -> tuple[mmap.mmap, int, dict[str, Any]]:
+        if name not in self.files:
             if Path(name).name != name or not (self.path / name).is_file():
                 raise Unsupported(f"no weights file {name!r}")
-            self.opened[name] = self.files.enter_context(safe_open(str(self.path / name), framework="numpy"))
-        return self.opened[name]
+            with open(self.path / name, "rb") as fh:
+                size = int.from_bytes(fh.read(8), "little")
+                header = json.loads(fh.read(size))
+                mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+            header.pop("__metadata__", None)
+            self.files[name] = (mapped, 8 + size, header)
+        return self.files[name]
 
     def __call__(self, name: str) -> npt.NDArray[np.float32]:
         if name not in self.where:
             raise Unsupported(f"no tensor {name}")
         try:
-            tensor = self._file(self.where[name]).get_tensor(name)
-        except TypeError as exc:  # numpy has no bfloat16
-            raise Unsupported(f"{name}: {exc}") from None
+            mapped, start, header = self._file(self.where[name])
+            info = header[name]
+            kind = info["dtype"]
+            dtype = np.dtype(_DTYPES[kind])
+            begin, end = (int(n) for n in info["data_offsets"])
+            array = np.frombuffer(mapped, dtype, (end - begin) // dtype.itemsize, start + begin).reshape(info["shape"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise Unsupported(f"{name}: {exc!r}") from None
         self.read.append(name)
-        return np.ascontiguousarray(tensor, dtype=np.float32)
+        if kind == "BF16":  # the upper half of a float32
+            return (array.astype(np.uint32) << 16).view(np.float32)
+        return array if array.dtype == np.float32 else array.astype(np.float32)
 
     def linear(self, name: str) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         """Weight and bias (a LayerNorm's too)."""
@@ -154,21 +174,20 @@ class TextQueryEncoder:
 
         from tokenizers import Tokenizer
 
-        with ExitStack() as files:
-            get = _Tensors(path, files)
-            self.words = get(layout.embeddings + "word_embeddings.weight")
-            self.positions = get(layout.embeddings + "position_embeddings.weight")
-            self.embed_norm = get.linear(layout.embed_norm)
-            self.layers = []
-            for n in range(layers):
-                at = f"{layout.layers}{n}."
-                self.layers.append(_Layer(
-                    *get.linear(at + layout.self_attention + "query"), *get.linear(at + layout.self_attention + "key"),
-                    *get.linear(at + layout.self_attention + "value"), *get.linear(at + "attention.output.dense"),
-                    get.linear(at + "attention.output.LayerNorm"), *get.linear(at + "intermediate.dense"),
-                    *get.linear(at + "output.dense"), get.linear(at + "output.LayerNorm"),
-                ))
-            self.proj, self.proj_bias = get.linear(layout.projection)
+        get = _Tensors(path)
+        self.words = get(layout.embeddings + "word_embeddings.weight")
+        self.positions = get(layout.embeddings + "position_embeddings.weight")
+        self.embed_norm = get.linear(layout.embed_norm)
+        self.layers = []
+        for n in range(layers):
+            at = f"{layout.layers}{n}."
+            self.layers.append(_Layer(
+                *get.linear(at + layout.self_attention + "query"), *get.linear(at + layout.self_attention + "key"),
+                *get.linear(at + layout.self_attention + "value"), *get.linear(at + "attention.output.dense"),
+                get.linear(at + "attention.output.LayerNorm"), *get.linear(at + "intermediate.dense"),
+                *get.linear(at + "output.dense"), get.linear(at + "output.LayerNorm"),
+            ))
+        self.proj, self.proj_bias = get.linear(layout.projection)
         self.read: tuple[str, ...] = tuple(get.read)
         if self.proj.shape[0] != self.dim:
             raise Unsupported(f"{layout.projection} does not give image_text_hidden_size")
