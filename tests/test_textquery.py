@@ -1,5 +1,6 @@
-"""A query text embedded without torch gives the transformers model's vectors, and a search that
-reranks nothing (or a similar-image search of an indexed photo) starts without torch."""
+"""A query text embedded without torch gives the transformers model's vectors (BLIP's text encoder,
+BLIP-2's Q-Former text path), and a search that reranks nothing (or a similar-image search of an
+indexed photo) starts without torch."""
 
 from __future__ import annotations
 

@@ -69,6 +69,7 @@ LAYOUTS = {
 
 # safetensors dtypes read, as numpy's (the format is little-endian); bfloat16 is read as its 16 bits.
 _DTYPES = {"F32": "<f4", "F16": "<f2", "BF16": "<u2", "F64": "<f8"}
+_MAX_HEADER = 100 << 20  # the format's own limit
 
 
 class _Tensors:
@@ -102,6 +103,8 @@ class _Tensors:
                 raise Unsupported(f"no weights file {name!r}")
             with open(self.path / name, "rb") as fh:
                 size = int.from_bytes(fh.read(8), "little")
+                if size > _MAX_HEADER:
+                    raise Unsupported(f"{name} is not a safetensors file")
                 header = json.loads(fh.read(size))
                 mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
             header.pop("__metadata__", None)
