@@ -3,6 +3,7 @@
     python benchmarks/blip2_cpu.py retrieval   # ViT-g/14 + Q-Former: embedding (fp32, int8), ITM
     python benchmarks/blip2_cpu.py caption     # ViT-g/14 + Q-Former + OPT-2.7b: one caption
     python benchmarks/blip2_cpu.py all         # both, each in its own process (peak RSS apart)
+    python benchmarks/blip2_cpu.py search --compare SRC   # a whole `search --no-rerank`, this code and SRC's
 
 The configurations are those of Salesforce/blip2-itm-vit-g and Salesforce/blip2-opt-2.7b
 (EVA ViT-g/14 at 224 px: 39 layers, width 1408; a BERT-base Q-Former with 32 queries and
@@ -11,15 +12,27 @@ built empty and filled with random numbers: speed and memory do not depend on th
 values. The engine's own code runs them (Blip2RetrievalModel, Blip2Captioner). A random
 language model rarely ends a caption early, so captions run to --max-length: the worst
 case of the default decoding (3 beams, 5 to 20 tokens).
+
+``search`` saves such a retrieval checkpoint (random weights, the Q-Former's text path
+widened so that texts get distinct vectors; 4.7 GB of safetensors, made once under
+--workdir), checks the torch-free text path against the torch one on it, makes a
+library of --images synthetic images (32 vectors each), and times whole
+``blipsearch search TEXT --no-rerank`` processes (in-process, no server) with their peak
+RSS, for this checkout and, with ``--compare SRC``, for the code in SRC
+(``PYTHONPATH=SRC``; e.g. ``git archive REV | tar -x -C SRC``), the two alternating
+run by run. Results in benchmarks/results/blip2_search.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +41,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import save  # noqa: E402
+from common import save, synthetic_library
 
 VISION = {"hidden_size": 1408, "intermediate_size": 6144, "num_hidden_layers": 39, "num_attention_heads": 16,
           "image_size": 224, "patch_size": 14, "layer_norm_eps": 1e-6, "qkv_bias": True}
@@ -156,13 +169,144 @@ def caption(max_length: int) -> dict[str, Any]:
             "caption_s_per_image_greedy": round(greedy_s, 1), "peak_rss_gb": _peak_gb()}
 
 
+def _widen_text(net: torch.nn.Module, seed: int = 1) -> None:
+    """Content-dependent text vectors: the text path's matrices at std 1/sqrt(fan_in), its
+    embeddings at std 1 and its LayerNorms near 1 (``_random`` leaves them all at std 0.02)."""
+    gen = torch.Generator().manual_seed(seed)
+    parts: Any = net
+    with torch.no_grad():
+        for part in (parts.embeddings, parts.qformer, parts.text_projection):
+            for module in part.modules():
+                if isinstance(module, torch.nn.Linear):
+                    module.weight.copy_(torch.randn(module.weight.shape, generator=gen) / module.weight.shape[1] ** 0.5)
+                    module.bias.copy_(torch.randn(module.bias.shape, generator=gen) * 0.1)
+                elif isinstance(module, torch.nn.Embedding):
+                    module.weight.copy_(torch.randn(module.weight.shape, generator=gen))
+                elif isinstance(module, torch.nn.LayerNorm):
+                    module.weight.copy_(1 + 0.1 * torch.randn(module.weight.shape, generator=gen))
+                    module.bias.copy_(0.1 * torch.randn(module.bias.shape, generator=gen))
+
+
+SEARCH_TEXTS = ["w17 w2045 w9 w300", "w5 w6 w7", "w30000 w1 w12 w12 w800 w4", "w77"]
+
+
+def make_retrieval_checkpoint(folder: Path) -> dict[str, Any]:
+    """Salesforce/blip2-itm-vit-g's architecture with random weights, saved in the hub layout (once);
+    the max difference of the torch-free text vectors from the engine's torch ones on it."""
+    from transformers import (
+        AutoTokenizer,
+        BertTokenizerFast,
+        Blip2Config,
+        Blip2ForImageTextRetrieval,
+    )
+
+    from blipsearch.models.blip2 import Blip2RetrievalModel
+    from blipsearch.models.textquery import TextQueryEncoder
+
+    sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
+    from tiny_blip import write_image_processor
+
+    config = Blip2Config(vision_config=VISION, qformer_config={**QFORMER, "use_qformer_text_input": True},
+                         num_query_tokens=32, image_text_hidden_size=256)
+    net = _random(Blip2ForImageTextRetrieval, config)
+    _widen_text(net)
+    if not (folder / "config.json").is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(30517)] + ["[DEC]", "[ENC]"]
+        (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+        BertTokenizerFast(str(folder / "vocab.txt")).save_pretrained(folder)
+        net.save_pretrained(folder)
+        write_image_processor(folder, 224)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = Blip2RetrievalModel(**{**vars(_checkpoint("retrieval", net, tokenizer)), "path": folder})
+    began = time.perf_counter()
+    encoder = TextQueryEncoder(folder)
+    load_s = time.perf_counter() - began
+    ours, theirs = encoder.embed_texts(SEARCH_TEXTS), model.embed_texts(SEARCH_TEXTS)
+    cosines = theirs @ theirs.T
+    from safetensors import safe_open
+
+    sizes: dict[str, int] = {}
+    for file in folder.glob("*.safetensors"):
+        with safe_open(str(file), framework="numpy") as f:
+            sizes.update({k: int(np.prod(f.get_slice(k).get_shape())) for k in f.keys()})  # noqa: SIM118
+    return {"parameters": sum(p.numel() for p in net.parameters()),
+            "weights_gb": round(sum(f.stat().st_size for f in folder.glob("*.safetensors")) / 1e9, 2),
+            "text_path_tensors": len(encoder.read), "text_path_gb": round(sum(sizes[k] for k in encoder.read) * 4 / 1e9, 2),
+            "text_encoder_load_s": round(load_s, 2),
+            "max_abs_diff_vs_torch": float(np.abs(ours - theirs).max()),
+            "max_cosine_between_texts": round(float(cosines[~np.eye(len(SEARCH_TEXTS), dtype=bool)].max()), 3)}
+
+
+# The peak RSS a child reports (wait4) starts at its parent's own peak when the parent forks it, and
+# this process has held the model: a small fresh Python starts and times each command instead.
+_LAUNCH = """
+import json, os, subprocess, sys, tempfile, time
+with tempfile.TemporaryFile() as errors:
+    start = time.perf_counter()
+    process = subprocess.Popen(json.loads(sys.argv[1]), stdout=subprocess.DEVNULL, stderr=errors)
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - start
+    errors.seek(0)
+    print(json.dumps({"s": seconds, "rss_gb": usage.ru_maxrss / 2**20, "rc": os.waitstatus_to_exitcode(status),
+                      "stderr": errors.read().decode(errors="replace")[-4000:]}))
+"""
+
+
+def _process(args: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Seconds and peak RSS (GB) of one whole ``blipsearch`` process."""
+    command = [str(Path(sys.executable).parent / "blipsearch"), *args]
+    done = subprocess.run([sys.executable, "-c", _LAUNCH, json.dumps(command)], env=env, capture_output=True,
+                          text=True, check=True)
+    result = json.loads(done.stdout)
+    if result["rc"]:
+        raise RuntimeError(f"{args} failed: {result['stderr']}")
+    return result["s"], result["rss_gb"]
+
+
+def search(workdir: Path, images: int, runs: int, source: Path | None) -> dict[str, Any]:
+    import statistics
+
+    checkpoint = workdir / "blip2-itm-vit-g-random"
+    out: dict[str, Any] = {"checkpoint": make_retrieval_checkpoint(checkpoint)}
+    library = synthetic_library(workdir, images, checkpoint, "blip2-search-library")
+    here = str(Path(__file__).resolve().parent.parent)
+    sides = {"this": here, **({"other": str(source.resolve())} if source else {})}
+    args = ["search", "w17 w2045 w9 w300", "--no-rerank", "--library", str(library)]
+    found: dict[str, dict[str, list[float]]] = {side: {"s": [], "rss": []} for side in sides}
+    load_before = os.getloadavg()[0]
+    for side, code in sides.items():  # warm-up: page cache, the fingerprint cache
+        _process(args, {**os.environ, "BLIPSEARCH_IN_PROCESS": "1", "PYTHONPATH": code})
+    for _ in range(runs):
+        for side, code in reversed(sides.items()):
+            seconds, rss = _process(args, {**os.environ, "BLIPSEARCH_IN_PROCESS": "1", "PYTHONPATH": code})
+            found[side]["s"].append(seconds)
+            found[side]["rss"].append(rss)
+    out.update(images=images, runs=runs, other=str(source) if source else None, command=" ".join(args[:3]),
+               load_average_1min=[round(load_before, 2), round(os.getloadavg()[0], 2)])  # other processes' too
+    for side, values in found.items():
+        out[side] = {"median_s": round(statistics.median(values["s"]), 2), "min_s": round(min(values["s"]), 2),
+                     "peak_rss_gb": round(max(values["rss"]), 2)}
+    shutil.rmtree(library, ignore_errors=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["retrieval", "caption", "all"])
+    parser.add_argument("what", choices=["retrieval", "caption", "all", "search"])
     parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=20)
     parser.add_argument("--print-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "blipsearch-bench")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--library-images", type=int, default=1000)
+    parser.add_argument("--compare", type=Path, default=None, metavar="SRC")
     args = parser.parse_args()
+    if args.what == "search":
+        found = search(args.workdir, args.library_images, args.runs, args.compare)
+        print(json.dumps(found, indent=2))
+        print(save("blip2_search", found))
+        return
     if args.what == "all":
         results = {}
         for what in ("retrieval", "caption"):

@@ -129,13 +129,15 @@ def photo_like_jpegs(folder: Path, count: int, size: tuple[int, int] = (4000, 30
 
 
 def synthetic_library(workdir: Path, images: int, checkpoint: Path, name: str = "serve-library") -> Path:
-    """A library of ``images`` rows with clustered synthetic vectors from ``checkpoint``'s fingerprint,
+    """A library of ``images`` rows with clustered synthetic vectors from ``checkpoint``'s fingerprint
+    (read from its files; the model is not loaded), one per image, or one per query for BLIP-2,
     its files hard links to 16 camera-sized JPEGs (so that reranking decodes real photos)."""
     import shutil
 
     from vector_data import clustered
 
     from blipsearch import Library
+    from blipsearch.models.loading import ModelIdentity, model_family
     from blipsearch.store.database import utcnow, vector_to_bytes
     from blipsearch.store.schema import ImageRow
 
@@ -144,10 +146,10 @@ def synthetic_library(workdir: Path, images: int, checkpoint: Path, name: str = 
     shutil.rmtree(library, ignore_errors=True)
     links = library / "files"
     links.mkdir(parents=True)
-    vectors = clustered(images)
+    model = ModelIdentity.of(str(checkpoint))
+    vectors = clustered(images * model.queries, model.dim).reshape(images, model.queries, model.dim)
     with Library(library, model=str(checkpoint), device="cpu") as lib:
-        model = lib.model
-        lib.db.set_model(str(checkpoint), model.fingerprint, model.dim)
+        lib.db.set_model(str(checkpoint), model.fingerprint, model.dim, model_family(str(checkpoint)), model.queries)
         now = utcnow()
         for start in range(0, images, 10_000):
             with lib.db.transaction() as session:

@@ -1,14 +1,25 @@
-"""A text query's ITC vector without torch: BLIP's unimodal text encoder in numpy.
+"""A text query's ITC vector without torch: BLIP's text encoder, or BLIP-2's Q-Former, in numpy.
 
 A search that reranks nothing needs one thing from the model: the query's 256-d
-vector, ``text_proj(text_encoder(ids, mask)[:, 0])`` L2-normalized (the text
-encoder without its cross-attention: no image attached). Importing torch and
-transformers and loading the whole checkpoint takes most of the seconds a fresh
-``blipsearch search --no-rerank`` spends; this reads only the text encoder's
-self-attention and feed-forward weights straight from the safetensors file
-(about a third of BLIP-base's), tokenizes with the checkpoint's own
-``tokenizer.json`` (the ``tokenizers`` library, no transformers), and runs the
-same layers in float32. Tests hold it to the transformers model's vectors.
+vector. Both retrieval families compute it with the same BERT layers in the same
+order (post-LayerNorm self-attention, then a GELU feed-forward), under other names:
+
+- BLIP (``BlipForImageTextRetrieval``): ``text_proj(text_encoder(ids, mask)[:, 0])``,
+  the text encoder without its cross-attention (no image attached);
+- BLIP-2 (``Blip2ForImageTextRetrieval``): ``text_projection(qformer(embeddings(ids),
+  query_length=0)[:, 0])``, the Q-Former on the text alone: no query tokens, so no
+  cross-attention and its text feed-forward (``intermediate``/``output``, not the
+  queries' ``*_query``); the embeddings' LayerNorm is the Q-Former's ``layernorm``.
+
+Then L2-normalized. Importing torch and transformers and loading the whole
+checkpoint takes most of the seconds a fresh ``blipsearch search --no-rerank``
+spends (BLIP-2's: a 1.17-billion-weight model, nearly all of it the ViT-g). This
+maps the checkpoint's safetensors, one file or the shards its
+``model.safetensors.index.json`` names, and reads only these layers' tensors (never
+the vision encoder's: the names read are kept in :attr:`TextQueryEncoder.read`);
+it tokenizes with the checkpoint's own ``tokenizer.json`` (the ``tokenizers``
+library, no transformers) and runs the layers in float32 (16-bit weights widened as
+torch widens them). Tests hold it to the transformers models' vectors.
 
 It is used when a process has not loaded the model anyway (a reranked search
 loads it to rerank, and then embeds the text with it). Checkpoints it can't read
@@ -20,20 +31,106 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from ..text import MAX_TOKENS, pre_caption
 
-_PREFIX = "text_encoder."
-
 
 class Unsupported(Exception):
     """The checkpoint is not one this encoder reads; the torch model will embed the text."""
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where a family's checkpoint keeps its text path: the config section and tensor names."""
+
+    config: str  # the text encoder's section of config.json
+    embeddings: str  # holds word_embeddings and position_embeddings
+    embed_norm: str  # the LayerNorm after them
+    layers: str  # the encoder's layers, numbered from 0
+    self_attention: str  # a layer's self-attention (query, key, value) under it
+    projection: str  # first token -> ITC vector
+
+
+LAYOUTS = {
+    "blip": _Layout("text_config", "text_encoder.embeddings.", "text_encoder.embeddings.LayerNorm",
+                    "text_encoder.encoder.layer.", "attention.self.", "text_proj"),
+    "blip-2": _Layout("qformer_config", "embeddings.", "qformer.layernorm",
+                      "qformer.encoder.layer.", "attention.attention.", "text_projection"),
+}
+
+
+# safetensors dtypes read, as numpy's (the format is little-endian); bfloat16 is read as its 16 bits.
+_DTYPES = {"F32": "<f4", "F16": "<f2", "BF16": "<u2", "F64": "<f8"}
+_MAX_HEADER = 100 << 20  # the format's own limit
+
+
+class _Tensors:
+    """A checkpoint's tensors by name, from ``model.safetensors`` or from the shard that
+    ``model.safetensors.index.json`` names for each, as float32; ``read`` lists those asked for.
+
+    The files are memory-mapped and a float32 tensor is a read-only view of its bytes (the
+    safetensors layout: an 8-byte header length, a JSON header of dtypes, shapes and offsets,
+    the data): nothing is copied, and only the pages of the tensors used are ever read.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.files: dict[str, tuple[mmap.mmap, int, dict[str, Any]]] = {}
+        self.read: list[str] = []
+        single, index = path / "model.safetensors", path / "model.safetensors.index.json"
+        try:
+            if single.is_file():
+                self.where = dict.fromkeys(self._file(single.name)[2], single.name)
+            elif index.is_file():
+                shards = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+                self.where = {str(name): str(file) for name, file in shards.items()}
+            else:
+                raise Unsupported("no model.safetensors or model.safetensors.index.json")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise Unsupported(f"weights: {exc}") from None
+
+    def _file(self, name: str) -> tuple[mmap.mmap, int, dict[str, Any]]:
+        if name not in self.files:
+            if Path(name).name != name or not (self.path / name).is_file():
+                raise Unsupported(f"no weights file {name!r}")
+            with open(self.path / name, "rb") as fh:
+                size = int.from_bytes(fh.read(8), "little")
+                if size > _MAX_HEADER:
+                    raise Unsupported(f"{name} is not a safetensors file")
+                header = json.loads(fh.read(size))
+                mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+            header.pop("__metadata__", None)
+            self.files[name] = (mapped, 8 + size, header)
+        return self.files[name]
+
+    def __call__(self, name: str) -> npt.NDArray[np.float32]:
+        if name not in self.where:
+            raise Unsupported(f"no tensor {name}")
+        try:
+            mapped, start, header = self._file(self.where[name])
+            info = header[name]
+            kind = info["dtype"]
+            dtype = np.dtype(_DTYPES[kind])
+            begin, end = (int(n) for n in info["data_offsets"])
+            array = np.frombuffer(mapped, dtype, (end - begin) // dtype.itemsize, start + begin).reshape(info["shape"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise Unsupported(f"{name}: {exc!r}") from None
+        self.read.append(name)
+        if kind == "BF16":  # the upper half of a float32
+            return (array.astype(np.uint32) << 16).view(np.float32)
+        return array if array.dtype == np.float32 else array.astype(np.float32)
+
+    def linear(self, name: str) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """Weight and bias (a LayerNorm's too)."""
+        return self(name + ".weight"), self(name + ".bias")
 
 
 @dataclass(frozen=True)
@@ -56,61 +153,50 @@ class _Layer:
 
 
 class TextQueryEncoder:
-    """ITC vectors of texts from a BLIP retrieval checkpoint folder, in numpy."""
+    """ITC vectors of texts from a BLIP or BLIP-2 retrieval checkpoint folder, in numpy."""
 
     def __init__(self, path: Path) -> None:
         try:
             config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-            if config.get("model_type") != "blip":
-                raise Unsupported(f"a {config.get('model_type')} model")  # BLIP-2's text goes through its Q-Former
-            text = config["text_config"]
+            layout = LAYOUTS.get(config.get("model_type"))
+            if layout is None:
+                raise Unsupported(f"a {config.get('model_type')} model")
+            text = config[layout.config]
             self.heads = int(text["num_attention_heads"])
             self.eps = float(text.get("layer_norm_eps", 1e-12))
             activation = text.get("hidden_act", "gelu")
             layers = int(text["num_hidden_layers"])
             self.dim = int(config.get("image_text_hidden_size", 256))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise Unsupported(f"config: {exc}") from None
         if activation != "gelu" or text.get("position_embedding_type", "absolute") != "absolute":
             raise Unsupported(f"activation {activation!r}")
-        weights, tokenizer = path / "model.safetensors", path / "tokenizer.json"
-        if not weights.is_file() or not tokenizer.is_file():
-            raise Unsupported("no model.safetensors or tokenizer.json")
+        tokenizer = path / "tokenizer.json"
+        if not tokenizer.is_file():
+            raise Unsupported("no tokenizer.json")
 
-        from safetensors import safe_open
         from tokenizers import Tokenizer
 
+        get = _Tensors(path)
+        self.words = get(layout.embeddings + "word_embeddings.weight")
+        self.positions = get(layout.embeddings + "position_embeddings.weight")
+        self.embed_norm = get.linear(layout.embed_norm)
+        self.layers = []
+        for n in range(layers):
+            at = f"{layout.layers}{n}."
+            self.layers.append(_Layer(
+                *get.linear(at + layout.self_attention + "query"), *get.linear(at + layout.self_attention + "key"),
+                *get.linear(at + layout.self_attention + "value"), *get.linear(at + "attention.output.dense"),
+                get.linear(at + "attention.output.LayerNorm"), *get.linear(at + "intermediate.dense"),
+                *get.linear(at + "output.dense"), get.linear(at + "output.LayerNorm"),
+            ))
+        self.proj, self.proj_bias = get.linear(layout.projection)
+        self.read: tuple[str, ...] = tuple(get.read)
+        if self.proj.shape[0] != self.dim:
+            raise Unsupported(f"{layout.projection} does not give image_text_hidden_size")
         self.tokenizer = Tokenizer.from_file(str(tokenizer))
         self.tokenizer.no_padding()
-        self.tokenizer.enable_truncation(MAX_TOKENS)
-        with safe_open(str(weights), framework="numpy") as f:
-            names = set(f.keys())
-
-            def get(name: str) -> npt.NDArray[np.float32]:
-                if name not in names:
-                    raise Unsupported(f"no tensor {name}")
-                return np.ascontiguousarray(f.get_tensor(name), dtype=np.float32)
-
-            def linear(name: str) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-                return get(name + ".weight"), get(name + ".bias")
-
-            def norm(name: str) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-                return get(name + ".weight"), get(name + ".bias")
-
-            self.words = get(_PREFIX + "embeddings.word_embeddings.weight")
-            self.positions = get(_PREFIX + "embeddings.position_embeddings.weight")
-            self.embed_norm = norm(_PREFIX + "embeddings.LayerNorm")
-            self.layers = []
-            for n in range(layers):
-                at = f"{_PREFIX}encoder.layer.{n}."
-                self.layers.append(_Layer(
-                    *linear(at + "attention.self.query"), *linear(at + "attention.self.key"),
-                    *linear(at + "attention.self.value"), *linear(at + "attention.output.dense"), norm(at + "attention.output.LayerNorm"),
-                    *linear(at + "intermediate.dense"), *linear(at + "output.dense"), norm(at + "output.LayerNorm"),
-                ))
-            self.proj, self.proj_bias = linear("text_proj")
-        if self.proj.shape[0] != self.dim:
-            raise Unsupported("text_proj does not give image_text_hidden_size")
+        self.tokenizer.enable_truncation(min(MAX_TOKENS, len(self.positions)))
         self.lock = threading.Lock()  # the tokenizer's settings are shared
 
     def tokenize(self, texts: list[str]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
