@@ -37,6 +37,12 @@ if not REQUIRED and (sync_playwright is None or not os.path.exists(CHROMIUM)):
     pytest.skip(f"needs Playwright and chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
 
 
+STARRED = ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+           '<rdf:Description xmlns:xmp="http://ns.adobe.com/xap/1.0/" xmlns:dc="http://purl.org/dc/elements/1.1/" '
+           'xmp:Rating="5"><dc:subject><rdf:Bag><rdf:li>Família</rdf:li></rdf:Bag></dc:subject>'
+           "</rdf:Description></rdf:RDF></x:xmpmeta>")
+
+
 @pytest.fixture(scope="module")
 def shapes_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """48 shapes-world scenes in two trips, indexed, tagged with their own descriptions (the
@@ -50,6 +56,8 @@ def shapes_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
         folder = photos / ("trip-a" if n % 2 else "trip-b")
         folder.mkdir(parents=True, exist_ok=True)
         scene.image.save(folder / f"scene-{n:03d}.png")
+        if n % 6 == 0:  # a photo manager's five stars and keyword for every sixth scene (all of trip-b)
+            (folder / f"scene-{n:03d}.png.xmp").write_text(STARRED)
         taken = datetime(2024, 1 + n % 4, 10 + n % 7, 12).timestamp()  # four months: date headings
         os.utime(folder / f"scene-{n:03d}.png", (taken, taken))
     with Library(root / "library", model="builtin:shapes", device="cpu") as lib:
@@ -251,6 +259,24 @@ def test_searching_looking_asking_and_filtering_in_a_browser(browser, shapes_lib
     assert _grid(page) == [h["id"] for h in starred["hits"] + starred["others"]]
     _images_loaded(page)
     _shot(page, "06-filtered")
+
+    # Rating and keyword from the photos' sidecars: the panel writes them into the box, as typed keys.
+    page.select_option("#tag", "")
+    page.select_option("#rating", "5")
+    rated_box = f"{QUERY} in:{trip} rating:5"
+    expect(page.locator("#q")).to_have_value(rated_box)
+    page.fill("#keyword", "familia")
+    page.press("#keyword", "Enter")
+    rated_box = f"{rated_box} keyword:familia"
+    expect(page.locator("#q")).to_have_value(rated_box)
+    rated = _get(f"{base}/api/search?" + urlencode({"q": rated_box, "all": 1}))
+    assert rated["searched"] == 8 and rated["understood"]["rating"] == 5  # scenes 0, 6, ..., 42: all of trip-b
+    wanted = [h["id"] for h in rated["hits"] + rated["others"]]
+    # the nearest by cosine come first, then the set in its order once ITM has checked it
+    page.wait_for_function("ids => [...document.querySelectorAll('#results a.hit')].map(a => Number(a.dataset.id))"
+                           ".join() === ids.join()", arg=wanted)
+    expect(page.locator("#rating")).to_have_value("5")  # the panel shows what the box says
+    _shot(page, "06a-rated")
 
     # Keys typed into the box give what the API gives for them: all:no, the best 40 reranked.
     typed = f'{QUERY} in:"{trip}" all:no'

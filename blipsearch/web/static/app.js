@@ -13,7 +13,7 @@
   const $ = (id) => document.getElementById(id);
   const form = $("search"), q = $("q"), results = $("results"), state = $("state"), notice = $("notice");
   const more = $("more"), dialog = $("detail"), queryImage = $("query-image"), plain = $("plain");
-  const PANEL = ["folder", "after", "before", "tag", "sort"];  // inputs whose data-key they write into the box
+  const PANEL = ["folder", "after", "before", "tag", "keyword", "place", "rating", "sort"];  // inputs whose data-key they write into the box
   let current = null;        // the search on screen: {kind: "text"|"browse"|"like"|"upload", ...}
   let controller = null;     // aborts the requests of a search that was replaced
   let shown = [];            // the photos on screen, in order
@@ -55,6 +55,8 @@
     if (!understood) return null;
     if (key === "in") return understood.folders.length ? understood.folders[0] : "";
     if (key === "sort") return understood.sort && understood.sort !== "score" ? understood.sort : "";
+    if (key === "keyword") return understood.keywords.length ? understood.keywords[0] : "";
+    if (key === "rating") return understood.rating === null ? "" : String(understood.rating);
     return understood[key] || "";
   }
 
