@@ -10,7 +10,7 @@ from __future__ import annotations
 import click
 
 # Only light modules, here and in the command modules (see .options).
-from . import describe, indexing, manage, search, serve, texts
+from . import describe, engines, indexing, manage, search, serve, texts
 
 
 class Commands(click.Group):
@@ -51,7 +51,8 @@ def main() -> None:
 # In the order they were written in (`--help` lists them by name).
 for command in (indexing.index, indexing.watch, search.search, describe.caption, describe.ask, search.similar,
                 search.duplicates, texts.texts, search.lookup, texts.tag, manage.demo_photos, manage.convert,
-                manage.status, manage.upgrade, manage.failures, serve.serve, describe.explain, manage.eval_command):
+                manage.status, manage.upgrade, manage.failures, serve.serve, describe.explain, manage.eval_command,
+                engines.engine):
     main.add_command(command)
 del command
 
