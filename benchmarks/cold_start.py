@@ -13,6 +13,13 @@ virtualenv), median of ``--runs``:
 - on the offline demo (200 shapes-world pictures, the built-in model), the
   same two ways.
 
+With ``--auto`` it times instead what the background engine does for a user who never starts
+`blipsearch serve` (``blipsearch/background.py``), on both libraries: the first reranked search
+with no engine running (in-process; it starts one), how long until that engine answers, then the
+second and the tenth of the same search (answered by it), the engine's resident memory once
+idle, and ``--help`` meanwhile (what any command costs on the machine as loaded as it is then);
+``--runs`` times each, every run from no engine, in a runtime folder of its own.
+
 With ``--compare SRC`` (a checkout of other code, e.g. ``git worktree add /tmp/old REV``) it
 times only the commands that start without a model (``--help``, ``status``,
 ``search --no-rerank``), in-process, for this checkout and for SRC (``PYTHONPATH=SRC``), the two
@@ -87,6 +94,49 @@ def measure(options: list[str], query_image: Path, runs: int) -> dict[str, dict[
     return {"in_process": cold, "with_serve": warm}
 
 
+def _engine(runtime: Path, timeout: float = 600) -> dict[str, object]:
+    """The info of the engine listening in the runtime folder ``runtime``, once it answers (asked
+    from here: a `blipsearch engine status` a poll would load the machine the engine loads on)."""
+    from blipsearch.engine import ask
+
+    deadline = time.perf_counter() + timeout
+    while True:
+        for path in (runtime / "blipsearch").glob("*.sock"):
+            answer = ask(path, {"call": "info"})
+            if answer is not None:
+                return answer["result"]  # type: ignore[no-any-return]
+        if time.perf_counter() > deadline:
+            raise RuntimeError("no engine started")
+        time.sleep(0.05)
+
+
+def auto(options: list[str], runs: int, settle_s: float = 5.0) -> dict[str, object]:
+    """The background engine's figures for ``search TEXT`` (default rerank) on the library of ``options``."""
+    search = [*commands(Path("unused"))["search (rerank, default depth)"], *options]
+    found: dict[str, list[float]] = {"first": [], "ready_after_s": [], "second": [], "tenth": [], "idle_rss_mb": [],
+                                     "help": []}
+    for _ in range(runs):
+        runtime = Path(tempfile.mkdtemp(prefix="bs-run-"))
+        runtime.chmod(0o700)
+        env = {k: v for k, v in os.environ.items() if k not in ("BLIPSEARCH_IN_PROCESS", "BLIPSEARCH_ENGINE")}
+        env["XDG_RUNTIME_DIR"] = str(runtime)
+        try:
+            found["first"].append(timed(search, env, 1))
+            done = time.perf_counter()
+            _engine(runtime)
+            found["ready_after_s"].append(time.perf_counter() - done)
+            later = [timed(search, env, 1) for _ in range(9)]
+            found["second"].append(later[0])
+            found["tenth"].append(later[-1])
+            found["help"].append(timed(["--help"], env, 3))  # the floor: a command that does nothing, now
+            time.sleep(settle_s)
+            found["idle_rss_mb"].append(int(_engine(runtime)["memory"]) / 2**20)  # type: ignore[call-overload]
+        finally:
+            subprocess.run([str(BIN), "engine", "stop"], env=env, check=False, capture_output=True)
+            shutil.rmtree(runtime, ignore_errors=True)
+    return {name: statistics.median(values) for name, values in found.items()} | {"all": found}
+
+
 LIGHT = ("--help", "status", "search --no-rerank")
 
 
@@ -117,6 +167,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "blipsearch-bench")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--images", type=int, default=5000)
+    parser.add_argument("--auto", action="store_true", help="time the background engine instead (see above)")
     parser.add_argument("--compare", type=Path, default=None, metavar="SRC",
                         help="time --help, status and search --no-rerank against the code in SRC")
     args = parser.parse_args()
@@ -141,6 +192,17 @@ def main() -> None:
         print(f"written to {path}")
         return
     timed(["search", "a red circle left of a blue square", *base], env, 1)  # fills the token cache
+    if args.auto:
+        engines = {"base": auto(base, args.runs), "demo": auto(["--library", str(demo / "library")], args.runs)}
+        path = save("cold_start_auto", {"runs": args.runs, "libraries": engines})
+        print("| library | first search (no engine) | engine answers after | second | tenth | idle engine RSS | "
+              "`--help` meanwhile |")
+        print("|---|---|---|---|---|---|---|")
+        for where, row in engines.items():
+            print(f"| {where} | {row['first']:.2f} s | {row['ready_after_s']:.1f} s | {row['second']:.2f} s | "
+                  f"{row['tenth']:.2f} s | {row['idle_rss_mb']:,.0f} MB | {row['help']:.2f} s |")
+        print(f"written to {path}")
+        return
     result: dict[str, object] = {"base": measure(base, photo, args.runs)}
 
     result["demo"] = measure(["--library", str(demo / "library")], demo / "photos" / "images" / "00001.png",

@@ -231,6 +231,7 @@ def environment(work: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BLIPSEARCH_")}
     env.update({
         "BLIPSEARCH_IN_PROCESS": "1",
+        "BLIPSEARCH_ENGINE": "off",  # (commands run without BLIPSEARCH_IN_PROCESS start no background engine)
         "BLIPSEARCH_THREADS": "1",
         "XDG_RUNTIME_DIR": str(work / "run"),
         "XDG_CACHE_HOME": str(work / "cache"),

@@ -13,8 +13,12 @@ private runtime folder (mode 0700, e.g. ``$XDG_RUNTIME_DIR/blipsearch``), is its
 mode 0600, and both are checked to belong to the user before a command connects. It
 is never reachable over the network: the server's TCP address does not answer these
 calls. A command uses the server only when both were given the same library options
-(model, device, ...); otherwise, when none runs, or with ``BLIPSEARCH_IN_PROCESS=1``,
-it works in-process as before, without a word.
+(model, device, ...) and run the same code (:func:`code_version`); otherwise, when none
+runs, or with ``BLIPSEARCH_IN_PROCESS=1``, it works in-process as before, without a word.
+
+Where no ``serve`` runs, a command that loaded a model starts a background engine for the
+next ones (:mod:`blipsearch.background`; the process is :mod:`blipsearch.web.daemon`): the
+same socket and the same calls, without the web page.
 
 This module imports nothing heavy: the command line loads it at start.
 """
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -37,10 +42,33 @@ from . import errors
 from .errors import BlipsearchError
 
 IN_PROCESS_ENV = "BLIPSEARCH_IN_PROCESS"
+TRUE = frozenset({"1", "true", "yes", "on"})
 # The Library calls the command line makes that a server may answer.
 CALLS = frozenset({"search", "similar", "lookup", "caption", "ask", "describe", "keep_answer", "unsearchable",
                    "count", "explain", "tag", "add_texts"})
 CONNECT_TIMEOUT_S = 2.0
+
+
+def in_process() -> bool:
+    """``BLIPSEARCH_IN_PROCESS=1``: every command works on its own, with no server or engine."""
+    return os.environ.get(IN_PROCESS_ENV, "").strip().lower() in TRUE
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """This code, as the command line and a server compare it: the package's version, the Python
+    that runs it, and the size and time of each of its modules (an edited file is other code)."""
+    from . import __version__
+
+    package = os.path.dirname(os.path.abspath(__file__))
+    digest = hashlib.sha256(os.fsencode(sys.executable))
+    for root, folders, files in os.walk(package):
+        folders[:] = sorted(f for f in folders if f not in ("__pycache__", "builtin", "static", "templates"))
+        for name in sorted(f for f in files if f.endswith(".py")):
+            path = os.path.join(root, name)
+            info = os.stat(path)
+            digest.update(os.fsencode(f"{os.path.relpath(path, package)}:{info.st_size}:{info.st_mtime_ns}\n"))
+    return f"{__version__}+{digest.hexdigest()[:12]}"
 
 
 def runtime_dir() -> Path | None:
@@ -248,23 +276,39 @@ class Engine:
 
     @classmethod
     def find(cls, location: Path, settings: dict[str, Any]) -> Engine | None:
-        """The server of the library at ``location``, if one runs, is this user's, and was
-        started with the same ``settings``; else ``None``."""
-        if os.environ.get(IN_PROCESS_ENV, "").strip().lower() in {"1", "true", "yes", "on"}:
-            return None
+        """The server of the library at ``location``, if one runs, is this user's, runs this code
+        and was started with the same ``settings``; else ``None``."""
+        return cls.locate(location, settings)[0]
+
+    @classmethod
+    def locate(cls, location: Path, settings: dict[str, Any]) -> tuple[Engine | None, str]:
+        """:meth:`find`, and what answers there: ``"found"``; ``"none"`` (nothing); ``"other"`` (a
+        server of other options or other code); ``"going"``: a background engine that stops now,
+        because its library was deleted or its model changed (it says so) or because it runs other
+        code (it is told to), so that a new one can take its place."""
+        if in_process():
+            return None, "none"
         path = socket_path(location)
         if path is None or not private_socket(path):
-            return None
+            return None, "none"
         engine = cls(path, settings)
         try:
-            status, _ = engine._exchange({"call": "hello", "settings": settings})
+            status, answer = engine._exchange({"call": "hello", "settings": settings})
+            info = answer.get("result" if status == 200 else "info")
+            info = info if isinstance(info, dict) else {}  # (a server of before there were versions)
+            if status == 200 and info.get("version") == code_version():
+                return engine, "found"
+            if status == 409 and answer.get("reason") == "stale":
+                state = "going"
+            elif info.get("kind") == "engine" and info.get("version") != code_version():
+                engine._exchange({"call": "stop"})
+                state = "going"
+            else:
+                state = "other"  # another model, device, ...: in-process then
         except (OSError, ValueError, KeyError, IndexError):
-            engine.close()
-            return None  # a socket left by a server that was killed, or not a server at all
-        if status != 200:
-            engine.close()
-            return None  # another model, device, ...: in-process then
-        return engine
+            state = "none"  # a socket left by a server that was killed, or not a server at all
+        engine.close()
+        return None, state
 
     def _exchange(self, request: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         status, body = self._connection.exchange(json.dumps(request, ensure_ascii=True).encode())
@@ -334,6 +378,22 @@ class Engine:
 
     def discard_if_unused(self) -> bool:
         return False  # the server's library is in use
+
+
+def ask(path: Path, request: dict[str, Any]) -> dict[str, Any] | None:
+    """One call to the server at ``path`` that needs no library options (``info``, ``stop``): its
+    answer, or ``None`` when nothing answers there."""
+    if not private_socket(path):
+        return None
+    connection = _Connection(path)
+    try:
+        status, body = connection.exchange(json.dumps(request).encode())
+        answer = json.loads(body or b"{}")
+    except (OSError, ValueError, KeyError, IndexError):
+        return None
+    finally:
+        connection.close()
+    return answer if status == 200 and isinstance(answer, dict) else None
 
 
 def _absolute(path: Any) -> Any:

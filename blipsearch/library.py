@@ -139,6 +139,10 @@ class Library:
     def token_cache(self, cache: TokenCache | None) -> None:
         self.parts.token_cache = cache
 
+    def loaded_models(self) -> list[str]:
+        """The models this object has loaded so far: ``"retrieval"``, ``"caption"``, ``"vqa"``."""
+        return ["retrieval"] * (self.parts.loaded_model is not None) + self._describing.loaded()
+
     @property
     def captioner(self) -> Captioner:
         return self._describing.captioner

@@ -26,8 +26,15 @@ def isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
     monkeypatch.setenv("HF_HOME", str(home / "hf"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(home / "cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    for var in ("BLIPSEARCH_MODEL", "BLIPSEARCH_DB"):
+    for var in ("BLIPSEARCH_MODEL", "BLIPSEARCH_DB", "BLIPSEARCH_ENGINE_IDLE"):
         monkeypatch.delenv(var, raising=False)
+    # No command of a test starts a background engine (the tests of one turn them on: see
+    # tests/test_engine_auto.py), nor finds a user's server or engine: sockets go to a runtime
+    # folder of the test's own.
+    monkeypatch.setenv("BLIPSEARCH_ENGINE", "off")
+    runtime = home / "run"
+    runtime.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
     # `--max-megapixels` sets Pillow's process-wide limit; a command run in-process must not leave
     # its value to the tests after it.
     from PIL import Image

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from blipsearch import background
 from blipsearch.cli import main
 from blipsearch.engine import (
     Engine,
@@ -185,6 +186,15 @@ def test_a_socket_that_is_not_private_or_not_answering_is_not_used(tmp_path: Pat
         os.chmod(path, 0o666)
         assert not private_socket(path) and Engine.find(library, open_settings()) is None
         os.chmod(path, 0o600)
+        # Another user's socket, in another user's folder: not used, and nothing is written there.
+        real = os.getuid()
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(os, "getuid", lambda: real + 1)
+            m.delenv("BLIPSEARCH_ENGINE")
+            assert not private_socket(path) and Engine.find(library, open_settings()) is None
+            assert background.start(library, open_settings(), ["retrieval"]) is None
+            assert background.running() == [] and background.stop() == []
+        assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
     assert not os.path.lexists(path)
 
     # A socket left by a killed server: nobody answers, so commands work in-process, and the next

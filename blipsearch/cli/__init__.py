@@ -10,7 +10,7 @@ from __future__ import annotations
 import click
 
 # Only light modules, here and in the command modules (see .options).
-from . import describe, indexing, manage, search, serve, texts, xmp
+from . import describe, engines, indexing, manage, search, serve, texts, xmp
 
 
 class Commands(click.Group):
@@ -52,7 +52,7 @@ def main() -> None:
 for command in (indexing.index, indexing.watch, search.search, describe.caption, describe.ask, search.similar,
                 search.duplicates, texts.texts, search.lookup, texts.tag, manage.demo_photos, manage.convert,
                 manage.status, manage.upgrade, manage.failures, serve.serve, describe.explain, manage.eval_command,
-                xmp.xmp, manage.image):
+                xmp.xmp, manage.image, engines.engine):
     main.add_command(command)
 del command
 

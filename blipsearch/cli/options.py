@@ -226,14 +226,16 @@ def with_library(func: Callable[..., Any], create: bool = True, served: bool = F
         if kwargs.get("as_json") and kwargs.get("paths_only"):  # usage errors before opening anything
             raise click.UsageError("--json and --paths (or --paths0) can't be used together.")
         with _errors():
+            found = None
             if served and max_megapixels is None:
                 from ..engine import Engine
                 from ..store.location import library_location
 
+                location = library_location(library, db_url)
                 settings = open_settings(db_url=db_url, model=model, device=device, itm_token=itm_token,
                                          caption_model=caption_model, vqa_model=vqa_model, quantize=quantize,
                                          token_cache_gb=token_cache_gb)
-                engine = Engine.find(library_location(library, db_url), settings)
+                engine, found = Engine.locate(location, settings)
                 if engine is not None:
                     try:
                         return func(engine, **kwargs)
@@ -241,12 +243,29 @@ def with_library(func: Callable[..., Any], create: bool = True, served: bool = F
                         engine.close()
             lib = _open(library, db_url, model, device, itm_token, max_megapixels, caption_model, vqa_model,
                         quantize, token_cache_gb, create)
+            loaded: list[str] = []
             try:
                 return func(lib, **kwargs)
+            except KeyboardInterrupt:
+                found = None
+                raise
             finally:
-                lib.discard_if_unused()  # a first command that failed, or stored nothing, leaves no library
+                if found is not None:
+                    loaded = lib.loaded_models()
+                discarded = lib.discard_if_unused()  # a first command that failed, or stored nothing, leaves no library
+                if loaded and not discarded:  # for the next command: an engine of its own, its models loaded
+                    _start_engine(location, settings, loaded, found == "going")
 
     return wrapper
+
+
+def _start_engine(location: Path, settings: dict[str, Any], loaded: list[str], replacing: bool) -> None:
+    from .. import background
+
+    started = background.start(location, settings, loaded, replacing)
+    note = background.announce(started is not None)
+    if note is not None and sys.stderr.isatty():
+        click.echo(note, err=True)
 
 
 def with_existing_library(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -50,6 +50,10 @@ class Describing:
                     self._captioner = load_captioner(self._caption_spec(), ws.device)
         return self._captioner
 
+    def loaded(self) -> list[str]:
+        """Which of its models are loaded: ``"caption"``, ``"vqa"``."""
+        return [kind for kind, model in (("caption", self._captioner), ("vqa", self._answerer)) if model is not None]
+
     def _caption_spec(self) -> str:
         return self.ws.companion(self.ws.requested_caption_model, DEFAULT_CAPTION_MODEL)
 

@@ -4,9 +4,7 @@ under way and close the library."""
 from __future__ import annotations
 
 import secrets
-import signal
 import socket
-import threading
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -16,10 +14,7 @@ from ..errors import BlipsearchError
 from ..library import Library
 from .app import ServeSettings, create_app
 from .security import is_loopback, is_wildcard
-from .terminal import BySocket, TerminalApp, terminal_socket
-
-# Requests still running when a stop is asked for get this long to finish.
-GRACE_S = 10
+from .terminal import BySocket, TerminalApp, run, terminal_socket
 
 
 class ServeError(BlipsearchError):
@@ -65,33 +60,16 @@ def address(settings: ServeSettings, port: int) -> str:
 
 def serve(lib: Library, settings: ServeSettings, announce: Callable[[int], None]) -> None:
     """Serve ``lib`` until stopped; ``announce(port)`` is called once the socket listens."""
-    import uvicorn
-
     sock = bind(settings.host, settings.port)
     port = sock.getsockname()[1]
     app: Any = create_app(lib, settings)
-    with terminal_socket(lib.location) as terminal:
+    # A background engine of this library (blipsearch.background) gives the terminal's socket up to us.
+    with terminal_socket(lib.location, take_over=True) as terminal:
         sockets = [sock]
         if terminal is not None:  # the command line's warm engine (blipsearch.engine)
             app = BySocket(app, TerminalApp(lib), Path(terminal.getsockname()))
             sockets.append(terminal)
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
-                                timeout_graceful_shutdown=GRACE_S, server_header=False)
-        server = uvicorn.Server(config)
-        # uvicorn stops gracefully on SIGINT and SIGTERM, then raises the signal again for the handler it
-        # found: Ctrl-C arrives as KeyboardInterrupt, and SIGTERM must too, not as the default sudden exit.
-        main = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGTERM, _stopped) if main else None
-        announce(port)
         try:
-            server.run(sockets=sockets)
-        except KeyboardInterrupt:
-            pass  # already stopped, gracefully
+            run(app, sockets, "on", lambda server: announce(port))
         finally:
             sock.close()
-            if main:
-                signal.signal(signal.SIGTERM, previous)
-
-
-def _stopped(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt

@@ -1,5 +1,6 @@
 """The server's side of the terminal's warm engine (see :mod:`blipsearch.engine`): a private
-Unix socket beside the TCP address, answering the command line's Library calls."""
+Unix socket beside the TCP address of ``serve``, or alone in a background engine
+(:mod:`.daemon`), answering the command line's Library calls."""
 
 from __future__ import annotations
 
@@ -7,20 +8,35 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import socket
 import sys
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..engine import CALLS, decode, encode, light_types, private_folder, socket_path
+from ..engine import (
+    CALLS,
+    ask,
+    code_version,
+    decode,
+    encode,
+    light_types,
+    private_folder,
+    socket_path,
+)
 from ..errors import BlipsearchError
 from ..library import Library
 from .security import ASGIApp, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
 MAX_REQUEST_BYTES = 1 << 20  # paths and settings: small
+# Requests still running when a stop is asked for get this long to finish.
+GRACE_S = 10
+TAKE_OVER_S = 15  # how long `serve` waits for a background engine of its library to stop
 
 
 def _types() -> dict[str, type]:
@@ -32,13 +48,40 @@ def _types() -> dict[str, type]:
     return {**light_types(), **{t.__name__: t for t in (Hit, TextHit, Described)}}
 
 
+def resident_bytes() -> int:
+    """This process's resident memory now (Linux), else its peak."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
 class TerminalApp:
     """ASGI: ``POST /call`` with ``{"call", "settings", "args", "kwargs"}`` runs that call of the
-    library in a worker thread; ``settings`` must be the server's own (else 409)."""
+    library in a worker thread; ``settings`` must be the server's own (else 409). ``hello`` and
+    ``info`` answer what it is (:meth:`info`); ``stop`` stops a background engine (``kind``
+    ``"engine"``, with its ``stop``), whose ``stale()`` says why it must stop, if it must."""
 
-    def __init__(self, lib: Library) -> None:
-        self.lib = lib
+    def __init__(self, lib: Library, kind: str = "serve", stale: Callable[[], str | None] | None = None,
+                 stop: Callable[[str], None] | None = None) -> None:
+        self.lib, self.kind, self.stale, self.stop = lib, kind, stale, stop
         self.types = _types()
+        self.version = code_version()  # (the code it imported: files edited later are other code)
+        self.started = time.time()
+        self._busy, self._last, self._activity = 0, time.monotonic(), threading.Lock()
+
+    def idle_s(self) -> float:
+        """Seconds since the last call ended (0 while one runs); ``hello`` and ``info`` don't count."""
+        with self._activity:
+            return 0.0 if self._busy else time.monotonic() - self._last
+
+    def info(self) -> dict[str, Any]:
+        return {"kind": self.kind, "pid": os.getpid(), "version": self.version, "library": str(self.lib.location),
+                "memory": resident_bytes(), "idle_s": round(self.idle_s(), 1), "started": self.started}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -62,18 +105,43 @@ class TerminalApp:
         try:
             request = json.loads(body)
             name = request["call"]
-            settings = request["settings"]
+            if not isinstance(name, str):
+                raise TypeError(name)
+            settings = request["settings"] if name not in ("info", "stop") else None
         except (ValueError, KeyError, TypeError):
             return 400, {"error": "Not a call."}
+        if name == "info":
+            return 200, {"result": self.info()}
+        if name == "stop":
+            if self.stop is None:
+                return 400, {"error": "A `blipsearch serve` stops where it runs (Ctrl-C)."}
+            self.stop("asked to")
+            return 200, {"result": self.info()}
+        reason = self.stale() if self.stale is not None and name == "hello" else None
+        if reason is not None:
+            if self.stop is not None:
+                self.stop(reason)
+            return 409, {"error": f"This engine stops: {reason}.", "reason": "stale", "info": self.info()}
         if settings != self.lib.settings:
-            return 409, {"error": "This server was started with other library options."}
+            return 409, {"error": "This server was started with other library options.", "reason": "settings",
+                         "info": self.info()}
         if name == "hello":
-            return 200, {"result": None}
+            return 200, {"result": self.info()}
         if name not in CALLS:
             return 400, {"error": f"Unknown call {name!r}."}
+        with self._activity:
+            self._busy += 1
+        try:
+            return self._run(name, request)
+        finally:
+            with self._activity:
+                self._busy -= 1
+                self._last = time.monotonic()
+
+    def _run(self, name: str, request: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         try:
             args = decode(request.get("args", []), self.types)
-            kwargs = decode(request.get("kwargs", {}), self.types)
+            kwargs = decode(request.get("kwargs", {"$dict": {}}), self.types)
             result = getattr(self.lib, name)(*args, **kwargs)
             return 200, {"result": encode(result)}
         except BlipsearchError as exc:
@@ -93,6 +161,32 @@ async def _json(send: Send, status: int, answer: dict[str, Any]) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+def run(app: ASGIApp, sockets: list[socket.socket], lifespan: str, ready: Callable[[Any], None]) -> None:
+    """Serve ``app`` on the listening ``sockets`` until Ctrl-C, SIGTERM or the uvicorn server's
+    ``should_exit``, then finish the requests under way; ``ready(server)`` is called just before."""
+    import uvicorn
+
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan=lifespan,
+                            timeout_graceful_shutdown=GRACE_S, server_header=False)
+    server = uvicorn.Server(config)
+    # uvicorn stops gracefully on SIGINT and SIGTERM, then raises the signal again for the handler it
+    # found: Ctrl-C arrives as KeyboardInterrupt, and SIGTERM must too, not as the default sudden exit.
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _stopped) if main else None
+    ready(server)
+    try:
+        server.run(sockets=sockets)
+    except KeyboardInterrupt:
+        pass  # already stopped, gracefully
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _stopped(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 class BySocket:
     """ASGI: requests that came in on the terminal socket go to its app, all others to the web app.
     uvicorn names a Unix socket's path as the request's ``server``; a TCP request names its
@@ -110,10 +204,13 @@ class BySocket:
 
 
 @contextmanager
-def terminal_socket(location: Path) -> Iterator[socket.socket | None]:
+def terminal_socket(location: Path, take_over: bool = False) -> Iterator[socket.socket | None]:
     """The listening socket of the library at ``location`` for the command line (removed after),
-    or ``None`` where it can't be made safely or another server already answers there."""
+    or ``None`` where it can't be made safely or another server already answers there.
+    ``take_over``: a background engine answering there is stopped first (``serve`` does it)."""
     path = socket_path(location)
+    if take_over and path is not None:
+        _stop_engine(path)
     sock = _listen(path) if path is not None else None
     made = _identity(path) if sock is not None and path is not None else None
     try:
@@ -123,6 +220,17 @@ def terminal_socket(location: Path) -> Iterator[socket.socket | None]:
             if made is not None and _identity(path) == made:  # not one a later server put there
                 path.unlink(missing_ok=True)
             sock.close()
+
+
+def _stop_engine(path: Path) -> None:
+    """Stop the background engine answering at ``path``, if one does, and wait until it is gone."""
+    answer = ask(path, {"call": "info"})
+    if answer is None or not isinstance(answer.get("result"), dict) or answer["result"].get("kind") != "engine":
+        return
+    ask(path, {"call": "stop"})
+    deadline = time.monotonic() + TAKE_OVER_S
+    while os.path.lexists(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
