@@ -132,8 +132,8 @@ def _child(args: argparse.Namespace) -> None:
         result["p95_ms"] = round(float(np.percentile(times, 95)), 1)
         result["mapped"] = index.mapped
     result["seconds"] = round(time.perf_counter() - began, 1)
-    result.update(kind=index.kind, count=len(index), nprobe=index.nprobe, refine=index.refine,
-                  recall_at_10=index.recall)
+    result.update(kind=index.kind, count=len(index), nprobe=index.nprobe,
+                  refine=getattr(index, "refine", 8), recall_at_10=index.recall)  # (8: code of before)
     if args.step == "build":
         result["tuning"] = index.tuning
     result.update(_memory())
