@@ -14,12 +14,15 @@ Then, each in a fresh process, so that peak memory is its own:
    rows, tuning with exact top-10 streamed over the chunks), saved to the vector file;
 3. ``recall``: recall@10 of the saved index on 1,000 held-out queries against exact search over the
    database's vectors;
-4. ``--readers`` processes at once, each loading the vector file and answering 200 single queries
+4. ``latency``: one process alone, with one FAISS thread, answering 200 single queries (re-scored from
+   the database): p50 / p95;
+5. ``--readers`` processes at once, each loading the vector file and answering 200 single queries
    (re-scored from the database, as searches are); each reports its resident and proportional
    memory (``Rss``/``Pss`` of ``/proc/self/smaps_rollup``) with the file mapped, then with the index
    copied into memory (as version 1 files were read).
 
-Reports the time and peak RSS of 1 and 2, the recall of 3, and per-reader memory and p50 latency of 4.
+Reports the time and peak RSS of 1 and 2, the recall of 3, the latency of 4, and per-reader memory
+and p50 latency of 5.
 """
 
 from __future__ import annotations
@@ -115,6 +118,9 @@ def _child(args: argparse.Namespace) -> None:
         index = loaded[0]
         if args.step == "serve-in-memory":
             index._own()
+        if args.step == "latency":  # one process alone, one query thread
+            import faiss
+            faiss.omp_set_num_threads(1)
         queries = hard_set("low-rank", 200, seed=10**6)
         exact = lambda wanted: db.vectors_by_ids(list(wanted), FP, DIM)
         times = []
@@ -123,9 +129,13 @@ def _child(args: argparse.Namespace) -> None:
             index.search(query[None], 10, exact=exact)
             times.append(1000 * (time.perf_counter() - start))
         result["p50_ms"] = round(statistics.median(times), 1)
+        result["p95_ms"] = round(float(np.percentile(times, 95)), 1)
         result["mapped"] = index.mapped
     result["seconds"] = round(time.perf_counter() - began, 1)
-    result.update(kind=index.kind, count=len(index), nprobe=index.nprobe, recall_at_10=index.recall)
+    result.update(kind=index.kind, count=len(index), nprobe=index.nprobe,
+                  refine=getattr(index, "refine", 8), recall_at_10=index.recall)  # (8: code of before)
+    if args.step == "build":
+        result["tuning"] = index.tuning
     result.update(_memory())
     print(json.dumps(result))
 
@@ -172,12 +182,14 @@ def main() -> None:
     whole = None if args.skip_whole else _run(args, "whole")[0]
     build = _run(args, "build")[0]  # (its file is the one the readers map)
     recall = _run(args, "recall")[0]["held_out_recall_at_10"]
+    latency = _run(args, "latency")[0]
     mapped = _run(args, "serve", args.readers)
     in_memory = _run(args, "serve-in-memory", args.readers)
     result = {
         "count": args.count, "budget_mb": args.budget_mb, "database_gb": round(os.path.getsize(database) / 2**30, 2),
         "vector_file_mb": round(os.path.getsize(args.vector_file) / 2**20, 1),
         "build_from_chunks": build, "build_from_one_array": whole, "held_out_recall_at_10": recall,
+        "one_reader_one_thread": latency,
         "readers": args.readers, "readers_mapped": mapped, "readers_in_memory": in_memory,
         "pss_sum_mapped_gb": round(sum(float(r["pss_gb"]) for r in mapped), 2),  # type: ignore[arg-type]
         "pss_sum_in_memory_gb": round(sum(float(r["pss_gb"]) for r in in_memory), 2),  # type: ignore[arg-type]

@@ -35,40 +35,36 @@ _VERSION = 1  # files of version 1 begin with the header; version 2 ends with it
 _MAPPED_VERSION = 2
 
 
-# Below this many vectors search is exact (brute-force inner product: ~10 ms
-# per query at 200k on two cores); above it, an inverted-file index.
+# Below this many vectors search is exact (~10 ms per query at 200k on two cores); above, IVF.
 FLAT_LIMIT = 200_000
-# Memory the vectors may take in an approximate index before they are
-# compressed (product quantization, PQ_BYTES per vector instead of 1 KB).
+# Memory the vectors may take in an approximate index before they are compressed (product quantization).
 DEFAULT_MEMORY_BUDGET = 4 << 30
-# Bytes per vector under product quantization.
+# Bytes per vector under product quantization: 2 * PQ_BYTES codes of 4 bits, scanned by FAISS's SIMD
+# "fast-scan" kernels (5x faster than 8-bit codes; a deeper exact re-score makes up: BENCHMARKS.md).
 PQ_BYTES = 64
-# A compressed index shortlists this many times k, re-scored exactly.
+# A compressed index shortlists `refine` times k, re-scored exactly from the full vectors, the factor
+# tuned with the lists (files from before it was tuned use REFINE_FACTOR).
 REFINE_FACTOR = 8
-# An approximate index is retrained when the collection has doubled since.
-RETRAIN_GROWTH = 2.0
-# A filter selecting at most this many images of an approximate index is searched exactly,
-# over their full vectors from the database.
+REFINE_FACTORS = (8, 16, 32, 64)
+RETRAIN_GROWTH = 2.0  # an approximate index is retrained when the collection has doubled since
+# A filter selecting at most this many images of an approximate index is searched exactly (full vectors).
 EXACT_SUBSET_LIMIT = 50_000
 # An approximate index must find at least this share of the exact top 10 (measured when it is built,
-# on the library's own vectors); the fewest lists scanned that reach it are kept.
+# on the library's own vectors): the fewest lists that reach it are kept.
 RECALL_TARGET = 0.95
 TUNING_QUERIES = 300
 SINGLE_QUERIES = 50  # timed one at a time for the choice between exact search and the tuned index
-# An approximate index no faster than exact search at its tuned setting is replaced by exact search:
-# one query at the tuned setting must take under APPROXIMATE_GAIN of an exact query's time.
+# An approximate index is replaced by exact search unless one query takes under APPROXIMATE_GAIN of one exact.
 PREFER_EXACT = True
 APPROXIMATE_GAIN = 0.8
-# Vectors per chunk when an index is filled from vectors in memory (a database gives its own chunks).
-CHUNK = 100_000
+CHUNK = 100_000  # vectors per chunk when filled from memory (a database gives its own chunks)
 # k-means training: TRAIN_PER_LIST vectors per list, at most MAX_TRAIN in all, and at most MAX_LISTS
-# lists (IVF8192 trained on 300k 256-d vectors takes 174 s on two cores and, at 10M vectors, reaches
-# recall@10 0.93 scanning 256 lists; benchmarks/vector_index_10m.py).
+# lists (IVF8192 on 300k 256-d vectors: 174 s on two cores; benchmarks/vector_index_10m.py).
 TRAIN_PER_LIST = 64
 MAX_TRAIN = 300_000
 MAX_LISTS = 8192
-# A mapped index keeps the vectors added since it was loaded, and the ids it holds that were removed
-# or replaced since, beside it; past this many in all it is copied into memory and changed there.
+# A mapped index keeps the vectors added, and its ids removed or replaced, since it was loaded beside
+# it; past this many in all it is copied into memory and changed there.
 OVERLAY_LIMIT = 50_000
 _PROBES = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 
@@ -87,6 +83,7 @@ class IndexHeader:
     target: float | None = None  # the recall@10 it was tuned to (None: never tuned)
     filtered_nprobe: int = 0  # lists a filtered search scans (0: as unfiltered)
     filtered_recall: float | None = None  # its recall@10, measured with the hardest filter it serves
+    refine: int = 0  # a compressed index's re-scored shortlist, times k (0: REFINE_FACTOR)
 
 
 def is_tuned_size(count: int) -> bool:
@@ -148,6 +145,7 @@ class VectorIndex:
         self.filtered_nprobe = 0
         self.filtered_recall: float | None = None
         self.filtered_tuning: list[dict[str, float]] = []
+        self.refine = REFINE_FACTOR  # shortlist re-scored exactly, times k (ivf-pq), as tuned
         self._timing_queries = np.zeros((0, dim), np.float32)
         self.tuning: list[dict[str, float]] = []  # every setting tried: nprobe, recall, p50 ms
         self.index = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
@@ -199,7 +197,7 @@ class VectorIndex:
         if kind == "ivf-flat":
             ivf = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
         else:
-            ivf = faiss.IndexIVFPQ(quantizer, dim, nlist, PQ_BYTES, 8, faiss.METRIC_INNER_PRODUCT)
+            ivf = faiss.IndexIVFPQFastScan(quantizer, dim, nlist, 2 * PQ_BYTES, 4, faiss.METRIC_INNER_PRODUCT)
         ivf.own_fields = True
         quantizer.this.disown()
         rng = np.random.default_rng(seed)
@@ -222,14 +220,13 @@ class VectorIndex:
         return self
 
     def tune(self, source: VectorSource, target: float = RECALL_TARGET, seed: int = 0) -> Callable[[], float]:
-        """Scan the fewest lists per query (at least ``max(16, nlist / 64)``) that find ``target`` of
-        the exact top 10, measured with a sample of the indexed vectors as queries (each one's own
-        hit left out) against exact inner-product search over all of them, read from ``source`` a
-        chunk at a time. Clustered synthetic vectors need 8 lists; vectors as spread as real
-        embeddings need hundreds (benchmarks/vector_index.py). When none reaches it, every list is
-        scanned (the exact answer, slowly). Filtered searches through the index get their own number
-        of lists, tuned the same way (:attr:`filtered_nprobe`). Returns what times one exact query
-        (ms, median), for comparison with :meth:`single_query_ms`."""
+        """Scan the fewest lists per query (at least ``max(16, nlist / 64)``), a compressed index with
+        the shallowest re-scored shortlist (:attr:`refine`), that find ``target`` of the exact top 10,
+        measured with a sample of the indexed vectors as queries (each one's own hit left out) against
+        exact search over all of them, read from ``source`` a chunk at a time (vectors as spread as
+        real embeddings need hundreds of lists: benchmarks/vector_index.py). When none reaches it,
+        every list is scanned. Filtered searches get their own number of lists, tuned the same way
+        (:attr:`filtered_nprobe`). Returns what times one exact query (ms, median)."""
         if self.kind == "flat":
             return lambda: 0.0
         ivf = faiss.extract_index_ivf(self.index)
@@ -244,40 +241,56 @@ class VectorIndex:
             return set([i for i in found.tolist() if i >= 0 and i != own[query]][:10])  # its own hit left out
 
         truth_sets = [top10(row, q) for q, row in enumerate(truth)]
-        refine = None
-        if self.kind == "ivf-pq":  # searched with exact re-scoring, as Library.search does
-            refine = lambda wanted: source.fetch(np.asarray(wanted, np.int64))
+        refine = (lambda wanted: source.fetch(np.asarray(wanted, np.int64))) if self.kind == "ivf-pq" else None
 
         def sweep(start: int, truth_sets: list[set[int]], among: npt.NDArray[np.int64] | None,
                   filtered: bool) -> list[dict[str, float]]:
-            """Recall and time per query from ``start`` lists up, until ``target`` is reached."""
-            tried = []
-            for nprobe in [start] + [p for p in _PROBES if start < p < ivf.nlist] + [int(ivf.nlist)] * (start < ivf.nlist):
-                if filtered:
-                    self.filtered_nprobe = nprobe
-                else:
-                    ivf.nprobe = nprobe
-                began = time.perf_counter()
-                _, found = self.search(sample, 11, exact=refine, among=among)
-                elapsed = (time.perf_counter() - began) / len(sample)
-                recall = float(np.mean([len(t & top10(row, q)) / max(1, len(t))
-                                        for q, (t, row) in enumerate(zip(truth_sets, found))]))
-                tried.append({"nprobe": nprobe, "recall_at_10": recall, "ms_per_query": 1000 * elapsed})
-                if recall >= target:
+            """Recall and time per query from ``start`` lists up, until ``target`` is reached. Unfiltered,
+            a compressed index tries deeper re-scored shortlists at each number of lists (until the
+            target, or a gain under 0.005), then more lists with shallower ones; the fastest setting
+            that reaches the target is kept (else the most lists' shallowest best), last in the list."""
+            tried: list[dict[str, float]] = []
+            factors = REFINE_FACTORS if refine is not None and not filtered else (self.refine,)
+            probes = [start] + [p for p in _PROBES if start < p < ivf.nlist] + [int(ivf.nlist)] * (start < ivf.nlist)
+            for n, nprobe in enumerate(probes):
+                self.filtered_nprobe, ivf.nprobe = (nprobe, ivf.nprobe) if filtered else (0, nprobe)
+                last = -1.0
+                for factor in factors:
+                    self.refine = factor
+                    began = time.perf_counter()
+                    _, found = self.search(sample, 11, exact=refine, among=among)
+                    elapsed = (time.perf_counter() - began) / len(sample)
+                    recall = float(np.mean([len(t & top10(row, q)) / max(1, len(t))
+                                            for q, (t, row) in enumerate(zip(truth_sets, found))]))
+                    tried.append({"nprobe": nprobe, "recall_at_10": recall, "ms_per_query": 1000 * elapsed}
+                                 | ({"refine": factor} if refine is not None else {}))
+                    if recall >= target or recall < last + 0.005:
+                        break
+                    last = recall
+                reached = [r for r in tried if r["recall_at_10"] >= target]
+                if reached and (len(factors) == 1 or reached[0]["nprobe"] < nprobe
+                                or factor == factors[0] or n + 1 == len(probes)):
                     break
+                if reached:  # more lists with shallower shortlists next
+                    factors = tuple(f for f in factors if f < factor)
+            if refine is not None and not filtered:
+                reached = [r for r in tried if r["recall_at_10"] >= target]
+                kept = [r for r in tried if r["nprobe"] == tried[-1]["nprobe"]]
+                best = min(reached, key=lambda r: r["ms_per_query"]) if reached else min(
+                    (r for r in kept if r["recall_at_10"] >= max(k["recall_at_10"] for k in kept)),
+                    key=lambda r: r["refine"])
+                ivf.nprobe, self.refine = int(best["nprobe"]), int(best["refine"])
+                tried = [r for r in tried if r is not best] + [best]
             return tried
 
-        # Never fewer than the fixed default of before (queries are texts, not the library's images:
-        # the sample can only show that more lists are needed).
+        # Never fewer than the fixed default of before (queries are texts, not the library's images).
         self.tuning = sweep(min(int(ivf.nlist), max(16, int(ivf.nlist) // 64)), truth_sets, None, False)
         self.recall = self.tuning[-1]["recall_at_10"]
         self.target = target
         self.filtered_nprobe, self.filtered_recall, self.filtered_tuning = 0, None, []
         if count > EXACT_SUBSET_LIMIT:
-            # A filter keeps fewer candidates per list, so its top 10 lies in more lists. The hardest
-            # filter searched through the index keeps just over EXACT_SUBSET_LIMIT ids (fewer are
-            # searched exactly): the lists that reach the target for such a random subset serve
-            # every filter, larger ones being easier.
+            # A filter's top 10 lies in more lists. The hardest filter searched through the index keeps
+            # just over EXACT_SUBSET_LIMIT ids: lists that serve such a random subset serve every filter.
             subset = source.ids[np.sort(rng.choice(count, EXACT_SUBSET_LIMIT + 1, replace=False))]
             sub_truth = _streamed_top(sample, [(subset, source.fetch(subset))], 11)
             sub_truth_sets = [top10(row, q) for q, row in enumerate(sub_truth)]
@@ -293,8 +306,7 @@ class VectorIndex:
         return exact_query_ms
 
     def single_query_ms(self) -> float:
-        """Median time of one query at the current setting, over queries of the last tuning (a search
-        serves one query at a time: batched timings favour exact search's matrix products)."""
+        """Median time of one query at the current setting, over queries of the last tuning."""
         return _single_query_ms(self.index, self._timing_queries)
 
     def set_probes(self, nprobe: int | None = None) -> None:
@@ -391,7 +403,7 @@ class VectorIndex:
 
         A compressed (``ivf-pq``) index only approximates scores: with ``exact``
         (ids -> their full vectors, from the database) it shortlists
-        ``REFINE_FACTOR * k`` and re-scores them exactly.
+        :attr:`refine` times ``k`` and re-scores them exactly.
 
         ``among`` restricts the search to those ids (a filter), before ranking: exact
         in a flat index; in an approximate one, exact over their full vectors from
@@ -407,7 +419,7 @@ class VectorIndex:
             return _exact_top(queries, [np.asarray(among, np.int64)] * len(queries), exact, k)
         if self.kind != "ivf-pq" or exact is None:
             return self._search(queries, k, among)
-        _, shortlist = self._search(queries, min(REFINE_FACTOR * k, len(self)), among)
+        _, shortlist = self._search(queries, min(self.refine * k, len(self)), among)
         return _exact_top(queries, [ids[ids >= 0] for ids in shortlist], exact, k)
 
     def _search(self, queries: npt.NDArray[np.float32], k: int,
@@ -455,7 +467,8 @@ class VectorIndex:
             {"version": _MAPPED_VERSION, "generation": generation, "model": model, "dim": self.dim,
              "count": len(self), "kind": self.kind, "trained_on": self.trained_on, "library": library,
              "nprobe": self.nprobe, "recall": self.recall, "target": self.target,
-             "filtered_nprobe": self.filtered_nprobe, "filtered_recall": self.filtered_recall}
+             "filtered_nprobe": self.filtered_nprobe, "filtered_recall": self.filtered_recall,
+             "refine": self.refine}
         ).encode()
         path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -477,7 +490,8 @@ class VectorIndex:
                            float(meta["recall"]) if meta.get("recall") is not None else None,
                            float(meta["target"]) if meta.get("target") is not None else None,
                            int(meta.get("filtered_nprobe") or 0),
-                           float(meta["filtered_recall"]) if meta.get("filtered_recall") is not None else None)
+                           float(meta["filtered_recall"]) if meta.get("filtered_recall") is not None else None,
+                           int(meta.get("refine") or 0))
 
     @classmethod
     def _read_header(cls, fh: BinaryIO) -> tuple[IndexHeader | None, int]:
@@ -532,6 +546,7 @@ class VectorIndex:
         loaded.set_probes(header.nprobe or None)  # as tuned; FAISS keeps it too, older files had none
         loaded.recall, loaded.target = header.recall, header.target
         loaded.filtered_nprobe, loaded.filtered_recall = header.filtered_nprobe, header.filtered_recall
+        loaded.refine = header.refine or REFINE_FACTOR
         return loaded, header
 
 
