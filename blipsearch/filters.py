@@ -128,8 +128,11 @@ class Filters:
         camera: str | None = None,
         min_size: str | tuple[int, int] | None = None,
         formats: Sequence[str] = (),
+        *,
+        empty_range: bool = False,
     ) -> Filters:
-        """Filters from what a user typed: folders expanded (``~``) and made absolute, dates parsed."""
+        """Filters from what a user typed: folders expanded (``~``) and made absolute, dates parsed. An
+        ``after`` not earlier than ``before`` is an error, unless ``empty_range``: then nothing passes."""
         roots = []
         for folder in folders:
             if folder in ("", b""):
@@ -140,7 +143,7 @@ class Filters:
                 raise InputPathError(f"The folder {folder!r} is not a name a file system can hold.") from None
             roots.append(os.path.abspath(raw).rstrip(b"/") or b"/")
         start, end = _as_datetime(after), _as_datetime(before)
-        if start is not None and end is not None and start >= end:
+        if start is not None and end is not None and start >= end and not empty_range:
             raise InputPathError("The date range is empty: `after` must be earlier than `before`.")
         probability = DEFAULT_MIN_PROBABILITY if min_probability is None else float(min_probability)
         if not 0.0 <= probability <= 1.0:
@@ -151,10 +154,11 @@ class Filters:
                 raise InputPathError(f"A least size must lie in 0..{MAX_SIZE} pixels: {width}x{height}.")
         else:
             width, height = parse_size(min_size) if min_size else (0, 0)
-        camera = _filter_text(camera, "The camera").lower() or None
+        camera = _filter_text(camera, "The camera") or None  # its length as given ("İ".lower() is longer)
         if camera is not None and len(camera) > MAX_CAMERA:
             raise InputPathError(f"The camera is {len(camera):,} characters long: a camera's make and model "
                                  f"are at most {MAX_CAMERA:,}.")
+        camera = camera.lower() if camera else None
         return cls(tuple(dict.fromkeys(roots)), start, end, _filter_text(tag, "The tag") or None,
                    probability, camera, width, height, parse_formats(formats))
 

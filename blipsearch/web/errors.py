@@ -37,7 +37,17 @@ STATUS: list[tuple[type[BaseException], int]] = [
     (ModelMismatchError, 409),
     (BlipsearchError, 409),  # the library's state: empty, no texts, no captions yet
 ]
-NOT_BLANK = r"\S"  # a text parameter's pattern: more than white space
+# A text parameter's pattern: more than white space (\x1c-\x1f are white space to Python's strip and
+# split, not to the pattern's engine).
+NOT_BLANK = r"[^\s\x1c-\x1f]"
+NO_NUL = r"^[^\x00]*$"  # a filter's text: no stored text holds NUL
+# A browse's q: search keys only, KEY:VALUE tokens with values quoted as the search language quotes
+# them; which keys and values it reads is the language's to say (a 400 naming the position).
+_SPACE, _QUOTED = r"[\s\x1c-\x1f]", r'"([^"\\]|\\[\s\S])*"'
+_PART, _FIRST = rf'([^\s\x1c-\x1f"]|{_QUOTED})', rf'([^\s\x1c-\x1f"/]|{_QUOTED})'  # KEY:// is a word (a URL)
+_KEY_TOKEN = rf"[A-Za-z]+:({_FIRST}{_PART}*|/({_FIRST}{_PART}*)?)?"
+KEYS_ONLY = rf"^{_SPACE}*({_KEY_TOKEN}({_SPACE}+{_KEY_TOKEN})*)?{_SPACE}*$"
+KEYS_ONLY_SAID = "Browsing takes search keys only (after:, in:, tag:, ...); search for words with /api/search."
 _SHOWN = 40  # characters of a refused value an error shows
 _DAY = "a date: use 2024, 2024-07, 2024-07-14 or 2024-07-14T18:30"
 _PATTERNS = {"after": _DAY, "before": _DAY,
@@ -54,10 +64,16 @@ def _shown(value: Any) -> str:
     return text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
 
 
+def _name(where: list[Any]) -> str:
+    """A parameter's name as a sentence gives it: ``and (value 2)`` for the second of a repeated one."""
+    parts = [f"(value {p + 1})" if isinstance(p, int) else str(p) for p in where]
+    return " ".join(parts) if parts else "the request"
+
+
 def reason(err: dict[str, Any]) -> str:
     """One pydantic validation error as a sentence: what is wrong with which parameter."""
     where = [str(p) for p in err.get("loc", ())]
-    name = ".".join(where[1:]) if len(where) > 1 else "the request"
+    name = _name(list(err.get("loc", ()))[1:])
     kind, ctx, value = err.get("type", ""), err.get("ctx") or {}, err.get("input")
     if kind == "json_invalid":
         return f"The request body is not valid JSON ({ctx.get('error', 'it does not parse')})."
@@ -67,6 +83,10 @@ def reason(err: dict[str, Any]) -> str:
         return f"{name} is required."
     if kind == "string_pattern_mismatch" and ctx.get("pattern") == NOT_BLANK:
         return f"{name} must not be blank."
+    if kind == "string_pattern_mismatch" and ctx.get("pattern") == NO_NUL:
+        return f"{name} must not hold a NUL character."
+    if kind == "string_pattern_mismatch" and ctx.get("pattern") == KEYS_ONLY:
+        return KEYS_ONLY_SAID
     if kind == "string_pattern_mismatch" and name in _PATTERNS:
         return f"{name}: {_shown(value)} is not {_PATTERNS[name]}."
     sentences = {
@@ -79,6 +99,7 @@ def reason(err: dict[str, Any]) -> str:
         "float_parsing": f"{name} must be a number",
         "bool_parsing": f"{name} must be true or false",
         "literal_error": f"{name} must be one of {ctx.get('expected')}",
+        "enum": f"{name} must be one of {ctx.get('expected')}",
         "string_too_short": f"{name} must not be empty" if ctx.get("min_length") == 1
         else f"{name} must be at least {ctx.get('min_length')} characters long",
         "string_too_long": f"{name} must be at most {ctx.get('max_length')} characters long",
