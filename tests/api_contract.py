@@ -145,8 +145,9 @@ def schemathesis(url: str, out: Path, *, max_time: int, max_examples: int, worke
     dropped = out / "dropped.jsonl"
     dropped.unlink(missing_ok=True)
     started = time.monotonic()
+    env = {**os.environ, "SCHEMATHESIS_HOOKS": str(HOOKS), "BLIPSEARCH_CONTRACT_DROPPED": str(dropped)}
     done = subprocess.run(command, cwd=out, capture_output=True, text=True, timeout=max_time + 600, check=False,
-                          env={**os.environ, "SCHEMATHESIS_HOOKS": str(HOOKS), "BLIPSEARCH_CONTRACT_DROPPED": str(dropped)})
+                          env=env)
     seconds = time.monotonic() - started
     output = done.stdout + done.stderr
     (out / "output.txt").write_text(output)

@@ -75,10 +75,10 @@ def client_package(server: Server, tmp_path_factory: pytest.TempPathFactory) -> 
     root = tmp_path_factory.mktemp("client")
     (root / "openapi.json").write_text(json.dumps(_get(f"{server.url}/openapi.json")))
     (root / "config.yaml").write_text(CLIENT_CONFIG)
-    done = subprocess.run([sys.executable, "-m", "openapi_python_client", "generate", "--path", str(root / "openapi.json"),
-                           "--config", str(root / "config.yaml"), "--output-path", str(root / "blipsearch_client"),
-                           "--meta", "none", "--fail-on-warning"], capture_output=True, text=True, timeout=300,
-                          check=False)
+    command = [sys.executable, "-m", "openapi_python_client", "generate", "--path", str(root / "openapi.json"),
+               "--config", str(root / "config.yaml"), "--output-path", str(root / "blipsearch_client"),
+               "--meta", "none", "--fail-on-warning"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stdout + done.stderr  # every route and schema generated, no warning
     sys.path.insert(0, str(root))
     try:
@@ -103,7 +103,8 @@ def test_a_generated_client_reads_typed_hits(server: Server, client_package: obj
     hit = found.hits[0]
     assert isinstance(hit, Hit) and isinstance(hit.id, int) and isinstance(hit.score, float) and hit.itm is None
     fields = ("rank", "id", "path", "score", "itc", "itm", "keyword", "thumbnail")
-    assert [{f: getattr(h, f) for f in fields} for h in found.hits] == [{f: h[f] for f in fields} for h in plain["hits"]]
+    typed = [{f: getattr(h, f) for f in fields} for h in found.hits]
+    assert typed == [{f: h[f] for f in fields} for h in plain["hits"]]
     assert found.to_dict() == plain  # every field read, none left over
     assert found.understood.text == QUERY and found.matched == plain["matched"] and found.reranked is False
 

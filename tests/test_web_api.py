@@ -212,6 +212,14 @@ def test_an_empty_date_range_finds_nothing(client: TestClient, lib: Library) -> 
     assert client.get("/api/images", params={"after": "2024", "before": "2024"}).json()["images"] == []
 
 
+def test_the_query_reading_gives_an_image_term_as_typed(client: TestClient) -> None:
+    # like:0 reads (an id no library has: a search with it is a 404), and its reading says so as typed.
+    reading = client.get("/api/query", params={"q": "like:0 unlike:2*00"})
+    assert reading.status_code == 200, reading.text
+    assert reading.json()["understood"]["terms"] == [{"image": 0, "weight": 1.0}, {"image": 0, "weight": -2.0}]
+    assert client.get("/api/search", params={"q": "a dog like:0"}).status_code == 404
+
+
 def test_an_empty_library_and_a_missing_model_say_what_to_do(tmp_path: Path, tiny_model: Path, photos: Path) -> None:
     with Library(tmp_path / "empty", device="cpu") as empty, \
             TestClient(create_app(empty, ServeSettings()), base_url="http://127.0.0.1") as client:

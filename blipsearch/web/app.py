@@ -85,6 +85,10 @@ class _Warmth:
             self.done.set()
 
 
+# A JSON route's answer is its response_model (blipsearch.web.schemas) with the fields the route gives:
+# none added as null.
+AS_GIVEN: dict[str, Any] = {"response_model_exclude_unset": True}
+
 # Parameters shared by the routes (module level: routes' annotations are resolved here).
 ImageId = Annotated[int, PathParam(ge=1, le=2**63 - 1, description="The image's id (search results give it).")]
 K = Annotated[int, Query(ge=1, le=500, description="Number of results.")]
@@ -192,8 +196,7 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
         return [{**h.to_dict(), "thumbnail": _rendition_url(h.id, "thumbnail", versions.get(h.id))} for h in hits]
 
     # -- search ------------------------------------------------------------------------------
-    @app.get("/api/search", tags=["search"], response_model=schemas.SearchResults | schemas.MatchSet,
-             response_model_exclude_unset=True)
+    @app.get("/api/search", tags=["search"], response_model=schemas.SearchResults | schemas.MatchSet, **AS_GIVEN)
     def search(
         q: Box,
         k: K = 20,
@@ -240,7 +243,7 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
         return {"query": q, "understood": understood, "k": k, "offset": offset, "reranked": depth > 0,
                 "filters": filters.to_dict(), "matched": lib.count(filters), "hits": hit_dicts(hits)}
 
-    @app.get("/api/query", tags=["search"], response_model=schemas.QueryReading, response_model_exclude_unset=True)
+    @app.get("/api/query", tags=["search"], response_model=schemas.QueryReading, **AS_GIVEN)
     def query(q: Annotated[str, Query(max_length=2000, description="A search box's text.")] = "",
               plain: Plain = False, filters: Narrowed = NO_FILTERS) -> dict[str, Any]:
         """How a search box's text reads: its search text, terms and keys (`understood`), the filters they
@@ -249,7 +252,7 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
         box, narrowed = _read_box(q, plain, filters) if q.strip() else (parse_query(""), filters)
         return {"query": q, "understood": box.to_dict(), "filters": narrowed.to_dict(), "searches": box.searches}
 
-    @app.post("/api/search/image", tags=["search"], response_model=schemas.ImageSearchResults, response_model_exclude_unset=True,
+    @app.post("/api/search/image", tags=["search"], response_model=schemas.ImageSearchResults, **AS_GIVEN,
               openapi_extra={"requestBody": {"required": True, "content": {
                   "image/*": {"schema": {"type": "string", "format": "binary"}}}}})
     async def search_by_image(
@@ -267,9 +270,10 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
         if refused is not None:
             return refused
         hits = await run_in_threadpool(lib.similar, ImageData(data), k, filters=filters, offset=offset)
-        return {"k": k, "offset": offset, "filters": filters.to_dict(), "hits": await run_in_threadpool(hit_dicts, hits)}
+        hit_list = await run_in_threadpool(hit_dicts, hits)
+        return {"k": k, "offset": offset, "filters": filters.to_dict(), "hits": hit_list}
 
-    @app.get("/api/images", tags=["images"], response_model=schemas.Browse, response_model_exclude_unset=True)
+    @app.get("/api/images", tags=["images"], response_model=schemas.Browse, **AS_GIVEN)
     def images(k: K = 40, offset: Offset = 0, filters: Narrowed = NO_FILTERS,
                q: Annotated[str | None, Query(max_length=2000, pattern=KEYS_ONLY, description="Search keys that "
                                               "narrow the browse, as in a search's `q`; no words.")] = None,
@@ -286,7 +290,7 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
             for i, path in found]}
 
     # -- one image ------------------------------------------------------------------------------
-    @app.get("/api/images/{image_id}", tags=["images"], response_model=schemas.ImageDetails, response_model_exclude_unset=True)
+    @app.get("/api/images/{image_id}", tags=["images"], response_model=schemas.ImageDetails, **AS_GIVEN)
     def image(image_id: ImageId) -> dict[str, Any]:
         """What the library knows of an image: path, size, dimensions, capture time, camera, EXIF, tags."""
         info = lib.image(image_id)
@@ -295,7 +299,7 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
                 "preview": _rendition_url(image_id, "preview", info.content_hash),
                 "original": f"/api/images/{image_id}/original"}
 
-    @app.get("/api/images/{image_id}/similar", tags=["search"], response_model=schemas.SimilarImages, response_model_exclude_unset=True)
+    @app.get("/api/images/{image_id}/similar", tags=["search"], response_model=schemas.SimilarImages, **AS_GIVEN)
     def similar(image_id: ImageId, k: K = 20, offset: Offset = 0, filters: Narrowed = NO_FILTERS) -> dict[str, Any]:
         """The images that look most like this one (ITC cosine), itself left out."""
         hits = lib.similar(image_id, k, filters=filters, offset=offset)
@@ -330,7 +334,7 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
             kind = "application/octet-stream"
         return _cached_file(request, Path(os.fsdecode(path)), kind, content_hash, versioned=None)
 
-    @app.post("/api/images/{image_id}/caption", tags=["describe"], response_model=schemas.Caption, response_model_exclude_unset=True)
+    @app.post("/api/images/{image_id}/caption", tags=["describe"], response_model=schemas.Caption, **AS_GIVEN)
     def caption(image_id: ImageId) -> dict[str, Any]:
         """The image's caption (BLIP captioning, the paper's decoding), generated once and cached."""
         done = lib.caption([lib.image_file(image_id)])[0]
@@ -338,7 +342,7 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
             raise ImageError(done.error or "can't caption this image")
         return {"id": image_id, "caption": done.text}
 
-    @app.post("/api/images/{image_id}/ask", tags=["describe"], response_model=schemas.Answer, response_model_exclude_unset=True)
+    @app.post("/api/images/{image_id}/ask", tags=["describe"], response_model=schemas.Answer, **AS_GIVEN)
     def ask(image_id: ImageId, body: Annotated[schemas.Question, Body()]) -> dict[str, Any]:
         """Ask a question about the image (BLIP visual question answering). Body: `{"question": "..."}`."""
         done = lib.ask([lib.image_file(image_id)], body.question)[0]
@@ -346,7 +350,7 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
             raise ImageError(done.error or "can't read this image")
         return {"id": image_id, "question": body.question, "answer": done.text}
 
-    @app.get("/api/images/{image_id}/lookup", tags=["describe"], response_model=schemas.Lookup, response_model_exclude_unset=True)
+    @app.get("/api/images/{image_id}/lookup", tags=["describe"], response_model=schemas.Lookup, **AS_GIVEN)
     def lookup(
         image_id: ImageId,
         k: Annotated[int, Query(ge=1, le=100)] = 5,
@@ -363,8 +367,8 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
                  "Cache-Control": "Private, for an hour.",
                  "x-match-probability": "The pair's ITM match probability, 0 to 1 (six decimals)."}))
     def explain(image_id: ImageId,
-                q: Annotated[str, Query(min_length=1, max_length=2000, pattern=NOT_BLANK,
-                                        examples=["a dog on the beach"], description="The text to explain.")]) -> Response:
+                q: Annotated[str, Query(min_length=1, max_length=2000, pattern=NOT_BLANK, examples=["a dog on the beach"],
+                                        description="The text to explain.")]) -> Response:
         """A heat map over the image of where the ITM head found the text (Grad-CAM), as a PNG; the
         `x-match-probability` header is the pair's ITM match probability."""
         explained = lib.explain(image_id, q)
@@ -385,17 +389,17 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
         return Response(out.getvalue(), media_type="image/png", headers={"cache-control": "public, max-age=86400"})
 
     # -- the library -------------------------------------------------------------------------------
-    @app.get("/api/status", tags=["library"], response_model=schemas.Status, response_model_exclude_unset=True)
+    @app.get("/api/status", tags=["library"], response_model=schemas.Status, **AS_GIVEN)
     def status() -> dict[str, Any]:
         """The CLI's `status --json`: counts, model, where the library lives."""
         return lib.status()
 
-    @app.get("/api/failures", tags=["library"], response_model=schemas.Failures, response_model_exclude_unset=True)
+    @app.get("/api/failures", tags=["library"], response_model=schemas.Failures, **AS_GIVEN)
     def failures() -> dict[str, Any]:
         """The files that could not be indexed, with the reason."""
         return {"failures": [{"path": f.path, "reason": f.reason} for f in lib.failures()]}
 
-    @app.get("/api/tags", tags=["library"], response_model=schemas.Tags, response_model_exclude_unset=True)
+    @app.get("/api/tags", tags=["library"], response_model=schemas.Tags, **AS_GIVEN)
     def tags() -> dict[str, Any]:
         """The tag labels of the library's images (`index --tags`), most used first."""
         return {"tags": [{"label": label, "images": n} for label, n in lib.labels()]}

@@ -35,7 +35,8 @@ class Sort(str, Enum):
 
 
 # A format a filter names ("": none, as a form's empty field sends it).
-ImageFormat = Enum("ImageFormat", {"any": "", **{name: name for name in FORMAT_EXTENSIONS}}, type=str)  # type: ignore[misc]
+ImageFormat = Enum("ImageFormat", {"any": "", **{name: name for name in FORMAT_EXTENSIONS}},  # type: ignore[misc]
+                   type=str)
 Absent = SkipJsonSchema[None]  # `X | Absent = None`: a field an answer may leave out, never null
 
 
@@ -55,7 +56,8 @@ class Hit(_Answer):
     itm: float | None = Field(description="The ITM match probability, when reranked.")
     keyword: float | None = Field(description="Full-text relevance, in hybrid search.")
     match: float | Absent = Field(None, description="In a match set: the match probability that decided it.")
-    date: str | Absent = Field(None, description="In a match set: when the photo was taken (else its file time), ISO 8601.")
+    date: str | Absent = Field(None, description="In a match set: when the photo was taken (else its file time), "
+                                                "ISO 8601.")
     thumbnail: Url
 
 
@@ -66,10 +68,12 @@ class AppliedFilters(_Answer):
     after: str | Absent = Field(None, description="Taken at or after this local time (ISO 8601).")
     before: str | Absent = Field(None, description="Taken before this local time (ISO 8601).")
     tag: str | Absent = Field(None, description="Only images with this tag.")
-    min_probability: float | Absent = Field(None, description="With tag: the least match probability of a stored label.")
+    min_probability: float | Absent = Field(None, description="With tag: the least match probability of a stored "
+                                                              "label.")
     camera: str | Absent = Field(None, description="The EXIF make and model contain this (lower case).")
     min_size: str | Absent = Field(None, description="At least this wide and high: WIDTHxHEIGHT.")
-    extensions: list[str] | Absent = Field(None, description="Only files with these extensions (of the formats asked for).")
+    extensions: list[str] | Absent = Field(None, description="Only files with these extensions (of the formats "
+                                                             "asked for).")
 
 
 class TextTerm(_Answer):
@@ -82,7 +86,8 @@ class TextTerm(_Answer):
 class ImageTerm(_Answer):
     """An indexed image the query also looks like (positive weight) or unlike (negative)."""
 
-    image: Id
+    image: int = Field(description="The image's id, as the text gives it (a search finds no image for an id "
+                                   "the library lacks: 404).")
     weight: float
 
 
@@ -242,7 +247,8 @@ class Status(_Answer):
     vectors_per_image: int | None
     index: str | None = Field(description="The vector index: exact, or the approximate index's kind; null: none yet.")
     index_nprobe: int | None = Field(None, description="An approximate index: the lists a search scans.")
-    index_recall_at_10: float | None = Field(None, description="An approximate index: its recall@10, measured when built.")
+    index_recall_at_10: float | None = Field(None, description="An approximate index: its recall@10, measured when "
+                                                               "built.")
     index_filtered_nprobe: int | None = Field(None, description="The lists a filtered search scans.")
     index_filtered_recall_at_10: float | None = Field(None, description="Its recall@10 for filtered searches.")
     recall_target: float
