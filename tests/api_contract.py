@@ -3,8 +3,8 @@ small shapes-world library, and Schemathesis (its command line, from this Python
 against the served ``/openapi.json`` with every check and every phase, stateful included.
 
 Shared by ``tests/test_api_contract.py`` (about a minute, in the suite) and
-``benchmarks/reliability/api_fuzz.py`` (the long run). The hooks the runs load, and the one rule
-they apply, are in ``tests/api_contract_hooks.py``.
+``benchmarks/reliability/api_fuzz.py`` (the long run). The hooks the runs load, and the two
+rules they apply, are in ``tests/api_contract_hooks.py``.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def serving(library: Path, log: Path) -> Iterator[Server]:
 @dataclass
 class Run:
     """A Schemathesis run: its JSON report, what it printed, its exit status, its wall time, and the
-    refusals the hooks' rule dropped (each time the hook dropped one: shrinking replays some)."""
+    failures the hooks' rules dropped (each time a hook dropped one: shrinking replays some)."""
 
     report: dict[str, Any]
     output: str

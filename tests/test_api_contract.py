@@ -4,8 +4,8 @@
 (tests/api_contract.py). Schemathesis, with every check (response schemas and headers, status codes,
 content types, valid requests accepted and invalid ones refused, methods, ...) and every phase
 (coverage, fuzzing, the stateful phase along the links it finds), runs for about a minute and must
-report nothing; the one rule it applies is in tests/api_contract_hooks.py. A client generated from the
-served document with openapi-python-client calls the API and reads typed fields. The long run is
+report nothing; the two rules it applies are in tests/api_contract_hooks.py. A client generated from
+the served document with openapi-python-client calls the API and reads typed fields. The long run is
 ``benchmarks/reliability/api_fuzz.py`` (RELIABILITY.md, "The HTTP API's contract").
 """
 
@@ -56,8 +56,8 @@ def _get(url: str) -> dict:
 def test_schemathesis_with_every_check_finds_nothing(server: Server, tmp_path: Path) -> None:
     run = schemathesis(server.url, tmp_path / "schemathesis", max_time=SECONDS, max_examples=15, seed=1)
     report = run.report
-    print(f"{run.cases} cases in {run.seconds:.0f} s, {run.findings} findings, {report['filtered']} refusals "
-          f"of the search language dropped by the hooks' rule")
+    print(f"{run.cases} cases in {run.seconds:.0f} s, {run.findings} findings, {report['filtered']} failures "
+          "dropped by the hooks' rules")
     assert run.findings == 0 and report["failures"] == [] and run.returncode == 0, run.summary()
     operations = report["operations"]
     documented = sum(len(methods) for methods in _get(f"{server.url}/openapi.json")["paths"].values())

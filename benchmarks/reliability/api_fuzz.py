@@ -7,9 +7,10 @@ The suite's run (``tests/test_api_contract.py``, about a minute) for ``--max-tim
 (with a camera's JPEG, a broken file, captions, tags and texts: ``tests/api_contract.py``), and
 Schemathesis' command line with ``--checks all`` and the phases examples, coverage, fuzzing and
 stateful; fuzzing and the stateful phase repeat until the time is spent, ``--max-examples`` cases per
-operation and round. A finding is any failure or error Schemathesis reports; the one rule the run
-applies (refusals of the search language's texts, which JSON Schema can't describe) is in
-``tests/api_contract_hooks.py``, and what it dropped is counted here by sentence.
+operation and round. A finding is any failure or error Schemathesis reports; the two rules the run
+applies (refusals of the search language's texts, which JSON Schema can't describe; requests
+Schemathesis took for invalid whose query string as sent is valid) are in
+``tests/api_contract_hooks.py``, and what they dropped is counted here by kind.
 
 Figures go to stdout and to ``benchmarks/results/api_fuzz.json``; Schemathesis' own report and
 output to ``--work`` (a temporary folder by default).
@@ -65,9 +66,12 @@ KINDS = {  # what a dropped refusal says -> its class
 }
 
 
-def _kind(sentence: str) -> str:
-    """A dropped refusal's class (:data:`KINDS`), from the server's sentence."""
-    return next((kind for words, kind in KINDS.items() if words in sentence), sentence[:60])
+def _kind(dropped: dict[str, str]) -> str:
+    """A dropped failure's class: an accepted request valid as sent, or a refusal's (:data:`KINDS`)."""
+    if dropped.get("rule") == "valid as sent":
+        return "ST201 dropped: the query string as sent is valid"
+    sentence = dropped["error"]
+    return "ST202 dropped, " + next((kind for words, kind in KINDS.items() if words in sentence), sentence[:60])
 
 
 def main() -> int:
@@ -94,7 +98,7 @@ def main() -> int:
         alive = server.process.poll() is None
         stopped = server.stop()
     report = run.report
-    dropped = Counter(_kind(d["error"]) for d in run.dropped)
+    dropped = Counter(_kind(d) for d in run.dropped)
     result: dict[str, Any] = {
         "command": " ".join(["python", "benchmarks/reliability/api_fuzz.py", *sys.argv[1:]]),
         "machine": _machine(),
@@ -117,12 +121,14 @@ def main() -> int:
         "dropped_by_kind": dict(dropped.most_common()),
         "warnings": {name: items for name, items in report["warnings"].items() if items},
         "stateful": re.findall(r"(Scenarios:.*|API Links:.*)", run.output),
+        "valid_rates": report["valid_rates"],  # per operation and phase: accepted, rejected, unreachable
         "server_alive_at_end": alive,
         "server_exit": stopped,
         "exit_code": run.returncode,
     }
     args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k not in ("failures", "errors")}, indent=2, default=str))
+    print(json.dumps({k: v for k, v in result.items() if k not in ("failures", "errors", "valid_rates")}, indent=2,
+                     default=str))
     if run.findings:
         print(run.summary())
     print(f"Schemathesis' report and output: {work / 'schemathesis'}")

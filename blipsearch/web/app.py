@@ -43,7 +43,7 @@ from ..options import DEFAULT_RERANK_DEPTH
 from ..search.language import ParsedQuery, help_rows, parse_query
 from ..search.query import Term, text_term
 from . import schemas
-from .errors import KEYS_ONLY, KEYS_ONLY_SAID, NO_NUL, NOT_BLANK
+from .errors import KEYS_ONLY, KEYS_ONLY_SAID, NO_NUL, NOT_BLANK, one_value_each
 from .errors import document as document_errors
 from .errors import error as _error
 from .errors import install as install_errors
@@ -145,6 +145,8 @@ Box = Annotated[str, Query(min_length=1, max_length=2000, pattern=NOT_BLANK, exa
                            "`sort:date` (see `/api/query`). A key it doesn't know, a value it can't read or an "
                            "unclosed quote is a 400 naming the position.")]
 Plain = Annotated[bool, Query(description="Take `q` as typed: no keys, signs or quotes read.")]
+Version = Annotated[str | None, Query(description="The content's version, as the addresses in answers give it: "
+                                                  "then cached for a year, when it is the file's.")]
 # A text of `and`/`not`: not blank; `2*text` weighs it (a weight that leaves no text, or is 0, is a 400).
 TermText = Annotated[str, Field(min_length=1, max_length=2000, pattern=NOT_BLANK)]
 
@@ -181,6 +183,7 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
         redoc_url=None,
         lifespan=lifespan,
         generate_unique_id_function=lambda route: route.name,  # operationIds a generated client names its calls by
+        dependencies=[Depends(one_value_each)],
     )
     app.state.warmth = warmth
     install_errors(app)
@@ -305,22 +308,22 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
         hits = lib.similar(image_id, k, filters=filters, offset=offset)
         return {"id": image_id, "k": k, "offset": offset, "filters": filters.to_dict(), "hits": hit_dicts(hits)}
 
-    def rendition(request: Request, image_id: ImageId, kind: str) -> Response:
+    def rendition(request: Request, image_id: ImageId, kind: str, version: str | None) -> Response:
         path, content_hash = lib.rendition(image_id, kind)
-        return _cached_file(request, path, "image/webp", content_hash, versioned=request.query_params.get("v"))
+        return _cached_file(request, path, "image/webp", content_hash, versioned=version)
 
     @app.get("/api/images/{image_id}/thumbnail", tags=["images"], response_class=Response,
              responses=schemas.file_answer("The thumbnail.", "image/webp"))
-    def thumbnail(request: Request, image_id: ImageId) -> Response:
+    def thumbnail(request: Request, image_id: ImageId, v: Version = None) -> Response:
         """A small WebP (320 px), made once per content. With `?v=` (the address search results
         give), cacheable for a year."""
-        return rendition(request, image_id, "thumb")
+        return rendition(request, image_id, "thumb", v)
 
     @app.get("/api/images/{image_id}/preview", tags=["images"], response_class=Response,
              responses=schemas.file_answer("The preview.", "image/webp"))
-    def preview(request: Request, image_id: ImageId) -> Response:
+    def preview(request: Request, image_id: ImageId, v: Version = None) -> Response:
         """A screen-sized WebP (1600 px), made on first request."""
-        return rendition(request, image_id, "preview")
+        return rendition(request, image_id, "preview", v)
 
     @app.get("/api/images/{image_id}/original", tags=["images"], response_class=Response,
              responses=schemas.file_answer("The file, as its name's type says (else application/octet-stream).",

@@ -7,6 +7,7 @@ read, 500 the database failed, 503 the model can't be loaded."""
 from __future__ import annotations
 
 import re
+from collections import Counter
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -37,14 +38,15 @@ STATUS: list[tuple[type[BaseException], int]] = [
     (ModelMismatchError, 409),
     (BlipsearchError, 409),  # the library's state: empty, no texts, no captions yet
 ]
-# A text parameter's pattern: more than white space (\x1c-\x1f are white space to Python's strip and
-# split, not to the pattern's engine).
-NOT_BLANK = r"[^\s\x1c-\x1f]"
+# White space as Python's strip and split take it (str.isspace), spelled out: `\s` differs between the
+# document's regex dialect (ECMA 262: not \x85, but \ufeff), Python's (\x1c-\x1f too) and the server's.
+SPACE = r"\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+NOT_BLANK = rf"[^{SPACE}]"  # a text parameter's pattern: more than white space
 NO_NUL = r"^[^\x00]*$"  # a filter's text: no stored text holds NUL
 # A browse's q: search keys only, KEY:VALUE tokens with values quoted as the search language quotes
 # them; which keys and values it reads is the language's to say (a 400 naming the position).
-_SPACE, _QUOTED = r"[\s\x1c-\x1f]", r'"([^"\\]|\\[\s\S])*"'
-_PART, _FIRST = rf'([^\s\x1c-\x1f"]|{_QUOTED})', rf'([^\s\x1c-\x1f"/]|{_QUOTED})'  # KEY:// is a word (a URL)
+_SPACE, _QUOTED = f"[{SPACE}]", r'"([^"\\]|\\[\s\S])*"'
+_PART, _FIRST = rf'([^{SPACE}"]|{_QUOTED})', rf'([^{SPACE}"/]|{_QUOTED})'  # KEY:// is a word (a URL)
 _KEY_TOKEN = rf"[A-Za-z]+:({_FIRST}{_PART}*|/({_FIRST}{_PART}*)?)?"
 KEYS_ONLY = rf"^{_SPACE}*({_KEY_TOKEN}({_SPACE}+{_KEY_TOKEN})*)?{_SPACE}*$"
 KEYS_ONLY_SAID = "Browsing takes search keys only (after:, in:, tag:, ...); search for words with /api/search."
@@ -180,6 +182,30 @@ ROUTE_ERRORS: dict[str, tuple[int, ...]] = {
     "/api/images/{image_id}/explain": (*_IMAGE, 422, 503),
 }
 """The error statuses each route can answer with (every one in the shape of ``Error``)."""
+
+
+def one_value_each(request: Request) -> None:
+    """A query parameter the document gives one value (no array), sent more than once, is a 400: in the
+    document's form style only an array's values are repeated keys. (Starlette would keep the last.)"""
+    route = request.scope.get("route")
+    counts = Counter(name for name, _ in request.query_params.multi_items())
+    repeated = [name for name, n in counts.items() if n > 1]
+    if not repeated or route is None:
+        return
+    app = request.app
+    single = getattr(app.state, "single_valued", None)
+    if single is None:
+        single = app.state.single_valued = {
+            (path, method.upper()): {p["name"] for p in operation.get("parameters", [])
+                                     if p["in"] == "query" and not _is_array(p.get("schema", {}))}
+            for path, operations in app.openapi().get("paths", {}).items() for method, operation in operations.items()}
+    for name in repeated:
+        if name in single.get((getattr(route, "path", ""), request.method), ()):
+            raise InputPathError(f"{name} takes one value, not {counts[name]}.")
+
+
+def _is_array(schema: dict[str, Any]) -> bool:
+    return schema.get("type") == "array" or any(s.get("type") == "array" for s in schema.get("anyOf", []))
 
 
 def document(app: FastAPI) -> None:
