@@ -219,8 +219,11 @@ class Filters:
         place: str | None = None,
         near: str | tuple[float, float] | None = None,
         within_km: float | str | None = None,
+        *,
+        empty_range: bool = False,
     ) -> Filters:
-        """Filters from what a user typed: folders expanded (``~``) and made absolute, dates parsed."""
+        """Filters from what a user typed: folders expanded (``~``) and made absolute, dates parsed. An
+        ``after`` not earlier than ``before`` is an error, unless ``empty_range``: then nothing passes."""
         roots = []
         for folder in folders:
             if folder in ("", b""):
@@ -231,7 +234,7 @@ class Filters:
                 raise InputPathError(f"The folder {folder!r} is not a name a file system can hold.") from None
             roots.append(os.path.abspath(raw).rstrip(b"/") or b"/")
         start, end = _as_datetime(after), _as_datetime(before)
-        if start is not None and end is not None and _not_before(end, start):
+        if start is not None and end is not None and _not_before(end, start) and not empty_range:
             raise InputPathError("The date range is empty: `after` must be earlier than `before`.")
         probability = DEFAULT_MIN_PROBABILITY if min_probability is None else float(min_probability)
         if not 0.0 <= probability <= 1.0:
@@ -242,10 +245,11 @@ class Filters:
                 raise InputPathError(f"A least size must lie in 0..{MAX_SIZE} pixels: {width}x{height}.")
         else:
             width, height = parse_size(min_size) if min_size else (0, 0)
-        camera = _filter_text(camera, "The camera").lower() or None
+        camera = _filter_text(camera, "The camera") or None  # its length as given ("İ".lower() is longer)
         if camera is not None and len(camera) > MAX_CAMERA:
             raise InputPathError(f"The camera is {len(camera):,} characters long: a camera's make and model "
                                  f"are at most {MAX_CAMERA:,}.")
+        camera = camera.lower() if camera else None
         words = [keyword] if isinstance(keyword, str) else list(keyword or ())
         keywords = tuple(dict.fromkeys(k for k in (_folded(w, "The keyword") for w in words) if k))
         stars: int | None = None

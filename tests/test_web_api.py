@@ -169,7 +169,16 @@ def test_errors_are_one_sentence_with_a_status(client: TestClient, lib: Library)
         (client.get("/api/images/999999"), 404, "No indexed image has the id 999999"),
         (client.get("/api/images/999999/thumbnail"), 404, "999999"),
         (client.get("/api/search", params={"q": QUERY, "after": "yesterday"}), 400, "not a date"),
-        (client.get("/api/search", params={"q": QUERY, "after": "2024", "before": "2023"}), 400, "empty"),
+        (client.get("/api/search", params={"q": QUERY, "after": "2023-02-29"}), 400, "not a date"),
+        (client.get("/api/search", params={"q": QUERY, "before": "0000"}), 400, "not a date"),
+        (client.get("/api/search", params={"q": QUERY, "after": "0001-01-01T00:00+14:00"}), 400, "not a date"),
+        (client.get("/api/search", params={"q": QUERY, "and": ["a dog", " "]}), 400,
+         "and (value 2) must not be blank."),
+        (client.get("/api/search", params={"q": QUERY, "camera": "canon\x00"}), 400,
+         "camera must not hold a NUL character."),
+        (client.get("/api/search", params={"q": QUERY, "not": "\x85\u3000"}), 400, "not (value 1) must not be blank."),
+        (client.get("/api/search", params=[("q", QUERY), ("k", 3), ("k", 4)]), 400, "k takes one value, not 2."),
+        (client.get("/api/images", params={"q": "in:/x red"}), 400, "Browsing takes search keys only"),
         (client.get("/api/search", params={"q": "   "}), 400, "q must not be blank."),
         (client.get("/api/search", params={"q": QUERY, "k": 0}), 400, "k must be at least 1, not 0."),
         (client.get("/api/search", params={"q": QUERY, "k": -1}), 400, "k must be at least 1, not -1."),
@@ -191,6 +200,27 @@ def test_errors_are_one_sentence_with_a_status(client: TestClient, lib: Library)
     for response, status, words in cases:
         assert response.status_code == status, response.text
         assert set(response.json()) == {"error"} and words in response.json()["error"], response.text
+
+
+def test_an_empty_date_range_finds_nothing(client: TestClient, lib: Library) -> None:
+    # After and before that leave no time between them are a range nothing passes, as the document
+    # allows any two dates: no hits, not an error (the command line, where one types both, says so).
+    dates = {"after": "2024", "before": "2023-12-31T23:00"}
+    found = client.get("/api/search", params={"q": QUERY, **dates})
+    assert found.status_code == 200 and found.json()["hits"] == [] and found.json()["matched"] == 0
+    assert found.json()["filters"] == {"after": "2024-01-01T00:00:00", "before": "2023-12-31T23:00:00"}
+    assert client.get("/api/search", params={"q": QUERY, "all": "true", **dates}).json()["matches"] == 0
+    image_id = lib.recent(1)[0][0]
+    assert client.get(f"/api/images/{image_id}/similar", params=dates).json()["hits"] == []
+    assert client.get("/api/images", params={"after": "2024", "before": "2024"}).json()["images"] == []
+
+
+def test_the_query_reading_gives_an_image_term_as_typed(client: TestClient) -> None:
+    # like:0 reads (an id no library has: a search with it is a 404), and its reading says so as typed.
+    reading = client.get("/api/query", params={"q": "like:0 unlike:2*00"})
+    assert reading.status_code == 200, reading.text
+    assert reading.json()["understood"]["terms"] == [{"image": 0, "weight": 1.0}, {"image": 0, "weight": -2.0}]
+    assert client.get("/api/search", params={"q": "a dog like:0"}).status_code == 404
 
 
 def test_an_empty_library_and_a_missing_model_say_what_to_do(tmp_path: Path, tiny_model: Path, photos: Path) -> None:

@@ -33,7 +33,6 @@ import torch
 
 from ..errors import InputPathError, SettingsError
 from ..images.heat import COLORMAP, overlay  # noqa: F401 - drawn without torch, named here too
-from ..text import pre_caption
 from .base import RetrievalModel
 from .blip import CrossAttention
 
@@ -57,14 +56,15 @@ def explain_match(
 
     Returns the ViT patch grid (grid_h, grid_w) as a float32 distribution: non-negative,
     summing to 1, so maps of different photos and texts compare on one scale. Where no
-    attention raised the match score (every gradient <= 0) the map is uniform: nothing
-    to point at. The forward pass is the engine's own layer-by-layer ITM (same weights,
+    attention raised the match score (every gradient <= 0), or where the text has no word
+    left once read (only BLIP's punctuation, control or format characters: a search takes
+    such a text too), the map is uniform: nothing to point at. The forward pass is the engine's own layer-by-layer ITM (same weights,
     same [ENC]/[CLS] first token), so the map explains the score that search reports.
     """
     if model.queries > 1:
         raise SettingsError("Explaining a match reads BLIP's text-encoder cross-attention; BLIP-2 matches "
                             "through its Q-Former, which explain does not map yet.")
-    if not pre_caption(text):
+    if not text.strip():
         raise InputPathError("The text to explain is empty.")
     pixels = np.asarray(pixels)
     if pixels.ndim != 3 or pixels.shape[0] != 3:
@@ -90,11 +90,11 @@ def explain_match(
             image = image.clone()[0]
             batch = model.tokenize([text], for_itm=True)
             words = int(batch["attention_mask"].sum()) - 2  # without the first token and the final [SEP]
-            if words < 1:
-                raise InputPathError("The text to explain is empty once tokenized.")
             hidden = model._text_encoder_layers(batch["input_ids"], batch["attention_mask"],
                                                 _keeping_probabilities(image, target, kept))
             logits = net.itm_head(hidden[:, 0])[0]
+            if words < 1:
+                return _uniform(grid), logits.detach().float().cpu().numpy()
             # Only the kept probabilities: no parameter gradient is computed or accumulated.
             (grad,) = torch.autograd.grad(logits[1], kept[0])
     pair = logits.detach().float().cpu().numpy()
@@ -107,8 +107,12 @@ def explain_match(
     heat = cam.mean(dim=0).mean(dim=0).reshape(grid).cpu().numpy().astype(np.float32)
     total = float(heat.sum())
     if not math.isfinite(total) or total <= 0:
-        return np.full(grid, 1.0 / (grid[0] * grid[1]), np.float32), pair
+        return _uniform(grid), pair
     return heat / np.float32(total), pair
+
+
+def _uniform(grid: tuple[int, int]) -> npt.NDArray[np.float32]:
+    return np.full(grid, 1.0 / (grid[0] * grid[1]), np.float32)
 
 
 def _keeping_probabilities(image: torch.Tensor, target: Any, kept: list[torch.Tensor]) -> CrossAttention:

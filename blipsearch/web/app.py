@@ -25,9 +25,10 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Body, Depends, FastAPI, Query, Request
 from fastapi import Path as PathParam
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
@@ -36,13 +37,13 @@ from ..errors import (
     ImageError,
     InputPathError,
 )
-from ..filters import DEFAULT_MIN_PROBABILITY, MAX_WITHIN_KM, NO_FILTERS, Filters
-from ..images.formats import FORMAT_EXTENSIONS
+from ..filters import DEFAULT_MIN_PROBABILITY, MAX_CAMERA, MAX_WITHIN_KM, NO_FILTERS, Filters
 from ..library import Hit, ImageData, Library
 from ..options import DEFAULT_RERANK_DEPTH
 from ..search.language import ParsedQuery, help_rows, parse_query
 from ..search.query import Term, text_term
-from .errors import NOT_BLANK
+from . import schemas
+from .errors import KEYS_ONLY, KEYS_ONLY_SAID, NO_NUL, NOT_BLANK, one_value_each
 from .errors import document as document_errors
 from .errors import error as _error
 from .errors import install as install_errors
@@ -84,29 +85,49 @@ class _Warmth:
             self.done.set()
 
 
+# A JSON route's answer is its response_model (blipsearch.web.schemas) with the fields the route gives:
+# none added as null.
+AS_GIVEN: dict[str, Any] = {"response_model_exclude_unset": True}
+
 # Parameters shared by the routes (module level: routes' annotations are resolved here).
 ImageId = Annotated[int, PathParam(ge=1, le=2**63 - 1, description="The image's id (search results give it).")]
 K = Annotated[int, Query(ge=1, le=500, description="Number of results.")]
 Offset = Annotated[int, Query(ge=0, le=100_000, description="Skip this many of the best (paging).")]
 Folder = Annotated[list[str], Query(description="Only images below this folder (repeatable).")]
-# What parse_date reads (empty: no bound), as a pattern for the document and the request's check.
-_DATE = (r"^([0-9]{4}(-(0[1-9]|1[0-2])(-(0[1-9]|[12][0-9]|3[01])(T([01][0-9]|2[0-3]):[0-5][0-9]"
-         r"(:[0-5][0-9](\.[0-9]{1,6})?)?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])?)?)?)?)?$")
-After = Annotated[str | None, Query(pattern=_DATE, description="Taken on or after: 2024, 2024-07, 2024-07-14, "
-                                                               "2024-07-14T18:30.")]
-Before = Annotated[str | None, Query(pattern=_DATE, description="Taken before: 2025, 2024-08, 2024-07-15.")]
-Tag = Annotated[str | None, Query(description="Only images tagged with this label (index --tags).")]
+# What parse_date reads (empty: no bound), as a pattern for the document and the request's check: the
+# years 1 to 9999, the days each month has (February 29 in leap years), and a zone only in the years 2
+# to 9998, whose times stay in 1 to 9999 once in the server's local time.
+_YEAR = "(000[1-9]|00[1-9][0-9]|0[1-9][0-9]{2}|[1-9][0-9]{3})"
+_ZONED_YEAR = "(000[2-9]|00[1-9][0-9]|0[1-9][0-9]{2}|[1-8][0-9]{3}|9[0-8][0-9]{2}|99[0-8][0-9]|999[0-8])"
+_LEAP_YEAR = "([0-9]{2}(0[48]|[2468][048]|[13579][26])|(0[48]|[2468][048]|[13579][26])00)"
+_MONTH_DAY = "((0[13578]|1[02])-(0[1-9]|[12][0-9]|3[01])|(0[469]|11)-(0[1-9]|[12][0-9]|30)|02-(0[1-9]|1[0-9]|2[0-8]))"
+_TIME = r"T([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\.[0-9]{1,6})?)?"
+_ZONE = "(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])"
+
+
+def _day(year: str) -> str:
+    return f"({year}-{_MONTH_DAY}|{_LEAP_YEAR}-02-29)"
+
+
+DATE = f"^({_YEAR}(-(0[1-9]|1[0-2]))?|{_day(_YEAR)}({_TIME})?|{_day(_ZONED_YEAR)}{_TIME}{_ZONE})?$"
+_RANGE = " After and before make an empty range when after is not earlier: then nothing passes."
+After = Annotated[str | None, Query(pattern=DATE, description="Taken on or after: 2024, 2024-07, 2024-07-14, "
+                                                              "2024-07-14T18:30." + _RANGE)]
+Before = Annotated[str | None, Query(pattern=DATE, description="Taken before: 2025, 2024-08, 2024-07-15." + _RANGE)]
+Tag = Annotated[str | None, Query(max_length=400, pattern=NO_NUL,
+                                  description="Only images tagged with this label (index --tags).")]
 
 
 MinProbability = Annotated[float, Query(ge=0, le=1, description="With tag: the least ITM match probability of "
                                                                  "a stored label for it to count.")]
 
 
-Camera = Annotated[str | None, Query(description="Only images whose EXIF make and model contain this, any case.")]
+Camera = Annotated[str | None, Query(max_length=MAX_CAMERA, pattern=NO_NUL,
+                                     description="Only images whose EXIF make and model contain this, any case.")]
 MinSize = Annotated[str | None, Query(pattern=r"^([1-9][0-9]{0,5}x[1-9][0-9]{0,5})?$",
                                       description="Only images at least this wide and high: 1920x1080.")]
-FormatName = Literal[("", *FORMAT_EXTENSIONS)]  # type: ignore[valid-type]  # "": no filter, as an empty field
-Format = Annotated[list[FormatName], Query(description="Only images of this format (repeatable; empty: any).")]
+Format = Annotated[list[schemas.ImageFormat], Query(description="Only images of this format (repeatable; empty: "
+                                                                 "any).")]
 
 
 Keyword = Annotated[list[str], Query(description="Only images with this keyword, or a level of a "
@@ -131,15 +152,21 @@ def _filters(tag: Tag = None, folder: Folder = [], after: After = None,  # noqa:
              place: Place = None, near: Near = None, within: Within = None) -> Filters:
     """The filters of a search or a browse, from its query parameters."""
     return Filters.make(folders=folder, after=after, before=before, tag=tag, min_probability=min_probability,
-                        camera=camera, min_size=min_size, formats=format, keyword=keyword, rating=rating,
-                        label=label, place=place, near=near, within_km=within)
+                        camera=camera, min_size=min_size, formats=[f.value for f in format], keyword=keyword,
+                        rating=rating, label=label, place=place, near=near, within_km=within, empty_range=True)
 
 
 Narrowed = Annotated[Filters, Depends(_filters)]
-Box = Annotated[str, Query(min_length=1, max_length=2000, pattern=NOT_BLANK, description="What to look for, in the search box's "
-                           "language: words, \"phrases\", -not +and, keys such as `after:2024-06`, "
-                           "`camera:canon`, `in:FOLDER`, `all:yes`, `sort:date` (see `/api/query`).")]
+Box = Annotated[str, Query(min_length=1, max_length=2000, pattern=NOT_BLANK, examples=["a dog on the beach"],
+                           description="What to look for, in the search box's language: words, \"phrases\", "
+                           "-not +and, keys such as `after:2024-06`, `camera:canon`, `in:FOLDER`, `all:yes`, "
+                           "`sort:date` (see `/api/query`). A key it doesn't know, a value it can't read or an "
+                           "unclosed quote is a 400 naming the position.")]
 Plain = Annotated[bool, Query(description="Take `q` as typed: no keys, signs or quotes read.")]
+Version = Annotated[str | None, Query(description="The content's version, as the addresses in answers give it: "
+                                                  "then cached for a year, when it is the file's.")]
+# A text of `and`/`not`: not blank; `2*text` weighs it (a weight that leaves no text, or is 0, is a 400).
+TermText = Annotated[str, Field(min_length=1, max_length=2000, pattern=NOT_BLANK)]
 
 
 def _read_box(q: str, plain: bool, filters: Filters) -> tuple[ParsedQuery, Filters]:
@@ -173,6 +200,8 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
         docs_url=None,
         redoc_url=None,
         lifespan=lifespan,
+        generate_unique_id_function=lambda route: route.name,  # operationIds a generated client names its calls by
+        dependencies=[Depends(one_value_each)],
     )
     app.state.warmth = warmth
     install_errors(app)
@@ -188,7 +217,7 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
         return [{**h.to_dict(), "thumbnail": _rendition_url(h.id, "thumbnail", versions.get(h.id))} for h in hits]
 
     # -- search ------------------------------------------------------------------------------
-    @app.get("/api/search", tags=["search"])
+    @app.get("/api/search", tags=["search"], response_model=schemas.SearchResults | schemas.MatchSet, **AS_GIVEN)
     def search(
         q: Box,
         k: K = 20,
@@ -198,15 +227,16 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
         hybrid: Annotated[bool, Query(description="Also match words against captions and file names.")] = False,
         filters: Narrowed = NO_FILTERS,
         plain: Plain = False,
-        also: Annotated[list[str], Query(alias="and", description="Also look for this text (`2*text` weighs it "
+        also: Annotated[list[TermText], Query(alias="and", description="Also look for this text (`2*text` weighs it "
                                                                "twice; repeatable).")] = [],  # noqa: B006
-        without: Annotated[list[str], Query(alias="not", description="Look away from this text.")] = [],  # noqa: B006
+        without: Annotated[list[TermText], Query(alias="not", description="Look away from this text (`2*text` "
+                                                                       "weighs it).")] = [],  # noqa: B006
         like: Annotated[list[int], Query(description="Also look like this indexed image (its id).")] = [],  # noqa: B006
         unlike: Annotated[list[int], Query(description="Look unlike this indexed image.")] = [],  # noqa: B006
         all: Annotated[bool, Query(description="Every photo that matches (`search --all`): a match set.")] = False,
         min_match: Annotated[float, Query(ge=0, le=1, description="With `all`: the least match probability.")] = 0.5,
-        sort: Annotated[Literal["score", "date", "-date"], Query(description="With `all`: best first, by capture "
-                                                                       "time, or newest first.")] = "score",
+        sort: Annotated[schemas.Sort, Query(description="With `all`: best first, by capture time, or newest "
+                                                        "first.")] = schemas.Sort.score,
         max_check: Annotated[int | None, Query(ge=1, le=10_000_000, description="With `all`: the most photos "
                                                                                "scored by ITM.")] = None,
     ) -> dict[str, Any]:
@@ -225,7 +255,7 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
         understood = box.to_dict()
         if box.all if box.all is not None else all:
             found = lib.search(box.text, all=True, min_match=box.min_match if box.min_match is not None else min_match,
-                               sort=box.sort or sort, max_check=max_check, filters=filters, terms=terms)
+                               sort=box.sort or sort.value, max_check=max_check, filters=filters, terms=terms)
             return {"query": q, "understood": understood, "filters": filters.to_dict(), **found.summary(),
                     "hits": hit_dicts(found.hits), "others": hit_dicts(found.others)}
         depth = 0 if no_rerank else (settings.rerank_depth if rerank_depth is None else rerank_depth)
@@ -234,7 +264,7 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
         return {"query": q, "understood": understood, "k": k, "offset": offset, "reranked": depth > 0,
                 "filters": filters.to_dict(), "matched": lib.count(filters), "hits": hit_dicts(hits)}
 
-    @app.get("/api/query", tags=["search"])
+    @app.get("/api/query", tags=["search"], response_model=schemas.QueryReading, **AS_GIVEN)
     def query(q: Annotated[str, Query(max_length=2000, description="A search box's text.")] = "",
               plain: Plain = False, filters: Narrowed = NO_FILTERS) -> dict[str, Any]:
         """How a search box's text reads: its search text, terms and keys (`understood`), the filters they
@@ -243,7 +273,7 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
         box, narrowed = _read_box(q, plain, filters) if q.strip() else (parse_query(""), filters)
         return {"query": q, "understood": box.to_dict(), "filters": narrowed.to_dict(), "searches": box.searches}
 
-    @app.post("/api/search/image", tags=["search"],
+    @app.post("/api/search/image", tags=["search"], response_model=schemas.ImageSearchResults, **AS_GIVEN,
               openapi_extra={"requestBody": {"required": True, "content": {
                   "image/*": {"schema": {"type": "string", "format": "binary"}}}}})
     async def search_by_image(
@@ -251,7 +281,7 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
         k: K = 20,
         offset: Offset = 0,
         filters: Narrowed = NO_FILTERS,
-    ) -> Response:
+    ) -> Any:
         """Image to image for an uploaded image: the request body is the image file's bytes (any
         format the library indexes). The image is used for this search only and never stored."""
         data = await _read_capped(request, settings.max_upload_bytes)
@@ -261,20 +291,19 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
         if refused is not None:
             return refused
         hits = await run_in_threadpool(lib.similar, ImageData(data), k, filters=filters, offset=offset)
-        return JSONResponse({"k": k, "offset": offset, "filters": filters.to_dict(),
-                             "hits": await run_in_threadpool(hit_dicts, hits)})
+        hit_list = await run_in_threadpool(hit_dicts, hits)
+        return {"k": k, "offset": offset, "filters": filters.to_dict(), "hits": hit_list}
 
-    @app.get("/api/images", tags=["images"])
+    @app.get("/api/images", tags=["images"], response_model=schemas.Browse, **AS_GIVEN)
     def images(k: K = 40, offset: Offset = 0, filters: Narrowed = NO_FILTERS,
-               q: Annotated[str | None, Query(max_length=2000, description="Search keys that narrow the browse, "
-                                                                           "as in a search's `q`; no words.")] = None,
+               q: Annotated[str | None, Query(max_length=2000, pattern=KEYS_ONLY, description="Search keys that "
+                                              "narrow the browse, as in a search's `q`; no words.")] = None,
                ) -> dict[str, Any]:
         """Browse: the images that pass the filters, the most recently added first."""
         if q is not None and q.strip():
             box, filters = _read_box(q, False, filters)
             if box.searches or box.terms:
-                raise InputPathError("Browsing takes search keys only (after:, in:, tag:, ...); search for words "
-                                     "with /api/search.")
+                raise InputPathError(KEYS_ONLY_SAID)
         found = lib.recent(k, filters=filters, offset=offset)
         versions = lib.content_hashes([i for i, _ in found])
         return {"k": k, "offset": offset, "filters": filters.to_dict(), "images": [
@@ -282,7 +311,7 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
             for i, path in found]}
 
     # -- one image ------------------------------------------------------------------------------
-    @app.get("/api/images/{image_id}", tags=["images"])
+    @app.get("/api/images/{image_id}", tags=["images"], response_model=schemas.ImageDetails, **AS_GIVEN)
     def image(image_id: ImageId) -> dict[str, Any]:
         """What the library knows of an image: path, size, dimensions, capture time, camera, EXIF, tags."""
         info = lib.image(image_id)
@@ -291,28 +320,32 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
                 "preview": _rendition_url(image_id, "preview", info.content_hash),
                 "original": f"/api/images/{image_id}/original"}
 
-    @app.get("/api/images/{image_id}/similar", tags=["search"])
+    @app.get("/api/images/{image_id}/similar", tags=["search"], response_model=schemas.SimilarImages, **AS_GIVEN)
     def similar(image_id: ImageId, k: K = 20, offset: Offset = 0, filters: Narrowed = NO_FILTERS) -> dict[str, Any]:
         """The images that look most like this one (ITC cosine), itself left out."""
         hits = lib.similar(image_id, k, filters=filters, offset=offset)
         return {"id": image_id, "k": k, "offset": offset, "filters": filters.to_dict(), "hits": hit_dicts(hits)}
 
-    def rendition(request: Request, image_id: ImageId, kind: str) -> Response:
+    def rendition(request: Request, image_id: ImageId, kind: str, version: str | None) -> Response:
         path, content_hash = lib.rendition(image_id, kind)
-        return _cached_file(request, path, "image/webp", content_hash, versioned=request.query_params.get("v"))
+        return _cached_file(request, path, "image/webp", content_hash, versioned=version)
 
-    @app.get("/api/images/{image_id}/thumbnail", tags=["images"], response_class=Response)
-    def thumbnail(request: Request, image_id: ImageId) -> Response:
+    @app.get("/api/images/{image_id}/thumbnail", tags=["images"], response_class=Response,
+             responses=schemas.file_answer("The thumbnail.", "image/webp"))
+    def thumbnail(request: Request, image_id: ImageId, v: Version = None) -> Response:
         """A small WebP (320 px), made once per content. With `?v=` (the address search results
         give), cacheable for a year."""
-        return rendition(request, image_id, "thumb")
+        return rendition(request, image_id, "thumb", v)
 
-    @app.get("/api/images/{image_id}/preview", tags=["images"], response_class=Response)
-    def preview(request: Request, image_id: ImageId) -> Response:
+    @app.get("/api/images/{image_id}/preview", tags=["images"], response_class=Response,
+             responses=schemas.file_answer("The preview.", "image/webp"))
+    def preview(request: Request, image_id: ImageId, v: Version = None) -> Response:
         """A screen-sized WebP (1600 px), made on first request."""
-        return rendition(request, image_id, "preview")
+        return rendition(request, image_id, "preview", v)
 
-    @app.get("/api/images/{image_id}/original", tags=["images"], response_class=Response)
+    @app.get("/api/images/{image_id}/original", tags=["images"], response_class=Response,
+             responses=schemas.file_answer("The file, as its name's type says (else application/octet-stream).",
+                                           "image/*", "application/octet-stream"))
     def original(request: Request, image_id: ImageId) -> Response:
         """The indexed file itself, as long as it is still the file that was indexed."""
         path = lib.image_file(image_id)
@@ -322,7 +355,7 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
             kind = "application/octet-stream"
         return _cached_file(request, Path(os.fsdecode(path)), kind, content_hash, versioned=None)
 
-    @app.post("/api/images/{image_id}/caption", tags=["describe"])
+    @app.post("/api/images/{image_id}/caption", tags=["describe"], response_model=schemas.Caption, **AS_GIVEN)
     def caption(image_id: ImageId) -> dict[str, Any]:
         """The image's caption (BLIP captioning, the paper's decoding), generated once and cached."""
         done = lib.caption([lib.image_file(image_id)])[0]
@@ -330,30 +363,32 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
             raise ImageError(done.error or "can't caption this image")
         return {"id": image_id, "caption": done.text}
 
-    @app.post("/api/images/{image_id}/ask", tags=["describe"])
-    def ask(image_id: ImageId,
-            question: Annotated[str, Body(embed=True, min_length=1, max_length=500, pattern=NOT_BLANK)]) -> dict[str, Any]:
+    @app.post("/api/images/{image_id}/ask", tags=["describe"], response_model=schemas.Answer, **AS_GIVEN)
+    def ask(image_id: ImageId, body: Annotated[schemas.Question, Body()]) -> dict[str, Any]:
         """Ask a question about the image (BLIP visual question answering). Body: `{"question": "..."}`."""
-        done = lib.ask([lib.image_file(image_id)], question)[0]
+        done = lib.ask([lib.image_file(image_id)], body.question)[0]
         if done.text is None:
             raise ImageError(done.error or "can't read this image")
-        return {"id": image_id, "question": question, "answer": done.text}
+        return {"id": image_id, "question": body.question, "answer": done.text}
 
-    @app.get("/api/images/{image_id}/lookup", tags=["describe"])
+    @app.get("/api/images/{image_id}/lookup", tags=["describe"], response_model=schemas.Lookup, **AS_GIVEN)
     def lookup(
         image_id: ImageId,
         k: Annotated[int, Query(ge=1, le=100)] = 5,
-        source: Annotated[str, Query(pattern="^(texts|captions)$",
-                                     description="The text collection, or the library's captions.")] = "texts",
+        source: Annotated[Literal["texts", "captions"], Query(description="The text collection, or the library's "
+                                                                          "captions.")] = "texts",
         no_rerank: bool = False,
     ) -> dict[str, Any]:
         """The library's texts (`blipsearch texts add`) that best describe the image."""
         hits = lib.lookup(image_id, k, rerank_depth=settings.rerank_depth, rerank_hits=not no_rerank, source=source)
         return {"id": image_id, "source": source, "texts": [h.to_dict() for h in hits]}
 
-    @app.get("/api/images/{image_id}/explain", tags=["describe"], response_class=Response)
+    @app.get("/api/images/{image_id}/explain", tags=["describe"], response_class=Response,
+             responses=schemas.file_answer("The heat map over the photo.", "image/png", revalidated=False, headers={
+                 "Cache-Control": "Private, for an hour.",
+                 "x-match-probability": "The pair's ITM match probability, 0 to 1 (six decimals)."}))
     def explain(image_id: ImageId,
-                q: Annotated[str, Query(min_length=1, max_length=2000, pattern=NOT_BLANK,
+                q: Annotated[str, Query(min_length=1, max_length=2000, pattern=NOT_BLANK, examples=["a dog on the beach"],
                                         description="The text to explain.")]) -> Response:
         """A heat map over the image of where the ITM head found the text (Grad-CAM), as a PNG; the
         `x-match-probability` header is the pair's ITM match probability."""
@@ -375,17 +410,17 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
         return Response(out.getvalue(), media_type="image/png", headers={"cache-control": "public, max-age=86400"})
 
     # -- the library -------------------------------------------------------------------------------
-    @app.get("/api/status", tags=["library"])
+    @app.get("/api/status", tags=["library"], response_model=schemas.Status, **AS_GIVEN)
     def status() -> dict[str, Any]:
         """The CLI's `status --json`: counts, model, where the library lives."""
         return lib.status()
 
-    @app.get("/api/failures", tags=["library"])
+    @app.get("/api/failures", tags=["library"], response_model=schemas.Failures, **AS_GIVEN)
     def failures() -> dict[str, Any]:
         """The files that could not be indexed, with the reason."""
         return {"failures": [{"path": f.path, "reason": f.reason} for f in lib.failures()]}
 
-    @app.get("/api/tags", tags=["library"])
+    @app.get("/api/tags", tags=["library"], response_model=schemas.Tags, **AS_GIVEN)
     def tags() -> dict[str, Any]:
         """The tag labels of the library's images (`index --tags`), most used first."""
         return {"tags": [{"label": label, "images": n} for label, n in lib.labels()]}

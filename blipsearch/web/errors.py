@@ -7,6 +7,7 @@ read, 500 the database failed, 503 the model can't be loaded."""
 from __future__ import annotations
 
 import re
+from collections import Counter
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -37,7 +38,18 @@ STATUS: list[tuple[type[BaseException], int]] = [
     (ModelMismatchError, 409),
     (BlipsearchError, 409),  # the library's state: empty, no texts, no captions yet
 ]
-NOT_BLANK = r"\S"  # a text parameter's pattern: more than white space
+# White space as Python's strip and split take it (str.isspace), spelled out: `\s` differs between the
+# document's regex dialect (ECMA 262: not \x85, but \ufeff), Python's (\x1c-\x1f too) and the server's.
+SPACE = r"\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+NOT_BLANK = rf"[^{SPACE}]"  # a text parameter's pattern: more than white space
+NO_NUL = r"^[^\x00]*$"  # a filter's text: no stored text holds NUL
+# A browse's q: search keys only, KEY:VALUE tokens with values quoted as the search language quotes
+# them; which keys and values it reads is the language's to say (a 400 naming the position).
+_SPACE, _QUOTED = f"[{SPACE}]", r'"([^"\\]|\\[\s\S])*"'
+_PART, _FIRST = rf'([^{SPACE}"]|{_QUOTED})', rf'([^{SPACE}"/]|{_QUOTED})'  # KEY:// is a word (a URL)
+_KEY_TOKEN = rf"[A-Za-z]+:({_FIRST}{_PART}*|/({_FIRST}{_PART}*)?)?"
+KEYS_ONLY = rf"^{_SPACE}*({_KEY_TOKEN}({_SPACE}+{_KEY_TOKEN})*)?{_SPACE}*$"
+KEYS_ONLY_SAID = "Browsing takes search keys only (after:, in:, tag:, ...); search for words with /api/search."
 _SHOWN = 40  # characters of a refused value an error shows
 _DAY = "a date: use 2024, 2024-07, 2024-07-14 or 2024-07-14T18:30"
 _PATTERNS = {"after": _DAY, "before": _DAY,
@@ -55,10 +67,16 @@ def _shown(value: Any) -> str:
     return text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
 
 
+def _name(where: list[Any]) -> str:
+    """A parameter's name as a sentence gives it: ``and (value 2)`` for the second of a repeated one."""
+    parts = [f"(value {p + 1})" if isinstance(p, int) else str(p) for p in where]
+    return " ".join(parts) if parts else "the request"
+
+
 def reason(err: dict[str, Any]) -> str:
     """One pydantic validation error as a sentence: what is wrong with which parameter."""
     where = [str(p) for p in err.get("loc", ())]
-    name = ".".join(where[1:]) if len(where) > 1 else "the request"
+    name = _name(list(err.get("loc", ()))[1:])
     kind, ctx, value = err.get("type", ""), err.get("ctx") or {}, err.get("input")
     if kind == "json_invalid":
         return f"The request body is not valid JSON ({ctx.get('error', 'it does not parse')})."
@@ -68,6 +86,10 @@ def reason(err: dict[str, Any]) -> str:
         return f"{name} is required."
     if kind == "string_pattern_mismatch" and ctx.get("pattern") == NOT_BLANK:
         return f"{name} must not be blank."
+    if kind == "string_pattern_mismatch" and ctx.get("pattern") == NO_NUL:
+        return f"{name} must not hold a NUL character."
+    if kind == "string_pattern_mismatch" and ctx.get("pattern") == KEYS_ONLY:
+        return KEYS_ONLY_SAID
     if kind == "string_pattern_mismatch" and name in _PATTERNS:
         return f"{name}: {_shown(value)} is not {_PATTERNS[name]}."
     sentences = {
@@ -80,6 +102,7 @@ def reason(err: dict[str, Any]) -> str:
         "float_parsing": f"{name} must be a number",
         "bool_parsing": f"{name} must be true or false",
         "literal_error": f"{name} must be one of {ctx.get('expected')}",
+        "enum": f"{name} must be one of {ctx.get('expected')}",
         "string_too_short": f"{name} must not be empty" if ctx.get("min_length") == 1
         else f"{name} must be at least {ctx.get('min_length')} characters long",
         "string_too_long": f"{name} must be at most {ctx.get('max_length')} characters long",
@@ -160,6 +183,30 @@ ROUTE_ERRORS: dict[str, tuple[int, ...]] = {
     "/api/images/{image_id}/explain": (*_IMAGE, 422, 503),
 }
 """The error statuses each route can answer with (every one in the shape of ``Error``)."""
+
+
+def one_value_each(request: Request) -> None:
+    """A query parameter the document gives one value (no array), sent more than once, is a 400: in the
+    document's form style only an array's values are repeated keys. (Starlette would keep the last.)"""
+    route = request.scope.get("route")
+    counts = Counter(name for name, _ in request.query_params.multi_items())
+    repeated = [name for name, n in counts.items() if n > 1]
+    if not repeated or route is None:
+        return
+    app = request.app
+    single = getattr(app.state, "single_valued", None)
+    if single is None:
+        single = app.state.single_valued = {
+            (path, method.upper()): {p["name"] for p in operation.get("parameters", [])
+                                     if p["in"] == "query" and not _is_array(p.get("schema", {}))}
+            for path, operations in app.openapi().get("paths", {}).items() for method, operation in operations.items()}
+    for name in repeated:
+        if name in single.get((getattr(route, "path", ""), request.method), ()):
+            raise InputPathError(f"{name} takes one value, not {counts[name]}.")
+
+
+def _is_array(schema: dict[str, Any]) -> bool:
+    return schema.get("type") == "array" or any(s.get("type") == "array" for s in schema.get("anyOf", []))
 
 
 def document(app: FastAPI) -> None:
