@@ -74,6 +74,12 @@ class AppliedFilters(_Answer):
     min_size: str | Absent = Field(None, description="At least this wide and high: WIDTHxHEIGHT.")
     extensions: list[str] | Absent = Field(None, description="Only files with these extensions (of the formats "
                                                              "asked for).")
+    keywords: list[str] | Absent = Field(None, description="Every one of these keywords (folded).")
+    rating: int | Absent = Field(None, description="At least this many stars.")
+    label: str | Absent = Field(None, description="This colour label (folded).")
+    place: str | Absent = Field(None, description="Taken in this city, region or country (folded).")
+    near: list[float] | Absent = Field(None, description="Within within_km of this latitude, longitude.")
+    within_km: float | Absent = Field(None, description="With near: the distance, in km.")
 
 
 class TextTerm(_Answer):
@@ -103,6 +109,11 @@ class Understood(_Answer):
     camera: str | None
     min_size: str | None
     formats: list[str]
+    keywords: list[str]
+    rating: int | None
+    label: str | None
+    place: str | None
+    near: str | None = Field(description="LAT,LON or LAT,LON,KM as typed.")
     min_match: float | None
     sort: Sort | None
     all: bool | None
@@ -185,6 +196,14 @@ class ImageTag(_Answer):
     kept: bool = Field(description="Whether it counts as a tag (its match probability is high enough).")
 
 
+class PlaceName(_Answer):
+    city: str | None
+    region: str | None
+    country: str | None
+    country_code: str | None
+    name: str = Field(description="'Paris, Île-de-France, France'.")
+
+
 class ImageDetails(_Answer):
     id: Id
     path: str
@@ -198,6 +217,18 @@ class ImageDetails(_Answer):
     content_hash: str
     indexed_at: LocalTime
     tags: list[ImageTag]
+    taken_offset: int | None = Field(None, description="The capture time's offset from UTC, in minutes, when known.")
+    taken_source: str | None = Field(None, description="Where the capture time came from: DateTimeOriginal, "
+                                                       "CreateDate, xmp:CreateDate, ...; none: the file time.")
+    taken: str = Field(description="The date as shown: 'taken 2021-04-11 15:47:53 -05:00 (DateTimeOriginal)'.")
+    title: str | None = None
+    description: str | None = None
+    keywords: list[str] | None = Field(None, description="As written; hierarchies joined by '|'.")
+    rating: int | None = Field(None, ge=-1, le=5, description="XMP stars, -1 for rejected.")
+    label: str | None = None
+    latitude: float | None = None
+    longitude: float | None = None
+    place: PlaceName | None = Field(None, description="Where its GPS position lies.")
     thumbnail: Url
     preview: Url
     original: Url
