@@ -47,6 +47,7 @@ from .errors import KEYS_ONLY, KEYS_ONLY_SAID, NO_NUL, NOT_BLANK, one_value_each
 from .errors import document as document_errors
 from .errors import error as _error
 from .errors import install as install_errors
+from .schemas import REAL, WHOLE
 from .security import Guard, SecurityMiddleware
 
 HERE = Path(__file__).parent
@@ -90,9 +91,10 @@ class _Warmth:
 AS_GIVEN: dict[str, Any] = {"response_model_exclude_unset": True}
 
 # Parameters shared by the routes (module level: routes' annotations are resolved here).
-ImageId = Annotated[int, PathParam(ge=1, le=2**63 - 1, description="The image's id (search results give it).")]
-K = Annotated[int, Query(ge=1, le=500, description="Number of results.")]
-Offset = Annotated[int, Query(ge=0, le=100_000, description="Skip this many of the best (paging).")]
+# Numbers read as the document's (schemas.WHOLE, REAL): "5", not " 5", "+5" or "5.0" for an integer.
+ImageId = Annotated[int, PathParam(ge=1, le=2**63 - 1, description="The image's id (search results give it)."), WHOLE]
+K = Annotated[int, Query(ge=1, le=500, description="Number of results."), WHOLE]
+Offset = Annotated[int, Query(ge=0, le=100_000, description="Skip this many of the best (paging)."), WHOLE]
 Folder = Annotated[list[str], Query(description="Only images below this folder (repeatable).")]
 # What parse_date reads (empty: no bound), as a pattern for the document and the request's check: the
 # years 1 to 9999, the days each month has (February 29 in leap years), and a zone only in the years 2
@@ -119,7 +121,7 @@ Tag = Annotated[str | None, Query(max_length=400, pattern=NO_NUL,
 
 
 MinProbability = Annotated[float, Query(ge=0, le=1, description="With tag: the least ITM match probability of "
-                                                                 "a stored label for it to count.")]
+                                                                 "a stored label for it to count."), REAL]
 
 
 Camera = Annotated[str | None, Query(max_length=MAX_CAMERA, pattern=NO_NUL,
@@ -225,7 +227,8 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
         q: Box,
         k: K = 20,
         offset: Offset = 0,
-        rerank_depth: Annotated[int | None, Query(ge=0, le=1000, description="ITC candidates rescored by ITM.")] = None,
+        rerank_depth: Annotated[int | None, Query(ge=0, le=1000, description="ITC candidates rescored by ITM."),
+                                WHOLE] = None,
         no_rerank: Annotated[bool, Query(description="Rank by ITC cosine only (fast).")] = False,
         hybrid: Annotated[bool, Query(description="Also match words against captions and file names.")] = False,
         filters: Narrowed = NO_FILTERS,
@@ -234,14 +237,15 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
                                                                "twice; repeatable).")] = [],  # noqa: B006
         without: Annotated[list[TermText], Query(alias="not", description="Look away from this text (`2*text` "
                                                                        "weighs it).")] = [],  # noqa: B006
-        like: Annotated[list[int], Query(description="Also look like this indexed image (its id).")] = [],  # noqa: B006
-        unlike: Annotated[list[int], Query(description="Look unlike this indexed image.")] = [],  # noqa: B006
+        like: Annotated[list[schemas.Whole], Query(description="Also look like this indexed image (its id).")] = [],  # noqa: B006
+        unlike: Annotated[list[schemas.Whole], Query(description="Look unlike this indexed image.")] = [],  # noqa: B006
         all: Annotated[bool, Query(description="Every photo that matches (`search --all`): a match set.")] = False,
-        min_match: Annotated[float, Query(ge=0, le=1, description="With `all`: the least match probability.")] = 0.5,
+        min_match: Annotated[float, Query(ge=0, le=1, description="With `all`: the least match probability."),
+                             REAL] = 0.5,
         sort: Annotated[schemas.Sort, Query(description="With `all`: best first, by capture time, or newest "
                                                         "first.")] = schemas.Sort.score,
         max_check: Annotated[int | None, Query(ge=1, le=10_000_000, description="With `all`: the most photos "
-                                                                               "scored by ITM.")] = None,
+                                                                               "scored by ITM."), WHOLE] = None,
     ) -> dict[str, Any]:
         """Text to image: the CLI's `search --json` hits (`rank`, `id`, `path`, `score`, `itc`, `itm`); with
         `and`, `not`, `like`, `unlike`, a composite query as `blipsearch search --and/--not/--like/--unlike`.
@@ -377,7 +381,7 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
     @app.get("/api/images/{image_id}/lookup", tags=["describe"], response_model=schemas.Lookup, **AS_GIVEN)
     def lookup(
         image_id: ImageId,
-        k: Annotated[int, Query(ge=1, le=100)] = 5,
+        k: Annotated[int, Query(ge=1, le=100), WHOLE] = 5,
         source: Annotated[Literal["texts", "captions"], Query(description="The text collection, or the library's "
                                                                           "captions.")] = "texts",
         no_rerank: bool = False,

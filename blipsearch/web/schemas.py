@@ -10,11 +10,13 @@ a field is either there with its type or absent. ``None`` where the CLI prints `
 
 from __future__ import annotations
 
+import re
 from enum import Enum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
+from pydantic_core import PydanticCustomError
 
 from ..images.formats import FORMAT_EXTENSIONS
 from .errors import NOT_BLANK
@@ -37,6 +39,28 @@ class Sort(str, Enum):
 # A format a filter names ("": none, as a form's empty field sends it).
 ImageFormat = Enum("ImageFormat", {"any": "", **{name: name for name in FORMAT_EXTENSIONS}},  # type: ignore[misc]
                    type=str)
+_DIGITS = re.compile(r"-?[0-9]+")
+
+
+def _whole(value: object) -> object:
+    """A parameter's text as the document's integer: digits, a minus sign at most (pydantic alone would
+    also read " 5", "\\n5", "+5", "5.0" and "5_0")."""
+    if isinstance(value, str) and not _DIGITS.fullmatch(value):
+        raise PydanticCustomError("int_parsing", "Input should be a valid integer")
+    return value
+
+
+def _real(value: object) -> object:
+    """A parameter's text as a number: without the white space around it or the underscores in it that
+    pydantic alone would read."""
+    if isinstance(value, str) and (value != value.strip() or "_" in value):
+        raise PydanticCustomError("float_parsing", "Input should be a valid number")
+    return value
+
+
+# After a parameter's Query or Path in its Annotated (nested, the constraints would leave the document).
+WHOLE, REAL = BeforeValidator(_whole), BeforeValidator(_real)
+Whole = Annotated[int, WHOLE]  # an item of a list parameter
 Absent = SkipJsonSchema[None]  # `X | Absent = None`: a field an answer may leave out, never null
 
 
