@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -226,3 +228,29 @@ def live_server():  # type: ignore[no-untyped-def]
     yield start
     for server in started:
         server.stop()
+
+
+# Runs a command as a user's shell would, then says whether it imported torch (the engine tests).
+CLI_COMMAND = (
+    "import json, sys\n"
+    "from blipsearch.cli import main\n"
+    "try:\n"
+    "    main(sys.argv[1:])\n"
+    "except SystemExit as exit:\n"
+    "    code = exit.code or 0\n"
+    "else:\n"
+    "    code = 0\n"
+    "sys.stdout.flush()\n"
+    "print(json.dumps({'code': code, 'torch': 'torch' in sys.modules}), file=sys.stderr)\n"
+)
+
+# exiftool, the independent reader and writer of XMP in the tests (Debian: libimage-exiftool-perl).
+EXIFTOOL = shutil.which("exiftool")
+needs_exiftool = pytest.mark.skipif(EXIFTOOL is None and not os.environ.get("BLIPSEARCH_REQUIRE_EXIFTOOL"),
+                                    reason="exiftool is not installed (Debian: libimage-exiftool-perl)")
+
+
+def exiftool(*args: str | Path) -> str:
+    """exiftool's standard output for ``args``."""
+    assert EXIFTOOL is not None, "BLIPSEARCH_REQUIRE_EXIFTOOL is set but exiftool is not installed"
+    return subprocess.run([EXIFTOOL, *map(str, args)], check=True, capture_output=True, text=True).stdout

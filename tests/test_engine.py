@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import CLI_COMMAND
 
 from blipsearch import background
 from blipsearch.cli import main
@@ -33,20 +34,6 @@ from blipsearch.options import CaptionSettings, open_settings
 from blipsearch.results import Hit
 from blipsearch.web.terminal import terminal_socket
 
-# Runs a command as a user's shell would, then says whether it imported torch.
-COMMAND = (
-    "import json, sys\n"
-    "from blipsearch.cli import main\n"
-    "try:\n"
-    "    main(sys.argv[1:])\n"
-    "except SystemExit as exit:\n"
-    "    code = exit.code or 0\n"
-    "else:\n"
-    "    code = 0\n"
-    "sys.stdout.flush()\n"
-    "print(json.dumps({'code': code, 'torch': 'torch' in sys.modules}), file=sys.stderr)\n"
-)
-
 
 @pytest.fixture
 def runtime(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -59,7 +46,7 @@ def runtime(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monkey
 
 def shell(*args: str) -> tuple[int, str, str, bool]:
     """(exit code, stdout, stderr without the last line, imported torch) of ``blipsearch ARGS``."""
-    done = subprocess.run([sys.executable, "-c", COMMAND, *args], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", CLI_COMMAND, *args], capture_output=True, text=True, timeout=300)
     *messages, last = done.stderr.strip().splitlines()
     info = json.loads(last)
     return info["code"], done.stdout, "\n".join(messages), info["torch"]

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import CLI_COMMAND
 
 from blipsearch import background
 from blipsearch.cli import main
@@ -25,19 +26,6 @@ from blipsearch.engine import Engine, ask, private_socket, socket_path
 from blipsearch.options import open_settings
 
 ROOT = Path(__file__).resolve().parent.parent
-# Runs a command as a user's shell would, then says whether it imported torch.
-COMMAND = (
-    "import json, sys\n"
-    "from blipsearch.cli import main\n"
-    "try:\n"
-    "    main(sys.argv[1:])\n"
-    "except SystemExit as exit:\n"
-    "    code = exit.code or 0\n"
-    "else:\n"
-    "    code = 0\n"
-    "sys.stdout.flush()\n"
-    "print(json.dumps({'code': code, 'torch': 'torch' in sys.modules}), file=sys.stderr)\n"
-)
 QUERY = ["search", "a red square", "-k", "5"]
 
 
@@ -55,7 +43,7 @@ def _env(**changes: str | None) -> dict[str, str]:
 def shell(*args: str, **env: str | None) -> tuple[int, str, str, bool]:
     """(exit code, stdout, stderr without the last line, imported torch) of ``blipsearch ARGS``."""
     # (run from elsewhere than this checkout's folder: PYTHONPATH says which code runs)
-    done = subprocess.run([sys.executable, "-c", COMMAND, *args], capture_output=True, text=True, timeout=300,
+    done = subprocess.run([sys.executable, "-c", CLI_COMMAND, *args], capture_output=True, text=True, timeout=300,
                           env=_env(**env), cwd="/", check=False)
     *messages, last = done.stderr.strip().splitlines()
     info = json.loads(last)
@@ -176,7 +164,7 @@ def test_an_idle_engine_exits(library: Path) -> None:
 
 
 def test_two_racing_first_commands_start_one_engine(library: Path) -> None:
-    command = [sys.executable, "-c", COMMAND, *QUERY, "--library", str(library)]
+    command = [sys.executable, "-c", CLI_COMMAND, *QUERY, "--library", str(library)]
     racing = [subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
               for _ in range(2)]
     outputs = [p.communicate(timeout=300) for p in racing]

@@ -5,25 +5,14 @@ sidecar that goes takes its keywords with it."""
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import draw_image
+from conftest import draw_image, exiftool, needs_exiftool
 from sqlalchemy import select
 
 from blipsearch import Library
 from blipsearch.store.schema import ImageRow, KeywordRow
-
-EXIFTOOL = shutil.which("exiftool")
-needs_exiftool = pytest.mark.skipif(EXIFTOOL is None and not os.environ.get("BLIPSEARCH_REQUIRE_EXIFTOOL"),
-                                    reason="exiftool is not installed (Debian: libimage-exiftool-perl)")
-
-
-def exiftool(*args: str | Path) -> None:
-    assert EXIFTOOL is not None, "BLIPSEARCH_REQUIRE_EXIFTOOL is set but exiftool is not installed"
-    subprocess.run([EXIFTOOL, "-q", *map(str, args)], check=True, capture_output=True)
 
 
 def _row(lib: Library, name: str) -> ImageRow:

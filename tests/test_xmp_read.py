@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
+from conftest import exiftool, needs_exiftool
 from PIL import Image
 
 from blipsearch.metadata.xmp import (
@@ -23,16 +22,6 @@ from blipsearch.metadata.xmp import (
     read_packet,
     read_sidecar,
 )
-
-EXIFTOOL = shutil.which("exiftool")
-needs_exiftool = pytest.mark.skipif(EXIFTOOL is None and not os.environ.get("BLIPSEARCH_REQUIRE_EXIFTOOL"),
-                                    reason="exiftool is not installed (Debian: libimage-exiftool-perl)")
-
-
-def exiftool(*args: str | Path) -> str:
-    assert EXIFTOOL is not None, "BLIPSEARCH_REQUIRE_EXIFTOOL is set but exiftool is not installed"
-    return subprocess.run([EXIFTOOL, *map(str, args)], check=True, capture_output=True, text=True).stdout
-
 
 DIGIKAM = """<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>
 <x:xmpmeta xmlns:x="adobe:ns:meta/" x:xmptk="XMP Core 4.4.0-Exiv2">

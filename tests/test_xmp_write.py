@@ -14,21 +14,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import exiftool, needs_exiftool
 
 from blipsearch import Library
 from blipsearch.metadata.xmp import read_sidecar
 from blipsearch.metadata.xmpedit import XmpEditError, edit
 
 ROOT = Path(__file__).resolve().parent.parent
-EXIFTOOL = shutil.which("exiftool")
-needs_exiftool = pytest.mark.skipif(EXIFTOOL is None and not os.environ.get("BLIPSEARCH_REQUIRE_EXIFTOOL"),
-                                    reason="exiftool is not installed (Debian: libimage-exiftool-perl)")
 LABELS = ["red circle", "blue square", "green triangle"]
 
-
-def exiftool(*args: str | Path) -> str:
-    assert EXIFTOOL is not None, "BLIPSEARCH_REQUIRE_EXIFTOOL is set but exiftool is not installed"
-    return subprocess.run([EXIFTOOL, *map(str, args)], check=True, capture_output=True, text=True).stdout
 
 
 def read_back(sidecar: Path) -> dict:  # type: ignore[type-arg]

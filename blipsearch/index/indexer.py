@@ -40,7 +40,7 @@ from ..images.decode import (
     hash_bytes,
     read_file,
 )
-from ..metadata.read import PhotoMetadata
+from ..metadata.read import PhotoMetadata, sidecar_signature
 from ..progress import ProgressFactory, no_progress
 from ..rerank.cache import TokenCache
 from ..similarity import pooled_one
@@ -195,7 +195,7 @@ class Indexer:
             row = stored.get(entry.path)
             if row is not None and row.model == self.fp and (row.size, row.mtime_ns) == (entry.size, entry.mtime_ns):
                 self.report.unchanged += 1
-                if metadata.out_of_date(row, metadata.sidecar_now(entry.path, found.sidecars)):
+                if metadata.out_of_date(row, sidecar_signature(entry.path, found.sidecars)):
                     stale.append((row, entry))
             elif row is None and failed.get(entry.path) == (entry.size, entry.mtime_ns):
                 self.report.failed += 1

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from ..errors import ImageError
 from ..images.decode import read_file
 from ..metadata import METADATA_VERSION
-from ..metadata.read import PhotoMetadata, read_metadata, sidecar_signature
+from ..metadata.read import PhotoMetadata, read_metadata
 from ..metadata.xmp import keyword_terms
 from ..progress import ProgressFactory, no_progress
 from ..store.database import Database, StoredRow
@@ -31,11 +31,6 @@ def safely_read(path: bytes, data: bytes, exif: dict | None = None,  # type: ign
         return read_metadata(path, data, exif, listing)
     except Exception as exc:  # noqa: BLE001 - metadata must never fail a photo
         return PhotoMetadata(exif=exif, warnings=(f"its metadata could not be read: {type(exc).__name__}: {exc}",))
-
-
-def sidecar_now(path: bytes, listing: Mapping[bytes, tuple[int, int]]) -> str | None:
-    """The sidecar of ``path`` as the walk saw it (see :func:`blipsearch.metadata.read.sidecar_signature`)."""
-    return sidecar_signature(path, listing)
 
 
 def out_of_date(row: StoredRow, sidecar: str | None) -> bool:
