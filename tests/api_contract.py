@@ -29,10 +29,12 @@ PHASES = ("examples", "coverage", "fuzzing", "stateful")
 
 
 def make_library(root: Path, count: int = 36, seed: int = 11) -> Path:
-    """``count`` shapes-world scenes in two folders with file times over six months, a camera's JPEG
-    (EXIF make, model and capture time) and a broken file, indexed with ``builtin:shapes``, captioned,
-    tagged with their own descriptions and with a text collection: every route has something to answer."""
-    from PIL import Image
+    """``count`` shapes-world scenes in two folders with file times over six months, three of them with
+    XMP sidecars (keywords, a rating); a camera's JPEG (EXIF make, model, capture time and offset, a GPS
+    position in Paris; a sidecar with a title, a description, keywords, a rating and a label); a broken
+    file. Indexed with ``builtin:shapes``, captioned, tagged with their own descriptions and with a text
+    collection: every route has something to answer."""
+    from photo_files import camera_exif, write_sidecar
 
     from blipsearch import Library
     from blipsearch.shapes.world import generate
@@ -47,10 +49,14 @@ def make_library(root: Path, count: int = 36, seed: int = 11) -> Path:
         scene.image.save(path)
         taken = datetime(2024, 1 + n % 6, 1 + n % 28, 12).timestamp()
         os.utime(path, (taken, taken))
-    exif = Image.Exif()
+        if n < 3:
+            write_sidecar(path, {"keywords": ["Places|France|Paris", f"Trip {n}"], "rating": n + 2})
+    exif = camera_exif(48.8584, 2.2945, offset=120)
     exif[0x010F], exif[0x0110] = "Canon", "Canon EOS 5D"
     exif.get_ifd(0x8769)[36867] = "2023:06:01 10:00:00"
     scenes[0].image.convert("RGB").save(photos / "camera.jpg", exif=exif)
+    write_sidecar(photos / "camera.jpg", {"title": "Tour Eiffel", "description": "From the river",
+                                          "keywords": ["Família", "Beach"], "rating": 5, "label": "Red"})
     (photos / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     descriptions = sorted({text for scene in scenes for text in scene.captions})
     with Library(root / "library", model="builtin:shapes", device="cpu") as lib:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import subprocess
 import sys
 import urllib.request
@@ -94,7 +95,7 @@ def test_a_generated_client_reads_typed_hits(server: Server, client_package: obj
     from blipsearch_client.api.images import image  # type: ignore[import-not-found]
     from blipsearch_client.api.library import status  # type: ignore[import-not-found]
     from blipsearch_client.api.search import search  # type: ignore[import-not-found]
-    from blipsearch_client.models import Error, Hit, MatchSet, SearchResults  # type: ignore[import-not-found]
+    from blipsearch_client.models import Error, Hit, MatchSet, PlaceName, SearchResults  # type: ignore[import-not-found]
 
     client = Client(base_url=server.url, timeout=httpx.Timeout(60))
     found = search.sync(client=client, q=QUERY, k=5, no_rerank=True)
@@ -115,6 +116,17 @@ def test_a_generated_client_reads_typed_hits(server: Server, client_package: obj
     details = image.sync(client=client, image_id=hit.id)
     assert details.id == hit.id and details.path == hit.path and isinstance(details.size, int)
     assert status.sync(client=client).images == server.status["images"]
+
+    # The photo metadata the sidecars and the camera's EXIF gave, as typed fields.
+    paris = search.sync(client=client, q=QUERY, keyword=["paris"], no_rerank=True)
+    assert sorted(os.path.basename(h.path) for h in paris.hits) == ["scene-000.png", "scene-001.png", "scene-002.png"]
+    assert paris.filters.keywords == ["paris"]
+    (camera,) = search.sync(client=client, q=QUERY, rating=5, place="paris", no_rerank=True).hits
+    shot = image.sync(client=client, image_id=camera.id)
+    assert (shot.title, shot.keywords, shot.rating, shot.label, shot.taken_offset) == (
+        "Tour Eiffel", ["Família", "Beach"], 5, "Red", 120)
+    assert isinstance(shot.place, PlaceName) and shot.place.city == "Paris" and abs(shot.latitude - 48.8584) < 1e-4
+    assert shot.to_dict() == _get(f"{server.url}/api/images/{camera.id}")
 
     refused = search.sync(client=client, q=QUERY, k=501)
     assert isinstance(refused, Error) and refused.error == "k must be at most 500, not 501."

@@ -132,21 +132,25 @@ Format = Annotated[list[schemas.ImageFormat], Query(description="Only images of 
                                                                  "any).")]
 
 
-Keyword = Annotated[list[str], Query(max_length=400, pattern=NO_NUL, description="Only images with this keyword, or a level of a "
-                                     "hierarchical one (Places|France|Paris), any case and accents (repeatable: all "
-                                     "of them).")]
+# Each keyword as Tag is checked: the list's own length is the repeat count, which nothing caps.
+KeywordText = Annotated[str, Field(max_length=400, pattern=NO_NUL)]
+Keyword = Annotated[list[KeywordText], Query(description="Only images with this keyword, or a level of a "
+                                             "hierarchical one (Places|France|Paris), any case and accents "
+                                             "(repeatable: all of them).")]
 Rating = Annotated[int | None, Query(ge=0, le=5, description="Only images rated at least this many stars (unrated "
-                                                              "counts as 0, rejected as less).")]
-Label = Annotated[str | None, Query(max_length=400, pattern=NO_NUL, description="Only images with this colour label, any case.")]
-Place = Annotated[str | None, Query(max_length=400, pattern=NO_NUL, description="Only images taken in this city, region or country "
-                                                               "(or country code), any case and accents.")]
+                                                              "counts as 0, rejected as less)."), WHOLE]
+Label = Annotated[str | None, Query(max_length=400, pattern=NO_NUL,
+                                    description="Only images with this colour label, any case.")]
+Place = Annotated[str | None, Query(max_length=400, pattern=NO_NUL, description="Only images taken in this city, "
+                                    "region or country (or country code), any case and accents.")]
 # LAT,LON in decimal degrees, -90..90 and -180..180 (as Filters.make checks them).
 _LATITUDE = r"[-+]?(90(\.0{0,15})?|[1-8]?[0-9](\.[0-9]{0,15})?)"
 _LONGITUDE = r"[-+]?(180(\.0{0,15})?|(1[0-7][0-9]|[1-9]?[0-9])(\.[0-9]{0,15})?)"
 _POSITION = f"^({_LATITUDE},{_LONGITUDE})?$"
 Near = Annotated[str | None, Query(pattern=_POSITION, description="Only images taken near this position: LAT,LON "
                                    "in decimal degrees, latitude -90..90, longitude -180..180 (48.8584,2.2945).")]
-Within = Annotated[float | None, Query(gt=0, le=MAX_WITHIN_KM, description="With near (LAT,LON): how near, in km (default 1); ignored without it.")]
+Within = Annotated[float | None, Query(gt=0, le=MAX_WITHIN_KM, description="With near (LAT,LON): how near, in km "
+                                                                          "(default 1); ignored without it."), REAL]
 
 
 def _filters(tag: Tag = None, folder: Folder = [], after: After = None,  # noqa: B006 - FastAPI copies defaults
