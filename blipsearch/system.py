@@ -218,6 +218,12 @@ class _Slot(Generic[Item, Result]):
         self.done = False
 
 
+def shown_path(path: str) -> str:
+    """A path as a person reads it: each byte of its name that is not UTF-8 (kept by ``os.fsdecode`` as
+    a lone surrogate, which UTF-8 output can't hold) written ``\\xe9``."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def root_path(path: str | os.PathLike[str] | bytes) -> bytes:
     """A folder or file given by a user as an absolute byte path; it must exist (a missing root
     must delete nothing)."""

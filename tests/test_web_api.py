@@ -7,6 +7,7 @@ import os
 import shutil
 import struct
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pytest
@@ -263,3 +264,46 @@ def test_the_failures_page_says_when_each_file_is_read_again(client: TestClient,
     page = client.get("/failures").text
     assert str(photos / "broken.jpg") in page and "once it changes" in page
     assert "blipsearch index --retry-failed" in page and "tried again by the next" not in page
+
+
+def test_file_names_that_are_not_utf8_are_answered_with_their_bytes(tmp_path: Path, tiny_model: Path) -> None:
+    """A photo named in Latin-1 (``café.png`` as a 2000s camera card or a Windows share gives it) and a
+    broken one: every JSON answer holding their paths is JSON, the path as the CLI's ``--json`` writes
+    it (``\\udcXX`` for each byte that is not UTF-8, which ``os.fsencode`` turns back into the name),
+    and the files themselves are served."""
+    folder = os.path.join(os.fsencode(tmp_path), b"caf\xe9")
+    os.makedirs(folder)
+    photo, broken = os.path.join(folder, b"\xe9t\xe9.png"), os.path.join(folder, b"cass\xe9.jpg")
+    draw_image(3, 32).save(os.fsdecode(photo))
+    draw_image(4, 32).save(os.path.join(os.fsdecode(folder), "plain.png"))
+    with open(broken, "wb") as out:
+        out.write(b"\xff\xd8 not really a jpeg")
+    with Library(tmp_path / "library", model=str(tiny_model), device="cpu") as lib:
+        lib.index([os.fsdecode(folder)])
+        photo_id = _id(lib, Path(os.fsdecode(photo)))
+        with TestClient(create_app(lib, ServeSettings(warm=False)), base_url="http://127.0.0.1:8000") as client:
+            answers = {
+                "search": client.get("/api/search", params={"q": QUERY, "no_rerank": "true"}),
+                "match set": client.get("/api/search", params={"q": QUERY, "all": "true", "min_match": 0}),
+                "similar": client.get(f"/api/images/{_id(lib, Path(os.fsdecode(folder)) / 'plain.png')}/similar"),
+                "browse": client.get("/api/images"),
+                "details": client.get(f"/api/images/{photo_id}"),
+                "failures": client.get("/api/failures"),
+                # a folder named by its bytes, percent-escaped, as a client echoing a path sends it
+                "folder filter": client.get(f"/api/search?q=a+circle&no_rerank=true&folder={quote(folder)}"),
+            }
+            for name, answer in answers.items():
+                assert answer.status_code == 200, (name, answer.text)
+            paths = {os.fsencode(h["path"]) for h in answers["search"].json()["hits"]}
+            assert photo in paths and paths == {os.fsencode(h["path"]) for h in answers["match set"].json()["hits"]
+                                                + answers["match set"].json()["others"]}
+            assert os.fsencode(answers["details"].json()["path"]) == photo
+            assert [os.fsencode(f["path"]) for f in answers["failures"].json()["failures"]] == [broken]
+            within = answers["folder filter"].json()
+            assert within["filters"] == {"folders": [os.fsdecode(folder)]} and within["matched"] == 2
+            assert b"\\udce9" in answers["details"].content  # ASCII JSON, the byte escaped as the CLI does
+            page = client.get("/failures")
+            assert page.status_code == 200 and "caf\\xe9/cass\\xe9.jpg" in page.text, page.text
+            for rendition in ("thumbnail", "preview", "original"):
+                served = client.get(f"/api/images/{photo_id}/{rendition}")
+                assert served.status_code == 200 and served.content, (rendition, served.text)

@@ -15,7 +15,6 @@ from .options import (
     PositiveInt,
     _caption_settings,
     _choices_option,
-    _display,
     _json_line,
     _length_rule_option,
     _nonempty,
@@ -23,6 +22,7 @@ from .options import (
     _progress,
     _read_choices,
     caption_options,
+    shown_path,
     with_library,
 )
 
@@ -113,5 +113,5 @@ def explain(lib: Library, image: bytes, text: str, out: Path, size: int, as_json
         _json_line({"path": os.fsdecode(image), "text": text, "out": str(out), "itm": result.itm,
                     "heat": [[round(float(v), 6) for v in row] for row in result.heat]})
     else:
-        click.echo(f"{_display(str(out))}: where the match for {text!r} lies "
+        click.echo(f"{shown_path(str(out))}: where the match for {text!r} lies "
                    f"(match probability {result.itm * 100:.1f}%)")

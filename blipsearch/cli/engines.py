@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from .options import _display, _json_line
+from .options import _json_line, shown_path
 
 
 @click.group()
@@ -56,7 +56,7 @@ def status(as_json: bool) -> None:
     for info in found:
         memory = f"{int(info.get('memory') or 0) / 2**20:,.0f} MB"
         click.echo(f"{info.get('pid', '?'):>8}  {memory:>8}  {_idle(float(info.get('idle_s') or 0)):>7}  "
-                   f"{info.get('kind', '?'):<6}  {_display(str(info.get('library')))}")
+                   f"{info.get('kind', '?'):<6}  {shown_path(str(info.get('library')))}")
 
 
 @engine.command()
@@ -73,6 +73,6 @@ def stop(library: str | None) -> None:
 
     stopped = stop_engines(library_location(library, None) if library is not None else None)
     for info in stopped:
-        click.echo(f"Stopped the engine of {_display(str(info.get('library')))} (process {info.get('pid')}).")
+        click.echo(f"Stopped the engine of {shown_path(str(info.get('library')))} (process {info.get('pid')}).")
     if not stopped:
         click.echo("No engine was running.", err=True)

@@ -14,10 +14,10 @@ from .options import (
     Amount,
     PositiveInt,
     _caption_settings,
-    _display,
     _json_line,
     _progress,
     caption_options,
+    shown_path,
     with_library,
 )
 
@@ -131,7 +131,7 @@ def index(lib: Library, paths: tuple[bytes, ...], batch_size: int | None, worker
                    "(`blipsearch failures` lists them; --retry-failed reads them anyway).", err=True)
     if verbose:
         for path in report.skipped_paths:
-            click.echo(f"skipped {_display(os.fsdecode(path))}: {_skipped_why(path)}", err=True)
+            click.echo(f"skipped {shown_path(os.fsdecode(path))}: {_skipped_why(path)}", err=True)
     recorded = lib.db.library().model or ""
     if lib.requested_model is None and recorded.startswith("builtin:") and report.added:
         # (said when photos join a demo library, not on each run over the same ones)
@@ -162,7 +162,7 @@ def _echo_failed(errors: list[tuple[bytes, str]], shown: int = 10) -> None:
     from ..images.messages import without_said
 
     for path, reason in errors[:shown]:
-        click.echo(f"failed {_display(os.fsdecode(path))}: {without_said(reason)}", err=True)
+        click.echo(f"failed {shown_path(os.fsdecode(path))}: {without_said(reason)}", err=True)
     if len(errors) > shown:
         click.echo(f"... and {len(errors) - shown} more failed (see `blipsearch failures`)", err=True)
 
@@ -211,7 +211,7 @@ def watch(lib: Library, folders: tuple[bytes, ...], settle: float, batch_size: i
         if as_json:
             _json_line({"folders": [os.fsdecode(f) for f in changed], **counts})
         else:
-            shown = ", ".join(_display(os.fsdecode(f)) for f in changed[:3]) + (" ..." if len(changed) > 3 else "")
+            shown = ", ".join(shown_path(os.fsdecode(f)) for f in changed[:3]) + (" ..." if len(changed) > 3 else "")
             click.echo(f"{clock.strftime('%H:%M:%S')}  {shown}: " + ", ".join(f"{v} {k}" for k, v in counts.items()
                                                                             if v or k == "added"))
         _echo_failed(result.errors)

@@ -13,11 +13,11 @@ from . import options
 from .options import (
     TEXT,
     PositiveInt,
-    _display,
     _errors,
     _json_line,
     _progress,
     library_options,
+    shown_path,
     with_existing_library,
 )
 
@@ -103,7 +103,7 @@ def image_lines(info: dict) -> list[tuple[str, str]]:  # type: ignore[type-arg]
     latitude, longitude = info.get("latitude"), info.get("longitude")
     camera_size = f"{info['width']} x {info['height']}" if info.get("width") else None
     rows = [
-        ("id", info["id"]), ("path", _display(info["path"])), ("date", info["taken"]), ("title", info.get("title")),
+        ("id", info["id"]), ("path", shown_path(info["path"])), ("date", info["taken"]), ("title", info.get("title")),
         ("description", info.get("description")), ("keywords", ", ".join(info.get("keywords") or []) or None),
         ("rating", stars), ("label", info.get("label")), ("place", place.get("name")),
         ("position", None if latitude is None or longitude is None else f"{latitude:.6f}, {longitude:.6f}"),
@@ -137,7 +137,7 @@ def failures(lib: Library, as_json: bool) -> None:
         if as_json:
             _json_line({"path": failure.path, "reason": failure.reason, "retried": failure.retried})
         else:
-            click.echo(f"{_display(failure.path)}: {failure.reason}")
+            click.echo(f"{shown_path(failure.path)}: {failure.reason}")
 
 
 @click.command()
@@ -176,7 +176,7 @@ def convert(source: Path, out: Path, head: str, tokenizer: str, config_file: Pat
         _json_line(done.to_dict())
         return
     aside = f"; set aside as other heads' parts: {', '.join(done.set_aside)}" if done.set_aside else ""
-    click.echo(f"{done.layout} BLIP {done.head} model: {done.weights} weights written to {_display(str(out))}, "
+    click.echo(f"{done.layout} BLIP {done.head} model: {done.weights} weights written to {shown_path(str(out))}, "
                f"{done.dropped} training-only tensors left out{aside}.")
 
 
@@ -205,7 +205,7 @@ def demo_photos(folder: Path, count: int, seed: int) -> None:
             captions = write_folder(folder, generate("test", count, seed))
         except OSError as exc:
             raise click.ClickException(f"Can't write to {folder}: {exc.strerror}") from None
-    click.echo(f"{count} pictures in {_display(str(folder / 'images'))}, captions in {_display(str(captions))}")
+    click.echo(f"{count} pictures in {shown_path(str(folder / 'images'))}, captions in {shown_path(str(captions))}")
 
 
 @click.command("eval")

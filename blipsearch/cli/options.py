@@ -30,6 +30,7 @@ from ..options import (
     open_settings,
 )
 from ..store.location import LIBRARY_ENV
+from ..system import shown_path
 from ..text import checked
 
 if TYPE_CHECKING:
@@ -422,10 +423,6 @@ def _echo_path(path: str, end: str = "\n") -> None:
         out.flush()
 
 
-def _display(path: str) -> str:
-    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
 def _percent(probability: float | None) -> str:
     """A match probability as a fixed-width percentage; a dash when not reranked."""
     return f"{probability * 100:5.1f}%" if probability is not None else "     -"
@@ -450,7 +447,7 @@ def _print_hits(hits: list[Hit], as_json: bool, paths_only: str | None) -> None:
         elif as_json:
             _json_line(hit.to_dict())
         else:
-            click.echo(f"{hit.rank:3d}  {hit.score:7.3f}  {_percent(hit.itm)}  {_display(hit.path)}")
+            click.echo(f"{hit.rank:3d}  {hit.score:7.3f}  {_percent(hit.itm)}  {shown_path(hit.path)}")
             if hit.caption is not None:
                 click.echo(f"{'':22}{hit.caption}")
             if hit.answer is not None:
@@ -462,7 +459,7 @@ def _print_described(results: list[Any], field: str, as_json: bool, question: st
     for result in results:
         if result.text is None:
             failed += 1
-            click.echo(f"{_display(result.path)}: {result.error}", err=True)
+            click.echo(f"{shown_path(result.path)}: {result.error}", err=True)
             continue
         if as_json:
             obj = {"path": result.path}
@@ -473,6 +470,6 @@ def _print_described(results: list[Any], field: str, as_json: bool, question: st
                 obj["choices"] = [c.to_dict() for c in result.choices]
             _json_line(obj)
         else:
-            click.echo(f"{_display(result.path)}: {result.text}")
+            click.echo(f"{shown_path(result.path)}: {result.text}")
     if failed:
         raise click.ClickException(f"{failed} of {len(results)} images could not be read.")

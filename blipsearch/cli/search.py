@@ -18,7 +18,6 @@ from .options import (
     Amount,
     PositiveInt,
     _choices_option,
-    _display,
     _echo_path,
     _filter_options,
     _json_line,
@@ -27,6 +26,7 @@ from .options import (
     _percent,
     _print_hits,
     _read_choices,
+    shown_path,
     with_existing_library,
     with_served_library,
 )
@@ -204,7 +204,7 @@ def _print_match_set(found: Any, text: str, as_json: bool, paths_only: str | Non
         click.echo(HEADER + ("date        " if by_date else "") + "path")
         for hit in found.hits:
             day = f"{hit.date[:10]}  " if by_date else ""
-            click.echo(f"{hit.rank:3d}  {hit.score:7.3f}  {_percent(hit.itm)}  {day}{_display(hit.path)}")
+            click.echo(f"{hit.rank:3d}  {hit.score:7.3f}  {_percent(hit.itm)}  {day}{shown_path(hit.path)}")
     checked = (f"checked all {summary['checked']:,}" if summary["stopped"] == "all" else
                f"checked the {summary['checked']:,} closest of {summary['searched']:,}")
     share = f"{round(100 * summary['min_match'])}%"
@@ -327,7 +327,7 @@ def duplicates(lib: Library, threshold: float, as_json: bool, paths_only: str | 
             for n, copy in enumerate(group.copies):
                 mark = "best" if n == 0 else "same" if copy.exact else f"{copy.similarity:.3f}"
                 dims = f"{copy.width}x{copy.height}" if copy.width and copy.height else "?"
-                click.echo(f"  {mark:>6}  {dims:>11}  {_human_size(copy.size)}  {_display(copy.path)}")
+                click.echo(f"  {mark:>6}  {dims:>11}  {_human_size(copy.size)}  {shown_path(copy.path)}")
     if not paths_only and not as_json:
         photos = sum(len(g.copies) for g in groups)
         click.echo(f"{len(groups)} groups, {photos} photos, at cosine >= {threshold:g}" if groups else

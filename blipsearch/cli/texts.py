@@ -12,9 +12,9 @@ from ..options import DEFAULT_RERANK_DEPTH
 from .options import (
     TEXT,
     PositiveInt,
-    _display,
     _json_line,
     _percent,
+    shown_path,
     with_existing_library,
     with_library,
 )
@@ -124,11 +124,11 @@ def tag(lib: Library, images: tuple[bytes, ...], labels_file: Path, template: st
     for result in lib.tag(list(images), labels, template=template, k=k, rerank_depth=rerank_depth):
         if result.tags is None:
             failed += 1
-            click.echo(f"{_display(result.path)}: {result.error}", err=True)
+            click.echo(f"{shown_path(result.path)}: {result.error}", err=True)
         elif as_json:
             _json_line({"path": result.path, "tags": [t.to_dict() for t in result.tags]})
         else:
-            click.echo(_display(result.path))
+            click.echo(shown_path(result.path))
             click.echo(f"  {'#':>2}  {'score':>7}  {'match':>6}  label")
             for t in result.tags:
                 click.echo(f"  {t.rank:2d}  {t.score:7.3f}  {_percent(t.itm)}  {t.label}")

@@ -10,10 +10,10 @@ from ..filters import DEFAULT_MIN_PROBABILITY
 from .options import (
     Amount,
     _caption_settings,
-    _display,
     _json_line,
     _progress,
     caption_options,
+    shown_path,
     with_existing_library,
 )
 
@@ -67,9 +67,9 @@ def xmp(lib: Library, paths: tuple[bytes, ...], captions: bool, tags: bool, name
         if as_json:
             _json_line(change.to_dict())
         elif change.action == "skipped":
-            click.echo(f"{_display(change.image)}: {change.reason}", err=True)
+            click.echo(f"{shown_path(change.image)}: {change.reason}", err=True)
         elif dry_run:
-            click.echo(f"would {PAST[change.action]} {_display(change.sidecar)}")
+            click.echo(f"would {PAST[change.action]} {shown_path(change.sidecar)}")
     if not as_json:
         counts = report.counts
         done = ", ".join(f"{counts[a]} {a}" for a in ("created", "updated", "deleted", "unchanged", "skipped"))

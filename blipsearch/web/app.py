@@ -22,6 +22,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import parse_qsl
 
 from fastapi import Body, Depends, FastAPI, Query, Request
 from fastapi import Path as PathParam
@@ -37,13 +38,27 @@ from ..errors import (
     ImageError,
     InputPathError,
 )
-from ..filters import DEFAULT_MIN_PROBABILITY, MAX_CAMERA, MAX_WITHIN_KM, NO_FILTERS, Filters
+from ..filters import (
+    DEFAULT_MIN_PROBABILITY,
+    MAX_CAMERA,
+    MAX_WITHIN_KM,
+    NO_FILTERS,
+    Filters,
+)
 from ..library import Hit, ImageData, Library
 from ..options import DEFAULT_RERANK_DEPTH
 from ..search.language import ParsedQuery, help_rows, parse_query
 from ..search.query import Term, text_term
+from ..system import shown_path
 from . import schemas
-from .errors import KEYS_ONLY, KEYS_ONLY_SAID, NO_NUL, NOT_BLANK, one_value_each
+from .errors import (
+    KEYS_ONLY,
+    KEYS_ONLY_SAID,
+    NO_NUL,
+    NOT_BLANK,
+    AsciiJSON,
+    one_value_each,
+)
 from .errors import document as document_errors
 from .errors import error as _error
 from .errors import install as install_errors
@@ -153,13 +168,22 @@ Within = Annotated[float | None, Query(gt=0, le=MAX_WITHIN_KM, description="With
                                                                           "(default 1); ignored without it."), REAL]
 
 
-def _filters(tag: Tag = None, folder: Folder = [], after: After = None,  # noqa: B006 - FastAPI copies defaults
+def _folders(request: Request) -> list[str]:
+    """The ``folder`` values with the bytes they name: a percent-escape that is not UTF-8 (``%E9`` for a
+    Latin-1 ``é``) is kept as ``\\udcXX``, as a path in the answers is written, where the parameter's
+    UTF-8 reading would leave U+FFFD and match no folder."""
+    query = request.scope.get("query_string", b"").decode("latin-1")
+    return [value for name, value in parse_qsl(query, keep_blank_values=True, errors="surrogateescape")
+            if name == "folder"]
+
+
+def _filters(request: Request, tag: Tag = None, folder: Folder = [], after: After = None,  # noqa: B006 - FastAPI copies defaults
              before: Before = None, min_probability: MinProbability = DEFAULT_MIN_PROBABILITY,
              camera: Camera = None, min_size: MinSize = None, format: Format = [],  # noqa: B006
              keyword: Keyword = [], rating: Rating = None, label: Label = None,  # noqa: B006
              place: Place = None, near: Near = None, within: Within = None) -> Filters:
     """The filters of a search or a browse, from its query parameters."""
-    return Filters.make(folders=folder, after=after, before=before, tag=tag, min_probability=min_probability,
+    return Filters.make(folders=_folders(request) if folder else [], after=after, before=before, tag=tag, min_probability=min_probability,
                         camera=camera, min_size=min_size, formats=[f.value for f in format], keyword=keyword,
                         rating=rating, label=label, place=place, near=near,
                         within_km=within if near and near.count(",") == 1 else None, empty_range=True)
@@ -211,6 +235,7 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
         lifespan=lifespan,
         generate_unique_id_function=lambda route: route.name,  # operationIds a generated client names its calls by
         dependencies=[Depends(one_value_each)],
+        default_response_class=AsciiJSON,
     )
     app.state.warmth = warmth
     install_errors(app)
@@ -219,6 +244,7 @@ def create_app(lib: Library, settings: ServeSettings = ServeSettings()) -> FastA
                                                                    settings.allowed_hosts))
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     templates = Jinja2Templates(directory=HERE / "templates")
+    templates.env.filters["shown"] = shown_path  # a name that is not UTF-8, as the CLI shows it
     _docs(app)
 
     def hit_dicts(hits: list[Hit]) -> list[dict[str, Any]]:

@@ -6,6 +6,7 @@ read, 500 the database failed, 503 the model can't be loaded."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from typing import Any
@@ -58,8 +59,17 @@ _PATTERNS = {"after": _DAY, "before": _DAY,
 _NUMBER = re.compile(r"[-+]?\d+(\.\d*)?([eE][-+]?\d+)?")
 
 
+class AsciiJSON(JSONResponse):
+    """Every JSON answer, as the CLI's ``--json`` writes it: ASCII, so a path that is not UTF-8 keeps its
+    bytes as ``\\udcXX`` escapes (``os.fsencode`` of the string a JSON reader gives is the file's name),
+    where UTF-8 JSON has no way to say them."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
 def error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+    return AsciiJSON({"error": message}, status_code=status)
 
 
 def _shown(value: Any) -> str:
@@ -133,7 +143,7 @@ def _http_error(request: Request, exc: Exception) -> JSONResponse:
         message = "The request body can't be read: send JSON in UTF-8."
     else:
         message = str(exc.detail) if str(exc.detail).endswith(".") else f"{exc.detail}."
-    return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
+    return AsciiJSON({"error": message}, status_code=exc.status_code, headers=exc.headers)
 
 
 def _blipsearch_error(request: Request, exc: Exception) -> JSONResponse:
