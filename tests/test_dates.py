@@ -3,9 +3,11 @@ date filters keep (instants where the offset is known, wall clocks where it is n
 
 from __future__ import annotations
 
+import glob
 import os
 import struct
-from datetime import datetime
+import subprocess
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -114,6 +116,38 @@ def test_date_filters_compare_instants_where_known_and_wall_clocks_elsewhere(
     found = set(lib.db.filtered_ids(lib.db.library().model_fingerprint, Filters.make(after=bounds[0],
                                                                                     before=bounds[1])).tolist())
     assert {name for name, i in ids.items() if i in found} == kept
+
+
+def _python_3_10() -> str | None:
+    """A Python 3.10 on this machine (``requires-python`` takes it), or None."""
+    for exe in ["python3.10", *sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.10*/bin/python")))]:
+        try:
+            done = subprocess.run([exe, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True,
+                                  text=True, timeout=30, check=False)
+        except OSError:
+            continue
+        if done.returncode == 0 and done.stdout.strip() == "(3, 10)":
+            return exe
+    return None
+
+
+def test_date_bounds_read_the_same_under_python_3_10() -> None:
+    """Python 3.10's datetime.fromisoformat takes neither Z nor a fraction of 1, 2, 4 or 5 digits, which
+    the HTTP API's document allows and 3.11 reads: every bound above, and those, parse the same there."""
+    from blipsearch.filters import parse_date
+
+    python = _python_3_10()
+    if python is None:
+        pytest.skip("no Python 3.10 here")
+    texts = sorted({b for bounds, _ in BOUNDS for b in bounds} | {
+        "2021-04-11T15:47:53.5Z", "2021-04-11T15:47:53.12345-05:00", "2021-04-11 15:47:53.1", "2021-04-11T15:47z"})
+    script = ("import sys; from blipsearch.filters import parse_date; "
+              "print(repr([parse_date(t) for t in sys.argv[1:]]))")
+    done = subprocess.run([python, "-c", script, *texts], capture_output=True, text=True, timeout=60, check=False,
+                          cwd=Path(__file__).parents[1], env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == repr([parse_date(t) for t in texts])
+    assert parse_date("2021-04-11T15:47:53.5Z") == datetime(2021, 4, 11, 15, 47, 53, 500000, tzinfo=timezone.utc)
 
 
 def test_parsers() -> None:
